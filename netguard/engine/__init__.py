@@ -1,0 +1,1 @@
+"""Per-flow state and verdicts. Pure: the clock is passed in."""

@@ -1,0 +1,1 @@
+"""The registry catalog, policy files, host normalisation and matching, decide(). Pure."""

@@ -1,0 +1,1 @@
+"""Sans-I/O parsers: bytes in, frozen values out. Nothing here may do I/O."""
