@@ -3,9 +3,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from dataclasses import asdict
+
 import click
 
 from netguard import __version__
+from netguard.policy import HostError, Policy, PolicyError, decide, split_port
+from netguard.shell.policyfiles import load_policy
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,3 +30,109 @@ def main() -> None:
       netguard policy show            the effective allow/block table
       netguard run                    enforce (as root), default policy unless --policy
     """
+
+
+def _load(policy_path: str | None) -> Policy:
+    """Load a policy for a command, turning its problems into exit code 2 with file:line:col."""
+    try:
+        return load_policy(policy_path)
+    except PolicyError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot read policy: {e}") from None
+
+
+policy_option = click.option(
+    "--policy", "policy_path", type=click.Path(dir_okay=False), metavar="FILE",
+    help="Policy file (TOML). Without it, the embedded default policy: Docker Hub allowed, "
+         "other known registries blocked, unknown hosts allowed.")
+
+
+@main.command()
+@click.argument("targets", nargs=-1, required=True, metavar="HOST[:PORT]...")
+@policy_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per host.")
+def check(targets: tuple[str, ...], policy_path: str | None, as_json: bool) -> None:
+    """Say what the policy does with connections to each HOST, and why.
+
+    Exit status: 0 if every host is allowed, 1 if any is blocked, 2 on an error
+    (an invalid host name or policy).
+
+    \b
+    Examples:
+      netguard check ghcr.io registry-1.docker.io
+      netguard check --policy corp.toml registry.corp.example:5000
+    """
+    policy = _load(policy_path)
+    for w in policy.warnings:
+        click.echo(f"warning: {w}", err=True)
+    worst = 0
+    for target in targets:
+        try:
+            host, port = split_port(target)
+            d = decide(host, port, policy)
+        except HostError as e:
+            click.echo(f"error: {target}: {e}", err=True)
+            worst = 2
+            continue
+        if as_json:
+            click.echo(json.dumps({**asdict(d), "policy": policy.label}))
+        else:
+            where = d.host if d.port is None else f"{d.host}:{d.port}"
+            click.echo(f"{'allowed' if d.allowed else 'BLOCKED'}  {where}\n  {d.reason}")
+        if not d.allowed:
+            worst = max(worst, 1)
+    sys.exit(worst)
+
+
+@main.group()
+def policy() -> None:
+    """Validate a policy file or show the table it produces."""
+
+
+@policy.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+def policy_validate(file: str) -> None:
+    """Check FILE: TOML syntax, known keys and values, host patterns, catalog ids, duplicates.
+
+    Prints FILE:LINE:COL: message for every problem and exits 2, or prints a summary and exits 0.
+    """
+    try:
+        p = load_policy(file)
+    except PolicyError as e:
+        click.echo(str(e), err=True)
+        sys.exit(2)
+    except OSError as e:
+        click.echo(f"{file}: cannot read: {e.strerror}", err=True)
+        sys.exit(2)
+    for w in p.warnings:
+        click.echo(f"warning: {w}", err=True)
+    allowed = sorted(p.allow_ids)
+    click.echo(f"{file}: ok: policy {p.name!r}; allowed registries: {', '.join(allowed) or 'none'}; "
+               f"{len(p.table)} host patterns; unknown_hosts = {p.unknown_hosts}; fail_mode = {p.fail_mode}")
+
+
+@policy.command("show")
+@policy_option
+@click.option("--json", "as_json", is_flag=True, help="The table as JSON.")
+def policy_show(policy_path: str | None, as_json: bool) -> None:
+    """Show the effective allow/block table: every host pattern, its registry and the rule."""
+    p = _load(policy_path)
+    rows = sorted(((str(pattern), rule) for pattern, rule in p.table), key=lambda r: (r[1].registry or "~", r[0]))
+    settings = {"name": p.name, "source": p.source, "unknown_hosts": p.unknown_hosts, "fail_mode": p.fail_mode,
+                "block_action": p.block_action, "dns_block": p.dns_block, "queue_num": p.queue_num,
+                "mark_mask": hex(p.mark_mask), "mark_allowed": hex(p.mark_allowed),
+                "mark_blocked": hex(p.mark_blocked)}
+    if as_json:
+        table = [{"pattern": pat, "action": "allow" if r.allowed else "block", "registry": r.registry,
+                  "rule": r.text} for pat, r in rows]
+        click.echo(json.dumps({"settings": settings, "table": table}, indent=2))
+        return
+    for key, value in settings.items():
+        click.echo(f"{key:14} {value}")
+    click.echo("")
+    width = max(len(pat) for pat, _ in rows) if rows else 10
+    click.echo(f"{'ACTION':7} {'PATTERN':{width}}  {'REGISTRY':18} RULE")
+    for pat, r in rows:
+        click.echo(f"{'allow' if r.allowed else 'block':7} {pat:{width}}  {r.registry or '-':18} {r.text}")
+    click.echo(f"\nany other host: {p.unknown_hosts} (unknown_hosts)")

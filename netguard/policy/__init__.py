@@ -1,1 +1,16 @@
-"""The registry catalog, policy files, host normalisation and matching, decide(). Pure."""
+"""The registry catalog, policy text, host normalisation and matching, and decide(). Pure.
+
+Files are read by netguard.shell.policyfiles (load_policy, load_catalog); this package only parses
+text that is handed to it.
+"""
+
+from netguard.policy.catalog import Catalog, Registry, parse_catalog
+from netguard.policy.decide import Decision, decide
+from netguard.policy.errors import PolicyError, Problem
+from netguard.policy.hosts import HostError, Pattern, normalise_host, parse_pattern, split_port
+from netguard.policy.policy import Policy, Rule, parse_policy
+
+__all__ = [
+    "Catalog", "Decision", "HostError", "Pattern", "Policy", "PolicyError", "Problem", "Registry", "Rule",
+    "decide", "normalise_host", "parse_catalog", "parse_pattern", "parse_policy", "split_port",
+]

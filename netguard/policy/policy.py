@@ -1,0 +1,190 @@
+"""The policy file: what is allowed, what else is blocked, and how the daemon behaves.
+
+Strategy: parse and validate the whole text first, collecting every problem with its position;
+only a policy with no problems is built, so a bad file is never partly applied. The result is a
+frozen Policy holding one PatternTable in which catalog entries are laid down first and the
+policy's own entries override them at the same pattern; `decide` then needs one lookup.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from netguard.policy.catalog import Catalog
+from netguard.policy.errors import PolicyError, Problem, locate, toml_problem
+from netguard.policy.hosts import HostError, Pattern, parse_pattern
+from netguard.policy.table import PatternTable
+
+DEFAULT_QUEUE = 7413  # an unusual number, so netguard does not share a queue with other NFQUEUE users
+# Connection-mark bits: Docker, kube-proxy (0x4000, 0x8000) and Calico (0xffff0000 upper bits in
+# some modes) use marks too; the defaults sit in bits 20-22, which none of them use by default.
+DEFAULT_MARK_MASK = 0x00700000
+DEFAULT_MARK_ALLOWED = 0x00100000
+DEFAULT_MARK_BLOCKED = 0x00200000
+
+UnknownHosts = Literal["allow", "deny"]
+FailMode = Literal["closed", "open"]
+BlockAction = Literal["reset", "tls-alert"]
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "unknown_hosts": ("allow", "deny"),
+    "fail_mode": ("closed", "open"),
+    "block_action": ("reset", "tls-alert"),
+}
+_KEYS = {"name", "allow", "block", "dns_block", "queue_num", "mark_mask", "mark_allowed", "mark_blocked",
+         *_CHOICES}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What a table entry says about the hosts it matches."""
+
+    allowed: bool
+    registry: str | None  # catalog id, or None for a policy pattern outside the catalog
+    registry_name: str | None
+    text: str  # the rule as a person would find it: "allow = ghcr", "block = *.corp.example"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    source: str
+    catalog: Catalog
+    allow_ids: frozenset[str]
+    table: PatternTable[Rule] = field(compare=False)
+    unknown_hosts: UnknownHosts = "allow"
+    fail_mode: FailMode = "closed"
+    block_action: BlockAction = "reset"
+    dns_block: bool = True
+    queue_num: int = DEFAULT_QUEUE
+    mark_mask: int = DEFAULT_MARK_MASK
+    mark_allowed: int = DEFAULT_MARK_ALLOWED
+    mark_blocked: int = DEFAULT_MARK_BLOCKED
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """How reasons name this policy: `default policy [embedded]`, `acme [/etc/netguard/acme.toml]`."""
+        return f"{self.name} [{self.source}]"
+
+
+def parse_policy(text: str, source: str, catalog: Catalog, default_name: str = "policy") -> Policy:
+    """Parse and validate policy text; raise PolicyError with every problem found."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError([toml_problem(source, e)]) from None
+    problems: list[Problem] = []
+    warnings: list[str] = []
+
+    def problem(key: str, message: str, value: str | None = None) -> None:
+        problems.append(Problem(source, *locate(text, key, value), message))
+
+    for key in sorted(doc.keys() - _KEYS):
+        hint = difflib.get_close_matches(key, sorted(_KEYS), n=1)
+        problem(key, f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else
+                                               f"; expected one of {', '.join(sorted(_KEYS))}"))
+    settings: dict[str, Any] = {}
+    for key, choices in _CHOICES.items():
+        if key in doc:
+            if doc[key] in choices:
+                settings[key] = doc[key]
+            else:
+                problem(key, f"{key} = {doc[key]!r}: expected " + " or ".join(f'"{c}"' for c in choices))
+    if "dns_block" in doc:
+        if isinstance(doc["dns_block"], bool):
+            settings["dns_block"] = doc["dns_block"]
+        else:
+            problem("dns_block", "dns_block: expected true or false")
+    for key, limit in (("queue_num", 0xFFFF), ("mark_mask", 0xFFFFFFFF), ("mark_allowed", 0xFFFFFFFF),
+                       ("mark_blocked", 0xFFFFFFFF)):
+        if key in doc:
+            value = doc[key]
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit:
+                settings[key] = value
+            else:
+                problem(key, f"{key}: expected an integer from 0 to {limit:#x}")
+    name = doc.get("name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        problem("name", "name: expected a non-empty string")
+        name = default_name
+
+    allow_ids: set[str] = set()
+    allow_patterns = _patterns(doc, "allow", text, source, catalog, problems, warnings, allow_ids)
+    block_patterns = _patterns(doc, "block", text, source, catalog, problems, warnings, None)
+    for p in allow_patterns.keys() & block_patterns.keys():
+        problem("block", f"{p} is in both allow and block", block_patterns[p])
+    _check_marks(settings, problem)
+    if problems:
+        raise PolicyError(problems)
+
+    table: PatternTable[Rule] = PatternTable()
+    for reg in catalog.registries.values():
+        allowed = reg.id in allow_ids
+        text_rule = f"allow = {reg.id}" if allowed else f"{reg.id} is not in allow"
+        for p in reg.patterns:
+            table.put(p, Rule(allowed, reg.id, reg.name, text_rule))
+    for patterns, allowed, key in ((allow_patterns, True, "allow"), (block_patterns, False, "block")):
+        for p in patterns:
+            under = table.get(p)
+            table.put(p, Rule(allowed, under.registry if under else None, under.registry_name if under else None,
+                              f"{key} = {p}"))
+    return Policy(name=name, source=source, catalog=catalog, allow_ids=frozenset(allow_ids), table=table,
+                  warnings=tuple(warnings), **settings)
+
+
+def _patterns(doc: dict[str, Any], key: str, text: str, source: str, catalog: Catalog,
+              problems: list[Problem], warnings: list[str], ids: set[str] | None) -> dict[Pattern, str]:
+    """Parse the list under `key` into patterns (and, where ids is given, catalog ids)."""
+    found: dict[Pattern, str] = {}
+    values = doc.get(key, [])
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        problems.append(Problem(source, *locate(text, key), f"{key}: expected a list of strings"))
+        return found
+    seen: set[str] = set()
+    for index, written in enumerate(values):
+        where = locate(text, key, written, nth=values[:index].count(written))
+        if _is_id(written):
+            if ids is None:
+                problems.append(Problem(source, *where, f"block: {written!r} is a registry id; catalog registries "
+                                        "are blocked unless allowed, so block takes host patterns only"))
+            elif written not in catalog.registries:
+                hint = difflib.get_close_matches(written, sorted(catalog.registries), n=1)
+                problems.append(Problem(source, *where, f"{key}: unknown registry id {written!r}" +
+                                        (f"; did you mean {hint[0]!r}?" if hint else
+                                         "; `netguard policy show` lists the ids (a host name needs a dot)")))
+            elif written in seen:
+                problems.append(Problem(source, *where, f"{key}: {written!r} is listed twice"))
+            else:
+                ids.add(written)
+            seen.add(written)
+            continue
+        try:
+            pattern, warning = parse_pattern(written)
+        except HostError as e:
+            problems.append(Problem(source, *where, f"{key}: {e}"))
+            continue
+        if warning:
+            warnings.append(f"{source}:{where[0]}:{where[1]}: {warning}")
+        if pattern in found:
+            problems.append(Problem(source, *where, f"{key}: {written!r} is listed twice (as {found[pattern]!r})"))
+        found[pattern] = written
+    return found
+
+
+def _is_id(text: str) -> bool:
+    return not any(c in text for c in ".:*/")
+
+
+def _check_marks(settings: dict[str, Any], problem: Any) -> None:
+    mask = settings.get("mark_mask", DEFAULT_MARK_MASK)
+    allowed = settings.get("mark_allowed", DEFAULT_MARK_ALLOWED)
+    blocked = settings.get("mark_blocked", DEFAULT_MARK_BLOCKED)
+    if not allowed or not blocked or allowed == blocked:
+        problem("mark_allowed", "mark_allowed and mark_blocked must be different and non-zero")
+    elif (allowed | blocked) & ~mask:
+        problem("mark_mask", f"mark_allowed ({allowed:#x}) and mark_blocked ({blocked:#x}) must lie "
+                f"inside mark_mask ({mask:#x})")
