@@ -1,0 +1,218 @@
+"""The kernel rules that send netguard what can carry a name, and enforce what it decided.
+
+Strategy: `build_rules` is pure: it returns the text that `iptables-restore --noflush` (and
+`ip6tables-restore`) reads, for one address family. Netguard's rules live in its own chains, jumped
+to from the built-in OUTPUT, INPUT and FORWARD chains by rules inserted at position 1; one restore
+call per family installs all of it atomically. Removal reads `iptables-save` and deletes exactly the
+jumps and chains that carry the netguard prefix, so stale rules of a crashed run go away too and
+nobody else's rules are touched.
+
+What is queued (DESIGN.md section 3): DNS answers (UDP and TCP from port 53), the first client bytes
+of every undecided outbound TCP flow (a byte window via connbytes: with GSO one write is one packet,
+so a packet count would be wrong), and the first datagrams of UDP 443 flows. Once the daemon has
+decided, the verdict is saved in the connection mark and the rest of the flow stays in the kernel.
+A flow marked blocked is rejected by the kernel (TCP reset for TCP, ICMP port unreachable for UDP);
+the kernel's own reset travels back through OUTPUT with the same connection mark, so a rule before
+the REJECT lets resets out.
+
+Only the filter table is used: CONNMARK, connbytes, NFQUEUE and REJECT all work there.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from netguard.shell import netns
+
+CHAIN_PREFIX = "NETGUARD"
+CHAIN_FLOW = "NETGUARD-FLOW"  # verdict enforcement + queueing of new client flows (OUTPUT, FORWARD)
+CHAIN_DNS = "NETGUARD-DNS"  # DNS answers to the queue (INPUT, FORWARD)
+CHAINS = (CHAIN_FLOW, CHAIN_DNS)
+HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DNS,),
+                                     "FORWARD": (CHAIN_DNS, CHAIN_FLOW)}
+
+# The client bytes (headers included, as connbytes counts them) queued while a TCP flow is
+# undecided. It must exceed the largest single write a client can make before the name is known:
+# with GSO the kernel hands OUTPUT one skb of up to 64 KiB, which connbytes counts as one packet.
+# The engine decides long before (its own byte limit is far smaller).
+TCP_WINDOW_BYTES = 131072
+# UDP 443 (QUIC): the Initial datagrams of a flow; a ClientHello spans at most a few of them.
+UDP_WINDOW_BYTES = 16384
+
+Backend = Literal["iptables-nft", "iptables-legacy"]
+BACKENDS: tuple[Backend, ...] = ("iptables-nft", "iptables-legacy")
+Family = Literal[4, 6]
+FAMILIES: tuple[Family, ...] = (4, 6)
+
+
+@dataclass(frozen=True)
+class Marks:
+    """Connection-mark bits netguard owns (Docker, kube-proxy and Calico use other bits)."""
+
+    mask: int = 0x00700000
+    allowed: int = 0x00100000
+    blocked: int = 0x00200000
+
+    def __post_init__(self) -> None:
+        for name in ("allowed", "blocked"):
+            value = getattr(self, name)
+            if value == 0 or value & ~self.mask:
+                raise ValueError(f"mark {name}=0x{value:x} must be non-zero and inside mask 0x{self.mask:x}")
+        if self.allowed == self.blocked:
+            raise ValueError("the allowed and blocked marks must differ")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the rules depend on."""
+
+    queue_num: int = 7413
+    marks: Marks = Marks()
+    fail_open: bool = False  # --queue-bypass: traffic flows while no daemon listens
+    forward: bool = True  # also judge traffic routed through this host (containers behind a bridge)
+
+
+def _m(value: int, mask: int) -> str:
+    return f"0x{value:x}/0x{mask:x}"
+
+
+def _queue(opts: Options) -> list[str]:
+    target = ["-j", "NFQUEUE", "--queue-num", str(opts.queue_num)]
+    return [*target, "--queue-bypass"] if opts.fail_open else target
+
+
+def build_rules(family: Family, opts: Options) -> str:
+    """The iptables-restore text (filter table) that installs netguard's chains and jumps."""
+    mk = opts.marks
+    undecided = ["-m", "connmark", "--mark", _m(0, mk.mask)]
+    blocked = ["-m", "connmark", "--mark", _m(mk.blocked, mk.mask)]
+    unreach = "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"
+    original = ["-m", "conntrack", "--ctdir", "ORIGINAL"]
+    flow: list[list[str]] = [
+        # A verdict the daemon set on the packet (set_mark + repeat) becomes the connection's.
+        ["-m", "mark", "!", "--mark", _m(0, mk.mask),
+         "-j", "CONNMARK", "--save-mark", "--nfmask", hex(mk.mask), "--ctmask", hex(mk.mask)],
+        ["-p", "tcp", "--tcp-flags", "RST", "RST", *blocked, "-j", "RETURN"],
+        ["-p", "tcp", *blocked, "-j", "REJECT", "--reject-with", "tcp-reset"],
+        ["-p", "udp", *blocked, "-j", "REJECT", "--reject-with", unreach],
+        [*blocked, "-j", "DROP"],
+        ["-m", "connmark", "!", "--mark", _m(0, mk.mask), "-j", "RETURN"],
+        ["-p", "tcp", *original, *undecided, "-m", "connbytes", "--connbytes", f"0:{TCP_WINDOW_BYTES}",
+         "--connbytes-dir", "original", "--connbytes-mode", "bytes", *_queue(opts)],
+        ["-p", "udp", "--dport", "443", *original, *undecided, "-m", "connbytes",
+         "--connbytes", f"0:{UDP_WINDOW_BYTES}", "--connbytes-dir", "original", "--connbytes-mode", "bytes",
+         *_queue(opts)],
+    ]
+    dns = [
+        ["-p", "udp", "--sport", "53", *_queue(opts)],
+        ["-p", "tcp", "--sport", "53", *_queue(opts)],
+    ]
+    lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]"]
+    lines += [" ".join(["-A", CHAIN_FLOW, *r]) for r in flow]
+    lines += [" ".join(["-A", CHAIN_DNS, *r]) for r in dns]
+    for hook, chains in HOOKS.items():
+        if hook == "FORWARD" and not opts.forward:
+            continue
+        # Inserted in reverse so that the first chain listed runs first.
+        lines += [f"-I {hook} 1 -j {chain}" for chain in reversed(chains)]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def build_removal(saved: str) -> str | None:
+    """From `iptables-save` output, the restore text that deletes every netguard jump and chain
+    (None when there is nothing to remove)."""
+    table = ""
+    per_table: dict[str, list[str]] = {}
+    chains: dict[str, list[str]] = {}
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith(":" + CHAIN_PREFIX):
+            chains.setdefault(table, []).append(line[1:].split()[0])
+        elif line.startswith("-A "):
+            parts = line.split()
+            owner = parts[1]
+            if not owner.startswith(CHAIN_PREFIX) and _jumps_to_ours(parts):
+                per_table.setdefault(table, []).append("-D " + line[3:])
+    tables = sorted(set(per_table) | set(chains))
+    if not tables:
+        return None
+    out: list[str] = []
+    for t in tables:
+        out.append(f"*{t}")
+        out += per_table.get(t, [])
+        out += [f"-F {c}" for c in chains.get(t, [])]
+        out += [f"-X {c}" for c in chains.get(t, [])]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def _jumps_to_ours(parts: Sequence[str]) -> bool:
+    for i, word in enumerate(parts[:-1]):
+        if word in ("-j", "-g") and parts[i + 1].startswith(CHAIN_PREFIX):
+            return True
+    return False
+
+
+def tool(backend: Backend, family: Family, action: Literal["save", "restore"]) -> str:
+    """The binary for one backend, family and action, e.g. ip6tables-legacy-restore."""
+    base = "iptables" if family == 4 else "ip6tables"
+    suffix = "nft" if backend == "iptables-nft" else "legacy"
+    return f"{base}-{suffix}-{action}"
+
+
+class FirewallError(RuntimeError):
+    """A rule set could not be installed or removed."""
+
+
+def _argv(ns: str | None, argv: list[str]) -> list[str]:
+    return netns.exec_argv(ns, argv) if ns else argv
+
+
+def _call(ns: str | None, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_argv(ns, argv), input=stdin, capture_output=True, text=True, timeout=30)
+
+
+def save(backend: Backend, family: Family, ns: str | None = None) -> str:
+    """The filter table as `iptables-save` prints it ('' if the tool is missing or fails)."""
+    try:
+        r = _call(ns, [tool(backend, family, "save"), "-t", "filter"])
+    except FileNotFoundError:
+        return ""
+    return r.stdout if r.returncode == 0 else ""
+
+
+def installed(backend: Backend, family: Family, ns: str | None = None) -> list[str]:
+    """The netguard lines currently in the filter table (for `rules show` and tests)."""
+    return [line for line in save(backend, family, ns).splitlines() if CHAIN_PREFIX in line]
+
+
+def remove(ns: str | None = None) -> list[str]:
+    """Remove every netguard chain and jump, in both families and both iptables backends (stale
+    rules of a crashed run may sit in either). Returns what was removed, one line per family."""
+    done: list[str] = []
+    for backend in BACKENDS:
+        for family in FAMILIES:
+            text = build_removal(save(backend, family, ns))
+            if text is None:
+                continue
+            r = _call(ns, [tool(backend, family, "restore"), "--noflush"], text)
+            if r.returncode != 0:
+                raise FirewallError(f"{tool(backend, family, 'restore')}: {r.stderr.strip()}")
+            done.append(f"{backend} IPv{family}")
+    return done
+
+
+def apply(backend: Backend, opts: Options, ns: str | None = None) -> None:
+    """Install the rules for both families with one atomic restore each; if the second family
+    fails, the first is removed again."""
+    for i, family in enumerate(FAMILIES):
+        r = _call(ns, [tool(backend, family, "restore"), "--noflush"], build_rules(family, opts))
+        if r.returncode != 0:
+            if i:
+                remove(ns)
+            raise FirewallError(f"{tool(backend, family, 'restore')}: {r.stderr.strip()}")

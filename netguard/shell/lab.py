@@ -1,0 +1,265 @@
+"""A namespace lab: a client, a DNS server and a registry stand-in behind a bridge, nothing else.
+
+Strategy: four namespaces made with `netns.create` under unique names: a bridge namespace holding
+br0 and one veth end per host, and client / dns / registry namespaces holding the other ends. No
+default route anywhere, nothing in the caller's namespace, so a lab is safe on any machine and any
+number of labs can run at once. The DNS namespace runs dnsmasq with `host-record`s for the lab
+names (and a CNAME alias of a blocked one); the registry namespace runs `labserver` (HTTPS on 443
+with a certificate from a CA made here, plain HTTP on 80) on one address per name, so that an
+address identifies a name. The client namespace resolves through /etc/netns/CLIENT/resolv.conf.
+`Lab.close()` (or leaving `build()`) kills what it started and deletes the namespaces, always.
+Used by the integration tests, the benchmarks and `netguard demo`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from netguard.shell import netns
+
+NET4 = "10.77.0."
+NET6 = "fd77::"
+CLIENT_HOST = 10
+DNS_HOST = 53
+READY_TIMEOUT = 10.0  # seconds for dnsmasq and the server to answer; both start in well under 1 s
+
+
+@dataclass(frozen=True)
+class Host:
+    """A name served by the lab, with its own addresses in the registry namespace."""
+
+    name: str
+    v4: str
+    v6: str
+
+
+# Names chosen to hit the default policy: Docker Hub allowed, GHCR and Quay blocked, one unknown.
+DEFAULT_HOSTS = (
+    Host("registry-1.docker.io", NET4 + "102", NET6 + "102"),
+    Host("ghcr.io", NET4 + "103", NET6 + "103"),
+    Host("quay.io", NET4 + "104", NET6 + "104"),
+    Host("www.example.test", NET4 + "105", NET6 + "105"),
+)
+# dl.allowed.test is an alias whose chain ends at a blocked registry.
+DEFAULT_CNAMES = (("dl.allowed.test", "ghcr.io"),)
+
+
+@dataclass
+class Lab:
+    """A running lab. Namespace names are unique to this lab."""
+
+    bridge: str
+    client: str
+    dns: str
+    registry: str
+    workdir: Path
+    hosts: tuple[Host, ...]
+    cnames: tuple[tuple[str, str], ...]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def client_v4(self) -> str:
+        return NET4 + str(CLIENT_HOST)
+
+    @property
+    def client_v6(self) -> str:
+        return NET6 + str(CLIENT_HOST)
+
+    @property
+    def dns_v4(self) -> str:
+        return NET4 + str(DNS_HOST)
+
+    @property
+    def dns_v6(self) -> str:
+        return NET6 + str(DNS_HOST)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "ca.crt"
+
+    def host(self, name: str) -> Host:
+        """The Host record for a lab name."""
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def client_run(self, argv: Sequence[str], timeout: float = 30,
+                   input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        """Run argv in the client namespace (no check), capturing text output."""
+        return netns.run(self.client, argv, check=False, timeout=timeout, input=input)
+
+    def client_popen(self, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
+        """Start argv in the client namespace; the lab kills it on close."""
+        p: subprocess.Popen[bytes] = subprocess.Popen(netns.exec_argv(self.client, argv), **kw)  # type: ignore[call-overload]
+        self.procs.append(p)
+        return p
+
+    def close(self) -> None:
+        """Kill every process this lab started and delete its namespaces."""
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=5)
+        for ns in (self.client, self.dns, self.registry, self.bridge):
+            netns.delete(ns)
+
+
+def _ip(ns: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, text=True)
+
+
+def _wire(bridge: str, ns: str, peer: str, v4: Sequence[str], v6: Sequence[str]) -> None:
+    _ip(ns, "link", "add", "eth0", "type", "veth", "peer", "name", peer, "netns", bridge)
+    _ip(bridge, "link", "set", peer, "master", "br0", "up")
+    for a in v4:
+        _ip(ns, "addr", "add", f"{a}/24", "dev", "eth0")
+    for a in v6:
+        _ip(ns, "-6", "addr", "add", f"{a}/64", "dev", "eth0", "nodad")
+    _ip(ns, "link", "set", "eth0", "up")
+
+
+def make_certificates(workdir: Path, names: Sequence[str], addresses: Sequence[str]) -> tuple[Path, Path]:
+    """A CA (workdir/ca.crt) and a server certificate + key with SANs for every name and address."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "netguard lab CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (workdir / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path, key_path = workdir / "server.crt", workdir / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def _until(predicate: object, what: str, timeout: float = READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"lab: {what} not ready after {timeout:.0f} s")
+
+
+def _start(ns: str, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    try:
+        return subprocess.Popen(netns.exec_argv(ns, argv), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    finally:
+        out.close()
+
+
+@contextlib.contextmanager
+def build(hosts: Sequence[Host] = DEFAULT_HOSTS, cnames: Sequence[tuple[str, str]] = DEFAULT_CNAMES,
+          workdir: Path | None = None) -> Iterator[Lab]:
+    """Build a lab, yield it, and tear it down whatever happens."""
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ng-lab-")
+        workdir = Path(tmp.name)
+    lab = Lab(bridge=netns.unique_name("br"), client=netns.unique_name("cli"), dns=netns.unique_name("dns"),
+              registry=netns.unique_name("reg"), workdir=workdir, hosts=tuple(hosts), cnames=tuple(cnames))
+    try:
+        _setup(lab)
+        yield lab
+    finally:
+        lab.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _setup(lab: Lab) -> None:
+    for ns in (lab.bridge, lab.client, lab.dns, lab.registry):
+        netns.create(ns)
+    _ip(lab.bridge, "link", "add", "br0", "type", "bridge")
+    _ip(lab.bridge, "link", "set", "br0", "up")
+    _wire(lab.bridge, lab.client, "c0", [lab.client_v4], [lab.client_v6])
+    _wire(lab.bridge, lab.dns, "d0", [lab.dns_v4], [lab.dns_v6])
+    _wire(lab.bridge, lab.registry, "r0", [h.v4 for h in lab.hosts], [h.v6 for h in lab.hosts])
+
+    names = [h.name for h in lab.hosts] + [alias for alias, _ in lab.cnames]
+    cert, key = make_certificates(lab.workdir, names, [a for h in lab.hosts for a in (h.v4, h.v6)])
+    server = _start(lab.registry, [sys.executable, "-m", "netguard.shell.labserver", str(cert), str(key)],
+                    lab.workdir / "server.log")
+    lab.procs.append(server)
+
+    conf = lab.workdir / "dnsmasq.conf"
+    lines = ["no-resolv", "no-hosts", "user=root", "bind-interfaces", "local=/test/",
+             f"listen-address={lab.dns_v4},{lab.dns_v6}", "log-queries", f"pid-file={lab.workdir}/dnsmasq.pid"]
+    lines += [f"host-record={h.name},{h.v4},{h.v6}" for h in lab.hosts]
+    lines += [f"cname={alias},{target}" for alias, target in lab.cnames]
+    conf.write_text("\n".join(lines) + "\n")
+    dns = _start(lab.dns, ["/usr/sbin/dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--log-facility=-"],
+                 lab.workdir / "dnsmasq.log")
+    lab.procs.append(dns)
+
+    etc = Path("/etc/netns") / lab.client
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text(f"nameserver {lab.dns_v4}\noptions timeout:1 attempts:1\n")
+
+    first = lab.hosts[0]
+
+    def dns_ready() -> bool:
+        r = netns.run(lab.client, ["dig", "+short", "+time=1", "+tries=1", first.name, f"@{lab.dns_v4}"],
+                      check=False)
+        return first.v4 in r.stdout.split()
+
+    def server_ready() -> bool:
+        r = netns.run(lab.client, ["curl", "-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}",
+                                   f"http://{first.v4}/"], check=False)
+        return r.stdout == "200"
+
+    _until(dns_ready, "dnsmasq")
+    _until(server_ready, "lab server")
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 5) -> int | None:
+    """Send sig to a process the caller started and wait for it; SIGKILL if it does not exit."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(timeout=timeout)
+    return proc.returncode
