@@ -1,0 +1,255 @@
+"""Strategy: DNS messages (RFC 1035) in, frozen values out; blocked replies built from a message.
+
+Everything is read through the shared `Reader`. Names are decoded label by label: labels of at most
+63 bytes, names of at most 255 wire bytes, and compression pointers that must point strictly before
+the previous jump target (dnspython's rule), so a hostile message cannot loop. Answers keep A, AAAA
+and CNAME data and skip every other type safely (its rdata is fenced and stepped over). The
+authority section is stepped over; the additional section is read for the EDNS OPT record.
+
+Representation choices: names are returned as on the wire, ASCII, without the trailing dot (the
+root is ""); a byte outside printable ASCII, a '.' or a '\\' inside a label is written as `\\DDD`
+(dnspython's escape), so a label can never masquerade as several labels. A/AAAA data is the raw
+4/16 address bytes (the same form as `ip.Packet.src`/`dst`, so the engine matches them without
+conversion); CNAME data is the target name; any other type has data None.
+
+`build_blocked_reply` answers a query (or replaces a response) with NXDOMAIN or REFUSED carrying an
+RFC 8914 Extended DNS Error when the client sent EDNS (an OPT record may only go to a client that
+sent one, RFC 6891 §7). The ID, opcode, RD bit and question section are kept byte for byte.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from netguard.wire.errors import Malformed, Truncated
+from netguard.wire.reader import Reader
+
+TYPE_A = 1
+TYPE_CNAME = 5
+TYPE_AAAA = 28
+TYPE_OPT = 41
+RCODE_NOERROR = 0
+RCODE_NXDOMAIN = 3
+RCODE_REFUSED = 5
+EDE_OPTION = 15  # RFC 8914
+EDE_BLOCKED = 15
+EDE_PROHIBITED = 18
+
+_FLAG_QR = 0x8000
+_FLAG_TC = 0x0200
+_FLAG_RD = 0x0100
+_FLAG_RA = 0x0080
+_DO_BIT = 0x8000  # in the OPT record's TTL field (RFC 3225)
+
+# RFC 1035 §2.3.4.
+MAX_LABEL = 63
+MAX_NAME_WIRE = 255
+# A message holds at most 65535 bytes; capping the records bounds the work a hostile message with
+# many compressed names can cause. Real answers carry a few dozen at most.
+MAX_RECORDS = 1024
+# EDNS UDP payload size we advertise in built replies (the DNS flag day 2020 value).
+EDNS_PAYLOAD = 1232
+# EXTRA-TEXT is for humans; keeping it short keeps the reply far below 512 bytes.
+MAX_EXTRA_TEXT = 200
+HEADER_LEN = 12
+
+_HEADER = struct.Struct("!HHHHHH")
+_RR_FIXED = struct.Struct("!HHIH")
+_Q_FIXED = struct.Struct("!HH")
+_LEN = struct.Struct("!H")
+
+# Label bytes written as-is; every other byte becomes \DDD.
+_PLAIN = bytes(b for b in range(0x21, 0x7F) if b not in (0x2E, 0x5C))
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """One question: name (see module doc), type and class."""
+
+    name: str
+    qtype: int
+    qclass: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRecord:
+    """One answer record. `data`: 4/16 raw bytes for A/AAAA, a name for CNAME, else None."""
+
+    name: str
+    rtype: int
+    rclass: int
+    ttl: int
+    data: bytes | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsMessage:
+    """A parsed DNS message (header, questions, answers and whether an OPT record is present)."""
+
+    id: int
+    flags: int
+    opcode: int
+    rcode: int
+    is_response: bool
+    truncated: bool
+    questions: tuple[Question, ...]
+    answers: tuple[ResourceRecord, ...]
+    has_edns: bool
+
+
+def _read_name(r: Reader) -> str:
+    """Read a possibly compressed name at the cursor; the cursor ends after its first encoding."""
+    data = r.data
+    labels: list[str] = []
+    wire_len = 1
+    # Each pointer must go strictly before the last place a name segment started.
+    limit = r.pos
+    pos = r.pos
+    end = r.end
+    resume = -1
+    while True:
+        if pos >= end:
+            raise (Malformed if r.fences else Truncated)(f"name runs past offset {end}")
+        length = data[pos]
+        if length == 0:
+            pos += 1
+            break
+        kind = length & 0xC0
+        if kind == 0xC0:
+            if pos + 1 >= end:
+                raise (Malformed if r.fences else Truncated)("pointer cut short")
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            if target >= limit:
+                raise Malformed(f"compression pointer to {target} does not point backwards")
+            if resume < 0:
+                resume = pos + 2
+            # Pointers may reach before a fence (rdata names point into earlier records).
+            end = len(data)
+            limit = pos = target
+            continue
+        if kind:
+            raise Malformed(f"label type 0x{kind:02x}")
+        wire_len += length + 1
+        if wire_len > MAX_NAME_WIRE:
+            raise Malformed("name longer than 255 bytes")
+        start = pos + 1
+        pos = start + length
+        if pos > end:
+            raise (Malformed if r.fences else Truncated)("label runs past the end")
+        label = data[start:pos]
+        if label.translate(None, _PLAIN):
+            labels.append("".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in label))
+        else:
+            labels.append(label.decode("ascii"))
+    r.pos = resume if resume >= 0 else pos
+    return ".".join(labels)
+
+
+def _parse(data: bytes) -> tuple[DnsMessage, int, int]:
+    """Parse a message; also return where the question section ends and the OPT TTL field (or -1)."""
+    r = Reader(data)
+    ident, flags, qdcount, ancount, nscount, arcount = r.unpack(_HEADER)
+    if qdcount + ancount + nscount + arcount > MAX_RECORDS:
+        raise Malformed(f"more than {MAX_RECORDS} records")
+    questions = []
+    for _ in range(qdcount):
+        name = _read_name(r)
+        qtype, qclass = r.unpack(_Q_FIXED)
+        questions.append(Question(name, qtype, qclass))
+    question_end = r.pos
+    answers = []
+    for _ in range(ancount):
+        name = _read_name(r)
+        rtype, rclass, ttl, rdlength = r.unpack(_RR_FIXED)
+        rdata: bytes | str | None = None
+        with r.restrict_to(rdlength):
+            if rtype == TYPE_A and rclass == 1:
+                rdata = r.take(4)
+            elif rtype == TYPE_AAAA and rclass == 1:
+                rdata = r.take(16)
+            elif rtype == TYPE_CNAME:
+                rdata = _read_name(r)
+            else:
+                r.skip(rdlength)
+        answers.append(ResourceRecord(name, rtype, rclass, ttl, rdata))
+    for _ in range(nscount):
+        _read_name(r)
+        _rtype, _rclass, _ttl, rdlength = r.unpack(_RR_FIXED)
+        r.skip(rdlength)
+    opt_ttl = -1
+    for _ in range(arcount):
+        name = _read_name(r)
+        rtype, _rclass, ttl, rdlength = r.unpack(_RR_FIXED)
+        r.skip(rdlength)
+        if rtype == TYPE_OPT:
+            if opt_ttl >= 0 or name:
+                raise Malformed("second OPT record or OPT not at the root")
+            opt_ttl = ttl
+    # Trailing bytes after the last record are ignored, as resolvers do.
+    message = DnsMessage(
+        ident,
+        flags,
+        (flags >> 11) & 0xF,
+        flags & 0xF,
+        bool(flags & _FLAG_QR),
+        bool(flags & _FLAG_TC),
+        tuple(questions),
+        tuple(answers),
+        opt_ttl >= 0,
+    )
+    return message, question_end, opt_ttl
+
+
+def parse_message(data: bytes) -> DnsMessage:
+    """Parse a DNS message (UDP payload, or one message taken out of a TCP stream). Raises ParseError."""
+    return _parse(data)[0]
+
+
+def split_tcp_messages(buf: bytes) -> tuple[list[bytes], bytes]:
+    """Split DNS-over-TCP bytes (2-byte length prefix each) into whole messages and the leftover."""
+    messages = []
+    r = Reader(buf)
+    while r.remaining() >= 2:
+        start = r.pos
+        length = r.u16()
+        if length < HEADER_LEN:
+            raise Malformed(f"DNS-over-TCP message of {length} bytes")
+        if r.remaining() < length:
+            r.pos = start
+            break
+        messages.append(r.take(length))
+    return messages, buf[r.pos :]
+
+
+def frame_tcp(message: bytes) -> bytes:
+    """Prefix a message with its 2-byte length for DNS over TCP."""
+    if len(message) > 0xFFFF:
+        raise Malformed("message too long for DNS over TCP")
+    return _LEN.pack(len(message)) + message
+
+
+_RCODES = {"NXDOMAIN": RCODE_NXDOMAIN, "REFUSED": RCODE_REFUSED}
+
+
+def build_blocked_reply(message: bytes, *, rcode: str, info_code: int, text: str) -> bytes:
+    """Build an NXDOMAIN or REFUSED reply to `message` (a query or the response being replaced).
+
+    Keeps the ID, opcode, RD bit and the question section. When the client used EDNS, the reply
+    carries an OPT record with an Extended DNS Error (`info_code`, e.g. EDE_BLOCKED or
+    EDE_PROHIBITED) whose EXTRA-TEXT is `text` (UTF-8, cut to MAX_EXTRA_TEXT bytes).
+    Raises ParseError if `message` cannot be parsed, ValueError for a bad rcode or info code.
+    """
+    if rcode not in _RCODES:
+        raise ValueError(f"rcode must be NXDOMAIN or REFUSED, not {rcode!r}")
+    if not 0 <= info_code <= 0xFFFF:
+        raise ValueError(f"info code {info_code} out of range")
+    parsed, question_end, opt_ttl = _parse(message)
+    flags = _FLAG_QR | _FLAG_RA | (parsed.flags & (0x7800 | _FLAG_RD)) | _RCODES[rcode]
+    header = _HEADER.pack(parsed.id, flags, len(parsed.questions), 0, 0, 1 if parsed.has_edns else 0)
+    out = header + message[HEADER_LEN:question_end]
+    if parsed.has_edns:
+        extra = text.encode("utf-8")[:MAX_EXTRA_TEXT].decode("utf-8", "ignore").encode("utf-8")
+        option = struct.pack("!HHH", EDE_OPTION, 2 + len(extra), info_code) + extra
+        out += b"\x00" + _RR_FIXED.pack(TYPE_OPT, EDNS_PAYLOAD, opt_ttl & _DO_BIT, len(option)) + option
+    return out

@@ -1,0 +1,296 @@
+"""Strategy: the TLS ClientHello, read incrementally from the client's first bytes.
+
+`ClientHelloReader.feed` takes TCP payload bytes as they arrive (in order; the engine reassembles
+by sequence number), unwraps TLS records of type handshake, joins their fragments, and parses the
+ClientHello once its 4-byte handshake header says it is complete. So a ClientHello spread over
+several records and several TCP segments (Chromium's post-quantum one) is handled the same way as
+a single-segment one. The parse itself goes through the shared `Reader` with every length-prefixed
+block fenced.
+
+What is reported rather than guessed: a server_name extension with several host_name entries, an
+empty one, or one with non-ASCII / control bytes gives `sni = None` and a `sni_problem` text. A
+repeated extension type is Malformed (RFC 8446 §4.2 forbids it; two SNI extensions would otherwise
+let a filter and a server read different names). GREASE values (RFC 8701) are accepted anywhere and
+kept as they are in `extensions`, `cipher_suites` and `supported_versions`.
+
+Error convention: `feed` returns NeedMore, NotTls or ClientHello and raises `Malformed` for bytes
+that start like TLS but break its rules. Once it has produced a result or raised, it repeats it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from netguard.wire.errors import Malformed, ParseError, Truncated
+from netguard.wire.reader import Reader
+
+CONTENT_HANDSHAKE = 22
+CONTENT_ALERT = 21
+HANDSHAKE_CLIENT_HELLO = 1
+EXT_SERVER_NAME = 0
+EXT_ALPN = 16
+EXT_SUPPORTED_VERSIONS = 43
+EXT_KEY_SHARE = 51
+EXT_ECH = 0xFE0D
+ALERT_FATAL = 2
+ALERT_ACCESS_DENIED = 49
+
+# RFC 8446 §5.1: a record's plaintext is at most 2^14 bytes.
+MAX_RECORD = 16384
+# The largest ClientHellos seen are ~2.2 KB (Chromium, X25519MLKEM768); several post-quantum key
+# shares still fit in 16 KB. A larger claim is an attempt to make us buffer, not a real client.
+MAX_CLIENT_HELLO = 16384
+
+_RECORD = struct.Struct("!BBBH")
+_EXT_HEAD = struct.Struct("!HH")
+_HELLO_FIXED = struct.Struct("!H32sB")
+
+
+@dataclass(frozen=True, slots=True)
+class NeedMore:
+    """More bytes are needed before anything can be said."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotTls:
+    """The bytes are not the start of a TLS handshake."""
+
+    reason: str
+
+
+NEED_MORE = NeedMore()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """The fields of a ClientHello that matter for deciding where a connection goes.
+
+    `sni`: the single host_name, ASCII, as sent (case and trailing dot untouched), or None.
+    `sni_problem`: why `sni` is None although a server_name extension was present, else None.
+    `ech`: an encrypted_client_hello extension (0xfe0d) is present; `sni` is then the outer name.
+    """
+
+    sni: str | None
+    sni_problem: str | None
+    alpn: tuple[str, ...]
+    supported_versions: tuple[int, ...]
+    ech: bool
+    legacy_version: int
+    cipher_suites: tuple[int, ...]
+    extensions: tuple[int, ...]
+    key_share_groups: tuple[int, ...]
+    length: int
+
+
+def is_grease(value: int) -> bool:
+    """True for a GREASE value (RFC 8701: 0x0a0a, 0x1a1a, ..., 0xfafa)."""
+    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+
+
+def looks_like_tls(first_bytes: bytes) -> bool:
+    """Cheap check: a handshake record with major version 3 (needs at least 2 bytes to say yes)."""
+    return len(first_bytes) >= 2 and first_bytes[0] == CONTENT_HANDSHAKE and first_bytes[1] == 3
+
+
+def access_denied_alert() -> bytes:
+    """A TLS record carrying a fatal access_denied alert (legacy record version 0x0303)."""
+    return bytes((CONTENT_ALERT, 3, 3, 0, 2, ALERT_FATAL, ALERT_ACCESS_DENIED))
+
+
+class ClientHelloReader:
+    """Incremental ClientHello parser: `feed` the client's first TCP payload bytes in order."""
+
+    __slots__ = ("_buf", "_error", "_handshake", "_pos", "_result")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._handshake = bytearray()
+        self._result: ClientHello | NotTls | None = None
+        self._error: Malformed | None = None
+
+    def feed(self, data: bytes) -> NeedMore | ClientHello | NotTls:
+        """Add bytes; return NeedMore, NotTls or the ClientHello. Raises Malformed."""
+        if self._result is not None:
+            return self._result
+        if self._error is not None:
+            raise self._error
+        try:
+            result = self._advance(data)
+        except Malformed as exc:
+            self._error = exc
+            raise
+        if not isinstance(result, NeedMore):
+            self._result = result
+            self._buf = bytearray()
+        return result
+
+    def _advance(self, data: bytes) -> NeedMore | ClientHello | NotTls:
+        buf = self._buf
+        buf += data
+        first = self._pos == 0 and not self._handshake
+        if first and buf:
+            if buf[0] != CONTENT_HANDSHAKE:
+                return NotTls(f"first byte 0x{buf[0]:02x} is not a handshake record")
+            if len(buf) >= 2 and buf[1] != 3:
+                return NotTls(f"record major version {buf[1]}")
+        while len(buf) - self._pos >= 5:
+            ctype, major, _minor, length = _RECORD.unpack_from(buf, self._pos)
+            if ctype != CONTENT_HANDSHAKE or major != 3:
+                raise Malformed(f"record type {ctype} version {major} inside a ClientHello")
+            if length == 0 or length > MAX_RECORD:
+                raise Malformed(f"handshake record of {length} bytes")
+            end = self._pos + 5 + length
+            if end > len(buf):
+                break
+            self._handshake += buf[self._pos + 5 : end]
+            self._pos = end
+            hs = self._handshake
+            if hs[0] != HANDSHAKE_CLIENT_HELLO:
+                raise Malformed(f"handshake type {hs[0]} where a ClientHello belongs")
+            if len(hs) >= 4:
+                need = 4 + ((hs[1] << 16) | (hs[2] << 8) | hs[3])
+                if need > 4 + MAX_CLIENT_HELLO:
+                    raise Malformed(f"ClientHello of {need - 4} bytes")
+                if len(hs) >= need:
+                    return _parse_hello(bytes(hs[:need]))
+        return NEED_MORE
+
+
+def parse_client_hello(data: bytes) -> ClientHello:
+    """One-shot: parse a ClientHello from record-layer bytes (the client's first TCP payload).
+
+    Raises Truncated if the bytes end before the ClientHello does, Malformed otherwise.
+    """
+    result = ClientHelloReader().feed(data)
+    if isinstance(result, NeedMore):
+        raise Truncated("ClientHello incomplete")
+    if isinstance(result, NotTls):
+        raise Malformed(f"not TLS: {result.reason}")
+    return result
+
+
+def parse_handshake(message: bytes) -> ClientHello:
+    """Parse a bare ClientHello handshake message (type, 3-byte length, body), as QUIC carries it."""
+    if len(message) >= 1 and message[0] != HANDSHAKE_CLIENT_HELLO:
+        raise Malformed(f"handshake type {message[0]} is not ClientHello")
+    if len(message) > 4 + MAX_CLIENT_HELLO:
+        raise Malformed("ClientHello too long")
+    return _parse_hello(message)
+
+
+def _parse_hello(message: bytes) -> ClientHello:
+    r = Reader(message)
+    if r.u8() != HANDSHAKE_CLIENT_HELLO:
+        raise Malformed("not a ClientHello")
+    length = r.u24()
+    with r.restrict_to(length):
+        legacy_version, _random, session_len = r.unpack(_HELLO_FIXED)
+        if session_len > 32:
+            raise Malformed(f"session id of {session_len} bytes")
+        r.skip(session_len)
+        suites_len = r.u16()
+        if suites_len < 2 or suites_len & 1:
+            raise Malformed(f"cipher suites length {suites_len}")
+        suites = struct.unpack_from(f"!{suites_len // 2}H", r.take(suites_len))
+        compression_len = r.u8()
+        if compression_len < 1:
+            raise Malformed("no compression methods")
+        r.skip(compression_len)
+        sni: str | None = None
+        sni_problem: str | None = None
+        alpn: tuple[str, ...] = ()
+        versions: tuple[int, ...] = ()
+        groups: tuple[int, ...] = ()
+        ech = False
+        seen: list[int] = []
+        if r.remaining():
+            with r.restrict_to(r.u16()):
+                while r.remaining():
+                    ext_type, ext_len = r.unpack(_EXT_HEAD)
+                    if ext_type in seen:
+                        raise Malformed(f"extension {ext_type} repeated")
+                    seen.append(ext_type)
+                    if ext_type == EXT_SERVER_NAME:
+                        with r.restrict_to(ext_len):
+                            sni, sni_problem = _server_name(r)
+                    elif ext_type == EXT_ALPN:
+                        with r.restrict_to(ext_len):
+                            alpn = _alpn(r)
+                    elif ext_type == EXT_SUPPORTED_VERSIONS:
+                        with r.restrict_to(ext_len):
+                            versions = _u16_list(r, r.u8())
+                    elif ext_type == EXT_KEY_SHARE:
+                        with r.restrict_to(ext_len):
+                            groups = _key_share_groups(r)
+                    else:
+                        if ext_type == EXT_ECH:
+                            ech = True
+                        r.skip(ext_len)
+    return ClientHello(
+        sni, sni_problem, alpn, versions, ech, legacy_version, suites, tuple(seen), groups, length
+    )
+
+
+def _server_name(r: Reader) -> tuple[str | None, str | None]:
+    if not r.remaining():
+        return None, "empty server_name extension"
+    names: list[bytes] = []
+    with r.restrict_to(r.u16()):
+        while r.remaining():
+            name_type = r.u8()
+            name = r.take(r.u16())
+            if name_type == 0:
+                names.append(name)
+    if not names:
+        return None, "no host_name entry"
+    if len(names) > 1:
+        return None, f"{len(names)} host_name entries"
+    name = names[0]
+    if not name:
+        return None, "empty host_name"
+    if not name.isascii() or any(b < 0x21 or b == 0x7F for b in name):
+        return None, "host_name is not printable ASCII"
+    return name.decode("ascii"), None
+
+
+def _alpn(r: Reader) -> tuple[str, ...]:
+    protocols = []
+    with r.restrict_to(r.u16()):
+        while r.remaining():
+            length = r.u8()
+            if length == 0:
+                raise Malformed("empty ALPN protocol name")
+            protocols.append(r.take(length).decode("ascii", "backslashreplace"))
+    return tuple(protocols)
+
+
+def _u16_list(r: Reader, length: int) -> tuple[int, ...]:
+    if length & 1:
+        raise Malformed(f"odd list length {length}")
+    return tuple(struct.unpack_from(f"!{length // 2}H", r.take(length)))
+
+
+def _key_share_groups(r: Reader) -> tuple[int, ...]:
+    groups = []
+    with r.restrict_to(r.u16()):
+        while r.remaining():
+            groups.append(r.u16())
+            r.skip(r.u16())
+    return tuple(groups)
+
+
+__all__ = [
+    "NEED_MORE",
+    "ClientHello",
+    "ClientHelloReader",
+    "NeedMore",
+    "NotTls",
+    "ParseError",
+    "access_denied_alert",
+    "is_grease",
+    "looks_like_tls",
+    "parse_client_hello",
+    "parse_handshake",
+]
