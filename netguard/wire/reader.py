@@ -17,6 +17,7 @@ from netguard.wire.errors import Malformed, Truncated
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_TAG_LEN = struct.Struct("!HH")
 
 
 class Reader:
@@ -119,6 +120,40 @@ class Reader:
         pos = self.pos
         self.pos = self.end
         return self.data[pos : self.end]
+
+    def tagged_blocks(self) -> dict[int, tuple[int, int]]:
+        """Read (u16 tag, u16 length, body) blocks up to the current end, as TLS extensions are laid
+        out. Returns tag -> (body offset, body length) in wire order; a repeated tag is Malformed.
+        One tight loop instead of a method call per field: this is the ClientHello hot path."""
+        data = self.data
+        pos = self.pos
+        end = self.end
+        unpack = _TAG_LEN.unpack_from
+        blocks: dict[int, tuple[int, int]] = {}
+        while pos < end:
+            if pos + 4 > end:
+                self.pos = pos
+                raise self._short(4)
+            tag, length = unpack(data, pos)
+            pos += 4
+            if pos + length > end:
+                self.pos = pos
+                raise self._short(length)
+            if tag in blocks:
+                raise Malformed(f"block type {tag} repeated")
+            blocks[tag] = (pos, length)
+            pos += length
+        self.pos = pos
+        return blocks
+
+    def sub(self, offset: int, length: int) -> Reader:
+        """A fenced reader over `length` bytes at `offset`, which must lie inside the current end."""
+        if offset < 0 or length < 0 or offset + length > self.end:
+            raise Malformed(f"block at {offset}+{length} lies outside its parent")
+        reader = Reader(self.data, offset)
+        reader.end = offset + length
+        reader.fences = 1
+        return reader
 
     def restrict_to(self, n: int) -> _Fence:
         """Fence the next `n` bytes: `with reader.restrict_to(n): ...` must consume them exactly."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from netguard.wire.errors import Malformed, ParseError, Truncated
 from netguard.wire.reader import Reader
@@ -31,7 +32,6 @@ HANDSHAKE_CLIENT_HELLO = 1
 EXT_SERVER_NAME = 0
 EXT_ALPN = 16
 EXT_SUPPORTED_VERSIONS = 43
-EXT_KEY_SHARE = 51
 EXT_ECH = 0xFE0D
 ALERT_FATAL = 2
 ALERT_ACCESS_DENIED = 49
@@ -42,6 +42,8 @@ MAX_RECORD = 16384
 # shares still fit in 16 KB. A larger claim is an attempt to make us buffer, not a real client.
 MAX_CLIENT_HELLO = 16384
 
+# Bytes a host_name may hold as sent; anything else is reported, not decoded.
+_HOST_BYTES = bytes(range(0x21, 0x7F))
 _RECORD = struct.Struct("!BBBH")
 _EXT_HEAD = struct.Struct("!HH")
 _HELLO_FIXED = struct.Struct("!H32sB")
@@ -62,13 +64,15 @@ class NotTls:
 NEED_MORE = NeedMore()
 
 
-@dataclass(frozen=True, slots=True)
-class ClientHello:
+class ClientHello(NamedTuple):
     """The fields of a ClientHello that matter for deciding where a connection goes.
 
     `sni`: the single host_name, ASCII, as sent (case and trailing dot untouched), or None.
     `sni_problem`: why `sni` is None although a server_name extension was present, else None.
     `ech`: an encrypted_client_hello extension (0xfe0d) is present; `sni` is then the outer name.
+    `extensions`: the extension types in wire order. `length`: the handshake body length.
+    (A NamedTuple, not a dataclass: it is built once per connection on the hot path and a frozen
+    dataclass costs three times as much to construct.)
     """
 
     sni: str | None
@@ -77,9 +81,7 @@ class ClientHello:
     supported_versions: tuple[int, ...]
     ech: bool
     legacy_version: int
-    cipher_suites: tuple[int, ...]
     extensions: tuple[int, ...]
-    key_share_groups: tuple[int, ...]
     length: int
 
 
@@ -117,7 +119,8 @@ class ClientHelloReader:
         if self._error is not None:
             raise self._error
         try:
-            result = self._advance(data)
+            fast = self._fast(data) if not self._buf else None
+            result = self._advance(data) if fast is None else fast
         except Malformed as exc:
             self._error = exc
             raise
@@ -125,6 +128,16 @@ class ClientHelloReader:
             self._result = result
             self._buf = bytearray()
         return result
+
+    def _fast(self, data: bytes) -> ClientHello | None:
+        # The common case: the whole ClientHello in one record in the first segment; no copying.
+        if len(data) < 9 or data[0] != CONTENT_HANDSHAKE or data[1] != 3 or data[5] != 1:
+            return None
+        record_len = (data[3] << 8) | data[4]
+        hello_end = 9 + ((data[6] << 16) | (data[7] << 8) | data[8])
+        if hello_end > 5 + record_len or 5 + record_len > len(data) or record_len > MAX_RECORD:
+            return None
+        return _parse_hello(data, 5, hello_end)
 
     def _advance(self, data: bytes) -> NeedMore | ClientHello | NotTls:
         buf = self._buf
@@ -154,7 +167,7 @@ class ClientHelloReader:
                 if need > 4 + MAX_CLIENT_HELLO:
                     raise Malformed(f"ClientHello of {need - 4} bytes")
                 if len(hs) >= need:
-                    return _parse_hello(bytes(hs[:need]))
+                    return _parse_hello(bytes(hs), 0, need)
         return NEED_MORE
 
 
@@ -177,59 +190,53 @@ def parse_handshake(message: bytes) -> ClientHello:
         raise Malformed(f"handshake type {message[0]} is not ClientHello")
     if len(message) > 4 + MAX_CLIENT_HELLO:
         raise Malformed("ClientHello too long")
-    return _parse_hello(message)
+    if len(message) < 4:
+        raise Truncated("handshake header incomplete")
+    end = 4 + ((message[1] << 16) | (message[2] << 8) | message[3])
+    if end > len(message):
+        raise Truncated("ClientHello incomplete")
+    return _parse_hello(message, 0, end)
 
 
-def _parse_hello(message: bytes) -> ClientHello:
-    r = Reader(message)
-    if r.u8() != HANDSHAKE_CLIENT_HELLO:
-        raise Malformed("not a ClientHello")
-    length = r.u24()
-    with r.restrict_to(length):
-        legacy_version, _random, session_len = r.unpack(_HELLO_FIXED)
-        if session_len > 32:
-            raise Malformed(f"session id of {session_len} bytes")
-        r.skip(session_len)
-        suites_len = r.u16()
-        if suites_len < 2 or suites_len & 1:
-            raise Malformed(f"cipher suites length {suites_len}")
-        suites = struct.unpack_from(f"!{suites_len // 2}H", r.take(suites_len))
-        compression_len = r.u8()
-        if compression_len < 1:
-            raise Malformed("no compression methods")
-        r.skip(compression_len)
-        sni: str | None = None
-        sni_problem: str | None = None
-        alpn: tuple[str, ...] = ()
-        versions: tuple[int, ...] = ()
-        groups: tuple[int, ...] = ()
-        ech = False
-        seen: list[int] = []
-        if r.remaining():
-            with r.restrict_to(r.u16()):
-                while r.remaining():
-                    ext_type, ext_len = r.unpack(_EXT_HEAD)
-                    if ext_type in seen:
-                        raise Malformed(f"extension {ext_type} repeated")
-                    seen.append(ext_type)
-                    if ext_type == EXT_SERVER_NAME:
-                        with r.restrict_to(ext_len):
-                            sni, sni_problem = _server_name(r)
-                    elif ext_type == EXT_ALPN:
-                        with r.restrict_to(ext_len):
-                            alpn = _alpn(r)
-                    elif ext_type == EXT_SUPPORTED_VERSIONS:
-                        with r.restrict_to(ext_len):
-                            versions = _u16_list(r, r.u8())
-                    elif ext_type == EXT_KEY_SHARE:
-                        with r.restrict_to(ext_len):
-                            groups = _key_share_groups(r)
-                    else:
-                        if ext_type == EXT_ECH:
-                            ech = True
-                        r.skip(ext_len)
+def _parse_hello(data: bytes, start: int, end: int) -> ClientHello:
+    """Parse the ClientHello whose handshake header is at `start` and which ends at `end`."""
+    r = Reader(data, start + 4)
+    if end > len(data):
+        raise Truncated("ClientHello incomplete")
+    # The handshake length is satisfied: from here on an overrun is Malformed.
+    r.end = end
+    r.fences = 1
+    legacy_version, _random, session_len = r.unpack(_HELLO_FIXED)
+    if session_len > 32:
+        raise Malformed(f"session id of {session_len} bytes")
+    r.skip(session_len)
+    suites_len = r.u16()
+    if suites_len < 2 or suites_len & 1:
+        raise Malformed(f"cipher suites length {suites_len}")
+    r.skip(suites_len)
+    compression_len = r.u8()
+    if compression_len < 1:
+        raise Malformed("no compression methods")
+    r.skip(compression_len)
+    if not r.remaining():
+        return ClientHello(None, None, (), (), False, legacy_version, (), end - start - 4)
+    with r.restrict_to(r.u16()):
+        blocks = r.tagged_blocks()
+    sni: str | None = None
+    sni_problem: str | None = None
+    alpn: tuple[str, ...] = ()
+    versions: tuple[int, ...] = ()
+    block = blocks.get(EXT_SERVER_NAME)
+    if block is not None:
+        sni, sni_problem = _server_name(r.sub(*block))
+    block = blocks.get(EXT_ALPN)
+    if block is not None:
+        alpn = _alpn(r.sub(*block))
+    block = blocks.get(EXT_SUPPORTED_VERSIONS)
+    if block is not None:
+        versions = _supported_versions(r.sub(*block))
     return ClientHello(
-        sni, sni_problem, alpn, versions, ech, legacy_version, suites, tuple(seen), groups, length
+        sni, sni_problem, alpn, versions, EXT_ECH in blocks, legacy_version, tuple(blocks), end - start - 4
     )
 
 
@@ -237,12 +244,13 @@ def _server_name(r: Reader) -> tuple[str | None, str | None]:
     if not r.remaining():
         return None, "empty server_name extension"
     names: list[bytes] = []
-    with r.restrict_to(r.u16()):
-        while r.remaining():
-            name_type = r.u8()
-            name = r.take(r.u16())
-            if name_type == 0:
-                names.append(name)
+    if r.u16() != r.remaining():
+        raise Malformed("server_name list length disagrees with its extension")
+    while r.remaining():
+        name_type = r.u8()
+        name = r.take(r.u16())
+        if name_type == 0:
+            names.append(name)
     if not names:
         return None, "no host_name entry"
     if len(names) > 1:
@@ -250,35 +258,28 @@ def _server_name(r: Reader) -> tuple[str | None, str | None]:
     name = names[0]
     if not name:
         return None, "empty host_name"
-    if not name.isascii() or any(b < 0x21 or b == 0x7F for b in name):
+    if name.translate(None, _HOST_BYTES):
         return None, "host_name is not printable ASCII"
     return name.decode("ascii"), None
 
 
 def _alpn(r: Reader) -> tuple[str, ...]:
     protocols = []
-    with r.restrict_to(r.u16()):
-        while r.remaining():
-            length = r.u8()
-            if length == 0:
-                raise Malformed("empty ALPN protocol name")
-            protocols.append(r.take(length).decode("ascii", "backslashreplace"))
+    if r.u16() != r.remaining():
+        raise Malformed("ALPN list length disagrees with its extension")
+    while r.remaining():
+        length = r.u8()
+        if length == 0:
+            raise Malformed("empty ALPN protocol name")
+        protocols.append(r.take(length).decode("ascii", "backslashreplace"))
     return tuple(protocols)
 
 
-def _u16_list(r: Reader, length: int) -> tuple[int, ...]:
-    if length & 1:
-        raise Malformed(f"odd list length {length}")
+def _supported_versions(r: Reader) -> tuple[int, ...]:
+    length = r.u8()
+    if length & 1 or length != r.remaining():
+        raise Malformed(f"supported_versions list of {length} bytes in {r.remaining()}")
     return tuple(struct.unpack_from(f"!{length // 2}H", r.take(length)))
-
-
-def _key_share_groups(r: Reader) -> tuple[int, ...]:
-    groups = []
-    with r.restrict_to(r.u16()):
-        while r.remaining():
-            groups.append(r.u16())
-            r.skip(r.u16())
-    return tuple(groups)
 
 
 __all__ = [
