@@ -136,3 +136,33 @@ def policy_show(policy_path: str | None, as_json: bool) -> None:
     for pat, r in rows:
         click.echo(f"{'allow' if r.allowed else 'block':7} {pat:{width}}  {r.registry or '-':18} {r.text}")
     click.echo(f"\nany other host: {p.unknown_hosts} (unknown_hosts)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@click.option("--root", type=click.Path(file_okay=False, exists=True), default="/", show_default=True,
+              help="Read the environment below this directory (a fixture tree); probes run live only "
+                   "for /.")
+@click.option("--facts", "facts_path", type=click.Path(dir_okay=False, exists=True), metavar="FILE",
+              help="Environment variables and probe results from a JSON file instead of this process "
+                   "and a live probe (for trees that cannot be probed here).")
+def doctor(as_json: bool, root: str, facts_path: str | None) -> None:
+    """Say whether this machine can enforce, and if not, why and what to do.
+
+    Detects the environment (WSL 1/2, Docker Desktop VM, Vagrant box, container, Linux), applies
+    the kernel version gates, and probes the netfilter features netguard needs in scratch network
+    namespaces (never in this one). Exit status: 0 can enforce, 1 degraded, 2 cannot enforce.
+    """
+    from pathlib import Path
+
+    from netguard.shell.doctor import assess, load_facts, render, to_json_text
+
+    base = Path(root)
+    if facts_path is not None:
+        env, probes = load_facts(Path(facts_path))
+        report = assess(base, env, live=False, probes=probes, probe_source=facts_path)
+    else:
+        live = base.resolve() == Path("/")
+        report = assess(base, None if live else {}, live=live)
+    click.echo(to_json_text(report) if as_json else render(report))
+    sys.exit(report.exit_code)
