@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from netguard.shell.probe import NFT_QUEUE, Probe, ProbeRun, choose_backend, live_probe
+from netguard.shell.probe import NFT_QUEUE, Probe, ProbeRun, choose_backend, live_probe, usable_backends
 
 Verdict = Literal["ok", "degraded", "cannot"]
 GateStatus = Literal["fail", "warn", "info"]
@@ -72,6 +72,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("queue_roundtrip", "packet queued and received", ()),
 )
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
+CONFIG_SYMBOLS = tuple(dict.fromkeys(s for f in FEATURES for s in f.config))
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Report:
     verdict: Verdict
     reasons: tuple[str, ...]
     backend: str | None
+    backends: tuple[str, ...]  # every backend that works, best first (`run` takes the first it supports)
     probe_source: str  # "live", a facts file, or "none"
     namespaces: tuple[str, ...] = ()
     seconds: float = 0.0
@@ -376,11 +378,11 @@ def load_facts(path: Path) -> tuple[dict[str, str], dict[str, Probe]]:
         if isinstance(value, dict):
             probes[name] = Probe(value.get("present"), str(value.get("detail", "")))
         elif value is None or isinstance(value, bool):
-            probes[name] = Probe(value, f"from {path.name}")
+            probes[name] = Probe(value)
         else:
             raise ValueError(f"{path}: {name} must be true, false, null or an object")
     for name in FEATURE_NAMES:
-        probes.setdefault(name, Probe(None, f"not in {path.name}"))
+        probes.setdefault(name, Probe(None, "not probed"))
     return env, probes
 
 
@@ -438,8 +440,15 @@ def _present(probes: Mapping[str, Probe], name: str) -> bool | None:
 
 
 def _detail(probes: Mapping[str, Probe], name: str) -> str:
+    """ " (what the probe said)", or nothing when it said nothing (results from a facts file)."""
     probe = probes.get(name)
-    return probe.detail if probe is not None and probe.detail else "not probed"
+    if probe is None:
+        return " (not probed)"
+    return f" ({probe.detail})" if probe.detail else ""
+
+
+def _state_word(probes: Mapping[str, Probe], name: str) -> str:
+    return "missing" if _present(probes, name) is False else "could not be checked"
 
 
 def _queue_fix(environment: Environment) -> str:
@@ -467,22 +476,20 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
     def require(name: str, why: str) -> None:
         state = _present(probes, name)
         if state is not True:
-            verb = "missing" if state is False else "could not be checked"
-            cannot.append(f"{_label(name)} {verb} ({_detail(probes, name)}): {why}")
+            cannot.append(f"{_label(name)} {_state_word(probes, name)}{_detail(probes, name)}: {why}")
 
     backend = choose_backend(probes)
     require("cap_net_admin", "netguard manages firewall rules: run it as root")
     if backend is None:
-        nft_queue = _detail(probes, "nft_queue")
-        cannot.append("no way to send packets to netguard: xt NFQUEUE missing via iptables-nft "
-                      f"({_detail(probes, 'xt_nfqueue_nft')}) and iptables-legacy "
-                      f"({_detail(probes, 'xt_nfqueue_legacy')}), nft queue missing ({nft_queue}). "
-                      f"To fix: {_queue_fix(environment)}")
+        cannot.append("no way to send packets to netguard: xt NFQUEUE via iptables-nft"
+                      f"{_detail(probes, 'xt_nfqueue_nft')}, via iptables-legacy"
+                      f"{_detail(probes, 'xt_nfqueue_legacy')} and nft queue{_detail(probes, 'nft_queue')} "
+                      f"are all unavailable. To fix: {_queue_fix(environment)}")
     require("nfnetlink_queue", f"the kernel cannot hand queued packets to a program. To fix: {_queue_fix(environment)}")
     require("netfilterqueue", "install it with scripts/bootstrap (NetfilterQueue==1.1.0, needs "
                               "libnetfilter-queue-dev)")
     if _present(probes, "queue_roundtrip") is False:
-        cannot.append(f"a queued packet did not reach netguard ({_detail(probes, 'queue_roundtrip')})")
+        cannot.append(f"a queued packet did not reach netguard{_detail(probes, 'queue_roundtrip')}")
     # nft queue missing while an xt backend works is a backend choice, not a gap. The native nft
     # backend was only chosen because its ct/reject set loaded, so these xt rows matter for xt only.
     if backend != NFT_QUEUE:
@@ -490,15 +497,15 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
         require("connmark", "decisions are kept in the connection mark; without it blocked connections "
                             "cannot be reset and every packet would go through the daemon")
         if _present(probes, "connbytes") is not True:
-            degraded.append(f"connbytes unavailable ({_detail(probes, 'connbytes')}): the queue cannot be "
+            degraded.append(f"connbytes {_state_word(probes, 'connbytes')}{_detail(probes, 'connbytes')}: the queue cannot be "
                             "limited to the first bytes of a flow; undecided flows keep going through the "
                             "daemon (slower, never unfiltered)")
         if _present(probes, "reject") is not True:
-            degraded.append(f"REJECT --reject-with tcp-reset unavailable ({_detail(probes, 'reject')}): "
+            degraded.append(f"REJECT --reject-with tcp-reset {_state_word(probes, 'reject')}{_detail(probes, 'reject')}: "
                             "blocked connections are dropped, so clients hang until their own timeout "
                             "instead of failing at once")
         if ipv6 and _present(probes, "ip6tables") is not True:
-            degraded.append(f"ip6tables unavailable ({_detail(probes, 'ip6tables')}): IPv6 connections are "
+            degraded.append(f"ip6tables {_state_word(probes, 'ip6tables')}{_detail(probes, 'ip6tables')}: IPv6 connections are "
                             "not filtered and a client preferring IPv6 bypasses netguard; disable IPv6 "
                             "(sysctl net.ipv6.conf.all.disable_ipv6=1) or install ip6tables")
     verdict: Verdict = "cannot" if cannot else "degraded" if degraded else "ok"
@@ -520,7 +527,8 @@ def assess(root: Path = Path("/"), env: Mapping[str, str] | None = None, live: b
     """Detect, probe (live, unless probe results are passed in) and decide. `netguard run` calls
     this and refuses when report.verdict == "cannot", giving report.reasons."""
     environment = detect_environment(root, os.environ if env is None else env)
-    config, config_source = read_kernel_config(root, environment.kernel)
+    full_config, config_source = read_kernel_config(root, environment.kernel)
+    config = None if full_config is None else {s: full_config[s] for s in CONFIG_SYMBOLS if s in full_config}
     namespaces: tuple[str, ...] = ()
     seconds = 0.0
     if probes is not None:
@@ -537,6 +545,7 @@ def assess(root: Path = Path("/"), env: Mapping[str, str] | None = None, live: b
     verdict, reasons, backend = decide(environment, gate_list, found, ipv6=_ipv6_enabled(root))
     return Report(environment=environment, gates=gate_list, probes=found, config=config,
                   config_source=config_source, verdict=verdict, reasons=reasons, backend=backend,
+                  backends=usable_backends(found),
                   probe_source=source, namespaces=namespaces, seconds=seconds)
 
 
@@ -577,8 +586,11 @@ def render(report: Report) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         lines.append("  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    lines.append("  config: y built in, m module, n not set, ? not in the config, - no config; "
+                 "probe: ? could not be told")
     lines.append("")
-    lines.append(f"backend       {report.backend or 'none'}")
+    lines.append(f"backend       {report.backend or 'none'}"
+                 + (f" (also usable: {', '.join(report.backends[1:])})" if len(report.backends) > 1 else ""))
     head = VERDICT_LINES[report.verdict]
     lines.append(f"verdict       {head}" + (f": {report.reasons[0]}" if report.reasons else ""))
     lines.extend(f"              {reason}" for reason in report.reasons[1:])

@@ -108,19 +108,22 @@ class _Namespaces:
     names: list[str] = field(default_factory=list)
 
 
-def choose_backend(probes: Mapping[str, Probe]) -> str | None:
-    """Pure: the queueing backend to use, from probe results (None: none works)."""
+def usable_backends(probes: Mapping[str, Probe]) -> tuple[str, ...]:
+    """Pure: every queueing backend the probe results allow, best first."""
     def ok(name: str) -> bool:
         probe = probes.get(name)
         return probe is not None and probe.present is True
 
-    if ok("nft_queue") and ok("nft_ct_reject"):
-        return NFT_QUEUE
-    if ok("xt_nfqueue_nft"):
-        return IPTABLES_NFT
-    if ok("xt_nfqueue_legacy"):
-        return IPTABLES_LEGACY
-    return None
+    usable = {NFT_QUEUE: ok("nft_queue") and ok("nft_ct_reject"), IPTABLES_NFT: ok("xt_nfqueue_nft"),
+              IPTABLES_LEGACY: ok("xt_nfqueue_legacy")}
+    return tuple(name for name in BACKENDS if usable[name])
+
+
+def choose_backend(probes: Mapping[str, Probe]) -> str | None:
+    """Pure: the queueing backend to use (nft queue, else xt NFQUEUE via iptables-nft, else via
+    iptables-legacy), from probe results; None when none works."""
+    usable = usable_backends(probes)
+    return usable[0] if usable else None
 
 
 def _first_line(text: str) -> str:
