@@ -33,13 +33,14 @@ def main() -> None:
 
 
 def _load(policy_path: str | None) -> Policy:
-    """Load a policy for a command, turning its problems into exit code 2 with file:line:col."""
+    """Load a policy for a command; its problems (FILE:LINE:COL) go to stderr with exit status 2."""
     try:
         return load_policy(policy_path)
     except PolicyError as e:
-        raise click.ClickException(str(e)) from None
+        click.echo(str(e), err=True)
     except OSError as e:
-        raise click.ClickException(f"cannot read policy: {e}") from None
+        click.echo(f"{policy_path}: cannot read policy: {e.strerror}", err=True)
+    sys.exit(2)
 
 
 policy_option = click.option(
@@ -166,3 +167,7 @@ def doctor(as_json: bool, root: str, facts_path: str | None) -> None:
         report = assess(base, None if live else {}, live=live)
     click.echo(to_json_text(report) if as_json else render(report))
     sys.exit(report.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -38,7 +38,7 @@ def parse_catalog(text: str, source: str) -> Catalog:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise PolicyError([toml_problem(source, e)]) from None
+        raise PolicyError([toml_problem(source, e, text)]) from None
     problems: list[Problem] = []
     registries: dict[str, Registry] = {}
     owner: dict[Pattern, str] = {}

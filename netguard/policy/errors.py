@@ -28,13 +28,17 @@ class PolicyError(ValueError):
 _TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
-def toml_problem(source: str, error: Exception) -> Problem:
+def toml_problem(source: str, error: Exception, text: str) -> Problem:
     """Turn a tomllib error (which carries its position only in the message) into a Problem."""
-    text = str(error)
-    m = _TOML_POS.search(text)
-    if m is None:
-        return Problem(source, 1, 1, f"not valid TOML: {text}")
-    return Problem(source, int(m[1]), int(m[2]), f"not valid TOML: {text[: m.start()].strip()}")
+    message = str(error)
+    m = _TOML_POS.search(message)
+    if m is not None:
+        return Problem(source, int(m[1]), int(m[2]), f"not valid TOML: {message[: m.start()].strip()}")
+    lines = text.splitlines() or [""]
+    where = message.find("(at end of document)")
+    if where != -1:
+        return Problem(source, len(lines), len(lines[-1]) + 1, f"not valid TOML: {message[:where].strip()}")
+    return Problem(source, 1, 1, f"not valid TOML: {message}")
 
 
 def locate(text: str, key: str, value: str | None = None, start_line: int = 1, nth: int = 0) -> tuple[int, int]:

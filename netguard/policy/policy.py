@@ -76,7 +76,7 @@ def parse_policy(text: str, source: str, catalog: Catalog, default_name: str = "
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise PolicyError([toml_problem(source, e)]) from None
+        raise PolicyError([toml_problem(source, e, text)]) from None
     problems: list[Problem] = []
     warnings: list[str] = []
 
@@ -127,11 +127,12 @@ def parse_policy(text: str, source: str, catalog: Catalog, default_name: str = "
         text_rule = f"allow = {reg.id}" if allowed else f"{reg.id} is not in allow"
         for p in reg.patterns:
             table.put(p, Rule(allowed, reg.id, reg.name, text_rule))
-    for patterns, allowed, key in ((allow_patterns, True, "allow"), (block_patterns, False, "block")):
-        for p in patterns:
-            under = table.get(p)
-            table.put(p, Rule(allowed, under.registry if under else None, under.registry_name if under else None,
-                              f"{key} = {p}"))
+    # A policy pattern inside a catalog registry (myteam.azurecr.io under *.azurecr.io) keeps that
+    # registry's name in decisions; look them all up before the policy's own entries go in.
+    explicit = [(p, True, "allow") for p in allow_patterns] + [(p, False, "block") for p in block_patterns]
+    under = [table.get(p) or _hit(table.lookup(p.name, p.port)) for p, _, _ in explicit]
+    for (p, allowed, key), u in zip(explicit, under, strict=True):
+        table.put(p, Rule(allowed, u.registry if u else None, u.registry_name if u else None, f"{key} = {p}"))
     return Policy(name=name, source=source, catalog=catalog, allow_ids=frozenset(allow_ids), table=table,
                   warnings=tuple(warnings), **settings)
 
@@ -173,6 +174,10 @@ def _patterns(doc: dict[str, Any], key: str, text: str, source: str, catalog: Ca
             problems.append(Problem(source, *where, f"{key}: {written!r} is listed twice (as {found[pattern]!r})"))
         found[pattern] = written
     return found
+
+
+def _hit(hit: tuple[Pattern, Rule] | None) -> Rule | None:
+    return None if hit is None else hit[1]
 
 
 def _is_id(text: str) -> bool:
