@@ -496,18 +496,18 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
         require("conntrack", "netguard follows flows by connection state")
         require("connmark", "decisions are kept in the connection mark; without it blocked connections "
                             "cannot be reset and every packet would go through the daemon")
-        if _present(probes, "connbytes") is not True:
-            degraded.append(f"connbytes {_state_word(probes, 'connbytes')}{_detail(probes, 'connbytes')}: the queue cannot be "
-                            "limited to the first bytes of a flow; undecided flows keep going through the "
-                            "daemon (slower, never unfiltered)")
-        if _present(probes, "reject") is not True:
-            degraded.append(f"REJECT --reject-with tcp-reset {_state_word(probes, 'reject')}{_detail(probes, 'reject')}: "
-                            "blocked connections are dropped, so clients hang until their own timeout "
-                            "instead of failing at once")
-        if ipv6 and _present(probes, "ip6tables") is not True:
-            degraded.append(f"ip6tables {_state_word(probes, 'ip6tables')}{_detail(probes, 'ip6tables')}: IPv6 connections are "
-                            "not filtered and a client preferring IPv6 bypasses netguard; disable IPv6 "
-                            "(sysctl net.ipv6.conf.all.disable_ipv6=1) or install ip6tables")
+        gaps = (
+            ("connbytes", "connbytes", "the queue cannot be limited to the first bytes of a flow; undecided "
+                                       "flows keep going through the daemon (slower, never unfiltered)"),
+            ("reject", "REJECT --reject-with tcp-reset", "blocked connections are dropped, so clients hang "
+                                                         "until their own timeout instead of failing at once"),
+            ("ip6tables", "ip6tables", "IPv6 connections are not filtered and a client preferring IPv6 "
+                                       "bypasses netguard; disable IPv6 (sysctl net.ipv6.conf.all."
+                                       "disable_ipv6=1) or install ip6tables"),
+        )
+        for name, label, effect in gaps:
+            if _present(probes, name) is not True and (ipv6 or name != "ip6tables"):
+                degraded.append(f"{label} {_state_word(probes, name)}{_detail(probes, name)}: {effect}")
     verdict: Verdict = "cannot" if cannot else "degraded" if degraded else "ok"
     return verdict, (*cannot, *degraded), backend
 

@@ -1,0 +1,81 @@
+"""doctor on this machine, for real: the kernel is probed in scratch namespaces.
+
+This machine (testbed notes): kernel 6.18 with xt NFQUEUE (iptables-nft and iptables-legacy) but no
+nft `queue` statement. doctor must say so, pick iptables-nft, and leave nothing behind: no namespace
+and no change to the root namespace's rules (compared by reading them only).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from netguard.shell.doctor import assess
+from netguard.shell.probe import probe_backend
+
+pytestmark = pytest.mark.root
+
+NETGUARD = str(Path(sys.executable).parent / "netguard")
+
+
+def root_rules() -> dict[str, str]:
+    """The root namespace's rule sets, read only, without the timestamp comments."""
+    out: dict[str, str] = {}
+    for argv in (["iptables-save"], ["ip6tables-save"], ["iptables-legacy-save"], ["nft", "list", "ruleset"]):
+        text = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+        out[argv[0]] = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    return out
+
+
+def namespaces() -> set[str]:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    return {line.split()[0] for line in listing.splitlines() if line.strip()}
+
+
+def test_live_probe_finds_xt_nfqueue_but_no_nft_queue_and_leaves_nothing() -> None:
+    rules_before = root_rules()
+    report = assess()
+    after = namespaces()
+    assert report.probes["xt_nfqueue_nft"].present is True
+    assert report.probes["xt_nfqueue_legacy"].present is True
+    assert report.probes["nft_queue"].present is False
+    assert report.probes["queue_roundtrip"].present is True, report.probes["queue_roundtrip"].detail
+    assert report.verdict == "ok", report.reasons
+    assert report.backend == "iptables-nft"
+    assert report.backends == ("iptables-nft", "iptables-legacy")
+    assert len(report.namespaces) == 4 and all(ns.startswith("ng-doctor-") for ns in report.namespaces)
+    assert not set(report.namespaces) & after
+    assert root_rules() == rules_before
+
+
+def test_kernel_config_is_shown_beside_the_probe() -> None:
+    report = assess()
+    assert report.config is not None
+    assert report.config["CONFIG_NETFILTER_XT_TARGET_NFQUEUE"] == "y"
+    assert report.config.get("CONFIG_NFT_QUEUE", "n") == "n"
+
+
+def test_probe_backend() -> None:
+    assert probe_backend() == "iptables-nft"
+
+
+def test_cli_json_exit_code_and_no_leftovers() -> None:
+    rules_before = root_rules()
+    done = subprocess.run([NETGUARD, "doctor", "--json"], capture_output=True, text=True, timeout=30)
+    out = json.loads(done.stdout)
+    assert done.returncode == 0 and out["verdict"] == "ok" and out["backend"] == "iptables-nft"
+    assert not set(out["namespaces"]) & namespaces()
+    assert root_rules() == rules_before
+
+
+def test_queue_child_refuses_outside_its_namespace() -> None:
+    """Started by hand in the root namespace, the child installs nothing."""
+    rules_before = root_rules()
+    done = subprocess.run([sys.executable, "-m", "netguard.shell.probe", "queue-child", "iptables-nft",
+                           "ng-doctor-notmine"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "refusing" in done.stderr
+    assert root_rules() == rules_before
