@@ -55,3 +55,133 @@ def _strip_link(frame: bytes, linktype: int) -> bytes:
 def corpus_files(prefix: str) -> list[Path]:
     """Corpus pcaps whose name starts with `prefix`."""
     return sorted(CORPUS.glob(prefix + "*.pcap"))
+
+
+def corpus_table() -> dict[str, dict[str, str]]:
+    """The README table of the corpus: file name -> column name -> cell text."""
+    rows: dict[str, dict[str, str]] = {}
+    header: list[str] = []
+    for line in (CORPUS / "README.md").read_text().splitlines():
+        if not line.startswith("|") or line.startswith("|---"):
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if not header:
+            header = cells
+            continue
+        rows[cells[0]] = dict(zip(header, cells, strict=True))
+    return rows
+
+
+# --- TLS and QUIC builders (test side: the parsers under test never see these helpers) ---
+
+
+def u8(data: bytes) -> bytes:
+    return struct.pack("!B", len(data)) + data
+
+
+def u16(data: bytes) -> bytes:
+    return struct.pack("!H", len(data)) + data
+
+
+def u24(data: bytes) -> bytes:
+    return struct.pack("!I", len(data))[1:] + data
+
+
+def extension(ext_type: int, body: bytes) -> bytes:
+    return struct.pack("!H", ext_type) + u16(body)
+
+
+def sni_extension(*names: bytes) -> bytes:
+    return extension(0, u16(b"".join(b"\x00" + u16(name) for name in names)))
+
+
+def client_hello(extensions: list[bytes], *, random: bytes = bytes(32), session: bytes = bytes(32)) -> bytes:
+    """A ClientHello handshake message (type, 3-byte length, body)."""
+    suites = struct.pack("!6H", 0x3A3A, 0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F)
+    body = b"\x03\x03" + random + u8(session) + u16(suites) + b"\x01\x00" + u16(b"".join(extensions))
+    return b"\x01" + u24(body)
+
+
+def chromium_like_hello(sni: bytes = b"registry.blocked.test") -> bytes:
+    """A ~1.9 KB post-quantum ClientHello shaped like Chromium's: GREASE, ECH GREASE, X25519MLKEM768."""
+    key_shares = (
+        struct.pack("!H", 0x4A4A) + u16(b"\x00")
+        + struct.pack("!H", 0x11EC) + u16(bytes(range(256)) * 4 + bytes(192))
+        + struct.pack("!H", 0x001D) + u16(bytes(32))
+    )
+    exts = [
+        extension(0x2A2A, b""),
+        sni_extension(sni),
+        extension(23, b""),
+        extension(0xFF01, b"\x00"),
+        extension(10, u16(struct.pack("!4H", 0x4A4A, 0x11EC, 0x001D, 0x0017))),
+        extension(11, b"\x01\x00"),
+        extension(35, b""),
+        extension(16, u16(u8(b"h2") + u8(b"http/1.1"))),
+        extension(5, b"\x01\x00\x00\x00\x00"),
+        extension(13, u16(struct.pack("!8H", 0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601))),
+        extension(18, b""),
+        extension(51, u16(key_shares)),
+        extension(45, b"\x01\x01"),
+        extension(43, u8(struct.pack("!3H", 0x6A6A, 0x0304, 0x0303))),
+        extension(27, b"\x02\x00\x02"),
+        extension(17513, u16(u8(b"h2"))),
+        extension(0xFE0D, b"\x00\x00\x01\x00\x01\x42\x00\x20" + bytes(32) + u16(bytes(336))),
+        extension(0x1A1A, b"\x00"),
+    ]
+    return client_hello(exts)
+
+
+def records(handshake: bytes, sizes: list[int] | None = None, version: int = 0x0301) -> bytes:
+    """Wrap a handshake message in TLS records of the given fragment sizes (one record if None)."""
+    out = b""
+    pos = 0
+    for size in sizes or [len(handshake)]:
+        if pos >= len(handshake):
+            break
+        chunk = handshake[pos : pos + max(1, size)]
+        pos += len(chunk)
+        out += struct.pack("!BHH", 22, version, len(chunk)) + chunk
+    if pos < len(handshake):
+        out += struct.pack("!BHH", 22, version, len(handshake) - pos) + handshake[pos:]
+    return out
+
+
+def varint(value: int) -> bytes:
+    if value < 0x40:
+        return struct.pack("!B", value)
+    if value < 0x4000:
+        return struct.pack("!H", value | 0x4000)
+    if value < 0x40000000:
+        return struct.pack("!I", value | 0x80000000)
+    return struct.pack("!Q", value | 0xC000000000000000)
+
+
+def crypto_frame(offset: int, data: bytes) -> bytes:
+    return b"\x06" + varint(offset) + varint(len(data)) + data
+
+
+def protect_initial(dcid: bytes, payload: bytes, *, pn: int = 0, scid: bytes = b"\x01\x02\x03\x04",
+                    version: int = 1, pad_to: int = 1200) -> bytes:
+    """Build and protect a client Initial packet (RFC 9001 §5), padded so the datagram is `pad_to`."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from netguard.wire.quic import client_initial_keys
+
+    keys = client_initial_keys(dcid)
+    pn_bytes = struct.pack("!I", pn)
+    head = b"\xc3" + struct.pack("!I", version) + u8(dcid) + u8(scid) + varint(0)
+    overhead = len(head) + 2 + len(pn_bytes) + 16
+    if len(payload) + overhead < pad_to:
+        payload += bytes(pad_to - overhead - len(payload))
+    header = head + struct.pack("!H", 0x4000 | (len(pn_bytes) + len(payload) + 16)) + pn_bytes
+    nonce = (int.from_bytes(keys.iv, "big") ^ pn).to_bytes(12, "big")
+    sealed = AESGCM(keys.key).encrypt(nonce, payload, header)
+    pn_offset = len(header) - len(pn_bytes)
+    sample = sealed[4 - len(pn_bytes) : 20 - len(pn_bytes)]
+    encryptor = Cipher(algorithms.AES(keys.hp), modes.ECB()).encryptor()
+    mask = encryptor.update(sample) + encryptor.finalize()
+    first = header[0] ^ (mask[0] & 0x0F)
+    protected_pn = bytes(a ^ b for a, b in zip(pn_bytes, mask[1:5], strict=True))
+    return bytes((first,)) + header[1:pn_offset] + protected_pn + sealed

@@ -1,0 +1,179 @@
+"""IP/TCP/UDP: corpus packets cross-checked with scapy, options, IPv6 extension chains, fragments,
+truncations, and hypothesis-built packets compared with scapy's reading."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP, IPOption_RR, fragment
+from scapy.layers.inet6 import (
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    fragment6,
+)
+from scapy.packet import Padding, Raw
+from wirecorpus import corpus_files, read_pcap
+
+from netguard.wire import ip
+from netguard.wire.errors import Malformed, ParseError, Truncated
+
+ALL_FILES = corpus_files("")
+
+
+def check_against_scapy(raw: bytes) -> ip.Packet:
+    packet = ip.parse_packet(raw)
+    theirs = IP(raw) if raw[0] >> 4 == 4 else IPv6(raw)
+    assert packet.version == theirs.version
+    assert packet.src == ip_packed(theirs.src) and packet.dst == ip_packed(theirs.dst)
+    l4 = theirs.getlayer(TCP) or theirs.getlayer(UDP)
+    padding = theirs.getlayer(Padding)
+    their_payload = bytes(l4.payload) if l4 is not None else b""
+    if padding is not None:  # bytes past the IP length, which scapy keeps as Padding
+        their_payload = their_payload[: len(their_payload) - len(padding.load)]
+    if isinstance(packet.l4, ip.TcpSegment):
+        assert isinstance(l4, TCP)
+        assert (packet.l4.sport, packet.l4.dport, packet.l4.seq, packet.l4.ack) == (l4.sport, l4.dport, l4.seq, l4.ack)
+        assert packet.l4.flags == int(l4.flags) & 0xFF and packet.l4.window == l4.window
+        assert packet.l4.payload == their_payload
+    elif isinstance(packet.l4, ip.UdpDatagram):
+        assert isinstance(l4, UDP)
+        assert (packet.l4.sport, packet.l4.dport, packet.l4.payload) == (l4.sport, l4.dport, their_payload)
+    return packet
+
+
+def ip_packed(text: str) -> bytes:
+    import ipaddress
+
+    return ipaddress.ip_address(text).packed
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: p.name)
+def test_corpus_packets_match_scapy(path) -> None:  # type: ignore[no-untyped-def]
+    packets = read_pcap(path)
+    assert packets
+    for raw in packets:
+        packet = check_against_scapy(raw)
+        assert packet.l4 is not None and not packet.is_fragment
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: p.name)
+def test_every_truncation_is_truncated(path) -> None:  # type: ignore[no-untyped-def]
+    for raw in read_pcap(path)[:6]:
+        for cut in range(len(raw)):
+            with pytest.raises(Truncated):
+                ip.parse_packet(raw[:cut])
+
+
+def test_tcp_flags_and_options() -> None:
+    raw = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / TCP(flags="S", options=[("MSS", 1460), ("WScale", 7)]))
+    segment = ip.parse_packet(raw).l4
+    assert isinstance(segment, ip.TcpSegment)
+    assert segment.flags == ip.SYN == ip.TcpSegment.SYN
+    assert segment.options[:4] == b"\x02\x04\x05\xb4"
+    raw = bytes(IP() / TCP(flags="PA") / b"hello")
+    segment = ip.parse_packet(raw).l4
+    assert isinstance(segment, ip.TcpSegment)
+    assert segment.flags == ip.PSH | ip.ACK and segment.payload == b"hello"
+
+
+def test_ipv4_options_and_trailing_padding() -> None:
+    raw = bytes(IP(options=[IPOption_RR(routers=["1.2.3.4"]), IPOption_NOP()]) / UDP(dport=53) / b"q")
+    packet = check_against_scapy(raw + b"\x00" * 6)  # link-layer padding after total length is ignored
+    assert packet.ip_options[:1] == b"\x07"
+    assert isinstance(packet.l4, ip.UdpDatagram) and packet.l4.payload == b"q"
+
+
+def test_ipv4_fragments_are_reported_not_parsed() -> None:
+    whole = IP(src="10.0.0.1", dst="10.0.0.2", id=77) / UDP(sport=1, dport=53) / Raw(b"x" * 200)
+    pieces = [ip.parse_packet(bytes(f)) for f in fragment(whole, fragsize=64)]
+    assert len(pieces) > 2
+    assert all(p.is_fragment and p.l4 is None and p.fragment_id == 77 for p in pieces)
+    assert [p.more_fragments for p in pieces] == [True] * (len(pieces) - 1) + [False]
+    assert pieces[0].fragment_offset == 0 and pieces[1].fragment_offset == 64
+
+
+def test_ipv6_extension_chain() -> None:
+    raw = bytes(
+        IPv6(src="fd00::1", dst="fd00::2")
+        / IPv6ExtHdrHopByHop()
+        / IPv6ExtHdrDestOpt()
+        / IPv6ExtHdrRouting(addresses=["fd00::3"])
+        / IPv6ExtHdrDestOpt()
+        / TCP(sport=5000, dport=443, flags="S")
+    )
+    packet = check_against_scapy(raw)
+    assert packet.proto == ip.PROTO_TCP and isinstance(packet.l4, ip.TcpSegment)
+
+
+def test_ipv6_fragments_are_reported_not_parsed() -> None:
+    whole = IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrFragment(id=9) / UDP(dport=53) / Raw(b"y" * 600)
+    pieces = [ip.parse_packet(bytes(f)) for f in fragment6(whole, 300)]
+    assert len(pieces) >= 3
+    assert all(p.is_fragment and p.l4 is None and p.fragment_id == 9 and p.proto == 17 for p in pieces)
+    assert pieces[0].fragment_offset == 0 and pieces[1].fragment_offset > 0
+    atomic = bytes(IPv6() / IPv6ExtHdrFragment(m=0, offset=0) / UDP(dport=53) / b"z")
+    packet = ip.parse_packet(atomic)  # RFC 6946: an atomic fragment is a whole packet
+    assert not packet.is_fragment and isinstance(packet.l4, ip.UdpDatagram)
+
+
+def test_malformed_packets() -> None:
+    tcp = bytes(IP() / TCP())
+    cases = [
+        b"\x50" + tcp[1:],  # version 5
+        b"\x44" + tcp[1:],  # IHL 4
+        tcp[:2] + b"\x00\x10" + tcp[4:],  # total length below the header
+        tcp[:32] + b"\x40" + tcp[33:],  # TCP data offset 4
+        bytes(IP() / UDP())[:24] + b"\x00\x04" + bytes(8)[:2],  # UDP length 4
+        bytes(IP() / UDP(len=40)),  # UDP length past the IP packet
+    ]
+    chain = IPv6()
+    for _ in range(ip.MAX_IPV6_EXT_HEADERS + 1):
+        chain = chain / IPv6ExtHdrDestOpt()
+    cases.append(bytes(chain / UDP()))
+    for raw in cases:
+        with pytest.raises(Malformed):
+            ip.parse_packet(raw)
+
+
+@st.composite
+def scapy_packets(draw: st.DrawFn) -> bytes:
+    v6 = draw(st.booleans())
+    if v6:
+        net = IPv6(src=draw(st.ip_addresses(v=6)).compressed, dst=draw(st.ip_addresses(v=6)).compressed)
+        if draw(st.booleans()):
+            net = net / IPv6ExtHdrHopByHop()
+    else:
+        net = IP(src=str(draw(st.ip_addresses(v=4))), dst=str(draw(st.ip_addresses(v=4))), ttl=draw(st.integers(1, 255)))
+    payload = draw(st.binary(max_size=200))
+    ports = {"sport": draw(st.integers(0, 0xFFFF)), "dport": draw(st.integers(0, 0xFFFF))}
+    if draw(st.booleans()):
+        l4 = TCP(
+            seq=draw(st.integers(0, 2**32 - 1)),
+            ack=draw(st.integers(0, 2**32 - 1)),
+            flags=draw(st.integers(0, 0xFF)),
+            window=draw(st.integers(0, 0xFFFF)),
+            options=[("NOP", None)] * draw(st.integers(0, 8)),
+            **ports,
+        )
+    else:
+        l4 = UDP(**ports)
+    return bytes(net / l4 / Raw(payload))
+
+
+@given(scapy_packets())
+def test_hypothesis_packets_match_scapy(raw: bytes) -> None:
+    packet = check_against_scapy(raw)
+    assert packet.l4 is not None
+
+
+@given(st.binary(max_size=120))
+def test_random_bytes_raise_only_parse_errors(data: bytes) -> None:
+    for prefix in (b"\x45", b"\x60"):
+        try:
+            ip.parse_packet(prefix + data)
+        except ParseError:
+            pass

@@ -1,0 +1,270 @@
+"""TLS ClientHello: corpus captures, incremental feeding, records and segments, SNI problems,
+truncations, and hypothesis-built ClientHellos cross-checked against scapy's reading."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from wirecorpus import (
+    chromium_like_hello,
+    client_hello,
+    corpus_files,
+    corpus_table,
+    extension,
+    read_pcap,
+    records,
+    sni_extension,
+    u8,
+    u16,
+)
+
+from netguard.wire import ip, tls
+from netguard.wire.errors import Malformed, ParseError, Truncated
+
+
+def first_client_payload(path) -> bytes:  # type: ignore[no-untyped-def]
+    for raw in read_pcap(path):
+        packet = ip.parse_packet(raw)
+        if isinstance(packet.l4, ip.TcpSegment) and packet.l4.payload[:1] == b"\x16":
+            return packet.l4.payload
+    raise AssertionError(f"{path.name}: no ClientHello")
+
+
+HELLO_FILES = corpus_files("hello-")
+
+
+def test_corpus_is_present() -> None:
+    assert len(HELLO_FILES) == 5
+
+
+@pytest.mark.parametrize("path", HELLO_FILES, ids=lambda p: p.name)
+def test_corpus_sni_matches_readme(path) -> None:  # type: ignore[no-untyped-def]
+    row = corpus_table()[path.name]
+    payload = first_client_payload(path)
+    hello = tls.parse_client_hello(payload)
+    assert hello.sni == row["SNI"]
+    assert hello.sni_problem is None
+    assert hello.length + 4 == int(row["ClientHello bytes"]) - 5
+    assert 0x0304 in hello.supported_versions
+    if "no ALPN" in row["notes"]:
+        assert hello.alpn == ()
+    elif "ALPN" in row["notes"]:
+        expected = tuple(p.strip() for p in row["notes"].split("ALPN", 1)[1].split(","))
+        assert hello.alpn == expected
+
+
+@pytest.mark.parametrize("path", HELLO_FILES, ids=lambda p: p.name)
+def test_every_truncation_needs_more(path) -> None:  # type: ignore[no-untyped-def]
+    payload = first_client_payload(path)
+    whole = tls.parse_client_hello(payload)
+    for cut in range(len(payload)):
+        assert tls.ClientHelloReader().feed(payload[:cut]) == tls.NEED_MORE
+        with pytest.raises(Truncated):
+            tls.parse_client_hello(payload[:cut])
+    # byte-by-byte feeding reaches the same result on the last byte
+    reader = tls.ClientHelloReader()
+    for i in range(len(payload) - 1):
+        assert reader.feed(payload[i : i + 1]) == tls.NEED_MORE
+    assert reader.feed(payload[-1:]) == whole
+
+
+def test_post_quantum_hello_over_records_and_segments() -> None:
+    hello = chromium_like_hello()
+    stream = records(hello, [300, 1, 700, 250])
+    expected = tls.parse_handshake(hello)
+    assert expected.sni == "registry.blocked.test"
+    assert expected.ech
+    assert 0x6A6A in expected.supported_versions  # GREASE kept as sent
+    for cut in (1, 5, 6, 400, 1000, len(stream) - 1):
+        reader = tls.ClientHelloReader()
+        assert reader.feed(stream[:cut]) == tls.NEED_MORE
+        assert reader.feed(stream[cut:]) == expected
+        assert reader.feed(b"more bytes") == expected
+
+
+@given(
+    record_sizes=st.lists(st.integers(1, 600), max_size=8),
+    cuts=st.lists(st.integers(0, 2000), max_size=6),
+)
+def test_any_record_and_segment_split_gives_the_same_hello(record_sizes: list[int], cuts: list[int]) -> None:
+    hello = chromium_like_hello(b"split.example")
+    stream = records(hello, record_sizes)
+    reader = tls.ClientHelloReader()
+    result: object = tls.NEED_MORE
+    pos = 0
+    for cut in sorted({min(c, len(stream)) for c in cuts}) + [len(stream)]:
+        result = reader.feed(stream[pos:cut])
+        pos = cut
+        if cut < len(stream):
+            assert result == tls.NEED_MORE
+    assert isinstance(result, tls.ClientHello)
+    assert result.sni == "split.example"
+
+
+def test_not_tls() -> None:
+    assert isinstance(tls.ClientHelloReader().feed(b"GET / HTTP/1.1\r\n"), tls.NotTls)
+    assert isinstance(tls.ClientHelloReader().feed(b"\x16\x02"), tls.NotTls)
+    assert tls.ClientHelloReader().feed(b"\x16") == tls.NEED_MORE
+    assert tls.looks_like_tls(b"\x16\x03\x01")
+    assert not tls.looks_like_tls(b"\x16")
+    assert not tls.looks_like_tls(b"\x17\x03\x03")
+
+
+@pytest.mark.parametrize(
+    ("names", "problem"),
+    [
+        ((b"a.example", b"b.example"), "2 host_name entries"),
+        ((b"",), "empty host_name"),
+        (("bücher.example".encode(),), "host_name is not printable ASCII"),
+        ((b"a\x00.example",), "host_name is not printable ASCII"),
+    ],
+)
+def test_sni_problems_are_reported(names: tuple[bytes, ...], problem: str) -> None:
+    hello = tls.parse_handshake(client_hello([sni_extension(*names)]))
+    assert hello.sni is None
+    assert hello.sni_problem == problem
+
+
+def test_empty_server_name_extension() -> None:
+    hello = tls.parse_handshake(client_hello([extension(0, b"")]))
+    assert (hello.sni, hello.sni_problem) == (None, "empty server_name extension")
+
+
+def test_no_sni() -> None:
+    hello = tls.parse_handshake(client_hello([extension(43, u8(b"\x03\x04"))]))
+    assert (hello.sni, hello.sni_problem, hello.supported_versions) == (None, None, (0x0304,))
+
+
+@pytest.mark.parametrize(
+    "extensions",
+    [
+        [sni_extension(b"a.example"), sni_extension(b"b.example")],  # repeated extension
+        [extension(0, u16(b"\x00" + u16(b"a.example")) + b"x")],  # junk after the list
+        [extension(0, u16(b"\x00" + struct.pack("!H", 40) + b"a.example"))],  # name overruns
+        [extension(16, u16(b"\x00"))],  # empty ALPN name
+        [extension(43, b"\x03\x03\x04\x00")],  # odd versions length
+    ],
+)
+def test_malformed_extensions(extensions: list[bytes]) -> None:
+    with pytest.raises(Malformed):
+        tls.parse_handshake(client_hello(extensions))
+    with pytest.raises(Malformed):
+        tls.ClientHelloReader().feed(records(client_hello(extensions)))
+
+
+def test_malformed_records() -> None:
+    hello = client_hello([sni_extension(b"a.example")])
+    with pytest.raises(Malformed):  # an alert record in the middle of the ClientHello
+        tls.ClientHelloReader().feed(records(hello[:10]) + b"\x15\x03\x03\x00\x02\x02\x28")
+    with pytest.raises(Malformed):  # a zero-length handshake record
+        tls.ClientHelloReader().feed(b"\x16\x03\x01\x00\x00")
+    with pytest.raises(Malformed):  # a ServerHello where a ClientHello belongs
+        tls.ClientHelloReader().feed(records(b"\x02" + hello[1:]))
+    with pytest.raises(Malformed):  # a ClientHello larger than the bound
+        tls.ClientHelloReader().feed(b"\x16\x03\x01\x00\x04\x01\x01\x00\x00")
+    reader = tls.ClientHelloReader()
+    with pytest.raises(Malformed):
+        reader.feed(b"\x16\x03\x01\x00\x00")
+    with pytest.raises(Malformed):  # the error sticks
+        reader.feed(records(hello))
+
+
+def test_access_denied_alert() -> None:
+    from scapy.all import load_layer
+
+    load_layer("tls")
+    from scapy.layers.tls.record import TLS, TLSAlert
+
+    alert = tls.access_denied_alert()
+    parsed = TLS(alert)
+    message = parsed.msg[0]
+    assert isinstance(message, TLSAlert)
+    assert (parsed.type, message.level, message.descr) == (21, 2, 49)
+
+
+def test_is_grease() -> None:
+    assert all(tls.is_grease(v * 0x1010 + 0x0A0A) for v in range(16))
+    assert not tls.is_grease(0x0A1A)
+    assert not tls.is_grease(0x0304)
+
+
+# --- hypothesis: ClientHellos built with scapy, our reading compared with scapy's ---
+
+_label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20)
+_hostnames = st.lists(_label, min_size=1, max_size=5).map(".".join)
+_alpn = st.lists(st.binary(min_size=1, max_size=12).filter(lambda b: b.isascii()), max_size=4)
+_versions = st.lists(st.sampled_from([0x0304, 0x0303, 0x0302, 0x0301, 0x0A0A, 0x3A3A, 0xFAFA]), min_size=1, max_size=6)
+_unknown = st.lists(
+    st.tuples(st.integers(0, 0xFFFF).filter(lambda t: t not in (0, 16, 43)), st.binary(max_size=40)),
+    max_size=8,
+    unique_by=lambda e: e[0],
+)
+
+
+@st.composite
+def scapy_hellos(draw: st.DrawFn) -> tuple[bytes, object]:
+    from scapy.all import load_layer
+
+    load_layer("tls")
+    from scapy.layers.tls.extensions import (
+        ProtocolName,
+        ServerName,
+        TLS_Ext_ALPN,
+        TLS_Ext_ServerName,
+        TLS_Ext_SupportedVersion_CH,
+        TLS_Ext_Unknown,
+    )
+    from scapy.layers.tls.handshake import TLSClientHello
+    from scapy.layers.tls.record import TLS
+
+    exts: list[object] = [TLS_Ext_Unknown(type=t, val=v) for t, v in draw(_unknown)]
+    if draw(st.booleans()):
+        exts.append(TLS_Ext_ServerName(servernames=[ServerName(servername=draw(_hostnames).encode())]))
+    if draw(st.booleans()):
+        exts.append(TLS_Ext_ALPN(protocols=[ProtocolName(protocol=p) for p in draw(_alpn)]))
+    if draw(st.booleans()):
+        exts.append(TLS_Ext_SupportedVersion_CH(versions=draw(_versions)))
+    exts = draw(st.permutations(exts))
+    hello = TLSClientHello(
+        ciphers=draw(st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=20)),
+        sid=draw(st.binary(max_size=32)),
+        gmt_unix_time=0,
+        random_bytes=draw(st.binary(min_size=28, max_size=28)),
+        ext=exts,
+    )
+    wire = bytes(TLS(msg=[hello]))
+    return wire, TLS(wire).msg[0]
+
+
+@given(scapy_hellos())
+def test_hypothesis_hellos_match_scapy(case: tuple[bytes, object]) -> None:
+    wire, scapy_hello = case
+    ours = tls.parse_client_hello(wire)
+    exts = {e.type: e for e in (scapy_hello.ext or [])}  # type: ignore[attr-defined]
+    assert ours.extensions == tuple(e.type for e in (scapy_hello.ext or []))  # type: ignore[attr-defined]
+    if 0 in exts:
+        assert ours.sni == exts[0].servernames[0].servername.decode()
+    else:
+        assert ours.sni is None
+    expected_alpn = tuple(p.protocol.decode() for p in exts[16].protocols) if 16 in exts else ()
+    assert ours.alpn == expected_alpn
+    assert ours.supported_versions == (tuple(exts[43].versions) if 43 in exts else ())
+    assert ours.ech == (0xFE0D in exts)
+    assert ours.legacy_version == scapy_hello.version  # type: ignore[attr-defined]
+    for cut in range(0, len(wire), 7):
+        assert tls.ClientHelloReader().feed(wire[:cut]) == tls.NEED_MORE
+
+
+@given(st.binary(max_size=600))
+def test_random_bytes_raise_only_parse_errors(data: bytes) -> None:
+    try:
+        tls.ClientHelloReader().feed(b"\x16\x03\x01" + data)
+    except ParseError:
+        pass
+    try:
+        tls.parse_handshake(b"\x01" + data)
+    except ParseError:
+        pass
