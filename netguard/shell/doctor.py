@@ -66,7 +66,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("conntrack", "conntrack", ("CONFIG_NF_CONNTRACK", "CONFIG_NETFILTER_XT_MATCH_CONNTRACK")),
     Feature("connmark", "connmark", ("CONFIG_NETFILTER_XT_CONNMARK",)),
     Feature("connbytes", "connbytes", ("CONFIG_NETFILTER_XT_MATCH_CONNBYTES",)),
-    Feature("reject", "REJECT tcp-reset", ("CONFIG_IP_NF_TARGET_REJECT",)),
+    Feature("reject", "REJECT --reject-with tcp-reset", ("CONFIG_IP_NF_TARGET_REJECT",)),
     Feature("ip6tables", "ip6tables NFQUEUE + REJECT", ("CONFIG_IP6_NF_IPTABLES", "CONFIG_IP6_NF_TARGET_REJECT")),
     Feature("netfilterqueue", "netfilterqueue importable", ()),
     Feature("queue_roundtrip", "packet queued and received", ()),
@@ -447,10 +447,6 @@ def _detail(probes: Mapping[str, Probe], name: str) -> str:
     return f" ({probe.detail})" if probe.detail else ""
 
 
-def _state_word(probes: Mapping[str, Probe], name: str) -> str:
-    return "missing" if _present(probes, name) is False else "could not be checked"
-
-
 def _queue_fix(environment: Environment) -> str:
     if environment.kind == "wsl2":
         return WSL_FIX
@@ -467,24 +463,38 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
     enforce on a guess. ipv6=False (no IPv6 in the kernel) makes missing ip6tables harmless."""
     cannot: list[str] = []
     degraded: list[str] = []
+    # Unchecked features, grouped by why (one line for "not root" instead of eleven).
+    unchecked: dict[str, list[str]] = {}
+    unchecked_gaps: dict[str, list[str]] = {}
     for gate in gate_list:
         if gate.status == "fail":
             cannot.append(f"{gate.title}: {gate.meaning}")
         elif gate.status == "warn":
             degraded.append(f"{gate.title}: {gate.meaning}")
 
+    def why_unknown(name: str) -> str:
+        probe = probes.get(name)
+        return "not probed" if probe is None else probe.detail
+
     def require(name: str, why: str) -> None:
         state = _present(probes, name)
-        if state is not True:
-            cannot.append(f"{_label(name)} {_state_word(probes, name)}{_detail(probes, name)}: {why}")
+        if state is False:
+            cannot.append(f"{_label(name)} missing{_detail(probes, name)}: {why}")
+        elif state is None:
+            unchecked.setdefault(why_unknown(name), []).append(_label(name))
 
     backend = choose_backend(probes)
     require("cap_net_admin", "netguard manages firewall rules: run it as root")
     if backend is None:
-        cannot.append("no way to send packets to netguard: xt NFQUEUE via iptables-nft"
-                      f"{_detail(probes, 'xt_nfqueue_nft')}, via iptables-legacy"
-                      f"{_detail(probes, 'xt_nfqueue_legacy')} and nft queue{_detail(probes, 'nft_queue')} "
-                      f"are all unavailable. To fix: {_queue_fix(environment)}")
+        queueing = ("xt_nfqueue_nft", "xt_nfqueue_legacy", "nft_queue")
+        if all(_present(probes, name) is None for name in queueing):
+            for name in queueing:
+                unchecked.setdefault(why_unknown(name), []).append(_label(name))
+        else:
+            cannot.append("no way to send packets to netguard: xt NFQUEUE via iptables-nft"
+                          f"{_detail(probes, 'xt_nfqueue_nft')}, via iptables-legacy"
+                          f"{_detail(probes, 'xt_nfqueue_legacy')} and nft queue{_detail(probes, 'nft_queue')} "
+                          f"are all unavailable. To fix: {_queue_fix(environment)}")
     require("nfnetlink_queue", f"the kernel cannot hand queued packets to a program. To fix: {_queue_fix(environment)}")
     require("netfilterqueue", "install it with scripts/bootstrap (NetfilterQueue==1.1.0, needs "
                               "libnetfilter-queue-dev)")
@@ -497,17 +507,24 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
         require("connmark", "decisions are kept in the connection mark; without it blocked connections "
                             "cannot be reset and every packet would go through the daemon")
         gaps = (
-            ("connbytes", "connbytes", "the queue cannot be limited to the first bytes of a flow; undecided "
-                                       "flows keep going through the daemon (slower, never unfiltered)"),
-            ("reject", "REJECT --reject-with tcp-reset", "blocked connections are dropped, so clients hang "
-                                                         "until their own timeout instead of failing at once"),
-            ("ip6tables", "ip6tables", "IPv6 connections are not filtered and a client preferring IPv6 "
-                                       "bypasses netguard; disable IPv6 (sysctl net.ipv6.conf.all."
-                                       "disable_ipv6=1) or install ip6tables"),
+            ("connbytes", "the queue cannot be limited to the first bytes of a flow; undecided flows keep "
+                          "going through the daemon (slower, never unfiltered)"),
+            ("reject", "blocked connections are dropped, so clients hang until their own timeout instead "
+                       "of failing at once"),
+            ("ip6tables", "IPv6 connections are not filtered and a client preferring IPv6 bypasses netguard; "
+                          "disable IPv6 (sysctl net.ipv6.conf.all.disable_ipv6=1) or install ip6tables"),
         )
-        for name, label, effect in gaps:
-            if _present(probes, name) is not True and (ipv6 or name != "ip6tables"):
-                degraded.append(f"{label} {_state_word(probes, name)}{_detail(probes, name)}: {effect}")
+        for name, effect in gaps:
+            state = _present(probes, name)
+            if state is False and (ipv6 or name != "ip6tables"):
+                degraded.append(f"{_label(name)} missing{_detail(probes, name)}: {effect}")
+            elif state is None and (ipv6 or name != "ip6tables"):
+                unchecked_gaps.setdefault(why_unknown(name), []).append(_label(name))
+    for why, labels in unchecked.items():
+        cannot.append(f"could not check {', '.join(labels)}" + (f" ({why})" if why else "")
+                      + ": netguard does not enforce on a guess")
+    for why, labels in unchecked_gaps.items():
+        degraded.append(f"could not check {', '.join(labels)}" + (f" ({why})" if why else ""))
     verdict: Verdict = "cannot" if cannot else "degraded" if degraded else "ok"
     return verdict, (*cannot, *degraded), backend
 

@@ -169,16 +169,16 @@ def with_(**changes: bool | None) -> dict[str, Probe]:
     (with_(nft_queue=False, xt_nfqueue_nft=False), "ok", "iptables-legacy", None),
     (with_(nft_queue=False, xt_nfqueue_nft=False, xt_nfqueue_legacy=False), "cannot", None, "no way to send"),
     (with_(cap_net_admin=False), "cannot", "nft-queue", "CAP_NET_ADMIN missing"),
-    (with_(cap_net_admin=None), "cannot", "nft-queue", "CAP_NET_ADMIN could not be checked"),
+    (with_(cap_net_admin=None), "cannot", "nft-queue", "could not check CAP_NET_ADMIN"),
     (with_(nfnetlink_queue=False), "cannot", "nft-queue", "nfnetlink_queue missing"),
     (with_(netfilterqueue=False), "cannot", "nft-queue", "netfilterqueue importable missing"),
     (with_(queue_roundtrip=False), "cannot", "nft-queue", "a queued packet did not reach netguard"),
     (with_(queue_roundtrip=None), "ok", "nft-queue", None),  # not run (facts file): no claim either way
     (with_(nft_queue=False, connmark=False), "cannot", "iptables-nft", "connmark missing"),
-    (with_(nft_queue=False, conntrack=None), "cannot", "iptables-nft", "conntrack could not be checked"),
+    (with_(nft_queue=False, conntrack=None), "cannot", "iptables-nft", "could not check conntrack"),
     (with_(nft_queue=False, connbytes=False), "degraded", "iptables-nft", "connbytes missing"),
     (with_(nft_queue=False, reject=False), "degraded", "iptables-nft", "REJECT --reject-with tcp-reset missing"),
-    (with_(nft_queue=False, ip6tables=False), "degraded", "iptables-nft", "ip6tables missing"),
+    (with_(nft_queue=False, ip6tables=False), "degraded", "iptables-nft", "ip6tables NFQUEUE + REJECT missing"),
     (with_(connbytes=False, reject=False), "ok", "nft-queue", None),  # native nft has its own ct/reject
 ])
 def test_decide(probes: dict[str, Probe], verdict: str, backend: str | None, first_reason: str | None) -> None:
