@@ -152,10 +152,7 @@ def build_removal(saved: str) -> str | None:
 
 
 def _jumps_to_ours(parts: Sequence[str]) -> bool:
-    for i, word in enumerate(parts[:-1]):
-        if word in ("-j", "-g") and parts[i + 1].startswith(CHAIN_PREFIX):
-            return True
-    return False
+    return any(w in ("-j", "-g") and parts[i + 1].startswith(CHAIN_PREFIX) for i, w in enumerate(parts[:-1]))
 
 
 def tool(backend: Backend, family: Family, action: Literal["save", "restore"]) -> str:

@@ -56,7 +56,7 @@ def _tls_client(raw: socket.socket, ctx: ssl.SSLContext) -> None:
         if name:
             names.append(name)
 
-    ctx.sni_callback = on_sni  # type: ignore[assignment]
+    ctx.sni_callback = on_sni
     try:
         raw.settimeout(30)
         conn = ctx.wrap_socket(raw, server_side=True)

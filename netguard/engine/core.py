@@ -1,0 +1,498 @@
+"""Engine.handle(packet bytes, now) -> Verdict: the per-packet decision, with no I/O.
+
+Strategy: two kinds of packets arrive (the firewall rules send nothing else):
+- DNS answers (from port 53, UDP or TCP). Every name of the answer (question, CNAME chain, owners)
+  is judged; the addresses are learned for all of them (NameTable). If one is blocked and
+  dns_block is on, the answer is replaced by NXDOMAIN carrying an Extended DNS Error. DNS answers
+  only ever get ACCEPT, REWRITE or DROP: a repeat would queue them again.
+- Client packets of undecided flows (TCP, UDP 443). TCP payload is reassembled by sequence number
+  (Stream) from the SYN on; the contiguous prefix is read as TLS (ClientHello -> SNI), HTTP (Host,
+  CONNECT target) or neither. The name decides through the policy; without a name, the destination
+  address decides through the names learned from DNS. UDP 443 is read as QUIC Initial packets.
+  A decided flow is remembered (bounded) so packets already queued behind the deciding one get the
+  same verdict, and so a policy reload can find open flows that became blocked.
+
+Every limit (undecided flows, bytes per flow, out-of-order pieces, names) and every unreadable input
+gets the policy's fail verdict: block when fail_mode = "closed", allow when "open". The single place
+where ParseError becomes a verdict is `handle`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from netguard.engine import classify
+from netguard.engine.names import NameTable
+from netguard.engine.packets import replace_tcp_payload, replace_udp_payload, tcp_packet
+from netguard.engine.stream import Result, Stream
+from netguard.engine.verdict import ACCEPT, Action, Event, FlowKey, Verdict
+from netguard.policy import Decision, HostError, Policy, decide
+from netguard.wire import dns, tls
+from netguard.wire.errors import ParseError
+from netguard.wire.ip import ACK, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, TcpSegment, UdpDatagram, parse_packet
+
+# Undecided flows tracked at once. A flow is undecided for one round trip (SYN to first data), so
+# this is the number of connections opened within that time; past it, new flows get the fail verdict.
+MAX_FLOWS = 4096
+# Client bytes buffered per flow: the largest ClientHello (16 KiB, wire.tls.MAX_CLIENT_HELLO) in
+# records of at most 16 KiB, each with its 5-byte header, and any HTTP request head fits.
+MAX_FLOW_BYTES = 16384 + 4 + 5 * 4 + 1024
+# An undecided flow that has sent nothing for this long is forgotten (its SYN may have been lost).
+FLOW_IDLE = 60.0
+# Data-less client segments before a decision: the server speaks first (SSH, SMTP), so the name
+# will never come from the client; judge by address.
+MAX_EMPTY_SEGMENTS = 3
+# Decided flows remembered: for packets queued behind the deciding one, and to cut open flows on
+# reload. Evicting the oldest only loses the ability to cut that flow.
+MAX_DECIDED = 65536
+# QUIC datagrams read before judging by address (a ClientHello spans two or three Initials).
+MAX_QUIC_DATAGRAMS = 6
+# DNS-over-TCP answer bytes buffered per connection (a message is at most 65535 + 2 bytes).
+MAX_DNS_TCP_BYTES = 65537
+
+EDE_PREFIX = "netguard"
+
+
+@dataclass
+class _Flow:
+    key: FlowKey
+    last: float
+    stream: Stream | None = None
+    syn_seen: bool = False
+    empty: int = 0
+    reader: classify.Reader | None = None
+    quic: classify.QuicReader | None = None
+    datagrams: int = 0
+
+
+@dataclass
+class _Remembered:
+    allowed: bool
+    host: str | None
+    source: str
+    port: int
+
+
+@dataclass
+class _DnsStream:
+    next_seq: int
+    pending: bytes = b""
+    blocked: bool = False
+    last: float = 0.0
+
+
+@dataclass
+class Stats:
+    """Counters for status and benchmarks."""
+
+    packets: int = 0
+    allowed: int = 0
+    blocked: int = 0
+    dns_rewritten: int = 0
+    fail_verdicts: int = 0
+    by_limit: dict[str, int] = field(default_factory=dict)
+
+
+class Engine:
+    """Per-flow state and verdicts for one policy (replaced atomically by `reload`)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.names = NameTable()
+        self.stats = Stats()
+        self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
+        self._decided: OrderedDict[FlowKey, _Remembered] = OrderedDict()
+        self._dns_tcp: OrderedDict[FlowKey, _DnsStream] = OrderedDict()
+        self.max_flows = MAX_FLOWS
+
+    # -- entry points -------------------------------------------------------------------------
+
+    def handle(self, data: bytes, now: float) -> Verdict:
+        """Judge one queued packet (raw IP bytes, possibly cut short by the queue's copy range)."""
+        self.stats.packets += 1
+        try:
+            packet = parse_packet(_fit_lengths(data))
+        except ParseError as exc:
+            return self._fail_unkeyed(f"unreadable packet: {exc}")
+        if packet.is_fragment or packet.l4 is None:
+            return self._fail_unkeyed("IP fragment or no transport header")
+        l4 = packet.l4
+        key = FlowKey(packet.proto, packet.src, l4.sport, packet.dst, l4.dport)
+        try:
+            if l4.sport == 53:
+                return self._dns(packet, key, now)
+            if isinstance(l4, TcpSegment):
+                return self._tcp(packet, l4, key, now)
+            return self._udp(l4, key, now)
+        except ParseError as exc:
+            # Unreadable input on a flow (the TLS or HTTP parsers, a DNS answer): the fail verdict.
+            self._flows.pop(key, None)
+            return self._fail(key, now, f"unreadable {_what(l4)}: {exc}", dns_answer=l4.sport == 53)
+
+    def reload(self, policy: Policy, now: float) -> list[Event]:
+        """Put a new policy in force; return the remembered open flows it now blocks (to be cut)."""
+        self.policy = policy
+        cut: list[Event] = []
+        for key, r in list(self._decided.items()):
+            if not r.allowed:
+                continue
+            d: Decision | None
+            if r.host is not None and r.source not in ("dns-table", "address"):
+                d = self._decide_name(r.host, r.port)
+                source = r.source
+            else:
+                d, source = self._decide_address(key, now)
+            if d is not None and not d.allowed:
+                r.allowed = False
+                cut.append(_event(now, key, d, source))
+        return cut
+
+    def expire(self, now: float) -> None:
+        """Forget idle undecided flows and DNS-over-TCP buffers, and expired names."""
+        while self._flows:
+            key, flow = next(iter(self._flows.items()))
+            if now - flow.last < FLOW_IDLE:
+                break
+            del self._flows[key]
+        while self._dns_tcp:
+            key, st = next(iter(self._dns_tcp.items()))
+            if now - st.last < FLOW_IDLE:
+                break
+            del self._dns_tcp[key]
+        self.names.purge(now)
+
+    @property
+    def undecided(self) -> int:
+        """Flows currently being read."""
+        return len(self._flows)
+
+    # -- TCP client flows ---------------------------------------------------------------------
+
+    def _tcp(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float) -> Verdict:
+        known = self._decided.get(key)
+        if known is not None and not seg.flags & SYN:
+            self._decided.move_to_end(key)
+            return Verdict(Action.ALLOW if known.allowed else Action.BLOCK)
+        flow = self._flows.get(key)
+        if seg.flags & RST:
+            self._flows.pop(key, None)
+            return ACCEPT
+        if seg.flags & SYN and not seg.flags & ACK:
+            self._decided.pop(key, None)
+            if flow is None or flow.stream is None or flow.stream.base != (seg.seq + 1) & 0xFFFFFFFF:
+                if flow is None and len(self._flows) >= self.max_flows:
+                    self.expire(now)
+                    if len(self._flows) >= self.max_flows:
+                        return self._fail(key, now, f"more than {self.max_flows} undecided flows",
+                                          limit="flows")
+                flow = _Flow(key, now, Stream((seg.seq + 1) & 0xFFFFFFFF, MAX_FLOW_BYTES), syn_seen=True)
+                self._flows[key] = flow
+            flow.last = now
+            if not seg.payload:  # TCP Fast Open carries data in the SYN
+                return ACCEPT
+            return self._tcp_data(packet, seg, flow, now, seg.seq + 1)
+        if flow is None:
+            # No SYN seen (netguard started after the flow, or the flow was forgotten): read from here.
+            if len(self._flows) >= self.max_flows:
+                self.expire(now)
+                if len(self._flows) >= self.max_flows:
+                    return self._fail(key, now, f"more than {self.max_flows} undecided flows", limit="flows")
+            flow = _Flow(key, now, Stream(seg.seq, MAX_FLOW_BYTES))
+            self._flows[key] = flow
+        flow.last = now
+        self._flows.move_to_end(key)
+        if not seg.payload:
+            flow.empty += 1
+            if flow.empty > MAX_EMPTY_SEGMENTS and flow.stream is not None and not flow.stream.prefix:
+                return self._finish(flow, now, *self._decide_address(key, now))
+            return ACCEPT
+        return self._tcp_data(packet, seg, flow, now, seg.seq)
+
+    def _tcp_data(self, packet: Packet, seg: TcpSegment, flow: _Flow, now: float, seq: int) -> Verdict:
+        stream = flow.stream
+        if stream is None:  # pragma: no cover - every TCP flow has a stream
+            return ACCEPT
+        result = stream.add(seq, seg.payload)
+        if result is Result.CONFLICT:
+            return self._fail(flow.key, now, "overlapping TCP segments carry different bytes", limit=None,
+                              always_block=True, packet=packet, seg=seg)
+        if result is Result.LIMIT:
+            return self._fail(flow.key, now, f"no name in the first {MAX_FLOW_BYTES} bytes", limit="bytes",
+                              packet=packet, seg=seg)
+        if flow.reader is None:
+            flow.reader = classify.Reader()
+        found = flow.reader.feed(bytes(stream.prefix))
+        if found is None:
+            return ACCEPT
+        d: Decision | None
+        if found.name is None:
+            d, source = self._decide_address(flow.key, now)
+        else:
+            d, source = self._decide_found(found, flow.key, now)
+        return self._finish(flow, now, d, source, packet=packet, seg=seg)
+
+    # -- UDP 443 (QUIC) -----------------------------------------------------------------------
+
+    def _udp(self, dgram: UdpDatagram, key: FlowKey, now: float) -> Verdict:
+        known = self._decided.get(key)
+        if known is not None:
+            return Verdict(Action.ALLOW if known.allowed else Action.BLOCK)
+        flow = self._flows.get(key)
+        if flow is None:
+            if len(self._flows) >= self.max_flows:
+                self.expire(now)
+                if len(self._flows) >= self.max_flows:
+                    return self._fail(key, now, f"more than {self.max_flows} undecided flows", limit="flows")
+            flow = _Flow(key, now, quic=classify.QuicReader())
+            self._flows[key] = flow
+        flow.last = now
+        flow.datagrams += 1
+        quic = flow.quic
+        found = quic.feed(dgram.payload) if quic is not None else None
+        if found is None and flow.datagrams < MAX_QUIC_DATAGRAMS:
+            return ACCEPT
+        if found is None or found.name is None:
+            return self._finish(flow, now, *self._decide_address(key, now))
+        return self._finish(flow, now, *self._decide_found(found, key, now))
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def _decide_name(self, name: str, port: int | None) -> Decision | None:
+        try:
+            return decide(name, port, self.policy)
+        except HostError:
+            return None
+
+    def _decide_found(self, found: classify.Found, key: FlowKey, now: float) -> tuple[Decision | None, str]:
+        name = found.name or ""
+        port = found.port if found.port is not None else key.dport
+        if _is_address(name.strip("[]")):
+            # A name field that holds an address: judge the address the client named.
+            return self._decide_address(key, now, ipaddress.ip_address(name.strip("[]")).packed)
+        return self._decide_name(name, port), found.source
+
+    def _decide_address(self, key: FlowKey, now: float, address: bytes | None = None) -> tuple[Decision, str]:
+        address = key.dst if address is None else address
+        decisions = [d for d in (self._decide_name(n, key.dport) for n in self.names.names(address, now)) if d]
+        if decisions:
+            blocked = [d for d in decisions if not d.allowed]
+            return (blocked or decisions)[0], "dns-table"
+        text = str(ipaddress.ip_address(address))
+        unknown = self.policy.unknown_hosts
+        return Decision(unknown == "allow", text, key.dport, None, None, f"unknown_hosts = {unknown}",
+                        f"{text} has no name netguard saw (no SNI, Host or DNS answer); "
+                        f"{self.policy.label} has unknown_hosts = {unknown}"), "address"
+
+    def _finish(self, flow: _Flow, now: float, d: Decision | None, source: str, *,
+                packet: Packet | None = None, seg: TcpSegment | None = None) -> Verdict:
+        if d is None:
+            return self._fail(flow.key, now, f"invalid name from {source}", packet=packet, seg=seg)
+        self._flows.pop(flow.key, None)
+        self._remember(flow.key, d.allowed, d.host, source, d.port)
+        event = _event(now, flow.key, d, source)
+        if d.allowed:
+            self.stats.allowed += 1
+            return Verdict(Action.ALLOW, event=event)
+        self.stats.blocked += 1
+        return Verdict(Action.BLOCK, inject=self._alert(packet, seg), event=event)
+
+    def _remember(self, key: FlowKey, allowed: bool, host: str | None, source: str, port: int | None) -> None:
+        self._decided[key] = _Remembered(allowed, host, source, port or key.dport)
+        self._decided.move_to_end(key)
+        while len(self._decided) > MAX_DECIDED:
+            self._decided.popitem(last=False)
+
+    def _alert(self, packet: Packet | None, seg: TcpSegment | None) -> tuple[bytes, ...]:
+        if self.policy.block_action != "tls-alert" or packet is None or seg is None or not seg.flags & ACK:
+            return ()
+        # From the server to the client, at the sequence numbers the client expects next.
+        alert = tcp_packet(packet.version, packet.dst, packet.src, seg.dport, seg.sport, seg.ack,
+                           seg.seq + len(seg.payload), ACK | 0x08, tls.access_denied_alert(), window=seg.window)
+        return (alert,)
+
+    def _fail(self, key: FlowKey, now: float, why: str, *, limit: str | None = None, always_block: bool = False,
+              dns_answer: bool = False, packet: Packet | None = None, seg: TcpSegment | None = None) -> Verdict:
+        self.stats.fail_verdicts += 1
+        if limit:
+            self.stats.by_limit[limit] = self.stats.by_limit.get(limit, 0) + 1
+        allowed = self.policy.fail_mode == "open" and not always_block
+        rule = "overlap" if always_block else f"fail_mode = {self.policy.fail_mode}"
+        client_key = key.reply() if dns_answer else key
+        event = Event(now, client_key, allowed, None, "none", None, None, rule,
+                      f"{why}; {self.policy.label} has {rule}" if not always_block else why)
+        self._flows.pop(key, None)
+        if dns_answer:
+            return Verdict(Action.ACCEPT if allowed else Action.DROP, event=event)
+        self._remember(key, allowed, None, "none", key.dport)
+        if allowed:
+            return Verdict(Action.ALLOW, event=event)
+        self.stats.blocked += 1
+        return Verdict(Action.BLOCK, inject=self._alert(packet, seg), event=event)
+
+    def _fail_unkeyed(self, why: str) -> Verdict:
+        # Without headers there is no flow to mark; DROP is safe on every hook (a repeat is not).
+        self.stats.fail_verdicts += 1
+        return Verdict(Action.ACCEPT if self.policy.fail_mode == "open" else Action.DROP)
+
+    # -- DNS answers --------------------------------------------------------------------------
+
+    def _dns(self, packet: Packet, key: FlowKey, now: float) -> Verdict:
+        l4 = packet.l4
+        if isinstance(l4, UdpDatagram):
+            replaced, event = self._dns_message(l4.payload, key, now, same_length=False)
+            if event is None:
+                return ACCEPT
+            if event.allowed:
+                return Verdict(Action.ACCEPT, event=event)
+            if replaced is None:
+                return Verdict(Action.DROP, event=event)
+            self.stats.dns_rewritten += 1
+            return Verdict(Action.REWRITE, payload=replace_udp_payload(packet, replaced), event=event)
+        if not isinstance(l4, TcpSegment):  # pragma: no cover - handle() only passes TCP or UDP
+            return ACCEPT
+        return self._dns_tcp_segment(packet, l4, key, now)
+
+    def _dns_tcp_segment(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float) -> Verdict:
+        if seg.flags & (SYN | RST) or not seg.payload:
+            if seg.flags & SYN:
+                self._dns_tcp[key] = _DnsStream((seg.seq + 1) & 0xFFFFFFFF, last=now)
+            return ACCEPT
+        st = self._dns_tcp.get(key)
+        if st is None:
+            st = self._dns_tcp[key] = _DnsStream(seg.seq, last=now)
+        st.last = now
+        if seg.seq != st.next_seq:
+            # A retransmission (or a gap): judge it alone if it holds whole messages, else repeat
+            # what this connection got before.
+            messages, rest = dns.split_tcp_messages(seg.payload)
+            if not messages or rest:
+                return Verdict(Action.DROP) if st.blocked else ACCEPT
+            return self._dns_tcp_rewrite(packet, seg, messages, key, now, st)
+        buf = st.pending + seg.payload
+        if len(buf) > MAX_DNS_TCP_BYTES:
+            return self._fail(key, now, "DNS-over-TCP message too long", limit="bytes", dns_answer=True)
+        st.next_seq = (seg.seq + len(seg.payload)) & 0xFFFFFFFF
+        messages, rest = dns.split_tcp_messages(buf)
+        whole = not st.pending and not rest
+        st.pending = rest
+        if not messages:
+            return ACCEPT
+        if whole:
+            return self._dns_tcp_rewrite(packet, seg, messages, key, now, st)
+        events = [self._dns_message(m, key, now, same_length=True)[1] for m in messages]
+        blocked = next((e for e in events if e is not None and not e.allowed), None)
+        if blocked is not None:
+            st.blocked = True
+            return Verdict(Action.DROP, event=blocked)
+        return Verdict(Action.ACCEPT, event=next((e for e in events if e is not None), None))
+
+    def _dns_tcp_rewrite(self, packet: Packet, seg: TcpSegment, messages: list[bytes], key: FlowKey,
+                         now: float, st: _DnsStream) -> Verdict:
+        out = b""
+        first: Event | None = None
+        blocked: Event | None = None
+        for m in messages:
+            replaced, event = self._dns_message(m, key, now, same_length=True)
+            first = first or event
+            if event is not None and not event.allowed:
+                blocked = blocked or event
+                if replaced is None:
+                    st.blocked = True
+                    return Verdict(Action.DROP, event=event)
+            out += dns.frame_tcp(replaced if replaced is not None else m)
+        if blocked is None:
+            return Verdict(Action.ACCEPT, event=first)
+        st.blocked = True
+        self.stats.dns_rewritten += 1
+        return Verdict(Action.REWRITE, payload=replace_tcp_payload(packet, out), event=blocked)
+
+    def _dns_message(self, data: bytes, key: FlowKey, now: float, *,
+                     same_length: bool) -> tuple[bytes | None, Event | None]:
+        """Judge and learn one DNS message. Returns (replacement or None, event or None)."""
+        msg = dns.parse_message(data)
+        if not msg.is_response:
+            return None, None
+        names = [q.name for q in msg.questions]
+        addresses: list[bytes] = []
+        ttl: int | None = None
+        for rr in msg.answers:
+            names.append(rr.name)
+            if isinstance(rr.data, str):
+                names.append(rr.data)
+            elif isinstance(rr.data, bytes):
+                addresses.append(rr.data)
+                ttl = rr.ttl if ttl is None else min(ttl, rr.ttl)
+        names = [n for n in dict.fromkeys(n.lower() for n in names) if n]
+        decisions = [d for d in (self._decide_name(n, None) for n in names) if d is not None]
+        client_key = key.reply()
+        if not decisions:
+            return None, None
+        blocked = next((d for d in decisions if not d.allowed), None)
+        learned = not addresses or self.names.learn(addresses, [d.host for d in decisions], ttl or 0, now)
+        if not learned:
+            self.stats.by_limit["names"] = self.stats.by_limit.get("names", 0) + 1
+            self.stats.fail_verdicts += 1
+            if self.policy.fail_mode == "closed":
+                why = "the table of names learned from DNS is full"
+                reply = _blocked_reply(data, f"{EDE_PREFIX}: {why}", len(data) if same_length else None)
+                return reply, Event(now, client_key, False, names[0], "none", None, None,
+                                    "fail_mode = closed", f"{why}; {self.policy.label} has fail_mode = closed")
+        chosen = blocked or decisions[0]
+        event = _event(now, client_key, chosen, "dns-answer")
+        if blocked is None or not self.policy.dns_block:
+            return None, event if blocked is None else _event(now, client_key, blocked, "dns-answer", True)
+        text = f"{EDE_PREFIX}: {blocked.host} is blocked ({blocked.rule})"
+        return _blocked_reply(data, text, len(data) if same_length else None), event
+
+
+def _event(now: float, key: FlowKey, d: Decision, source: str, allowed: bool | None = None) -> Event:
+    return Event(now, key, d.allowed if allowed is None else allowed, d.host, source, d.registry,
+                 d.registry_name, d.rule, d.reason)
+
+
+def _blocked_reply(message: bytes, text: str, length: int | None) -> bytes | None:
+    """NXDOMAIN with the EDE text; with `length`, exactly that many bytes (padding the text) or None."""
+    reply = dns.build_blocked_reply(message, rcode="NXDOMAIN", info_code=dns.EDE_BLOCKED, text=text)
+    if length is None or len(reply) == length:
+        return reply
+    if len(reply) > length:
+        return None
+    padded = dns.build_blocked_reply(message, rcode="NXDOMAIN", info_code=dns.EDE_BLOCKED,
+                                     text=text + " " * (length - len(reply)))
+    return padded if len(padded) == length else None
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _what(l4: TcpSegment | UdpDatagram) -> str:
+    if l4.sport == 53:
+        return "DNS answer"
+    return "client bytes" if isinstance(l4, TcpSegment) else "QUIC datagram"
+
+
+def _fit_lengths(data: bytes) -> bytes:
+    """NFQUEUE copies at most ~4 KB of a packet: shrink the IP length field to the bytes at hand, so
+    the headers parse and the payload is the part that was copied (the kernel keeps the packet)."""
+    if len(data) < 40 and not (data and data[0] >> 4 == 4 and len(data) >= 20):
+        return data
+    version = data[0] >> 4
+    if version == 4:
+        total = int.from_bytes(data[2:4], "big")
+        if total > len(data):
+            return data[:2] + len(data).to_bytes(2, "big") + data[4:]
+    elif version == 6:
+        payload = int.from_bytes(data[4:6], "big")
+        if payload and 40 + payload > len(data):
+            return data[:4] + (len(data) - 40).to_bytes(2, "big") + data[6:]
+    return data
+
+
+__all__ = ["PROTO_TCP", "PROTO_UDP", "Engine", "Stats"]

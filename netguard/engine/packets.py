@@ -1,0 +1,84 @@
+"""Building the few packets netguard writes: a DNS answer with a new payload, a TCP segment toward
+the client (the TLS alert of block_action = "tls-alert").
+
+Strategy: fresh headers with correct lengths and checksums; IPv4 keeps the original header's
+identification and TTL, IPv6 gets a plain 40-byte header (extension headers are not carried over).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from netguard.wire.ip import PROTO_TCP, PROTO_UDP, Packet, TcpSegment
+
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
+_UDP = struct.Struct("!HHHH")
+_TCP = struct.Struct("!HHIIBBHHH")
+DEFAULT_TTL = 64
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\x00"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _pseudo(version: int, src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    if version == 4:
+        return src + dst + struct.pack("!BBH", 0, proto, length)
+    return src + dst + struct.pack("!IxxxB", length, proto)
+
+
+def _ip(version: int, src: bytes, dst: bytes, proto: int, l4: bytes, ttl: int, ident: int) -> bytes:
+    if version == 4:
+        head = _IPV4.pack(0x45, 0, 20 + len(l4), ident & 0xFFFF, 0x4000, ttl, proto, 0, src, dst)
+        head = head[:10] + struct.pack("!H", checksum(head)) + head[12:]
+        return head + l4
+    return _IPV6.pack(0x60000000, len(l4), proto, ttl, src, dst) + l4
+
+
+def udp_packet(version: int, src: bytes, dst: bytes, sport: int, dport: int, payload: bytes,
+               ttl: int = DEFAULT_TTL, ident: int = 0) -> bytes:
+    """An IPv4/IPv6 UDP packet with correct lengths and checksums."""
+    length = 8 + len(payload)
+    header = _UDP.pack(sport, dport, length, 0)
+    csum = checksum(_pseudo(version, src, dst, PROTO_UDP, length) + header + payload) or 0xFFFF
+    return _ip(version, src, dst, PROTO_UDP, _UDP.pack(sport, dport, length, csum) + payload, ttl, ident)
+
+
+def tcp_packet(version: int, src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int,
+               flags: int, payload: bytes, window: int = 512, ttl: int = DEFAULT_TTL,
+               options: bytes = b"") -> bytes:
+    """An IPv4/IPv6 TCP segment with correct lengths and checksums (options padded to 4 bytes)."""
+    options += b"\x00" * (-len(options) % 4)
+    words = 5 + len(options) // 4
+    header = _TCP.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, words << 4, flags, window, 0, 0)
+    header += options
+    csum = checksum(_pseudo(version, src, dst, PROTO_TCP, len(header) + len(payload)) + header + payload)
+    header = header[:16] + struct.pack("!H", csum) + header[18:]
+    return _ip(version, src, dst, PROTO_TCP, header + payload, ttl, 0)
+
+
+def replace_udp_payload(packet: Packet, payload: bytes) -> bytes:
+    """The same UDP packet (addresses, ports, TTL) carrying a new payload."""
+    if packet.l4 is None or packet.proto != PROTO_UDP:
+        raise ValueError("not a UDP packet")
+    return udp_packet(packet.version, packet.src, packet.dst, packet.l4.sport, packet.l4.dport, payload,
+                      ttl=packet.ttl, ident=packet.fragment_id)
+
+
+def replace_tcp_payload(packet: Packet, payload: bytes) -> bytes:
+    """The same TCP segment (ports, numbers, flags, window) carrying a new payload of the same length
+    (a different length would shift every later sequence number of the stream)."""
+    seg = packet.l4
+    if not isinstance(seg, TcpSegment):
+        raise ValueError("not a TCP packet")
+    if len(payload) != len(seg.payload):
+        raise ValueError("a TCP payload can only be replaced by one of the same length")
+    return tcp_packet(packet.version, packet.src, packet.dst, seg.sport, seg.dport, seg.seq, seg.ack,
+                      seg.flags, payload, window=seg.window, ttl=packet.ttl, options=seg.options)

@@ -1,0 +1,85 @@
+"""Reassembly of a client's first bytes by TCP sequence number.
+
+Strategy: offsets relative to the first payload byte (ISN + 1), modulo 2**32. Pieces that arrive out
+of order are kept in a dict by offset; the contiguous prefix grows as gaps fill. Bytes already
+stored must match any retransmission that covers them: an overlap that carries different bytes is
+the classic evasion (one byte string for the filter, another for the server) and is reported as a
+conflict. Bounded: bytes beyond `limit` and more than MAX_PIECES held pieces are a limit hit.
+"""
+
+from __future__ import annotations
+
+import enum
+
+# Out-of-order pieces held at once: a ClientHello in 1-byte segments, all shuffled, needs as many as
+# it has bytes; a real client needs a handful.
+MAX_PIECES = 2048
+
+
+class Result(enum.Enum):
+    OK = "ok"
+    CONFLICT = "conflict"  # overlapping bytes differ
+    LIMIT = "limit"  # beyond the byte limit or too many pieces
+
+
+class Stream:
+    """The first `limit` bytes of one direction of a TCP flow."""
+
+    __slots__ = ("_pieces", "base", "limit", "prefix")
+
+    def __init__(self, base: int, limit: int) -> None:
+        self.base = base  # sequence number of byte 0
+        self.limit = limit
+        self.prefix = bytearray()  # contiguous bytes from offset 0
+        self._pieces: dict[int, bytes] = {}  # offset -> bytes, beyond the prefix
+
+    def add(self, seq: int, data: bytes) -> Result:
+        """Add a segment's payload. Grows `prefix` when the bytes connect."""
+        if not data:
+            return Result.OK
+        offset = (seq - self.base) & 0xFFFFFFFF
+        if offset >= 0x80000000:
+            # Starts before byte 0 (a retransmission of the SYN's data or garbage): keep the part
+            # from byte 0 on.
+            skip = 0x100000000 - offset
+            if skip >= len(data):
+                return Result.OK
+            data, offset = data[skip:], 0
+        end = offset + len(data)
+        if end > self.limit:
+            return Result.LIMIT
+        # Bytes already in the prefix must match.
+        have = len(self.prefix)
+        if offset < have and self.prefix[offset:min(end, have)] != data[:min(end, have) - offset]:
+            return Result.CONFLICT
+        for start, piece in self._pieces.items():
+            lo, hi = max(start, offset), min(start + len(piece), end)
+            if lo < hi and piece[lo - start:hi - start] != data[lo - offset:hi - offset]:
+                return Result.CONFLICT
+        if end <= have:
+            return Result.OK
+        if offset > have:
+            old = self._pieces.get(offset)
+            if old is None or len(old) < len(data):
+                if old is None and len(self._pieces) >= MAX_PIECES:
+                    return Result.LIMIT
+                self._pieces[offset] = data
+            return Result.OK
+        self.prefix += data[have - offset:]
+        self._absorb()
+        return Result.OK
+
+    def _absorb(self) -> None:
+        # Move held pieces that now touch the prefix into it.
+        moved = True
+        while moved and self._pieces:
+            moved = False
+            have = len(self.prefix)
+            for start in sorted(self._pieces):
+                if start > have:
+                    break
+                piece = self._pieces.pop(start)
+                if start + len(piece) > have:
+                    self.prefix += piece[have - start:]
+                    have = len(self.prefix)
+                moved = True

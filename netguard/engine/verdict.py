@@ -1,0 +1,86 @@
+"""What the engine hands back for one packet: an action for the kernel and, when a flow or a DNS
+answer was decided, an event describing the decision.
+
+Strategy: frozen values only. The shell maps Action to NetfilterQueue calls: ACCEPT -> accept();
+ALLOW -> set_mark(allowed) + repeat() (the rules save the mark in the connection, the rest of the
+flow stays in the kernel); BLOCK -> set_mark(blocked) + repeat() (the kernel REJECT rule fires);
+DROP -> drop() (DNS answers only: a repeat there would queue the packet again); REWRITE -> the
+packet's bytes replaced by `payload`, then accept().
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+
+class Action(enum.Enum):
+    ACCEPT = "accept"  # undecided so far: let this packet go, keep watching the flow
+    ALLOW = "allow"
+    BLOCK = "block"
+    DROP = "drop"
+    REWRITE = "rewrite"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowKey:
+    """A flow as the client sees it: addresses are raw 4 or 16 bytes."""
+
+    proto: int  # 6 TCP, 17 UDP
+    src: bytes
+    sport: int
+    dst: bytes
+    dport: int
+
+    def reply(self) -> FlowKey:
+        """The same flow seen from the other end."""
+        return FlowKey(self.proto, self.dst, self.dport, self.src, self.sport)
+
+    def text(self) -> dict[str, Any]:
+        """The 5-tuple as JSON-ready values."""
+        return {"proto": {6: "tcp", 17: "udp"}.get(self.proto, str(self.proto)),
+                "src": str(ipaddress.ip_address(self.src)), "sport": self.sport,
+                "dst": str(ipaddress.ip_address(self.dst)), "dport": self.dport}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One decision: a flow allowed or blocked, or a DNS answer judged.
+
+    `source` says where the name came from: "sni", "http-host", "http-connect", "quic-sni",
+    "dns-answer" (a DNS answer judged), "dns-table" (the destination address learned from DNS),
+    "address" (no name at all) or "none" (a fail verdict: unreadable input or a limit).
+    """
+
+    time: float
+    key: FlowKey
+    allowed: bool
+    host: str | None
+    source: str
+    registry: str | None
+    registry_name: str | None
+    rule: str
+    reason: str
+
+    def record(self) -> dict[str, Any]:
+        """The event as one JSON-ready record."""
+        return {"time": round(self.time, 6), "verdict": "allow" if self.allowed else "block",
+                "host": self.host, "registry": self.registry, "registry_name": self.registry_name,
+                "rule": self.rule, "reason": self.reason, "source": self.source, **self.key.text()}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The action for one packet; `payload` for REWRITE; `inject` packets to send to the client
+    before the verdict (a TLS alert when block_action = "tls-alert"); `event` when something was
+    decided with this packet."""
+
+    action: Action
+    payload: bytes | None = None
+    inject: tuple[bytes, ...] = ()
+    event: Event | None = None
+
+
+ACCEPT = Verdict(Action.ACCEPT)

@@ -1,0 +1,217 @@
+"""`netguard run`: wiring the engine to the kernel, with signals, reload and a clean exit.
+
+Strategy: start in a fixed order so that no packet reaches a half-made setup: check what the kernel
+can do (doctor), remove stale netguard rules of a crashed run, bind the queue (and set its fail-open
+flag in open mode), and only then install the rules. One thread: a select loop over the queue's
+socket and a signal wake-up socket, with a one-second tick for the policy file's mtime and for
+expiring engine state. SIGHUP or a changed policy file reloads: the new policy is parsed in full
+first, so a bad one is reported and the old one stays in force; open flows the new policy blocks
+are cut. SIGTERM/SIGINT remove every rule before exit. One JSON line per blocking decision goes
+to stdout; errors and notices go to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from netguard.engine import Action, Engine, Event
+from netguard.policy import Policy, PolicyError
+from netguard.shell import conntrack, firewall
+from netguard.shell.inject import Injector
+from netguard.shell.nfqueue import Packet, Queue, apply_verdict, set_fail_open
+from netguard.shell.policyfiles import load_policy
+
+TICK = 0.25  # seconds between checks of the policy file and engine expiry
+
+
+class StartError(RuntimeError):
+    """netguard cannot enforce here; the message says why."""
+
+
+def firewall_options(policy: Policy) -> firewall.Options:
+    """The rule options a policy asks for."""
+    marks = firewall.Marks(policy.mark_mask, policy.mark_allowed, policy.mark_blocked)
+    return firewall.Options(queue_num=policy.queue_num, marks=marks, fail_open=policy.fail_mode == "open")
+
+
+def choose_backend(requested: str | None) -> firewall.Backend:
+    """The backend doctor finds working here (or the one requested), or StartError with doctor's reasons."""
+    if requested is not None:
+        if requested not in firewall.BACKENDS:
+            raise StartError(f"backend {requested!r} is not supported by this netguard (use one of "
+                             f"{', '.join(firewall.BACKENDS)})")
+        return requested
+    try:
+        from netguard.shell import doctor
+    except ImportError as exc:  # pragma: no cover - doctor ships with netguard
+        raise StartError(f"cannot check this kernel: {exc}") from exc
+    report = doctor.assess()
+    if report.verdict == "cannot":
+        raise StartError("this kernel cannot enforce: " + "; ".join(report.reasons))
+    for backend in report.backends:
+        if backend in firewall.BACKENDS:
+            return backend
+    raise StartError("no firewall backend netguard can use here (doctor found: "
+                     f"{', '.join(report.backends) or 'none'}); " + "; ".join(report.reasons))
+
+
+@dataclass
+class Daemon:
+    """A running enforcer (one per network namespace)."""
+
+    policy_path: Path | None
+    backend: firewall.Backend
+    out: TextIO = sys.stdout
+    err: TextIO = sys.stderr
+    clock: Callable[[], float] = time.time
+    policy: Policy = field(init=False)
+    engine: Engine = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.policy = load_policy(self.policy_path)
+        self.engine = Engine(self.policy)
+        self._mtime = self._policy_mtime()
+        self._stop = False
+        self._reload = False
+        self._injector = Injector()
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Install, enforce until SIGTERM/SIGINT, remove. Returns the exit code."""
+        removed = firewall.remove()
+        if removed:
+            self._notice(f"removed stale netguard rules ({', '.join(removed)})")
+        opts = firewall_options(self.policy)
+        queue = Queue(opts.queue_num, self._on_packet)
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            if opts.fail_open:
+                set_fail_open(queue.fileno(), opts.queue_num)
+            firewall.apply(self.backend, opts)
+            self._notice(f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
+                         f"fail_mode {self.policy.fail_mode})")
+            self._loop(queue, wake_r)
+        finally:
+            try:
+                firewall.remove()
+            finally:
+                queue.close()
+                signal.set_wakeup_fd(old_wakeup)
+                for s, h in handlers.items():
+                    signal.signal(s, h)
+                wake_r.close()
+                wake_w.close()
+                self._injector.close()
+        self._notice("stopped; rules removed")
+        return 0
+
+    def _loop(self, queue: Queue, wake: socket.socket) -> None:
+        next_tick = time.monotonic() + TICK
+        while not self._stop:
+            timeout = max(0.0, next_tick - time.monotonic())
+            ready, _, _ = select.select([queue.fileno(), wake.fileno()], [], [], timeout)
+            if queue.fileno() in ready:
+                queue.pump()
+            if wake.fileno() in ready:
+                with contextlib.suppress(BlockingIOError):
+                    wake.recv(64)
+            if self._reload:
+                self._reload = False
+                self.reload("SIGHUP")
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + TICK
+                mtime = self._policy_mtime()
+                if mtime != self._mtime:
+                    self._mtime = mtime
+                    self.reload("policy file changed")
+                self.engine.expire(self.clock())
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+
+    # -- packets ------------------------------------------------------------------------------
+
+    def _on_packet(self, packet: Packet) -> None:
+        data = packet.get_payload()
+        try:
+            verdict = self.engine.handle(data, self.clock())
+        except Exception as exc:  # a bug must not take enforcement down
+            self._notice(f"internal error on a packet ({type(exc).__name__}: {exc}); fail verdict")
+            fail = Action.ACCEPT if self.policy.fail_mode == "open" else Action.DROP
+            if fail is Action.ACCEPT:
+                packet.accept()
+            else:
+                packet.drop()
+            return
+        for raw in verdict.inject:
+            try:
+                self._injector.send(raw)
+            except OSError as exc:
+                self._notice(f"could not send the TLS alert: {exc}")
+        p = self.policy
+        apply_verdict(packet, verdict, p.mark_mask, p.mark_allowed, p.mark_blocked)
+        if verdict.event is not None and not verdict.event.allowed:
+            self._log(verdict.event)
+
+    def _log(self, event: Event, action: str | None = None) -> None:
+        record = event.record()
+        if action:
+            record["action"] = action
+        self.out.write(json.dumps(record, sort_keys=False) + "\n")
+        self.out.flush()
+
+    # -- reload -------------------------------------------------------------------------------
+
+    def reload(self, why: str) -> bool:
+        """Load the policy again; keep the old one if the new one is bad. True if replaced."""
+        try:
+            new = load_policy(self.policy_path)
+        except (PolicyError, OSError, ValueError) as exc:
+            self._notice(f"reload ({why}) rejected, {self.policy.label} stays in force: {exc}")
+            return False
+        if new.queue_num != self.policy.queue_num:
+            self._notice(f"reload ({why}) rejected: queue_num changed ({self.policy.queue_num} -> "
+                         f"{new.queue_num}); restart netguard to move queues")
+            return False
+        if firewall_options(new) != firewall_options(self.policy):
+            firewall.remove()
+            firewall.apply(self.backend, firewall_options(new))
+        old = self.policy
+        self.policy = new
+        cut = self.engine.reload(new, self.clock())
+        for event in cut:
+            conntrack.mark_blocked(event.key, new.mark_blocked, new.mark_mask)
+            self._log(event, action="cut")
+        self._notice(f"reloaded ({why}): {old.label} -> {new.label}; {len(cut)} open flow(s) cut")
+        return True
+
+    def _policy_mtime(self) -> float | None:
+        if self.policy_path is None:
+            return None
+        try:
+            return os.stat(self.policy_path).st_mtime
+        except OSError:
+            return None
+
+    def _notice(self, text: str) -> None:
+        self.err.write(f"netguard: {text}\n")
+        self.err.flush()

@@ -1,0 +1,168 @@
+"""`netguard replay`: the engine run offline over a capture, one line per flow.
+
+Strategy: a small pcap / pcapng reader (Ethernet, Linux cooked v1/v2, raw IP and BSD loopback link
+types) yields IP packets with their timestamps; a connection-tracking stand-in hands the engine
+only what the firewall rules would queue: DNS answers (from port 53), and the client direction of
+TCP flows and UDP 443 flows until the engine has decided them. Each decision is one line (or one
+JSON object); flows still undecided at the end of the capture are listed as such.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from netguard.engine import Engine, Event, FlowKey
+from netguard.policy import Policy
+from netguard.wire.errors import ParseError
+from netguard.wire.ip import ACK, SYN, TcpSegment, UdpDatagram, parse_packet
+
+# Link types (tcpdump.org/linktypes.html) and where the IP packet starts.
+LINK_NULL, LINK_ETHERNET, LINK_RAW, LINK_RAW_BSD, LINK_IPV4, LINK_IPV6 = 0, 1, 101, 12, 228, 229
+LINK_SLL, LINK_SLL2 = 113, 276
+# A capture record larger than this is not a packet (pcap's own default snaplen is 262144).
+MAX_RECORD = 262144
+
+
+class CaptureError(ValueError):
+    """The file is not a pcap or pcapng capture this reader understands."""
+
+
+def _ip_from_link(link: int, frame: bytes) -> bytes | None:
+    if link in (LINK_RAW, LINK_RAW_BSD, LINK_IPV4, LINK_IPV6):
+        return frame
+    if link == LINK_ETHERNET:
+        offset, ethertype = 14, int.from_bytes(frame[12:14], "big") if len(frame) >= 14 else 0
+        while ethertype in (0x8100, 0x88A8) and len(frame) >= offset + 4:
+            ethertype = int.from_bytes(frame[offset + 2:offset + 4], "big")
+            offset += 4
+        return frame[offset:] if ethertype in (0x0800, 0x86DD) else None
+    if link == LINK_SLL:
+        return frame[16:] if int.from_bytes(frame[14:16], "big") in (0x0800, 0x86DD) else None
+    if link == LINK_SLL2:
+        return frame[20:] if int.from_bytes(frame[0:2], "big") in (0x0800, 0x86DD) else None
+    if link == LINK_NULL:
+        return frame[4:]
+    return None
+
+
+def read_capture(path: Path) -> Iterator[tuple[float, bytes]]:
+    """(timestamp, IP packet bytes) for every IP packet in a pcap or pcapng file."""
+    data = path.read_bytes()
+    if len(data) < 24:
+        raise CaptureError(f"{path}: too short for a capture")
+    magic = data[:4]
+    if magic == b"\x0a\x0d\x0d\x0a":
+        yield from _pcapng(data, path)
+        return
+    formats = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+               b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
+    if magic not in formats:
+        raise CaptureError(f"{path}: not a pcap or pcapng file")
+    endian, unit = formats[magic]
+    link = struct.unpack_from(endian + "I", data, 20)[0] & 0xFFFF
+    pos = 24
+    while pos + 16 <= len(data):
+        sec, frac, incl, _orig = struct.unpack_from(endian + "IIII", data, pos)
+        pos += 16
+        if incl > MAX_RECORD or pos + incl > len(data):
+            raise CaptureError(f"{path}: record at byte {pos - 16} runs past the end")
+        ip = _ip_from_link(link, data[pos:pos + incl])
+        pos += incl
+        if ip:
+            yield sec + frac * unit, ip
+
+
+def _pcapng(data: bytes, path: Path) -> Iterator[tuple[float, bytes]]:
+    endian = "<" if data[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
+    links: list[int] = []
+    pos = 0
+    while pos + 12 <= len(data):
+        btype, blen = struct.unpack_from(endian + "II", data, pos)
+        if blen < 12 or pos + blen > len(data):
+            raise CaptureError(f"{path}: block at byte {pos} runs past the end")
+        body = data[pos + 8:pos + blen - 4]
+        if btype == 0x0A0D0D0A:
+            links = []
+        elif btype == 1:
+            links.append(struct.unpack_from(endian + "H", body, 0)[0])
+        elif btype == 6 and len(body) >= 20:
+            iface, high, low, cap, _orig = struct.unpack_from(endian + "IIIII", body, 0)
+            if iface < len(links):
+                ip = _ip_from_link(links[iface], body[20:20 + cap])
+                if ip:
+                    yield ((high << 32) | low) * 1e-6, ip
+        elif btype == 3 and links and len(body) >= 4:
+            ip = _ip_from_link(links[0], body[4:])
+            if ip:
+                yield 0.0, ip
+        pos += blen
+
+
+@dataclass
+class FlowLine:
+    """One flow (or DNS answer) of the capture and what netguard decided for it."""
+
+    key: FlowKey
+    event: Event | None
+
+
+def replay(path: Path, policy: Policy) -> list[FlowLine]:
+    """Run the engine over the capture; one FlowLine per flow, in order of first packet."""
+    engine = Engine(policy)
+    lines: dict[FlowKey, FlowLine] = {}
+    dns_lines: list[FlowLine] = []
+    order: list[FlowKey | int] = []
+    client: set[FlowKey] = set()  # keys whose direction is the client's (first SYN or first packet)
+    decided: set[FlowKey] = set()
+    for ts, ip in read_capture(path):
+        try:
+            packet = parse_packet(ip)
+        except ParseError:
+            continue
+        l4 = packet.l4
+        if not isinstance(l4, TcpSegment | UdpDatagram):
+            continue
+        key = FlowKey(packet.proto, packet.src, l4.sport, packet.dst, l4.dport)
+        if l4.sport == 53:
+            verdict = engine.handle(ip, ts)
+            if verdict.event is not None:
+                order.append(len(dns_lines))
+                dns_lines.append(FlowLine(key.reply(), verdict.event))
+            continue
+        if isinstance(l4, UdpDatagram) and l4.dport != 443:
+            continue
+        if key.reply() in client or key in decided:
+            continue
+        if isinstance(l4, TcpSegment) and l4.flags & SYN and l4.flags & ACK:
+            client.add(key.reply())
+            continue
+        if key not in client:
+            client.add(key)
+            lines[key] = FlowLine(key, None)
+            order.append(key)
+        verdict = engine.handle(ip, ts)
+        if verdict.event is not None:
+            lines[key].event = verdict.event
+            decided.add(key)
+    return [dns_lines[k] if isinstance(k, int) else lines[k] for k in order]
+
+
+def render(line: FlowLine) -> str:
+    """One human line: 5-tuple, name and its source, decision."""
+    t = line.key.text()
+    where = f"{t['proto']} {_addr(t['src'])}:{t['sport']} -> {_addr(t['dst'])}:{t['dport']}"
+    e = line.event
+    if e is None:
+        return f"{where}  (no name seen)  undecided"
+    what = "dns answer" if e.source == "dns-answer" else f"{e.host or '-'} ({e.source})"
+    if e.source == "dns-answer":
+        what = f"{e.host} (dns-answer)"
+    verdict = "allow" if e.allowed else "block"
+    return f"{where}  {what}  {verdict}  [{e.rule}]"
+
+
+def _addr(text: str) -> str:
+    return f"[{text}]" if ":" in text else text
