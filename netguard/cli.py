@@ -169,5 +169,106 @@ def doctor(as_json: bool, root: str, facts_path: str | None) -> None:
     sys.exit(report.exit_code)
 
 
+# -- enforcement: run, rules, replay, demo (netguard.shell.daemon / firewall / replay / demo) --------
+
+
+@main.command()
+@policy_option
+@click.option("--backend", type=click.Choice(["iptables-nft", "iptables-legacy"]),
+              help="Firewall backend; default: the first that doctor finds working here.")
+def run(policy_path: str | None, backend: str | None) -> None:
+    """Enforce the policy in this network namespace (as root) until SIGTERM or Ctrl-C.
+
+    Installs netguard's firewall chains (both address families), reads DNS answers and the first
+    bytes of new connections from NFQUEUE, and resets connections to blocked registries. SIGHUP,
+    or a change of the policy file, reloads the policy (a bad one is rejected and the old one
+    stays); open connections to a registry that became blocked are cut. One JSON line per block
+    goes to stdout. On exit every rule is removed. Refuses to start where the kernel cannot queue.
+    """
+    import os
+    from pathlib import Path
+
+    from netguard.shell import daemon
+
+    if os.geteuid() != 0:
+        click.echo("netguard run: must run as root (it installs firewall rules)", err=True)
+        sys.exit(2)
+    _load(policy_path)
+    try:
+        chosen = daemon.choose_backend(backend)
+        d = daemon.Daemon(Path(policy_path) if policy_path else None, chosen)
+        sys.exit(d.run())
+    except daemon.StartError as e:
+        click.echo(f"netguard run: {e}", err=True)
+        sys.exit(2)
+
+
+@main.group()
+def rules() -> None:
+    """Show or remove netguard's firewall rules in this network namespace."""
+
+
+@rules.command("show")
+def rules_show() -> None:
+    """Print the netguard chains and jumps installed here (every backend, both families).
+    Exit status 1 when none are installed."""
+    from netguard.shell import firewall
+
+    found = False
+    for backend in firewall.BACKENDS:
+        for family in firewall.FAMILIES:
+            lines = firewall.installed(backend, family)
+            if lines:
+                found = True
+                click.echo(f"# {backend} IPv{family}")
+                for line in lines:
+                    click.echo(line)
+    if not found:
+        click.echo("no netguard rules installed", err=True)
+    sys.exit(0 if found else 1)
+
+
+@rules.command("remove")
+def rules_remove() -> None:
+    """Remove every netguard chain and jump here (stale rules of a crashed run, for instance)."""
+    from netguard.shell import firewall
+
+    try:
+        removed = firewall.remove()
+    except firewall.FirewallError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"removed: {', '.join(removed)}" if removed else "nothing to remove")
+
+
+@main.command()
+@click.argument("capture", type=click.Path(dir_okay=False, exists=True))
+@policy_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per flow.")
+def replay(capture: str, policy_path: str | None, as_json: bool) -> None:
+    """Run the enforcement engine offline over a pcap or pcapng CAPTURE.
+
+    One line per flow: 5-tuple, the name and where it came from (sni, http-host, http-connect,
+    quic-sni, dns-table, address; dns-answer for DNS answers), and the decision.
+    """
+    from pathlib import Path
+
+    from netguard.shell.replay import CaptureError, render
+    from netguard.shell.replay import replay as run_replay
+
+    policy = _load(policy_path)
+    try:
+        lines = run_replay(Path(capture), policy)
+    except CaptureError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    for line in lines:
+        if as_json:
+            record = line.event.record() if line.event else {"verdict": "undecided", **line.key.text()}
+            click.echo(json.dumps(record))
+        else:
+            click.echo(render(line))
+
+
 if __name__ == "__main__":
     main()
