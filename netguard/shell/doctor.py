@@ -24,7 +24,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from netguard.shell.probe import NFT_QUEUE, Probe, ProbeRun, choose_backend, live_probe, usable_backends
+from netguard.shell.probe import (
+    NFT_QUEUE,
+    Probe,
+    ProbeRun,
+    choose_backend,
+    live_probe,
+    probe_backend,
+    usable_backends,
+)
 
 Verdict = Literal["ok", "degraded", "cannot"]
 GateStatus = Literal["fail", "warn", "info"]
@@ -89,6 +97,7 @@ class Environment:
 
     @property
     def label(self) -> str:
+        """The kind as people write it."""
         return KIND_LABELS.get(self.kind, self.kind)
 
 
@@ -125,6 +134,7 @@ class Report:
 
     @property
     def exit_code(self) -> int:
+        """0 can enforce, 1 degraded, 2 cannot enforce."""
         return EXIT_CODES[self.verdict]
 
     def to_json(self) -> dict[str, Any]:
@@ -586,9 +596,13 @@ def render(report: Report) -> str:
     for note in env.notes:
         lines.append(f"note          {note}")
     lines.append(f"kernel config {report.config_source}")
-    lines.append(f"probes        {report.probe_source}"
-                 + (f" ({report.seconds:.2f} s, {len(report.namespaces)} scratch namespaces, all deleted)"
-                    if report.probe_source == "live" else ""))
+    if report.probe_source == "live":
+        lines.append(f"probes        live ({report.seconds:.2f} s, {len(report.namespaces)} scratch namespaces, "
+                     "all deleted)")
+    elif report.probe_source == "none":
+        lines.append("probes        not run (a tree other than / and no facts file)")
+    else:
+        lines.append(f"probes        from {report.probe_source} (not probed live)")
     lines.append("")
     lines.append("gates")
     for gate in report.gates:
@@ -615,8 +629,9 @@ def render(report: Report) -> str:
 
 
 def to_json_text(report: Report) -> str:
+    """The `--json` output."""
     return json.dumps(report.to_json(), indent=2, sort_keys=False)
 
 
 __all__ = ["EXIT_CODES", "FEATURES", "Environment", "Gate", "Probe", "Report", "assess", "decide",
-           "detect_environment", "gates", "load_facts", "read_kernel_config", "render"]
+           "detect_environment", "gates", "load_facts", "probe_backend", "read_kernel_config", "render"]
