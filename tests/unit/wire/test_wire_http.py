@@ -1,0 +1,97 @@
+"""HTTP/1.x request heads: hosts, CONNECT, absolute form, incremental prefixes, what is Malformed."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netguard.wire import http
+from netguard.wire.errors import Malformed, ParseError
+
+GET = b"GET /v2/ HTTP/1.1\r\nHost: Registry.Example:5000\r\nUser-Agent: docker/27\r\nAccept: */*\r\n\r\nbody"
+
+
+def test_get_with_host() -> None:
+    head = http.parse_request_head(GET)
+    assert head == http.RequestHead(
+        "GET", "/v2/", "HTTP/1.1", "Registry.Example", 5000, "Registry.Example:5000", None, len(GET) - 4
+    )
+
+
+def test_every_prefix_needs_more() -> None:
+    whole = GET[: GET.index(b"\r\n\r\n") + 4]
+    for cut in range(len(whole)):
+        assert http.parse_request_head(whole[:cut]) is None
+    assert http.parse_request_head(whole) is not None
+
+
+def test_connect_authority() -> None:
+    head = http.parse_request_head(b"CONNECT registry.example:443 HTTP/1.1\r\nHost: registry.example:443\r\n\r\n")
+    assert head is not None
+    assert head.connect_authority == ("registry.example", 443)
+    assert (head.host, head.port) == ("registry.example", 443)
+    head = http.parse_request_head(b"CONNECT [fd00::1]:8443 HTTP/1.1\r\n\r\n")
+    assert head is not None and head.connect_authority == ("fd00::1", 8443)
+
+
+def test_absolute_form_overrides_host() -> None:
+    head = http.parse_request_head(b"GET http://quay.io/v2/ HTTP/1.1\r\nHost: quay.io\r\n\r\n")
+    assert head is not None and (head.host, head.port) == ("quay.io", None)
+    head = http.parse_request_head(b"GET http://quay.io:80/v2/ HTTP/1.0\n\n")  # bare LF lines
+    assert head is not None and (head.host, head.port, head.host_header) == ("quay.io", 80, None)
+
+
+def test_no_host() -> None:
+    head = http.parse_request_head(b"GET / HTTP/1.0\r\n\r\n")
+    assert head is not None and head.host is None
+
+
+def test_http2_preface() -> None:
+    head = http.parse_request_head(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert head is not None and (head.method, head.version, head.host) == ("PRI", "HTTP/2.0", None)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x16\x03\x01\x02\x00",  # TLS: rejected from its first byte
+        b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+        b"GET http://a.example/ HTTP/1.1\r\nHost: b.example\r\n\r\n",
+        b"GET http://a.example@b.example/ HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.example\r\n continued\r\n\r\n",
+        b"CONNECT a.example HTTP/1.1\r\n\r\n",
+        b"CONNECT a.example:99999 HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/3.0\r\n\r\n",
+        b"GET  / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        b"GET ftp://a.example/ HTTP/1.1\r\n\r\n",
+        b"A" * (http.MAX_METHOD + 1),
+    ],
+)
+def test_malformed(data: bytes) -> None:
+    with pytest.raises(Malformed):
+        http.parse_request_head(data)
+
+
+def test_head_size_bound() -> None:
+    data = b"GET / HTTP/1.1\r\nX-Filler: " + b"a" * http.MAX_HEAD
+    with pytest.raises(Malformed):
+        http.parse_request_head(data)
+    assert http.parse_request_head(data[: http.MAX_HEAD]) is None
+
+
+def test_looks_like_http() -> None:
+    assert http.looks_like_http(b"GET / HTTP/1.1")
+    assert http.looks_like_http(b"CONN")
+    assert not http.looks_like_http(b"\x16\x03\x01")
+    assert not http.looks_like_http(b"")
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_parse_errors(data: bytes) -> None:
+    for prefix in (b"", b"GET ", b"CONNECT a:1 HTTP/1.1\r\n"):
+        with contextlib.suppress(ParseError):
+            http.parse_request_head(prefix + data)
