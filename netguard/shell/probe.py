@@ -306,8 +306,8 @@ def live_probe() -> ProbeRun:
 def _roundtrip_rule(backend: str) -> tuple[list[str], str | None]:
     """argv (and stdin) that queues our one datagram on lo with the given backend."""
     if backend == NFT_QUEUE:
-        rules = (f"table inet ng_probe_rt {{ chain out {{ type filter hook output priority 0; "
-                 f"oif lo udp dport {PROBE_PORT} queue num {PROBE_QUEUE} }} }}\n")
+        rules = (f"table inet ng_probe_rt {{\n  chain out {{\n    type filter hook output priority 0;\n"
+                 f"    oif lo udp dport {PROBE_PORT} queue num {PROBE_QUEUE}\n  }}\n}}\n")
         return ["nft", "-f", "-"], rules
     return [backend, "-w", XTABLES_LOCK_WAIT, "-A", "OUTPUT", "-o", "lo", "-p", "udp", "--dport",
             str(PROBE_PORT), "-j", "NFQUEUE", "--queue-num", str(PROBE_QUEUE)], None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from netguard.shell import netns, probe
 from netguard.shell.doctor import assess
 from netguard.shell.probe import probe_backend
 
@@ -79,3 +80,19 @@ def test_queue_child_refuses_outside_its_namespace() -> None:
                            "ng-doctor-notmine"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "refusing" in done.stderr
     assert root_rules() == rules_before
+
+
+def test_nft_rules_parse_and_only_queue_is_refused() -> None:
+    """The nft texts are valid: this kernel refuses only the `queue` statement (ENOENT), never the
+    syntax; the ct/reject set loads."""
+    argv, stdin = probe._roundtrip_rule("nft-queue")
+    assert stdin is not None
+    with netns.scratch("doctor") as ns:
+        for text in (stdin, probe.NFT_QUEUE_RULES):
+            refused = probe._in_ns(ns, argv, text)
+            assert refused.present is False and "No such file or directory" in refused.detail, refused
+        assert probe._in_ns(ns, argv, probe.NFT_CT_RULES).present is True
+        for text in (stdin, probe.NFT_QUEUE_RULES):
+            loaded = probe._in_ns(ns, argv, text.replace(f"queue num {probe.PROBE_QUEUE}", "accept")
+                                  .replace(" bypass", "").replace("ng_probe", "ng_probe_accept"))
+            assert loaded.present is True, loaded
