@@ -96,3 +96,16 @@ def test_nft_rules_parse_and_only_queue_is_refused() -> None:
             loaded = probe._in_ns(ns, argv, text.replace(f"queue num {probe.PROBE_QUEUE}", "accept")
                                   .replace(" bypass", "").replace("ng_probe", "ng_probe_accept"))
             assert loaded.present is True, loaded
+
+
+@pytest.mark.parametrize(("backend", "roundtrip"), [
+    ("iptables-nft", True), ("iptables-legacy", True),
+    ("nft-queue", False),  # this kernel refuses the rule: the round trip must say so
+    (None, None),  # no backend: bind only
+])
+def test_queue_round_trip_per_backend(backend: str | None, roundtrip: bool | None) -> None:
+    spaces = probe._Namespaces()
+    found = probe._queue_group(backend, spaces)
+    assert found["nfnetlink_queue"].present is True
+    assert found["queue_roundtrip"].present is roundtrip, found["queue_roundtrip"].detail
+    assert not set(spaces.names) & namespaces()
