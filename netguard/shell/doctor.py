@@ -410,7 +410,7 @@ def gates(environment: Environment) -> tuple[Gate, ...]:
     if kind == "wsl2" and v is not None:
         if v[:2] < WSL2_FLOOR:
             out.append(Gate("fail", f"WSL 2 kernel {v[0]}.{v[1]} < {WSL2_FLOOR[0]}.{WSL2_FLOOR[1]}",
-                            f"below Docker's documented floor for WSL 2: unsupported. {WSL_FIX}."))
+                            "below Docker's documented floor for WSL 2: unsupported."))
         if v[:2] < WSL2_SEPARATE:
             out.append(Gate("warn", f"WSL 2 kernel {v[0]}.{v[1]} < {WSL2_SEPARATE[0]}.{WSL2_SEPARATE[1]}",
                             "every WSL 2 distribution shares this network namespace: rules installed here "
@@ -476,9 +476,12 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
     # Unchecked features, grouped by why (one line for "not root" instead of eleven).
     unchecked: dict[str, list[str]] = {}
     unchecked_gaps: dict[str, list[str]] = {}
+    fixes: list[str] = []  # what to do, once each, after the reasons
     for gate in gate_list:
         if gate.status == "fail":
             cannot.append(f"{gate.title}: {gate.meaning}")
+            if environment.kind == "wsl2":
+                fixes.append(WSL_FIX)
         elif gate.status == "warn":
             degraded.append(f"{gate.title}: {gate.meaning}")
 
@@ -504,8 +507,11 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
             cannot.append("no way to send packets to netguard: xt NFQUEUE via iptables-nft"
                           f"{_detail(probes, 'xt_nfqueue_nft')}, via iptables-legacy"
                           f"{_detail(probes, 'xt_nfqueue_legacy')} and nft queue{_detail(probes, 'nft_queue')} "
-                          f"are all unavailable. To fix: {_queue_fix(environment)}")
-    require("nfnetlink_queue", f"the kernel cannot hand queued packets to a program. To fix: {_queue_fix(environment)}")
+                          "are all unavailable")
+            fixes.append(_queue_fix(environment))
+    require("nfnetlink_queue", "the kernel cannot hand queued packets to a program")
+    if _present(probes, "nfnetlink_queue") is False:
+        fixes.append(_queue_fix(environment))
     require("netfilterqueue", "install it with scripts/bootstrap (NetfilterQueue==1.1.0, needs "
                               "libnetfilter-queue-dev)")
     if _present(probes, "queue_roundtrip") is False:
@@ -536,7 +542,8 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
     for why, labels in unchecked_gaps.items():
         degraded.append(f"could not check {', '.join(labels)}" + (f" ({why})" if why else ""))
     verdict: Verdict = "cannot" if cannot else "degraded" if degraded else "ok"
-    return verdict, (*cannot, *degraded), backend
+    advice = tuple(f"to fix: {fix}" for fix in dict.fromkeys(fixes)) if cannot else ()
+    return verdict, (*cannot, *advice, *degraded), backend
 
 
 def _label(name: str) -> str:

@@ -93,6 +93,15 @@ def test_wsl2_reasons_say_which_kernel_to_install() -> None:
     for name in ("wsl2-4.19", "wsl2-5.10", "wsl2-5.15"):
         reasons = " ".join(fixture_report(name).reasons)
         assert "wsl --update" in reasons and "2.5.1" in reasons and "6.6" in reasons, name
+        assert reasons.count("wsl --update") == 1, name  # said once, after the reasons
+
+
+def test_linux_without_a_queue_is_told_about_modules() -> None:
+    verdict, reasons, _ = decide(LINUX, (), with_(nft_queue=False, xt_nfqueue_nft=False, xt_nfqueue_legacy=False))
+    assert verdict == "cannot"
+    assert [r for r in reasons if r.startswith("to fix:")] == [
+        "to fix: load the modules (`modprobe nfnetlink_queue xt_NFQUEUE`) or use a kernel with "
+        "CONFIG_NETFILTER_NETLINK_QUEUE and CONFIG_NETFILTER_XT_TARGET_NFQUEUE (or CONFIG_NFT_QUEUE)"]
 
 
 def test_wsl2_5_15_names_what_is_missing() -> None:
