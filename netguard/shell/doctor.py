@@ -627,8 +627,12 @@ def render(report: Report) -> str:
     lines.append("  config: y built in, m module, n not set, ? not in the config, - no config; "
                  "probe: ? could not be told")
     lines.append("")
-    lines.append(f"backend       {report.backend or 'none'}"
-                 + (f" (also usable: {', '.join(report.backends[1:])})" if len(report.backends) > 1 else ""))
+    notes = []
+    if report.backend not in (None, NFT_QUEUE) and report.probes.get("nft_queue", Probe(None)).present is False:
+        notes.append("nft queue unavailable here")
+    if len(report.backends) > 1:
+        notes.append(f"also usable: {', '.join(report.backends[1:])}")
+    lines.append(f"backend       {report.backend or 'none'}" + (f" ({'; '.join(notes)})" if notes else ""))
     head = VERDICT_LINES[report.verdict]
     lines.append(f"verdict       {head}" + (f": {report.reasons[0]}" if report.reasons else ""))
     lines.extend(f"              {reason}" for reason in report.reasons[1:])
