@@ -144,12 +144,24 @@ def test_unit_restarts_fast_forever_with_network_capabilities_only() -> None:
     assert shlex.split(one(unit, service, "ExecStart"))[:2] == [netguard, "run"]
     assert set(one(unit, service, "CapabilityBoundingSet").split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
     assert set(one(unit, service, "AmbientCapabilities").split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
-    for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"),
-                       ("PrivateTmp", "yes")]:
+    for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes")]:
         assert one(unit, service, key) == value
     # iptables-legacy needs its lock file writable under ProtectSystem=strict (see the unit).
     assert "/run/xtables.lock" in one(unit, service, "ReadWritePaths")
     assert one(unit, "Install", "WantedBy") == "multi-user.target"
+
+
+@pytest.mark.parametrize(("interpreter", "protect_home"), [
+    ("/usr/bin/python3", "yes"), ("/root/.pyenv/versions/3.11.7/bin/python3.11", "read-only"),
+    ("/home/dev/.local/bin/python3.12", "read-only"),
+])
+def test_protect_home_relaxes_when_the_venv_lives_on_a_home(tmp_path: Path, interpreter: str,
+                                                            protect_home: str) -> None:
+    netguard = fake_netguard(tmp_path / "netguard", "exit 0\n")
+    (tmp_path / "python").symlink_to(interpreter)
+    if str(REPO).startswith(("/home/", "/root/", "/run/user/")):
+        protect_home = "read-only"  # the checkout itself is on a home
+    assert one(unit_entries(rendered_unit(netguard)), "Service", "ProtectHome") == protect_home
 
 
 def _sh_command(entry: str) -> list[str]:
