@@ -1,0 +1,180 @@
+"""Fuzz targets for the wire parsers, their seed inputs, and a byte mutator.
+
+Shared by the hypothesis fuzz tests (bounded, in CI) and `scripts/fuzz` (millions of inputs). A
+target takes bytes and may raise only ParseError; anything else escaping is a bug."""
+
+from __future__ import annotations
+
+import random
+import struct
+import sys
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "wire"))
+
+from wirecorpus import (
+    DATA,
+    chromium_like_hello,
+    corpus_files,
+    crypto_frame,
+    protect_initial,
+    read_pcap,
+    records,
+)
+
+from netguard.wire import dns, http, ip, quic, tls
+
+Target = Callable[[bytes], object]
+
+
+def fuzz_ip(data: bytes) -> object:
+    return ip.parse_packet(data)
+
+
+def fuzz_dns(data: bytes) -> object:
+    message = dns.parse_message(data)
+    # A message we can read must also be answerable with a blocked reply, which must parse again.
+    reply = dns.build_blocked_reply(data, rcode="NXDOMAIN", info_code=dns.EDE_BLOCKED, text="fuzz")
+    dns.parse_message(reply)
+    return message
+
+
+def fuzz_dns_tcp(data: bytes) -> object:
+    messages, _rest = dns.split_tcp_messages(data)
+    return [dns.parse_message(m) for m in messages]
+
+
+def fuzz_tls(data: bytes) -> object:
+    # Feed in three pieces so the record-joining path is exercised, not only the one-record fast path.
+    reader = tls.ClientHelloReader()
+    third = max(1, len(data) // 3)
+    result: object = None
+    for piece in (data[:third], data[third : 2 * third], data[2 * third :]):
+        result = reader.feed(piece)
+    if data[:1] == b"\x16":
+        tls.parse_client_hello(data)
+    return result
+
+
+def fuzz_tls_handshake(data: bytes) -> object:
+    return tls.parse_handshake(data)
+
+
+def fuzz_http(data: bytes) -> object:
+    return http.parse_request_head(data)
+
+
+def fuzz_quic(data: bytes) -> object:
+    return quic.parse_initial(data)
+
+
+_FUZZ_DCID = bytes.fromhex("8394c8f03e515708")
+
+
+def fuzz_quic_payload(data: bytes) -> object:
+    # Mutated ciphertext never authenticates; encrypting the mutated plaintext reaches the frame parser.
+    initial = quic.parse_initial(protect_initial(_FUZZ_DCID, data, pad_to=0))
+    assembler = quic.CryptoAssembler()
+    message = assembler.add(initial.crypto)
+    return tls.parse_handshake(message) if message is not None else None
+
+
+TARGETS: dict[str, Target] = {
+    "ip": fuzz_ip,
+    "dns": fuzz_dns,
+    "dns_tcp": fuzz_dns_tcp,
+    "tls": fuzz_tls,
+    "tls_handshake": fuzz_tls_handshake,
+    "http": fuzz_http,
+    "quic": fuzz_quic,
+    "quic_payload": fuzz_quic_payload,
+}
+
+
+def _hex(path: Path) -> bytes:
+    return bytes.fromhex(path.read_text().replace("\n", ""))
+
+
+def _payloads(path: Path) -> list[bytes]:
+    out = []
+    for raw in read_pcap(path):
+        l4 = ip.parse_packet(raw).l4
+        if l4 is not None and l4.payload:
+            out.append(l4.payload)
+    return out
+
+
+@cache
+def seeds(target: str) -> tuple[bytes, ...]:
+    """Valid inputs to start mutating from, per target."""
+    packets = [raw for path in corpus_files("") for raw in read_pcap(path)]
+    payloads = [p.l4.payload for p in map(ip.parse_packet, packets) if p.l4 is not None and p.l4.payload]
+    single = [p for p in payloads if p[:1] == b"\x16" and p[5:6] == b"\x01"]
+    hellos = [*single, records(chromium_like_hello(), [300, 700])]
+    dns_udp = _payloads(DATA / "corpus" / "dns-cname-udp.pcap")
+    dns_tcp = _payloads(DATA / "corpus" / "dns-cname-tcp.pcap")
+    rfc_packet = _hex(DATA / "rfc9001" / "a2-client-initial-protected.hex")
+    rfc_payload = _hex(DATA / "rfc9001" / "a2-client-initial-payload.hex")
+    hello = chromium_like_hello()
+    by_target = {
+        "ip": packets[:40],
+        "dns": dns_udp + [m for s in dns_tcp for m in dns.split_tcp_messages(s)[0]],
+        "dns_tcp": [*dns_tcp, b"".join(dns_tcp)],
+        "tls": hellos,
+        "tls_handshake": [*(h[5:] for h in single), hello],
+        "http": [
+            b"GET /v2/ HTTP/1.1\r\nHost: registry.example:5000\r\nAccept: */*\r\n\r\n",
+            b"CONNECT quay.io:443 HTTP/1.1\r\nHost: quay.io:443\r\n\r\n",
+            b"GET http://[fd00::1]:80/v2/ HTTP/1.0\n\n",
+        ],
+        "quic": [
+            rfc_packet,
+            protect_initial(_FUZZ_DCID, crypto_frame(900, hello[900:]) + crypto_frame(0, hello[:900])),
+        ],
+        "quic_payload": [rfc_payload[:300], b"\x02\x05\x00\x01\x00\x01\x01\x01" + crypto_frame(0, b"\x01\x00\x00\x10")],
+    }
+    return tuple(by_target[target])
+
+
+_INTERESTING = (0, 1, 0x3F, 0x40, 0x7F, 0x80, 0xC0, 0xFF)
+_INTERESTING16 = (0, 1, 0x00FF, 0x0100, 0x3FFF, 0x4000, 0x7FFF, 0x8000, 0xFFFF)
+
+
+def mutate(data: bytes, rng: random.Random, pool: tuple[bytes, ...]) -> bytes:
+    """Apply one to four random edits: bit flips, interesting bytes and lengths, inserts, deletes,
+    duplicated ranges, truncation, and splices with another seed."""
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(9)
+        n = len(buf)
+        if op == 0 and n:
+            buf[rng.randrange(n)] ^= 1 << rng.randrange(8)
+        elif op == 1 and n:
+            buf[rng.randrange(n)] = rng.choice(_INTERESTING)
+        elif op == 2 and n >= 2:
+            pos = rng.randrange(n - 1)
+            value = rng.choice((*_INTERESTING16, n - pos, n - pos - 2, rng.randrange(0x10000)))
+            buf[pos : pos + 2] = struct.pack("!H", value & 0xFFFF)
+        elif op == 3:
+            pos = rng.randrange(n + 1)
+            buf[pos:pos] = rng.randbytes(rng.randint(1, 16))
+        elif op == 4 and n:
+            pos = rng.randrange(n)
+            del buf[pos : pos + rng.randint(1, 32)]
+        elif op == 5 and n:
+            pos = rng.randrange(n)
+            chunk = buf[pos : pos + rng.randint(1, 64)]
+            at = rng.randrange(n + 1)
+            buf[at:at] = chunk
+        elif op == 6 and n:
+            del buf[rng.randrange(n) :]
+        elif op == 7 and pool:
+            other = rng.choice(pool)
+            cut = rng.randrange(len(buf) + 1)
+            buf[cut:] = other[rng.randrange(len(other) + 1) :]
+        elif op == 8 and n:
+            pos = rng.randrange(n)
+            buf[pos : pos + 4] = rng.randbytes(4)
+    return bytes(buf)
