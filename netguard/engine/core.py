@@ -271,7 +271,14 @@ class Engine:
         if _is_address(name.strip("[]")):
             # A name field that holds an address: judge the address the client named.
             return self._decide_address(key, now, ipaddress.ip_address(name.strip("[]")).packed)
-        return self._decide_name(name, port), found.source
+        d = self._decide_name(name, port)
+        if d is not None and d.allowed and d.registry is None:
+            # Allowed only because the name is unknown: if the address was learned for a blocked
+            # registry (a CNAME alias, an answer cached before the policy changed), that wins.
+            by_address, source = self._decide_address(key, now)
+            if not by_address.allowed and by_address.registry is not None:
+                return by_address, source
+        return d, found.source
 
     def _decide_address(self, key: FlowKey, now: float, address: bytes | None = None) -> tuple[Decision, str]:
         address = key.dst if address is None else address
@@ -436,15 +443,17 @@ class Engine:
             self.stats.fail_verdicts += 1
             if self.policy.fail_mode == "closed":
                 why = "the table of names learned from DNS is full"
-                reply = _blocked_reply(data, f"{EDE_PREFIX}: {why}", len(data) if same_length else None)
+                reply = _blocked_reply(data, (f"{EDE_PREFIX}: {why}", EDE_PREFIX, ""),
+                                       len(data) if same_length else None)
                 return reply, Event(now, client_key, False, names[0], "none", None, None,
                                     "fail_mode = closed", f"{why}; {self.policy.label} has fail_mode = closed")
         chosen = blocked or decisions[0]
         event = _event(now, client_key, chosen, "dns-answer")
         if blocked is None or not self.policy.dns_block:
             return None, event if blocked is None else _event(now, client_key, blocked, "dns-answer", True)
-        text = f"{EDE_PREFIX}: {blocked.host} is blocked ({blocked.rule})"
-        return _blocked_reply(data, text, len(data) if same_length else None), event
+        texts = (f"{EDE_PREFIX}: {blocked.host} is blocked ({blocked.rule})",
+                 f"{EDE_PREFIX}: {blocked.host} is blocked", EDE_PREFIX, "")
+        return _blocked_reply(data, texts, len(data) if same_length else None), event
 
 
 def _event(now: float, key: FlowKey, d: Decision, source: str, allowed: bool | None = None) -> Event:
@@ -452,16 +461,22 @@ def _event(now: float, key: FlowKey, d: Decision, source: str, allowed: bool | N
                  d.registry_name, d.rule, d.reason)
 
 
-def _blocked_reply(message: bytes, text: str, length: int | None) -> bytes | None:
-    """NXDOMAIN with the EDE text; with `length`, exactly that many bytes (padding the text) or None."""
-    reply = dns.build_blocked_reply(message, rcode="NXDOMAIN", info_code=dns.EDE_BLOCKED, text=text)
-    if length is None or len(reply) == length:
-        return reply
-    if len(reply) > length:
-        return None
-    padded = dns.build_blocked_reply(message, rcode="NXDOMAIN", info_code=dns.EDE_BLOCKED,
-                                     text=text + " " * (length - len(reply)))
-    return padded if len(padded) == length else None
+def _blocked_reply(message: bytes, texts: tuple[str, ...], length: int | None) -> bytes | None:
+    """NXDOMAIN with an EDE text; with `length`, exactly that many bytes (a DNS-over-TCP answer
+    cannot change size): the longest text that fits, padded with spaces (or, without EDNS, with
+    trailing bytes, which DNS parsers skip). None if even the shortest reply is too long."""
+    for text in texts:
+        reply = dns.build_blocked_reply(message, rcode="NXDOMAIN", info_code=dns.EDE_BLOCKED, text=text)
+        if length is None or len(reply) == length:
+            return reply
+        if len(reply) > length:
+            continue
+        padded = dns.build_blocked_reply(message, rcode="NXDOMAIN", info_code=dns.EDE_BLOCKED,
+                                         text=text + " " * (length - len(reply)))
+        if len(padded) > length:
+            continue
+        return padded + bytes(length - len(padded))
+    return None
 
 
 def _is_address(text: str) -> bool:

@@ -1,0 +1,89 @@
+"""Helpers for the integration tests: a netguard daemon run as a real subprocess (`netguard run`) in
+a lab's client namespace, started and stopped by PID, and readers of the namespace's rules."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from netguard.shell import lab as lab_mod
+from netguard.shell import netns
+
+NETGUARD = str(Path(sys.executable).with_name("netguard"))
+READY_TIMEOUT = 15.0
+
+
+class Runner:
+    """One `netguard run` in the lab's client namespace, with its stdout/stderr in files."""
+
+    def __init__(self, lab: lab_mod.Lab, workdir: Path, policy: str | None = None, name: str = "ng") -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.policy_path: Path | None = None
+        if policy is not None:
+            self.policy_path = workdir / f"{name}-policy.toml"
+            self.policy_path.write_text(policy)
+        self.out_path = workdir / f"{name}.out"
+        self.err_path = workdir / f"{name}.err"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> Runner:
+        argv = [NETGUARD, "run"]
+        if self.policy_path is not None:
+            argv += ["--policy", str(self.policy_path)]
+        with self.out_path.open("ab") as out, self.err_path.open("ab") as err:
+            self.proc = self.lab.client_popen(argv, stdout=out, stderr=err)
+        if wait:
+            self.wait_for("enforcing")
+        return self
+
+    def wait_for(self, text: str, timeout: float = READY_TIMEOUT, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.stderr().count(text) >= count:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"netguard exited ({self.proc.returncode}): {self.stderr()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"netguard: {text!r} not seen after {timeout} s: {self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.err_path.read_text() if self.err_path.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        text = self.out_path.read_text() if self.out_path.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        code = lab_mod.stop(self.proc, sig)
+        self.proc = None
+        return code
+
+
+
+def filter_rules(lab: lab_mod.Lab, family: int, backend: str = "nft") -> list[str]:
+    """The client namespace's filter table, without comments and counters."""
+    tool = f"{'iptables' if family == 4 else 'ip6tables'}-{backend}-save"
+    out = netns.run(lab.client, [tool, "-t", "filter"]).stdout
+    return [line.split(" [")[0] if line.startswith(":") else line
+            for line in out.splitlines() if line and not line.startswith("#")]
+
+
+def netguard_rules(lab: lab_mod.Lab) -> list[str]:
+    """Every netguard line in the client namespace, all backends and families."""
+    lines = []
+    for backend in ("nft", "legacy"):
+        for family in (4, 6):
+            lines += [f"{backend}{family} {line}" for line in filter_rules(lab, family, backend) if "NETGUARD" in line]
+    return lines

@@ -1,0 +1,96 @@
+"""Send a real ClientHello for NAME to ADDRESS:443 in tiny TCP segments, in order or shuffled,
+from a hand-made connection, and report what came back. Run inside the client namespace:
+
+    python rawhello.py SOURCE ADDRESS NAME SEGMENT_SIZE inorder|shuffle
+
+Prints one JSON object: server_bytes (payload bytes the server sent back: a ServerHello when it got
+the whole ClientHello) and rst (a reset arrived for the connection). Packets are built with scapy
+and sent through raw IP sockets, so they cross OUTPUT like a real client's (scapy's own senders
+write link-layer frames, which netfilter never sees). The kernel would answer the server's SYN-ACK
+with a reset (it knows no such socket): the caller drops those resets in the raw table first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import random
+import socket
+import ssl
+import sys
+import time
+
+from scapy.all import IP, TCP, AsyncSniffer, IPv6, conf, raw  # type: ignore[attr-defined]
+
+
+def client_hello(name: str) -> bytes:
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+class Sender:
+    def __init__(self, src: str, dst: str) -> None:
+        self.v6 = ipaddress.ip_address(dst).version == 6
+        self.src, self.dst = src, dst
+        if self.v6:
+            self.sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+
+    def send(self, tcp: TCP) -> None:
+        if self.v6:
+            whole = raw(IPv6(src=self.src, dst=self.dst) / tcp)
+            self.sock.sendto(whole[40:], (self.dst, 0))
+        else:
+            self.sock.sendto(raw(IP(src=self.src, dst=self.dst) / tcp), (self.dst, 0))
+
+
+def main() -> None:
+    src, address, name, size_text, mode = sys.argv[1:6]
+    size = int(size_text)
+    conf.verb = 0
+    sender = Sender(src, address)
+    sport = random.randint(20000, 60000)
+    isn = random.randint(0, 2**31)
+    seen: list[object] = []
+    sniffer = AsyncSniffer(filter=f"tcp and src host {address} and src port 443 and dst port {sport}",
+                           iface=["eth0", "lo"], store=False, prn=seen.append)
+    sniffer.start()
+    time.sleep(0.3)
+    sender.send(TCP(sport=sport, dport=443, flags="S", seq=isn))
+    synack = None
+    for _ in range(100):
+        time.sleep(0.02)
+        synack = next((p for p in list(seen) if p.haslayer(TCP) and p[TCP].flags & 0x12 == 0x12), None)
+        if synack is not None:
+            break
+    if synack is None:
+        sniffer.stop()
+        print(json.dumps({"error": "no SYN-ACK"}))
+        return
+    server_seq = synack[TCP].seq + 1
+    sender.send(TCP(sport=sport, dport=443, flags="A", seq=isn + 1, ack=server_seq))
+    hello = client_hello(name)
+    pieces = [(i, hello[i:i + size]) for i in range(0, len(hello), size)]
+    if mode == "shuffle":
+        # The first piece last, the others shuffled: nothing is contiguous until the end.
+        rest = pieces[1:]
+        random.shuffle(rest)
+        pieces = [*rest, pieces[0]]
+    for off, data in pieces:
+        sender.send(TCP(sport=sport, dport=443, flags="PA", seq=isn + 1 + off, ack=server_seq) / data)
+    time.sleep(1.0)
+    sniffer.stop()
+    got = list(seen)
+    server_bytes = sum(len(bytes(p[TCP].payload)) for p in got if p.haslayer(TCP))
+    rst = any(p[TCP].flags & 0x04 for p in got if p.haslayer(TCP))
+    print(json.dumps({"server_bytes": server_bytes, "rst": rst, "hello_len": len(hello), "pieces": len(pieces)}))
+
+
+if __name__ == "__main__":
+    main()
