@@ -147,18 +147,22 @@ def _patterns(doc: dict[str, Any], key: str, text: str, source: str, catalog: Ca
         return found
     seen: set[str] = set()
     for index, written in enumerate(values):
-        where = locate(text, key, written, nth=values[:index].count(written))
+        # Positions are searched only for entries with a problem: a 100k-entry policy loads in
+        # linear time.
+        def at(message: str, index: int = index, written: str = written) -> None:
+            where = locate(text, key, written, nth=values[:index].count(written))
+            problems.append(Problem(source, *where, message))
+
         if _is_id(written):
             if ids is None:
-                problems.append(Problem(source, *where, f"block: {written!r} is a registry id; catalog registries "
-                                        "are blocked unless allowed, so block takes host patterns only"))
+                at(f"block: {written!r} is a registry id; catalog registries are blocked unless allowed, "
+                   "so block takes host patterns only")
             elif written not in catalog.registries:
                 hint = difflib.get_close_matches(written, sorted(catalog.registries), n=1)
-                problems.append(Problem(source, *where, f"{key}: unknown registry id {written!r}" +
-                                        (f"; did you mean {hint[0]!r}?" if hint else
-                                         "; `netguard policy show` lists the ids (a host name needs a dot)")))
+                at(f"{key}: unknown registry id {written!r}" + (f"; did you mean {hint[0]!r}?" if hint else
+                   "; `netguard policy show` lists the ids (a host name needs a dot)"))
             elif written in seen:
-                problems.append(Problem(source, *where, f"{key}: {written!r} is listed twice"))
+                at(f"{key}: {written!r} is listed twice")
             else:
                 ids.add(written)
             seen.add(written)
@@ -166,12 +170,13 @@ def _patterns(doc: dict[str, Any], key: str, text: str, source: str, catalog: Ca
         try:
             pattern, warning = parse_pattern(written)
         except HostError as e:
-            problems.append(Problem(source, *where, f"{key}: {e}"))
+            at(f"{key}: {e}")
             continue
         if warning:
-            warnings.append(f"{source}:{where[0]}:{where[1]}: {warning}")
+            line, col = locate(text, key, written, nth=values[:index].count(written))
+            warnings.append(f"{source}:{line}:{col}: {warning}")
         if pattern in found:
-            problems.append(Problem(source, *where, f"{key}: {written!r} is listed twice (as {found[pattern]!r})"))
+            at(f"{key}: {written!r} is listed twice (as {found[pattern]!r})")
         found[pattern] = written
     return found
 
