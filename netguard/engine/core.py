@@ -447,18 +447,19 @@ class Engine:
                                        len(data) if same_length else None)
                 return reply, Event(now, client_key, False, names[0], "none", None, None,
                                     "fail_mode = closed", f"{why}; {self.policy.label} has fail_mode = closed")
-        chosen = blocked or decisions[0]
-        event = _event(now, client_key, chosen, "dns-answer")
+        judged = tuple(d.host for d in decisions)
+        event = _event(now, client_key, blocked or decisions[0], "dns-answer", names=judged)
         if blocked is None or not self.policy.dns_block:
-            return None, event if blocked is None else _event(now, client_key, blocked, "dns-answer", True)
+            return None, event if blocked is None else _event(now, client_key, blocked, "dns-answer", True, judged)
         texts = (f"{EDE_PREFIX}: {blocked.host} is blocked ({blocked.rule})",
                  f"{EDE_PREFIX}: {blocked.host} is blocked", EDE_PREFIX, "")
         return _blocked_reply(data, texts, len(data) if same_length else None), event
 
 
-def _event(now: float, key: FlowKey, d: Decision, source: str, allowed: bool | None = None) -> Event:
+def _event(now: float, key: FlowKey, d: Decision, source: str, allowed: bool | None = None,
+           names: tuple[str, ...] = ()) -> Event:
     return Event(now, key, d.allowed if allowed is None else allowed, d.host, source, d.registry,
-                 d.registry_name, d.rule, d.reason)
+                 d.registry_name, d.rule, d.reason, names)
 
 
 def _blocked_reply(message: bytes, texts: tuple[str, ...], length: int | None) -> bytes | None:

@@ -63,12 +63,16 @@ class Event:
     registry_name: str | None
     rule: str
     reason: str
+    names: tuple[str, ...] = ()  # DNS answers: every name of the answer (question, CNAME chain)
 
     def record(self) -> dict[str, Any]:
         """The event as one JSON-ready record."""
-        return {"time": round(self.time, 6), "verdict": "allow" if self.allowed else "block",
-                "host": self.host, "registry": self.registry, "registry_name": self.registry_name,
-                "rule": self.rule, "reason": self.reason, "source": self.source, **self.key.text()}
+        record = {"time": round(self.time, 6), "verdict": "allow" if self.allowed else "block",
+                  "host": self.host, "registry": self.registry, "registry_name": self.registry_name,
+                  "rule": self.rule, "reason": self.reason, "source": self.source, **self.key.text()}
+        if self.names:
+            record["names"] = list(self.names)
+        return record
 
 
 @dataclass(frozen=True, slots=True)

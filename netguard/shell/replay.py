@@ -157,9 +157,9 @@ def render(line: FlowLine) -> str:
     e = line.event
     if e is None:
         return f"{where}  (no name seen)  undecided"
-    what = "dns answer" if e.source == "dns-answer" else f"{e.host or '-'} ({e.source})"
+    what = f"{e.host or '-'} ({e.source})"
     if e.source == "dns-answer":
-        what = f"{e.host} (dns-answer)"
+        what = f"{' -> '.join(e.names or (e.host or '-',))} (dns-answer)"
     verdict = "allow" if e.allowed else "block"
     return f"{where}  {what}  {verdict}  [{e.rule}]"
 
