@@ -427,6 +427,114 @@ def test_supervisor_restarts_a_killed_daemon_within_a_second(tmp_path: Path) -> 
             supervisor.wait()
 
 
+WSL_5_10 = "5.10.102.1-microsoft-standard-WSL2"
+
+
+@pytest.fixture
+def wsl_tree(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], Path]]:
+    """A WSL 2 distribution's tree (kernel 5.10, PID 1 `init`, a wsl.conf) for install-wsl, a stand-in
+    netguard (doctor exits $DOCTOR_RC; run records its start and waits; other commands are recorded),
+    and the events file. Any supervisor started in the tree is stopped at the end."""
+    root = tmp_path / "root"
+    (root / "proc/sys/kernel").mkdir(parents=True)
+    (root / "proc/sys/kernel/osrelease").write_text(WSL_5_10 + "\n")
+    (root / "proc/1").mkdir()
+    (root / "proc/1/comm").write_text("init\n")
+    (root / "etc").mkdir()
+    (root / "etc/wsl.conf").write_text("[network]\ngenerateResolvConf = false\n")
+    events = tmp_path / "events"
+    netguard = fake_netguard(tmp_path / "netguard", f"""\
+        case "$1" in
+            doctor) echo "doctor says $DOCTOR_RC"; exit "$DOCTOR_RC" ;;
+            run) echo "start $$ $*" >> {events}
+                 trap 'echo "term $$" >> {events}; exit 0' TERM
+                 while :; do sleep 0.05; done ;;
+        esac
+        echo "$*" >> {events}
+        """)
+    env = {**os.environ, "NETGUARD_WSL_ROOT": str(root), "NETGUARD_BIN": str(netguard), "DOCTOR_RC": "0"}
+    try:
+        yield root, env, events
+    finally:
+        lock = root / "run/netguard-wsl.lock"
+        pid = lock.read_text().strip() if lock.exists() else ""
+        if pid.isdigit():
+            try:
+                os.kill(int(pid), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            else:
+                _wait_for(lambda: not Path(f"/proc/{pid}").exists(), 5)
+
+
+def install_wsl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return run([str(INSTALL_WSL), "--no-bootstrap", *args], env=env)
+
+
+def event_lines(events: Path) -> list[str]:
+    return events.read_text().splitlines() if events.exists() else []
+
+
+def test_install_wsl_boot_command_supervisor_and_uninstall(wsl: ModuleType, wsl_tree: tuple[Path, dict[str, str], Path],
+                                                            tmp_path: Path) -> None:
+    root, env, events = wsl_tree
+    original = (root / "etc/wsl.conf").read_text()
+    policy = tmp_path / "policy.toml"
+    policy.write_text('unknown_hosts = "deny"\n')
+
+    first = install_wsl(env, "--policy", str(policy))
+    assert first.returncode == 0, first.stderr
+    assert (root / "etc/wsl.conf").read_text() == wsl.with_boot_command(original, wsl.boot_command_line())
+    assert (root / "etc/netguard/policy.toml").read_text() == policy.read_text()
+    assert "older than 5.15" in first.stdout and "every distribution" in first.stdout
+    assert _wait_for(lambda: any(line.startswith("start ") for line in event_lines(events)), 10)
+    [start] = [line.split() for line in event_lines(events) if line.startswith("start ")]
+    assert start[2:] == ["run", "--policy", "/etc/netguard/policy.toml"]
+
+    again = install_wsl(env, "--policy", str(policy))
+    assert again.returncode == 0, again.stderr
+    assert "unchanged" in again.stdout and "already running" in again.stdout
+    time.sleep(0.3)
+    assert len([line for line in event_lines(events) if line.startswith("start ")]) == 1
+
+    gone = install_wsl(env, "--uninstall")
+    assert gone.returncode == 0, gone.stderr
+    assert (root / "etc/wsl.conf").read_text() == original
+    assert _wait_for(lambda: event_lines(events)[-1:] == ["rules remove"], 10)
+    assert f"term {start[1]}" in event_lines(events)
+
+
+def test_install_wsl_refuses_where_doctor_cannot_enforce(wsl_tree: tuple[Path, dict[str, str], Path]) -> None:
+    root, env, events = wsl_tree
+    before = (root / "etc/wsl.conf").read_text()
+    env["DOCTOR_RC"] = "2"
+    result = install_wsl(env)
+    assert result.returncode == 2
+    assert "doctor says 2" in result.stderr and "cannot enforce" in result.stderr
+    assert (root / "etc/wsl.conf").read_text() == before
+    assert not (root / "run").exists() and not events.exists()
+
+
+def test_install_wsl_refuses_outside_wsl_2(wsl_tree: tuple[Path, dict[str, str], Path]) -> None:
+    root, env, _ = wsl_tree
+    for release, says in [("6.1.0-13-amd64", "not WSL"), ("4.4.0-19041-Microsoft", "WSL 1")]:
+        (root / "proc/sys/kernel/osrelease").write_text(release + "\n")
+        result = install_wsl(env)
+        assert result.returncode == 2 and says in result.stderr, result.stderr
+
+
+def test_install_wsl_hands_over_to_systemd(wsl: ModuleType, wsl_tree: tuple[Path, dict[str, str], Path]) -> None:
+    need("systemctl")
+    root, env, events = wsl_tree
+    (root / "proc/1/comm").write_text("systemd\n")
+    (root / "etc/wsl.conf").write_text(wsl.with_boot_command("[boot]\nsystemd=true\n", wsl.boot_command_line()))
+    result = install_wsl(env)
+    assert result.returncode == 0, result.stderr
+    assert (root / "etc/wsl.conf").read_text() == "[boot]\nsystemd=true\n"
+    assert (root / "etc/systemd/system/multi-user.target.wants/netguard.service").is_symlink()
+    assert not events.exists()  # no supervisor: systemd runs netguard
+
+
 # ---- Docker Desktop: Containerfile (static: no Docker engine on this machine) ----
 
 def containerfile_instructions() -> list[tuple[str, str]]:
