@@ -1,9 +1,10 @@
-"""A small registry stand-in for the namespace lab: HTTPS on 443 and plain HTTP on 80.
+"""A small registry stand-in for the namespace lab: HTTPS on 443, plain HTTP on 80, UDP echo on 443.
 
 Strategy: one dual-stack listening socket per port, one thread per connection, keep-alive HTTP/1.1.
 Every response names the host the client asked for (SNI or Host), so a test can tell that it
 reached the server and which name it used. `CONNECT host:port` is answered 200 and then echoed,
-like a proxy tunnel to nowhere. Run it as `python -m netguard.shell.labserver CERT KEY`.
+like a proxy tunnel to nowhere. UDP 443 echoes the first bytes of each datagram (a QUIC
+stand-in). Run it as `python -m netguard.shell.labserver CERT KEY`.
 """
 
 from __future__ import annotations
@@ -90,6 +91,17 @@ def _plain_client(conn: socket.socket) -> None:
         _serve(conn, None)
 
 
+def _udp_echo(port: int) -> None:
+    # Stands in for a QUIC server: any datagram that reaches it comes back.
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    while True:
+        data, peer = s.recvfrom(65535)
+        with contextlib.suppress(OSError):
+            s.sendto(data[:64], peer)
+
+
 def main(argv: list[str]) -> None:
     """Serve until killed: argv is CERT KEY."""
     cert, key = argv
@@ -97,6 +109,7 @@ def main(argv: list[str]) -> None:
     ctx.load_cert_chain(cert, key)
     tls, plain = _listen(443), _listen(80)
     threading.Thread(target=_accept_loop, args=(plain, None), daemon=True).start()
+    threading.Thread(target=_udp_echo, args=(443,), daemon=True).start()
     print("ready", flush=True)
     _accept_loop(tls, ctx)
 
