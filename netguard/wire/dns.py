@@ -1,12 +1,13 @@
 """Strategy: DNS messages (RFC 1035) in, frozen values out; blocked replies built from a message.
 
-Everything is read through the shared `Reader`. Names are decoded label by label: labels of at most
-63 bytes, names of at most 255 wire bytes, and compression pointers that must point strictly before
-the previous jump target (dnspython's rule), so a hostile message cannot loop. Answers keep A, AAAA
-and CNAME data and skip every other type safely (its rdata is fenced and stepped over). The
+Everything is read through the shared `Reader`. Names: labels of at most 63 bytes, names of at
+most 255 wire bytes, and compression pointers that must point strictly before the previous jump
+target (dnspython's rule), so a hostile message cannot loop. Answers keep A, AAAA (rdata length
+checked) and CNAME (rdata fenced) data and step over every other type by its rdata length. The
 authority section is stepped over; the additional section is read for the EDNS OPT record.
 
-Representation choices: names are returned as on the wire, ASCII, without the trailing dot (the
+Values are NamedTuples (immutable, and three times cheaper to build than frozen dataclasses; a
+response builds several). Names are returned as on the wire, ASCII, without the trailing dot (the
 root is ""); a byte outside printable ASCII, a '.' or a '\\' inside a label is written as `\\DDD`
 (dnspython's escape), so a label can never masquerade as several labels. A/AAAA data is the raw
 4/16 address bytes (the same form as `ip.Packet.src`/`dst`, so the engine matches them without
@@ -20,7 +21,7 @@ sent one, RFC 6891 §7). The ID, opcode, RD bit and question section are kept by
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from netguard.wire.errors import Malformed, Truncated
 from netguard.wire.reader import Reader
@@ -61,10 +62,10 @@ _LEN = struct.Struct("!H")
 
 # Label bytes written as-is; every other byte becomes \DDD.
 _PLAIN = bytes(b for b in range(0x21, 0x7F) if b not in (0x2E, 0x5C))
+_PLAIN_OR_DOT = _PLAIN + b"."
 
 
-@dataclass(frozen=True, slots=True)
-class Question:
+class Question(NamedTuple):
     """One question: name (see module doc), type and class."""
 
     name: str
@@ -72,8 +73,7 @@ class Question:
     qclass: int
 
 
-@dataclass(frozen=True, slots=True)
-class ResourceRecord:
+class ResourceRecord(NamedTuple):
     """One answer record. `data`: 4/16 raw bytes for A/AAAA, a name for CNAME, else None."""
 
     name: str
@@ -83,8 +83,7 @@ class ResourceRecord:
     data: bytes | str | None
 
 
-@dataclass(frozen=True, slots=True)
-class DnsMessage:
+class DnsMessage(NamedTuple):
     """A parsed DNS message (header, questions, answers and whether an OPT record is present)."""
 
     id: int
@@ -98,16 +97,24 @@ class DnsMessage:
     has_edns: bool
 
 
-def _read_name(r: Reader) -> str:
-    """Read a possibly compressed name at the cursor; the cursor ends after its first encoding."""
+# Per message: offset -> (name bytes, label count, wire length, name) of names already decoded there.
+NameCache = dict[int, tuple[bytes, int, int, str]]
+
+
+def _read_name(r: Reader, seen: NameCache) -> str:
+    """Read a possibly compressed name at the cursor; the cursor ends after its first encoding.
+
+    A pointer to an offset where a name was already decoded reuses that result (`seen`): answers
+    point at the question and at earlier CNAME targets, so most names cost one lookup."""
     data = r.data
-    labels: list[str] = []
+    parts: list[bytes] = []
+    labels = 0
     wire_len = 1
     # Each pointer must go strictly before the last place a name segment started.
-    limit = r.pos
-    pos = r.pos
+    entry = limit = pos = r.pos
     end = r.end
     resume = -1
+    jumps: list[tuple[int, int, int]] = []
     while True:
         if pos >= end:
             raise (Malformed if r.fences else Truncated)(f"name runs past offset {end}")
@@ -115,8 +122,9 @@ def _read_name(r: Reader) -> str:
         if length == 0:
             pos += 1
             break
-        kind = length & 0xC0
-        if kind == 0xC0:
+        if length > MAX_LABEL:
+            if length & 0xC0 != 0xC0:
+                raise Malformed(f"label type 0x{length & 0xC0:02x}")
             if pos + 1 >= end:
                 raise (Malformed if r.fences else Truncated)("pointer cut short")
             target = ((length & 0x3F) << 8) | data[pos + 1]
@@ -124,12 +132,22 @@ def _read_name(r: Reader) -> str:
                 raise Malformed(f"compression pointer to {target} does not point backwards")
             if resume < 0:
                 resume = pos + 2
+            known = seen.get(target)
+            if known is not None:
+                if not parts:  # a bare pointer to a known name: the common case in answers
+                    r.pos = resume
+                    return known[3]
+                wire_len += known[2] - 1
+                if wire_len > MAX_NAME_WIRE:
+                    raise Malformed("name longer than 255 bytes")
+                parts.append(known[0])
+                labels += known[1]
+                break
+            jumps.append((target, len(parts), wire_len))
             # Pointers may reach before a fence (rdata names point into earlier records).
             end = len(data)
             limit = pos = target
             continue
-        if kind:
-            raise Malformed(f"label type 0x{kind:02x}")
         wire_len += length + 1
         if wire_len > MAX_NAME_WIRE:
             raise Malformed("name longer than 255 bytes")
@@ -137,13 +155,28 @@ def _read_name(r: Reader) -> str:
         pos = start + length
         if pos > end:
             raise (Malformed if r.fences else Truncated)("label runs past the end")
-        label = data[start:pos]
-        if label.translate(None, _PLAIN):
-            labels.append("".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in label))
-        else:
-            labels.append(label.decode("ascii"))
+        parts.append(data[start:pos])
+        labels += 1
     r.pos = resume if resume >= 0 else pos
-    return ".".join(labels)
+    if not labels:
+        return ""
+    joined = b".".join(parts)
+    # Fast path: printable ASCII and no '.' or '\\' inside a label (the dots are the joins).
+    if joined.translate(None, _PLAIN_OR_DOT) or joined.count(b".") != labels - 1:
+        # Only clean names are cached, so only the last part can be a cached (clean) suffix.
+        tail = parts[-1] if len(parts) < labels else None
+        raw = parts[:-1] if tail is not None else parts
+        return ".".join([_escape(label) for label in raw] + ([tail.decode("ascii")] if tail is not None else []))
+    name = joined.decode("ascii")
+    seen[entry] = (joined, labels, wire_len, name)
+    for target, index, wire_before in jumps:
+        suffix = b".".join(parts[index:])
+        seen[target] = (suffix, labels - index, wire_len - wire_before + 1, suffix.decode("ascii"))
+    return name
+
+
+def _escape(label: bytes) -> str:
+    return "".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in label)
 
 
 def _parse(data: bytes) -> tuple[DnsMessage, int, int]:
@@ -152,34 +185,39 @@ def _parse(data: bytes) -> tuple[DnsMessage, int, int]:
     ident, flags, qdcount, ancount, nscount, arcount = r.unpack(_HEADER)
     if qdcount + ancount + nscount + arcount > MAX_RECORDS:
         raise Malformed(f"more than {MAX_RECORDS} records")
+    seen: NameCache = {}
     questions = []
     for _ in range(qdcount):
-        name = _read_name(r)
+        name = _read_name(r, seen)
         qtype, qclass = r.unpack(_Q_FIXED)
         questions.append(Question(name, qtype, qclass))
     question_end = r.pos
     answers = []
     for _ in range(ancount):
-        name = _read_name(r)
+        name = _read_name(r, seen)
         rtype, rclass, ttl, rdlength = r.unpack(_RR_FIXED)
         rdata: bytes | str | None = None
-        with r.restrict_to(rdlength):
-            if rtype == TYPE_A and rclass == 1:
-                rdata = r.take(4)
-            elif rtype == TYPE_AAAA and rclass == 1:
-                rdata = r.take(16)
-            elif rtype == TYPE_CNAME:
-                rdata = _read_name(r)
-            else:
-                r.skip(rdlength)
+        if rtype == TYPE_A and rclass == 1:
+            if rdlength != 4:
+                raise Malformed(f"A record of {rdlength} bytes")
+            rdata = r.take(4)
+        elif rtype == TYPE_AAAA and rclass == 1:
+            if rdlength != 16:
+                raise Malformed(f"AAAA record of {rdlength} bytes")
+            rdata = r.take(16)
+        elif rtype == TYPE_CNAME:
+            with r.restrict_to(rdlength):
+                rdata = _read_name(r, seen)
+        else:
+            r.skip(rdlength)
         answers.append(ResourceRecord(name, rtype, rclass, ttl, rdata))
     for _ in range(nscount):
-        _read_name(r)
+        _read_name(r, seen)
         _rtype, _rclass, _ttl, rdlength = r.unpack(_RR_FIXED)
         r.skip(rdlength)
     opt_ttl = -1
     for _ in range(arcount):
-        name = _read_name(r)
+        name = _read_name(r, seen)
         rtype, _rclass, ttl, rdlength = r.unpack(_RR_FIXED)
         r.skip(rdlength)
         if rtype == TYPE_OPT:

@@ -18,6 +18,8 @@ from netguard.wire.errors import Malformed, Truncated
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _TAG_LEN = struct.Struct("!HH")
+# Precompiled layouts for the short u16 arrays of a ClientHello (versions, groups).
+_U16_ARRAYS = tuple(struct.Struct(f"!{n}H") for n in range(64))
 
 
 class Reader:
@@ -146,11 +148,53 @@ class Reader:
         self.pos = pos
         return blocks
 
+    def skip_vector(self, width: int) -> int:
+        """Step over a vector with a `width`-byte (1 or 2) length prefix; return its length."""
+        pos = self.pos
+        if pos + width > self.end:
+            raise self._short(width)
+        data = self.data
+        length = data[pos] if width == 1 else (data[pos] << 8) | data[pos + 1]
+        if pos + width + length > self.end:
+            self.pos = pos + width
+            raise self._short(length)
+        self.pos = pos + width + length
+        return length
+
+    def u8_prefixed_items(self) -> list[bytes]:
+        """Read (u8 length, bytes) items up to the current end, as ALPN protocol names are laid out."""
+        data = self.data
+        pos = self.pos
+        end = self.end
+        items = []
+        while pos < end:
+            start = pos + 1
+            pos = start + data[pos]
+            if pos > end:
+                self.pos = start
+                raise self._short(data[start - 1])
+            items.append(data[start:pos])
+        self.pos = pos
+        return items
+
+    def u16_array(self, length: int) -> tuple[int, ...]:
+        """Read `length` bytes as big-endian u16 values (`length` must be even)."""
+        if length & 1:
+            raise Malformed(f"odd u16 array length {length}")
+        pos = self.pos
+        if pos + length > self.end:
+            raise self._short(length)
+        self.pos = pos + length
+        layout = _U16_ARRAYS[length >> 1] if length < 2 * len(_U16_ARRAYS) else struct.Struct(f"!{length >> 1}H")
+        return layout.unpack_from(self.data, pos)
+
     def sub(self, offset: int, length: int) -> Reader:
         """A fenced reader over `length` bytes at `offset`, which must lie inside the current end."""
         if offset < 0 or length < 0 or offset + length > self.end:
             raise Malformed(f"block at {offset}+{length} lies outside its parent")
-        reader = Reader(self.data, offset)
+        reader = _new_reader(Reader)
+        reader.data = self.data
+        reader.pos = offset
         reader.end = offset + length
         reader.fences = 1
         return reader
@@ -162,6 +206,9 @@ class Reader:
         if self.pos + n > self.end:
             raise self._short(n)
         return _Fence(self, self.pos + n)
+
+
+_new_reader = object.__new__  # `sub` skips __init__: it sets every slot itself
 
 
 class _Fence:

@@ -46,7 +46,9 @@ MAX_CLIENT_HELLO = 16384
 _HOST_BYTES = bytes(range(0x21, 0x7F))
 _RECORD = struct.Struct("!BBBH")
 _EXT_HEAD = struct.Struct("!HH")
-_HELLO_FIXED = struct.Struct("!H32sB")
+_HELLO_FIXED = struct.Struct("!H32x")  # legacy_version, random (skipped)
+_FIRST_RECORD = struct.Struct("!BBBHBBH")  # record header + handshake type and 24-bit length
+_SNI_SINGLE = struct.Struct("!HBH")  # list length, name type, name length
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,7 @@ class ClientHelloReader:
         if self._error is not None:
             raise self._error
         try:
-            fast = self._fast(data) if not self._buf else None
+            fast = _single_record(data) if not self._buf else None
             result = self._advance(data) if fast is None else fast
         except Malformed as exc:
             self._error = exc
@@ -129,46 +131,48 @@ class ClientHelloReader:
             self._buf = bytearray()
         return result
 
-    def _fast(self, data: bytes) -> ClientHello | None:
-        # The common case: the whole ClientHello in one record in the first segment; no copying.
-        if len(data) < 9 or data[0] != CONTENT_HANDSHAKE or data[1] != 3 or data[5] != 1:
-            return None
-        record_len = (data[3] << 8) | data[4]
-        hello_end = 9 + ((data[6] << 16) | (data[7] << 8) | data[8])
-        if hello_end > 5 + record_len or 5 + record_len > len(data) or record_len > MAX_RECORD:
-            return None
-        return _parse_hello(data, 5, hello_end)
-
     def _advance(self, data: bytes) -> NeedMore | ClientHello | NotTls:
         buf = self._buf
         buf += data
-        first = self._pos == 0 and not self._handshake
-        if first and buf:
+        if self._pos == 0 and not self._handshake and buf:
             if buf[0] != CONTENT_HANDSHAKE:
                 return NotTls(f"first byte 0x{buf[0]:02x} is not a handshake record")
             if len(buf) >= 2 and buf[1] != 3:
                 return NotTls(f"record major version {buf[1]}")
-        while len(buf) - self._pos >= 5:
-            ctype, major, _minor, length = _RECORD.unpack_from(buf, self._pos)
+        r = Reader(bytes(buf), self._pos)
+        while r.remaining() >= 5:
+            ctype, major, _minor, length = r.unpack(_RECORD)
             if ctype != CONTENT_HANDSHAKE or major != 3:
                 raise Malformed(f"record type {ctype} version {major} inside a ClientHello")
             if length == 0 or length > MAX_RECORD:
                 raise Malformed(f"handshake record of {length} bytes")
-            end = self._pos + 5 + length
-            if end > len(buf):
+            if r.remaining() < length:
                 break
-            self._handshake += buf[self._pos + 5 : end]
-            self._pos = end
-            hs = self._handshake
-            if hs[0] != HANDSHAKE_CLIENT_HELLO:
-                raise Malformed(f"handshake type {hs[0]} where a ClientHello belongs")
-            if len(hs) >= 4:
-                need = 4 + ((hs[1] << 16) | (hs[2] << 8) | hs[3])
+            self._handshake += r.take(length)
+            self._pos = r.pos
+            hs = Reader(bytes(self._handshake))
+            if hs.u8() != HANDSHAKE_CLIENT_HELLO:
+                raise Malformed(f"handshake type {hs.data[0]} where a ClientHello belongs")
+            if hs.remaining() >= 3:
+                need = 4 + hs.u24()
                 if need > 4 + MAX_CLIENT_HELLO:
                     raise Malformed(f"ClientHello of {need - 4} bytes")
-                if len(hs) >= need:
-                    return _parse_hello(bytes(hs), 0, need)
+                if len(hs.data) >= need:
+                    return _parse_hello(hs.data, 0, need)
         return NEED_MORE
+
+
+def _single_record(data: bytes) -> ClientHello | None:
+    """The common case: the whole ClientHello in one record at the start of `data`; no copying."""
+    if len(data) < 9:
+        return None
+    ctype, major, _minor, record_len, hs_type, hs_len_high, hs_len_low = Reader(data).unpack(_FIRST_RECORD)
+    hello_end = 9 + ((hs_len_high << 16) | hs_len_low)
+    if ctype != CONTENT_HANDSHAKE or major != 3 or hs_type != HANDSHAKE_CLIENT_HELLO:
+        return None
+    if hello_end > 5 + record_len or 5 + record_len > len(data) or record_len > MAX_RECORD:
+        return None
+    return _parse_hello(data, 5, hello_end)
 
 
 def parse_client_hello(data: bytes) -> ClientHello:
@@ -176,6 +180,9 @@ def parse_client_hello(data: bytes) -> ClientHello:
 
     Raises Truncated if the bytes end before the ClientHello does, Malformed otherwise.
     """
+    fast = _single_record(data)
+    if fast is not None:
+        return fast
     result = ClientHelloReader().feed(data)
     if isinstance(result, NeedMore):
         raise Truncated("ClientHello incomplete")
@@ -206,22 +213,19 @@ def _parse_hello(data: bytes, start: int, end: int) -> ClientHello:
     # The handshake length is satisfied: from here on an overrun is Malformed.
     r.end = end
     r.fences = 1
-    legacy_version, _random, session_len = r.unpack(_HELLO_FIXED)
-    if session_len > 32:
-        raise Malformed(f"session id of {session_len} bytes")
-    r.skip(session_len)
-    suites_len = r.u16()
+    (legacy_version,) = r.unpack(_HELLO_FIXED)
+    if r.skip_vector(1) > 32:
+        raise Malformed("session id longer than 32 bytes")
+    suites_len = r.skip_vector(2)
     if suites_len < 2 or suites_len & 1:
         raise Malformed(f"cipher suites length {suites_len}")
-    r.skip(suites_len)
-    compression_len = r.u8()
-    if compression_len < 1:
+    if r.skip_vector(1) < 1:
         raise Malformed("no compression methods")
-    r.skip(compression_len)
-    if not r.remaining():
+    if r.pos == end:
         return ClientHello(None, None, (), (), False, legacy_version, (), end - start - 4)
-    with r.restrict_to(r.u16()):
-        blocks = r.tagged_blocks()
+    if r.u16() != r.remaining():
+        raise Malformed("extensions length disagrees with the ClientHello length")
+    blocks = r.tagged_blocks()
     sni: str | None = None
     sni_problem: str | None = None
     alpn: tuple[str, ...] = ()
@@ -241,16 +245,24 @@ def _parse_hello(data: bytes, start: int, end: int) -> ClientHello:
 
 
 def _server_name(r: Reader) -> tuple[str | None, str | None]:
-    if not r.remaining():
+    size = r.remaining()
+    if not size:
         return None, "empty server_name extension"
     names: list[bytes] = []
-    if r.u16() != r.remaining():
-        raise Malformed("server_name list length disagrees with its extension")
-    while r.remaining():
-        name_type = r.u8()
-        name = r.take(r.u16())
-        if name_type == 0:
-            names.append(name)
+    if size >= 5:
+        list_len, name_type, name_len = r.unpack(_SNI_SINGLE)
+        if list_len == size - 2 and name_type == 0 and name_len == size - 5:
+            names.append(r.take(name_len))  # the usual shape: exactly one host_name
+        else:
+            r.pos -= 5
+    if not names:
+        if r.u16() != r.remaining():
+            raise Malformed("server_name list length disagrees with its extension")
+        while r.remaining():
+            name_type = r.u8()
+            name = r.take(r.u16())
+            if name_type == 0:
+                names.append(name)
     if not names:
         return None, "no host_name entry"
     if len(names) > 1:
@@ -264,22 +276,19 @@ def _server_name(r: Reader) -> tuple[str | None, str | None]:
 
 
 def _alpn(r: Reader) -> tuple[str, ...]:
-    protocols = []
     if r.u16() != r.remaining():
         raise Malformed("ALPN list length disagrees with its extension")
-    while r.remaining():
-        length = r.u8()
-        if length == 0:
-            raise Malformed("empty ALPN protocol name")
-        protocols.append(r.take(length).decode("ascii", "backslashreplace"))
-    return tuple(protocols)
+    names = r.u8_prefixed_items()
+    if not all(names):
+        raise Malformed("empty ALPN protocol name")
+    return tuple([name.decode("ascii", "backslashreplace") for name in names])
 
 
 def _supported_versions(r: Reader) -> tuple[int, ...]:
     length = r.u8()
-    if length & 1 or length != r.remaining():
+    if length != r.remaining():
         raise Malformed(f"supported_versions list of {length} bytes in {r.remaining()}")
-    return tuple(struct.unpack_from(f"!{length // 2}H", r.take(length)))
+    return r.u16_array(length)
 
 
 __all__ = [

@@ -275,3 +275,22 @@ def test_hypothesis_responses_match_scapy(wire: bytes) -> None:
 def test_random_bytes_raise_only_parse_errors(data: bytes) -> None:
     with contextlib.suppress(ParseError):
         dns.parse_message(data)
+
+
+def test_names_reusing_earlier_names() -> None:
+    # question a.example at 12; answer 1: "\xff" + pointer to "example" (14); answer 2: pointer to
+    # answer 1's name; answer 3: label "c" + pointer to answer 1's name (a cached name as suffix).
+    q = name(b"a", b"example") + b"\x00\x01\x00\x01"
+    a1_name = b"\x01\xff\xc0\x0e"
+    a1 = a1_name + struct.pack("!HHIH", 1, 1, 5, 4) + b"\x01\x02\x03\x04"
+    a1_offset = 12 + len(q)
+    a2 = struct.pack("!H", 0xC000 | a1_offset) + struct.pack("!HHIH", 1, 1, 5, 4) + b"\x05\x06\x07\x08"
+    a3 = b"\x01c" + struct.pack("!H", 0xC000 | 12) + struct.pack("!HHIH", 5, 1, 5, 2) + b"\xc0\x0c"
+    message = dns.parse_message(header(an=3) + q + a1 + a2 + a3)
+    assert [a.name for a in message.answers] == ["\\255.example", "\\255.example", "c.a.example"]
+    assert message.answers[2].data == "a.example"
+    # a cached suffix still counts towards the 255-byte limit
+    long_q = name(*([b"x" * 63] * 3), b"y" * 61)  # 255 wire bytes
+    answer = b"\x01z" + b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 5, 4) + bytes(4)
+    with pytest.raises(Malformed):
+        dns.parse_message(header(an=1) + long_q + b"\x00\x01\x00\x01" + answer)

@@ -265,3 +265,12 @@ def test_random_bytes_raise_only_parse_errors(data: bytes) -> None:
         tls.ClientHelloReader().feed(b"\x16\x03\x01" + data)
     with contextlib.suppress(ParseError):
         tls.parse_handshake(b"\x01" + data)
+
+
+def test_post_quantum_fixture_file_matches_builder() -> None:
+    # tests/data/clienthello-pq-1901.hex feeds scripts/bench_sections/parse.py; keep it in sync.
+    from wirecorpus import DATA
+
+    stored = bytes.fromhex((DATA / "clienthello-pq-1901.hex").read_text().replace("\n", ""))
+    assert stored == records(chromium_like_hello())
+    assert tls.parse_client_hello(stored).sni == "registry.blocked.test"
