@@ -1,0 +1,274 @@
+"""The engine, fed packets crafted by scapy (the independent oracle): names from SNI, HTTP, QUIC and
+DNS, reassembly, every limit and its fail verdict, reload, and the packets it writes."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import ssl
+import struct
+
+import pytest
+from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, IPv6, raw  # type: ignore[attr-defined]
+
+from netguard.engine import Action, Engine, Verdict, core
+from netguard.engine.names import MAX_TTL
+from netguard.policy import Policy, parse_policy
+from netguard.shell.policyfiles import load_catalog
+from netguard.wire import dns
+
+C4, S4, BLOCKED4 = "10.0.0.10", "10.0.0.102", "10.0.0.103"
+C6, S6 = "fd00::10", "fd00::102"
+NOW = 1000.0
+
+
+def policy(text: str = 'allow = ["dockerhub"]\n') -> Policy:
+    return parse_policy(text, "test.toml", load_catalog())
+
+
+def hello_record(name: str | None) -> bytes:
+    ctx = ssl.create_default_context()
+    if name is None:
+        ctx.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return bytes(outgoing.read())
+
+
+class Conn:
+    """One client TCP connection, as packets."""
+
+    def __init__(self, dst: str = S4, src: str = C4, dport: int = 443, sport: int = 40000, isn: int = 1000) -> None:
+        self.ip = IPv6(src=src, dst=dst) if ":" in dst else IP(src=src, dst=dst)
+        self.dport, self.sport, self.isn = dport, sport, isn
+
+    def syn(self) -> bytes:
+        return raw(self.ip / TCP(sport=self.sport, dport=self.dport, flags="S", seq=self.isn))
+
+    def data(self, offset: int, payload: bytes, flags: str = "PA") -> bytes:
+        return raw(self.ip / TCP(sport=self.sport, dport=self.dport, flags=flags, seq=self.isn + 1 + offset,
+                                 ack=5000) / payload)
+
+    def ack(self) -> bytes:
+        return raw(self.ip / TCP(sport=self.sport, dport=self.dport, flags="A", seq=self.isn + 1, ack=5000))
+
+
+def checksums_ok(packet: bytes) -> bool:
+    """Our lengths and checksums equal the ones scapy computes for the same packet."""
+    ours = IP(packet)
+    copy = IP(packet)
+    del copy[IP].len, copy[IP].chksum
+    l4 = copy[TCP] if copy.haslayer(TCP) else copy[UDP]
+    del l4.chksum
+    if copy.haslayer(UDP):
+        del copy[UDP].len
+    theirs = IP(raw(copy))
+    layer = TCP if ours.haslayer(TCP) else UDP
+    return bool(theirs.chksum == ours.chksum and theirs.len == ours.len
+                and theirs[layer].chksum == ours[layer].chksum)
+
+
+def run(engine: Engine, packets: list[bytes]) -> list[Verdict]:
+    return [engine.handle(p, NOW) for p in packets]
+
+
+@pytest.mark.parametrize("dst, src", [(S4, C4), (S6, C6)])
+@pytest.mark.parametrize("name, action", [("registry-1.docker.io", Action.ALLOW), ("ghcr.io", Action.BLOCK),
+                                          ("GHCR.IO.", Action.BLOCK), ("www.example.org", Action.ALLOW)])
+def test_sni_decides(dst: str, src: str, name: str, action: Action) -> None:
+    c = Conn(dst, src)
+    syn, hello = run(Engine(policy()), [c.syn(), c.data(0, hello_record(name))])
+    assert syn.action is Action.ACCEPT and syn.event is None
+    assert hello.action is action
+    assert hello.event is not None and hello.event.source == "sni"
+    assert hello.event.host == name.lower().rstrip(".")
+    assert hello.event.key.text() == {"proto": "tcp", "src": src, "sport": 40000, "dst": dst, "dport": 443}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_byte_segments_in_any_order(seed: int) -> None:
+    hello = hello_record("ghcr.io")
+    c = Conn()
+    order = list(range(len(hello)))
+    random.Random(seed).shuffle(order)
+    engine = Engine(policy())
+    verdicts = run(engine, [c.syn()] + [c.data(i, hello[i:i + 1]) for i in order])
+    # Undecided until the last missing byte arrives, whatever the order.
+    assert all(v.action is Action.ACCEPT for v in verdicts[:-1])
+    assert verdicts[-1].action is Action.BLOCK and verdicts[-1].event is not None
+    assert verdicts[-1].event.host == "ghcr.io"
+
+
+def test_retransmission_is_fine_and_a_conflicting_overlap_blocks_even_fail_open() -> None:
+    hello = hello_record("registry-1.docker.io")
+    c = Conn()
+    engine = Engine(policy())
+    assert run(engine, [c.syn(), c.data(0, hello[:100]), c.data(0, hello[:100])])[-1].action is Action.ACCEPT
+    assert engine.handle(c.data(100, hello[100:]), NOW).action is Action.ALLOW
+
+    for text in ('allow = ["dockerhub"]\n', 'allow = ["dockerhub"]\nfail_mode = "open"\n'):
+        c = Conn(sport=40001)
+        engine = Engine(policy(text))
+        forged = hello[:50] + b"X" + hello[51:100]
+        v = run(engine, [c.syn(), c.data(0, hello[:100]), c.data(0, forged)])[-1]
+        assert v.action is Action.BLOCK and v.event is not None and v.event.rule == "overlap"
+
+
+@pytest.mark.parametrize("mode, action", [("closed", Action.BLOCK), ("open", Action.ALLOW)])
+def test_byte_limit_gives_the_fail_verdict(mode: str, action: Action) -> None:
+    engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
+    c = Conn()
+    # A handshake record header announcing 16 KiB, then bytes past the per-flow limit.
+    head = struct.pack("!BHH", 22, 0x0301, 16384) + b"\x01\x00\x3f\xfc"
+    verdicts = run(engine, [c.syn(), c.data(0, head), c.data(core.MAX_FLOW_BYTES, b"x")])
+    assert verdicts[1].action is Action.ACCEPT
+    assert verdicts[2].action is action
+    assert engine.stats.by_limit == {"bytes": 1}
+
+
+@pytest.mark.parametrize("mode, action", [("closed", Action.BLOCK), ("open", Action.ALLOW)])
+def test_flow_limit_gives_the_fail_verdict(mode: str, action: Action) -> None:
+    engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
+    engine.max_flows = 2
+    verdicts = run(engine, [Conn(sport=p).syn() for p in (1, 2, 3)])
+    assert [v.action for v in verdicts] == [Action.ACCEPT, Action.ACCEPT, action]
+    assert engine.stats.by_limit == {"flows": 1}
+    # Idle flows expire and make room.
+    engine.expire(NOW + core.FLOW_IDLE + 1)
+    assert engine.undecided == 0
+
+
+def dns_answer(qname: str, chain: list[str], address: str, ttl: int = 300, edns: bool = True) -> bytes:
+    from scapy.layers.dns import DNSRROPT
+
+    records = []
+    owner = qname
+    for target in chain:
+        records.append(DNSRR(rrname=owner, type="CNAME", rdata=target, ttl=ttl))
+        owner = target
+    qtype = "AAAA" if ":" in address else "A"
+    records.append(DNSRR(rrname=owner, type=qtype, rdata=address, ttl=ttl))
+    msg = DNS(id=7, qr=1, rd=1, ra=1, qd=[DNSQR(qname=qname, qtype=qtype)], an=records,
+              ar=[DNSRROPT(rclass=1232)] if edns else [])
+    return raw(msg)
+
+
+def udp_answer(payload: bytes) -> bytes:
+    return raw(IP(src="10.0.0.53", dst=C4) / UDP(sport=53, dport=33333) / payload)
+
+
+def test_dns_answer_with_cname_to_blocked_registry_becomes_nxdomain_and_teaches_the_address() -> None:
+    engine = Engine(policy())
+    v = engine.handle(udp_answer(dns_answer("dl.allowed.test", ["edge.allowed.test", "ghcr.io"], BLOCKED4)), NOW)
+    assert v.action is Action.REWRITE and v.payload is not None
+    assert checksums_ok(v.payload)
+    rewritten = IP(v.payload)
+    reply = dns.parse_message(bytes(rewritten[UDP].payload))
+    assert reply.rcode == dns.RCODE_NXDOMAIN and reply.id == 7 and not reply.answers
+    assert v.event is not None and v.event.names == ("dl.allowed.test", "edge.allowed.test", "ghcr.io")
+    # A connection to the learned address without any name (not TLS, not HTTP) is blocked by it.
+    c = Conn(BLOCKED4, dport=5000)
+    verdict = run(engine, [c.syn(), c.data(0, b"\x00\x01binary protocol")])[-1]
+    assert verdict.action is Action.BLOCK and verdict.event is not None
+    assert verdict.event.source == "dns-table" and verdict.event.host == "ghcr.io"
+    # TTLs are bounded: after MAX_TTL the address is unknown again (unknown_hosts = allow).
+    later = Conn(BLOCKED4, dport=5000, sport=41000)
+    engine.handle(later.syn(), NOW + MAX_TTL + 1)
+    v2 = engine.handle(later.data(0, b"\x00\x01binary"), NOW + MAX_TTL + 1)
+    assert v2.action is Action.ALLOW and v2.event is not None and v2.event.source == "address"
+
+
+def test_unknown_sni_on_an_address_learned_for_a_blocked_registry_is_blocked() -> None:
+    engine = Engine(policy('allow = ["dockerhub"]\ndns_block = false\n'))
+    v = engine.handle(udp_answer(dns_answer("dl.allowed.test", ["ghcr.io"], BLOCKED4)), NOW)
+    assert v.action is Action.ACCEPT  # dns_block off: the answer passes
+    c = Conn(BLOCKED4)
+    verdict = run(engine, [c.syn(), c.data(0, hello_record("dl.allowed.test"))])[-1]
+    assert verdict.action is Action.BLOCK and verdict.event is not None and verdict.event.host == "ghcr.io"
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_name_table_limit_gives_the_fail_verdict(mode: str) -> None:
+    engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
+    engine.names.max_entries = 1
+    v = engine.handle(udp_answer(dns_answer("a.example.org", ["b.example.org"], "10.0.0.9")), NOW)
+    assert engine.stats.by_limit == {"names": 1}
+    if mode == "closed":
+        assert v.action is Action.REWRITE and v.payload is not None
+        reply = dns.parse_message(bytes(IP(v.payload)[UDP].payload))
+        assert reply.rcode == dns.RCODE_NXDOMAIN
+    else:
+        assert v.action is Action.ACCEPT
+
+
+def test_dns_over_tcp_answer_is_rewritten_in_place() -> None:
+    msg = dns_answer("ghcr.io", [], BLOCKED4)
+    framed = dns.frame_tcp(msg)
+    seg = raw(IP(src="10.0.0.53", dst=C4) / TCP(sport=53, dport=40000, flags="PA", seq=77, ack=1) / framed)
+    v = Engine(policy()).handle(seg, NOW)
+    assert v.action is Action.REWRITE and v.payload is not None
+    out = IP(v.payload)
+    payload = bytes(out[TCP].payload)
+    assert len(payload) == len(framed) and out[TCP].seq == 77
+    assert checksums_ok(v.payload)
+    [reply], rest = dns.split_tcp_messages(payload)
+    assert rest == b"" and dns.parse_message(reply).rcode == dns.RCODE_NXDOMAIN
+
+
+@pytest.mark.parametrize("request_head, action, source", [
+    (b"GET /v2/ HTTP/1.1\r\nHost: ghcr.io\r\n\r\n", Action.BLOCK, "http-host"),
+    (b"GET /v2/ HTTP/1.1\r\nHost: registry-1.docker.io:80\r\n\r\n", Action.ALLOW, "http-host"),
+    (b"CONNECT ghcr.io:443 HTTP/1.1\r\nHost: ghcr.io:443\r\n\r\n", Action.BLOCK, "http-connect"),
+    (b"GET http://ghcr.io/v2/ HTTP/1.1\r\n\r\n", Action.BLOCK, "http-host"),
+])
+def test_http_names(request_head: bytes, action: Action, source: str) -> None:
+    c = Conn(dport=80)
+    engine = Engine(policy())
+    head = run(engine, [c.syn()] + [c.data(i, request_head[i:i + 7]) for i in range(0, len(request_head), 7)])
+    assert all(v.action is Action.ACCEPT for v in head[:-1])
+    assert head[-1].action is action and head[-1].event is not None and head[-1].event.source == source
+
+
+def test_ambiguous_http_is_the_fail_verdict() -> None:
+    c = Conn(dport=80)
+    v = run(Engine(policy()), [c.syn(), c.data(0, b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: ghcr.io\r\n\r\n")])
+    assert v[-1].action is Action.BLOCK and v[-1].event is not None and v[-1].event.source == "none"
+
+
+@pytest.mark.parametrize("mode, action", [("closed", Action.DROP), ("open", Action.ACCEPT)])
+def test_unreadable_packet(mode: str, action: Action) -> None:
+    engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
+    assert engine.handle(b"\x45\x00garbage", NOW).action is action
+    assert engine.handle(b"", NOW).action is action
+
+
+def test_decided_flow_keeps_its_verdict_and_reload_finds_flows_to_cut() -> None:
+    engine = Engine(policy())
+    c = Conn()
+    assert run(engine, [c.syn(), c.data(0, hello_record("registry-1.docker.io"))])[-1].action is Action.ALLOW
+    assert engine.handle(c.data(600, b"more"), NOW).action is Action.ALLOW  # queued behind the decision
+    cut = engine.reload(policy('allow = ["ghcr"]\n'), NOW + 1)
+    assert [e.key.dport for e in cut] == [443] and cut[0].host == "registry-1.docker.io"
+    assert engine.handle(c.data(700, b"more"), NOW).action is Action.BLOCK
+
+
+def test_server_speaks_first_flow_is_decided_by_address() -> None:
+    c = Conn(dport=22)
+    verdicts = run(Engine(policy()), [c.syn()] + [c.ack() for _ in range(core.MAX_EMPTY_SEGMENTS + 1)])
+    assert verdicts[-1].action is Action.ALLOW and verdicts[-1].event is not None
+    assert verdicts[-1].event.source == "address"
+
+
+def test_tls_alert_is_built_toward_the_client() -> None:
+    engine = Engine(policy('allow = ["dockerhub"]\nblock_action = "tls-alert"\n'))
+    c = Conn()
+    hello = hello_record("ghcr.io")
+    v = run(engine, [c.syn(), c.data(0, hello)])[-1]
+    assert v.action is Action.BLOCK and len(v.inject) == 1
+    alert = IP(v.inject[0])
+    assert (alert.src, alert.dst, alert[TCP].sport, alert[TCP].dport) == (S4, C4, 443, 40000)
+    assert alert[TCP].seq == 5000 and alert[TCP].ack == 1001 + len(hello)
+    assert bytes(alert[TCP].payload) == b"\x15\x03\x03\x00\x02\x02\x31"
+    assert checksums_ok(v.inject[0])

@@ -1,0 +1,69 @@
+"""Reassembly by sequence number, as properties: any order, any split, wrap-around, conflicts."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netguard.engine.names import MAX_NAMES_PER_ADDRESS, MIN_TTL, NameTable
+from netguard.engine.stream import MAX_PIECES, Result, Stream
+
+
+@st.composite
+def split_data(draw: st.DrawFn) -> tuple[bytes, list[tuple[int, bytes]], int]:
+    data = draw(st.binary(min_size=1, max_size=600))
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(data) - 1)), max_size=40)))
+    bounds = [0, *[c for c in cuts if c < len(data)], len(data)]
+    pieces = [(a, data[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
+    # Retransmissions: some pieces twice, and ranges that span several pieces.
+    pieces += draw(st.lists(st.sampled_from(pieces), max_size=5))
+    for a, b in draw(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(1, 200)), max_size=5)):
+        pieces.append((a, data[a:a + b]))
+    order = draw(st.permutations(pieces))
+    base = draw(st.sampled_from([0, 1000, 0xFFFFFFFF - 100, 0xFFFFFFF0]))
+    return data, list(order), base
+
+
+@given(split_data())
+def test_any_order_reassembles_the_same_bytes(case: tuple[bytes, list[tuple[int, bytes]], int]) -> None:
+    data, pieces, base = case
+    s = Stream(base, 4096)
+    for offset, piece in pieces:
+        assert s.add((base + offset) & 0xFFFFFFFF, piece) is Result.OK
+    assert bytes(s.prefix) == data
+
+
+@given(st.binary(min_size=2, max_size=100), st.data())
+def test_an_overlap_with_other_bytes_is_a_conflict(data: bytes, draw: st.DataObject) -> None:
+    s = Stream(5, 4096)
+    assert s.add(5, data) is Result.OK
+    i = draw.draw(st.integers(0, len(data) - 1))
+    forged = data[:i] + bytes(((data[i] + 1) % 256,)) + data[i + 1:]
+    assert s.add(5, forged) is Result.CONFLICT
+    held = Stream(0, 4096)
+    assert held.add(10, data) is Result.OK  # out of order, held as a piece
+    assert held.add(10, forged) is Result.CONFLICT
+
+
+def test_limits() -> None:
+    s = Stream(0, 100)
+    assert s.add(0, b"x" * 100) is Result.OK
+    assert s.add(100, b"y") is Result.LIMIT
+    pieces = Stream(0, 10 * MAX_PIECES)
+    for i in range(MAX_PIECES):
+        assert pieces.add(2 + 2 * i, b"z") is Result.OK
+    assert pieces.add(2 + 2 * MAX_PIECES, b"z") is Result.LIMIT
+
+
+def test_name_table_bounds() -> None:
+    t = NameTable(max_entries=4)
+    assert t.learn([b"\x01\x02\x03\x04"], ["a.test", "b.test"], 0, now=0)
+    assert sorted(t.names(b"\x01\x02\x03\x04", now=MIN_TTL - 1)) == ["a.test", "b.test"]
+    assert t.names(b"\x01\x02\x03\x04", now=MIN_TTL + 1) == []  # TTL 0 is kept MIN_TTL seconds
+    assert not t.learn([b"\x05\x06\x07\x08"], ["c.test", "d.test", "e.test"], 60, now=1)  # full
+    assert t.learn([b"\x05\x06\x07\x08"], ["c.test", "d.test", "e.test"], 60, now=MIN_TTL + 1)  # purged first
+    many = NameTable()
+    many.learn([b"\x09\x09\x09\x09"], [f"n{i}.test" for i in range(MAX_NAMES_PER_ADDRESS + 5)], 60, now=0)
+    assert len(many.names(b"\x09\x09\x09\x09", now=1)) == MAX_NAMES_PER_ADDRESS
