@@ -270,5 +270,23 @@ def replay(capture: str, policy_path: str | None, as_json: bool) -> None:
             click.echo(render(line))
 
 
+@main.command()
+def demo() -> None:
+    """Show enforcement live in a throw-away namespace lab (as root; safe on any machine).
+
+    Builds client, DNS and registry namespaces (nothing in this one), runs `netguard run` with the
+    default policy in the client namespace, pulls from an allowed and a blocked registry with real
+    clients, prints what they saw and what netguard logged, and removes everything again.
+    """
+    import os
+
+    from netguard.shell.demo import run_demo
+
+    if os.geteuid() != 0:
+        click.echo("netguard demo: must run as root (it creates network namespaces)", err=True)
+        sys.exit(2)
+    sys.exit(run_demo(click.echo))
+
+
 if __name__ == "__main__":
     main()
