@@ -7,6 +7,8 @@ import contextlib
 import ipaddress
 import re
 import struct
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -17,7 +19,7 @@ from netguard.wire import dns, ip
 from netguard.wire.errors import Malformed, ParseError, Truncated
 
 
-def corpus_messages(path) -> list[bytes]:  # type: ignore[no-untyped-def]
+def corpus_messages(path: Path) -> list[bytes]:
     """DNS messages of a corpus file: UDP payloads, or TCP streams split by their length prefix."""
     messages: list[bytes] = []
     streams: dict[tuple[int, int], bytes] = {}
@@ -47,7 +49,7 @@ DNS_FILES = corpus_files("dns-")
 
 
 @pytest.mark.parametrize("path", DNS_FILES, ids=lambda p: p.name)
-def test_corpus_answers_match_readme(path) -> None:  # type: ignore[no-untyped-def]
+def test_corpus_answers_match_readme(path: Path) -> None:
     chain, v4, v6 = readme_expectations()
     assert chain == ["dl.allowed.test", "edge.allowed.test", "registry.blocked.test"]
     query, response = (dns.parse_message(m) for m in corpus_messages(path))
@@ -67,7 +69,7 @@ def test_corpus_answers_match_readme(path) -> None:  # type: ignore[no-untyped-d
 
 
 @pytest.mark.parametrize("path", DNS_FILES, ids=lambda p: p.name)
-def test_every_truncation_is_truncated(path) -> None:  # type: ignore[no-untyped-def]
+def test_every_truncation_is_truncated(path: Path) -> None:
     for message in corpus_messages(path):
         for cut in range(len(message)):
             with pytest.raises(Truncated):
@@ -159,7 +161,7 @@ def test_record_count_bound() -> None:
         dns.parse_message(header(qd=dns.MAX_RECORDS + 1))
 
 
-def scapy_dns():  # type: ignore[no-untyped-def]
+def scapy_dns() -> Any:
     from scapy.layers import dns as scapy_dns_module
 
     return scapy_dns_module
@@ -167,7 +169,7 @@ def scapy_dns():  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("path", DNS_FILES, ids=lambda p: p.name)
 @pytest.mark.parametrize(("rcode", "code"), [("NXDOMAIN", 3), ("REFUSED", 5)])
-def test_blocked_reply_with_ede(path, rcode: str, code: int) -> None:  # type: ignore[no-untyped-def]
+def test_blocked_reply_with_ede(path: Path, rcode: str, code: int) -> None:
     s = scapy_dns()
     for original in corpus_messages(path):  # from the query and from the response
         text = "blocked by netguard policy 'corp': registry.blocked.test"

@@ -55,7 +55,7 @@ def test_rfc9001_a2_client_initial_decrypts_to_the_published_client_hello() -> N
 
 def test_rfc9001_a2_truncations_and_tampering() -> None:
     packet = hex_file("a2-client-initial-protected.hex")
-    for cut in list(range(60)) + list(range(60, len(packet), 37)):
+    for cut in range(len(packet)):
         with pytest.raises(Truncated):
             quic.parse_initial(packet[:cut])
     for position in (0, 20, 30, 500, len(packet) - 1):
