@@ -201,11 +201,19 @@ def test_xtables_lock_prestart_creates_private_file_and_never_truncates(tmp_path
 
 @pytest.fixture
 def doctor_says(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A stand-in netguard whose doctor exits with $DOCTOR_RC and prints $DOCTOR_MSG."""
+    """A stand-in netguard whose doctor exits with $DOCTOR_RC and prints $DOCTOR_MSG (or, with --json,
+    $DOCTOR_JSON), and whose `run --help` lists the --backend choices as click prints them."""
     (tmp_path / "bin").mkdir()
-    netguard = fake_netguard(tmp_path / "bin" / "netguard",
-                             'case "$1" in doctor) echo "$DOCTOR_MSG"; exit "$DOCTOR_RC";; esac\nexit 0\n')
-    env = {**os.environ, "NETGUARD_BIN": str(netguard), "DOCTOR_MSG": "verdict  can enforce", "DOCTOR_RC": "0"}
+    netguard = fake_netguard(tmp_path / "bin" / "netguard", """\
+        case "$1 $2" in
+            "doctor --json") echo "$DOCTOR_JSON"; exit "$DOCTOR_RC" ;;
+            "doctor "*) echo "$DOCTOR_MSG"; exit "$DOCTOR_RC" ;;
+            "run --help") echo "  --backend [iptables-nft|iptables-legacy]"; exit 0 ;;
+        esac
+        exit 0
+        """)
+    env = {**os.environ, "NETGUARD_BIN": str(netguard), "DOCTOR_MSG": "verdict  can enforce", "DOCTOR_RC": "0",
+           "DOCTOR_JSON": json.dumps({"verdict": "ok", "backends": ["nft-queue", "iptables-legacy"]})}
     yield tmp_path / "root", env
 
 
@@ -231,6 +239,8 @@ def test_install_writes_and_enables_the_unit_once(doctor_says: tuple[Path, dict[
     assert unit.read_text() == rendered_unit(Path(env["NETGUARD_BIN"]))
     wants = root / "etc/systemd/system/multi-user.target.wants/netguard.service"
     assert os.readlink(wants) == "/etc/systemd/system/netguard.service"
+    # The backend: doctor's first that `run --backend` accepts (nft-queue is not one of them).
+    assert 'NETGUARD_OPTS="--backend iptables-legacy"' in (root / "etc/default/netguard").read_text().splitlines()
     mtime = unit.stat().st_mtime_ns
     second = install_offline(root, env)
     assert second.returncode == 0, second.stderr
@@ -255,11 +265,20 @@ def test_install_policy_goes_to_etc_and_into_the_run_options(doctor_says: tuple[
     assert install_offline(root, env, "--policy", str(policy)).returncode == 0
     assert (root / "etc/netguard/policy.toml").read_text() == policy.read_text()
     defaults = (root / "etc/default/netguard").read_text()
-    assert 'NETGUARD_OPTS="--policy /etc/netguard/policy.toml"' in defaults.splitlines()
+    assert 'NETGUARD_OPTS="--backend iptables-legacy --policy /etc/netguard/policy.toml"' in defaults.splitlines()
     assert "wrote" not in install_offline(root, env, "--policy", str(policy)).stdout
     policy.write_text('unknown_hosts = "allow"\n')
     again = install_offline(root, env, "--policy", str(policy))
     assert f"wrote {root}/etc/netguard/policy.toml" in again.stdout
+
+
+def test_install_refuses_without_a_backend_run_accepts(doctor_says: tuple[Path, dict[str, str]]) -> None:
+    root, env = doctor_says
+    env["DOCTOR_JSON"] = json.dumps({"verdict": "ok", "backends": ["nft-queue"]})
+    result = install_offline(root, env)
+    assert result.returncode == 2
+    assert "no backend" in result.stderr
+    assert not root.exists()
 
 
 def test_install_refuses_a_path_systemd_would_misread(tmp_path: Path) -> None:
@@ -444,9 +463,11 @@ def wsl_tree(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], Path]]:
     (root / "etc/wsl.conf").write_text("[network]\ngenerateResolvConf = false\n")
     events = tmp_path / "events"
     netguard = fake_netguard(tmp_path / "netguard", f"""\
-        case "$1" in
-            doctor) echo "doctor says $DOCTOR_RC"; exit "$DOCTOR_RC" ;;
-            run) echo "start $$ $*" >> {events}
+        case "$1 $2" in
+            "doctor --json") echo '{{"verdict": "ok", "backends": ["iptables-nft"]}}'; exit "$DOCTOR_RC" ;;
+            "doctor "*) echo "doctor says $DOCTOR_RC"; exit "$DOCTOR_RC" ;;
+            "run --help") echo "  --backend [iptables-nft|iptables-legacy]"; exit 0 ;;
+            "run "*) echo "start $$ $*" >> {events}
                  trap 'echo "term $$" >> {events}; exit 0' TERM
                  while :; do sleep 0.05; done ;;
         esac
@@ -532,6 +553,7 @@ def test_install_wsl_hands_over_to_systemd(wsl: ModuleType, wsl_tree: tuple[Path
     assert result.returncode == 0, result.stderr
     assert (root / "etc/wsl.conf").read_text() == "[boot]\nsystemd=true\n"
     assert (root / "etc/systemd/system/multi-user.target.wants/netguard.service").is_symlink()
+    assert 'NETGUARD_OPTS="--backend iptables-nft"' in (root / "etc/default/netguard").read_text()
     assert not events.exists()  # no supervisor: systemd runs netguard
 
 
