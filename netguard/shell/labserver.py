@@ -80,6 +80,8 @@ def _listen(port: int) -> socket.socket:
 def _accept_loop(s: socket.socket, ctx: ssl.SSLContext | None) -> None:
     while True:
         conn, _ = s.accept()
+        # Small writes (TLS tickets, then the response) must not wait for delayed ACKs (Nagle).
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if ctx is None:
             threading.Thread(target=_plain_client, args=(conn,), daemon=True).start()
         else:
