@@ -1,0 +1,117 @@
+"""Running the e2e clients (skopeo, podman, Chromium) in a lab namespace, timed, and reading
+netguard's block log.
+
+How a client reaches a name is its `route`: "dns" resolves through the lab's dnsmasq (netguard judges
+the answer; a blocked name gets NXDOMAIN), "v4" / "v6" pin the name to that family's address (an
+/etc/hosts of its own, or Chromium's resolver rules), so the connection is made by name and the
+ClientHello's SNI is what netguard must judge.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from netguard.shell import netns
+from netguard.shell import registrylab as rl
+
+ALLOWED, BLOCKED = "registry-1.docker.io", "ghcr.io"
+ROUTES = ("dns", "v4", "v6")
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str  # stdout + stderr
+    took: float
+
+
+def address(reg: rl.RegistryLab, name: str, route: str) -> str:
+    h = reg.lab.host(name)
+    return h.v6 if route == "v6" else h.v4
+
+
+def pins(reg: rl.RegistryLab, name: str, route: str) -> dict[str, str] | None:
+    return None if route == "dns" else {name: address(reg, name, route)}
+
+
+def run(reg: rl.RegistryLab, ns: str, argv: list[str], *, hosts: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None, timeout: float = 60) -> Result:
+    start = time.monotonic()
+    r = rl.run_client(ns, argv, env={**rl.client_env(reg), **(env or {})}, hosts=hosts, workdir=reg.workdir,
+                      timeout=timeout)
+    return Result(r.returncode, r.stdout + r.stderr, time.monotonic() - start)
+
+
+def ref(name: str) -> str:
+    return f"{name}/{rl.REPO}:{rl.TAG}"
+
+
+def skopeo(reg: rl.RegistryLab, ns: str, name: str, route: str, *args: str) -> Result:
+    """`skopeo ARGS... docker://NAME/REPO:TAG [...]`: args holds the subcommand, the options and
+    any destination after the source."""
+    sub, *rest = args
+    argv = rl.skopeo_argv(reg, sub, "--cert-dir" if sub == "inspect" else "--src-cert-dir", str(reg.certs),
+                          f"docker://{ref(name)}", *rest)
+    return run(reg, ns, argv, hosts=pins(reg, name, route))
+
+
+def podman_pull(reg: rl.RegistryLab, ns: str, name: str, route: str, store: Path) -> Result:
+    """`podman pull` into a vfs store of its own under `store`."""
+    argv = [*podman_base(store), "pull", "--cert-dir", str(reg.certs), ref(name)]
+    return run(reg, ns, argv, hosts=pins(reg, name, route))
+
+
+def podman_base(store: Path) -> list[str]:
+    for d in ("root", "runroot", "tmp"):
+        (store / d).mkdir(parents=True, exist_ok=True)
+    return ["podman", "--root", str(store / "root"), "--runroot", str(store / "runroot"), "--storage-driver", "vfs",
+            "--tmpdir", str(store / "tmp"), "--events-backend", "none", "--cgroup-manager", "cgroupfs"]
+
+
+def podman_inspect(reg: rl.RegistryLab, ns: str, store: Path, name: str) -> Result:
+    return run(reg, ns, [*podman_base(store), "image", "inspect", ref(name)])
+
+
+def oci_blob(layout: Path, digest: str) -> bytes:
+    algo, hexdigest = digest.split(":", 1)
+    return (layout / "blobs" / algo / hexdigest).read_bytes()
+
+
+def blocks(events: list[dict[str, Any]], host: str) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("verdict") == "block" and e.get("host") == host]
+
+
+def chromium(ns: str, home: Path, url: str, rules: str | None = None, timeout: float = 60) -> Result:
+    """Headless Chromium dumping the DOM of url; HOME (and its NSS db) under `home`."""
+    profile = home / "profile"
+    argv = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}"]
+    if rules:
+        argv.append(f"--host-resolver-rules={rules}")
+    argv += ["--dump-dom", url]
+    start = time.monotonic()
+    r = subprocess.run(netns.exec_argv(ns, ["env", f"HOME={home}", *argv]), capture_output=True, text=True,
+                       timeout=timeout, check=False)
+    return Result(r.returncode, r.stdout + r.stderr, time.monotonic() - start)
+
+
+def nss_trust(home: Path, ca: Path) -> None:
+    """Create $HOME/.pki/nssdb trusting the lab CA (Chromium on Linux reads it)."""
+    db = home / ".pki" / "nssdb"
+    db.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["certutil", "-d", f"sql:{db}", "-N", "--empty-password"], check=True, capture_output=True)
+    subprocess.run(["certutil", "-d", f"sql:{db}", "-A", "-t", "C,,", "-n", "netguard lab CA", "-i", str(ca)],
+                   check=True, capture_output=True)
+
+
+def pre_text(dom: str) -> str | None:
+    """The text of the first <pre> element of a dumped DOM (how Chromium shows a JSON answer)."""
+    m = re.search(r"<pre[^>]*>(.*?)</pre>", dom, re.S)
+    return m.group(1) if m else None
