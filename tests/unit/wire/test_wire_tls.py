@@ -201,8 +201,27 @@ _label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, m
 _hostnames = st.lists(_label, min_size=1, max_size=5).map(".".join)
 _alpn = st.lists(st.binary(min_size=1, max_size=12).filter(lambda b: b.isascii()), max_size=4)
 _versions = st.lists(st.sampled_from([0x0304, 0x0303, 0x0302, 0x0301, 0x0A0A, 0x3A3A, 0xFAFA]), min_size=1, max_size=6)
+
+
+def _scapy_known_extensions() -> frozenset[int]:
+    from scapy.all import load_layer
+
+    load_layer("tls")
+    from scapy.layers.tls.extensions import _tls_ext_cls
+
+    return frozenset(_tls_ext_cls)
+
+
+# Extensions scapy decodes itself fail in scapy on random bodies; random ones use the other types
+# (scapy keeps those as TLS_Ext_Unknown), plus ECH (0xfe0d) and GREASE values.
 _unknown = st.lists(
-    st.tuples(st.integers(0, 0xFFFF).filter(lambda t: t not in (0, 16, 43)), st.binary(max_size=40)),
+    st.tuples(
+        st.one_of(
+            st.sampled_from([0xFE0D, 0x0A0A, 0x5A5A, 0xFAFA]),
+            st.integers(0, 0xFFFF).filter(lambda t: t not in _scapy_known_extensions()),
+        ),
+        st.binary(max_size=40),
+    ),
     max_size=8,
     unique_by=lambda e: e[0],
 )
