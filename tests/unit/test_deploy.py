@@ -12,6 +12,7 @@ under CI. One test needs root (capabilities in a scratch namespace) and is marke
 
 from __future__ import annotations
 
+import fcntl
 import importlib.machinery
 import importlib.util
 import json
@@ -477,15 +478,14 @@ def wsl_tree(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], Path]]:
     try:
         yield root, env, events
     finally:
+        # Only a supervisor that still holds its lock is ours to stop (a PID alone may be reused).
         lock = root / "run/netguard-wsl.lock"
-        pid = lock.read_text().strip() if lock.exists() else ""
-        if pid.isdigit():
-            try:
-                os.kill(int(pid), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            else:
-                _wait_for(lambda: not Path(f"/proc/{pid}").exists(), 5)
+        if lock.exists():
+            with open(lock, "r+") as held:
+                try:
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.kill(int(held.read().strip()), signal.SIGTERM)
 
 
 def install_wsl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
