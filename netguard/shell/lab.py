@@ -72,6 +72,7 @@ class Lab:
     hosts: tuple[Host, ...]
     cnames: tuple[tuple[str, str], ...]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    containers: list[str] = field(default_factory=list)
 
     @property
     def client_v4(self) -> str:
@@ -119,8 +120,38 @@ class Lab:
                     p.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(timeout=5)
-        for ns in (self.client, self.dns, self.registry, self.bridge):
+        for ns in (*self.containers, self.client, self.dns, self.registry, self.bridge):
             netns.delete(ns)
+
+
+CONTAINER_NET4 = "10.78.0."
+CONTAINER_NET6 = "fd78::"
+
+
+def add_container(lab: Lab) -> str:
+    """A "container" namespace behind the client namespace, which routes for it (so its traffic
+    crosses the client's FORWARD chain, as a container's crosses its host's). The container is
+    10.78.0.2 / fd78::2 and resolves through the lab DNS. Deleted with the lab."""
+    ns = netns.unique_name("ctr")
+    netns.create(ns)
+    lab.containers.append(ns)
+    _ip(lab.client, "link", "add", "ctr0", "type", "veth", "peer", "name", "eth0", "netns", ns)
+    _ip(lab.client, "addr", "add", f"{CONTAINER_NET4}1/24", "dev", "ctr0")
+    _ip(lab.client, "-6", "addr", "add", f"{CONTAINER_NET6}1/64", "dev", "ctr0", "nodad")
+    _ip(lab.client, "link", "set", "ctr0", "up")
+    _ip(ns, "addr", "add", f"{CONTAINER_NET4}2/24", "dev", "eth0")
+    _ip(ns, "-6", "addr", "add", f"{CONTAINER_NET6}2/64", "dev", "eth0", "nodad")
+    _ip(ns, "link", "set", "eth0", "up")
+    _ip(ns, "route", "add", f"{NET4}0/24", "via", f"{CONTAINER_NET4}1")
+    _ip(ns, "-6", "route", "add", f"{NET6}/64", "via", f"{CONTAINER_NET6}1")
+    for other in (lab.dns, lab.registry):
+        _ip(other, "route", "add", f"{CONTAINER_NET4}0/24", "via", lab.client_v4)
+        _ip(other, "-6", "route", "add", f"{CONTAINER_NET6}/64", "via", lab.client_v6)
+    netns.run(lab.client, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+    etc = Path("/etc/netns") / ns
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text(f"nameserver {lab.dns_v4}\noptions timeout:1 attempts:1\n")
+    return ns
 
 
 def _ip(ns: str, *args: str) -> None:

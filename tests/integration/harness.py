@@ -21,8 +21,10 @@ READY_TIMEOUT = 15.0
 class Runner:
     """One `netguard run` in the lab's client namespace, with its stdout/stderr in files."""
 
-    def __init__(self, lab: lab_mod.Lab, workdir: Path, policy: str | None = None, name: str = "ng") -> None:
+    def __init__(self, lab: lab_mod.Lab, workdir: Path, policy: str | None = None, name: str = "ng",
+                 args: tuple[str, ...] = ()) -> None:
         self.lab = lab
+        self.args = args
         self.workdir = workdir
         self.policy_path: Path | None = None
         if policy is not None:
@@ -33,7 +35,7 @@ class Runner:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> Runner:
-        argv = [NETGUARD, "run"]
+        argv = [NETGUARD, "run", *self.args]
         if self.policy_path is not None:
             argv += ["--policy", str(self.policy_path)]
         with self.out_path.open("ab") as out, self.err_path.open("ab") as err:

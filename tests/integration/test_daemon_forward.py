@@ -1,0 +1,75 @@
+"""Traffic routed through the host (a container behind it) crosses FORWARD: its DNS answers and new
+connections are judged like the host's own; and the iptables-legacy backend enforces the same."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import Runner, netguard_rules
+
+from netguard.shell import lab as lab_mod
+from netguard.shell import netns
+
+pytestmark = pytest.mark.root
+
+ALLOWED, BLOCKED = "registry-1.docker.io", "ghcr.io"
+
+
+@pytest.fixture(scope="module")
+def container(lab: lab_mod.Lab) -> str:
+    return lab_mod.add_container(lab)
+
+
+@pytest.fixture
+def runner(lab: lab_mod.Lab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Runner]:
+    r = Runner(lab, tmp_path, args=getattr(request, "param", ())).start()
+    try:
+        yield r
+    finally:
+        assert r.stop() == 0
+
+
+def curl(ns: str, lab: lab_mod.Lab, name: str, family: int, pin: bool = True) -> tuple[float, int, str]:
+    h = lab.host(name)
+    pinned = ["--resolve", f"{name}:443:{h.v4 if family == 4 else h.v6}"] if pin else []
+    start = time.monotonic()
+    r = netns.run(ns, ["curl", "-sS", "-m", "10", f"-{family}", "--cacert", str(lab.ca_file), *pinned,
+                       f"https://{name}/"], check=False)
+    return time.monotonic() - start, r.returncode, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_container_traffic_is_judged_in_forward(lab: lab_mod.Lab, container: str, runner: Runner,
+                                                family: int) -> None:
+    _, code, out = curl(container, lab, ALLOWED, family, pin=False)
+    assert code == 0 and out.strip() == f"hello from {ALLOWED}", out
+    took, code, out = curl(container, lab, BLOCKED, family)
+    assert code == 35 and "reset" in out.lower() and took < 1.0, out
+    r = netns.run(container, ["dig", "+time=2", "+tries=1", BLOCKED, "A" if family == 4 else "AAAA"])
+    assert "status: NXDOMAIN" in r.stdout and "EDE: 15" in r.stdout, r.stdout
+    src = "10.78.0.2" if family == 4 else "fd78::2"
+    assert any(e["source"] == "sni" and e["src"] == src and e["host"] == BLOCKED for e in runner.events())
+    # The container's resolver is the lab DNS over IPv4, whatever it asks for.
+    assert any(e["source"] == "dns-answer" and e["src"] == "10.78.0.2" and e["host"] == BLOCKED
+               for e in runner.events())
+
+
+@pytest.mark.parametrize("runner", [("--backend", "iptables-legacy")], indirect=True)
+@pytest.mark.parametrize("family", [4, 6])
+def test_legacy_backend(lab: lab_mod.Lab, runner: Runner, family: int) -> None:
+    assert netguard_rules(lab) and all(line.startswith("legacy") for line in netguard_rules(lab))
+    assert "backend iptables-legacy" in runner.stderr()
+    assert curl(lab.client, lab, ALLOWED, family)[1] == 0
+    took, code, out = curl(lab.client, lab, BLOCKED, family)
+    assert code == 35 and took < 1.0, out
+
+
+def test_legacy_rules_removed_on_sigterm(lab: lab_mod.Lab, tmp_path: Path) -> None:
+    r = Runner(lab, tmp_path, args=("--backend", "iptables-legacy")).start()
+    assert netguard_rules(lab)
+    assert r.stop(signal.SIGTERM) == 0
+    assert netguard_rules(lab) == []
