@@ -272,3 +272,18 @@ def test_tls_alert_is_built_toward_the_client() -> None:
     assert alert[TCP].seq == 5000 and alert[TCP].ack == 1001 + len(hello)
     assert bytes(alert[TCP].payload) == b"\x15\x03\x03\x00\x02\x02\x31"
     assert checksums_ok(v.inject[0])
+
+
+def test_a_packet_cut_by_the_queue_copy_range_is_still_read() -> None:
+    # NFQUEUE copies at most ~4 KB: the IP length field then says more than the bytes at hand.
+    c = Conn()
+    engine = Engine(policy())
+    engine.handle(c.syn(), NOW)
+    hello = hello_record("ghcr.io")
+    whole = c.data(0, hello + bytes(6000))
+    v = engine.handle(whole[:4016], NOW)
+    assert v.action is Action.BLOCK and v.event is not None and v.event.host == "ghcr.io"
+    c6 = Conn(S6, C6)
+    engine.handle(c6.syn(), NOW)
+    v6 = engine.handle(c6.data(0, hello + bytes(6000))[:4016], NOW)
+    assert v6.action is Action.BLOCK and v6.event is not None and v6.event.host == "ghcr.io"
