@@ -27,8 +27,13 @@ ROUTES = ("dns", "v4", "v6")
 @dataclass(frozen=True)
 class Result:
     code: int
-    out: str  # stdout + stderr
+    stdout: str
+    stderr: str
     took: float
+
+    @property
+    def out(self) -> str:
+        return self.stdout + self.stderr
 
 
 def address(reg: rl.RegistryLab, name: str, route: str) -> str:
@@ -45,7 +50,7 @@ def run(reg: rl.RegistryLab, ns: str, argv: list[str], *, hosts: Mapping[str, st
     start = time.monotonic()
     r = rl.run_client(ns, argv, env={**rl.client_env(reg), **(env or {})}, hosts=hosts, workdir=reg.workdir,
                       timeout=timeout)
-    return Result(r.returncode, r.stdout + r.stderr, time.monotonic() - start)
+    return Result(r.returncode, r.stdout, r.stderr, time.monotonic() - start)
 
 
 def ref(name: str) -> str:
@@ -67,10 +72,15 @@ def podman_pull(reg: rl.RegistryLab, ns: str, name: str, route: str, store: Path
     return run(reg, ns, argv, hosts=pins(reg, name, route))
 
 
+# podman wants a run root shorter than 50 characters: the client's private tmpfs at /var/lib (see
+# registrylab.client_argv) holds it, and it vanishes with the command; images stay under `store`.
+PODMAN_RUNROOT = "/var/lib/ng-podman-run"
+
+
 def podman_base(store: Path) -> list[str]:
-    for d in ("root", "runroot", "tmp"):
+    for d in ("root", "tmp"):
         (store / d).mkdir(parents=True, exist_ok=True)
-    return ["podman", "--root", str(store / "root"), "--runroot", str(store / "runroot"), "--storage-driver", "vfs",
+    return ["podman", "--root", str(store / "root"), "--runroot", PODMAN_RUNROOT, "--storage-driver", "vfs",
             "--tmpdir", str(store / "tmp"), "--events-backend", "none", "--cgroup-manager", "cgroupfs"]
 
 
@@ -99,7 +109,7 @@ def chromium(ns: str, home: Path, url: str, rules: str | None = None, timeout: f
     start = time.monotonic()
     r = subprocess.run(netns.exec_argv(ns, ["env", f"HOME={home}", *argv]), capture_output=True, text=True,
                        timeout=timeout, check=False)
-    return Result(r.returncode, r.stdout + r.stderr, time.monotonic() - start)
+    return Result(r.returncode, r.stdout, r.stderr, time.monotonic() - start)
 
 
 def nss_trust(home: Path, ca: Path) -> None:

@@ -1,0 +1,66 @@
+"""Headless Chromium against the real registry under an allowed name and a blocked one, with
+netguard run's default policy in the client namespace. Chromium's ClientHello carries a post-quantum
+key share (about 2 KB) and spans two TCP segments, so netguard must reassemble it before deciding.
+Chromium exits 0 even when the page failed: the verdict is read from what it prints."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2eclients import ALLOWED, BLOCKED, address, blocks, chromium, nss_trust, pre_text
+from harness import Runner
+
+from netguard.shell import registrylab as rl
+
+pytestmark = pytest.mark.root
+
+FAST = 5.0  # seconds: a blocked page fails at once; Chromium alone takes about 1 s to start and exit
+TAGS = f"/v2/{rl.REPO}/tags/list"
+
+
+@pytest.fixture(scope="module")
+def home(reg: rl.RegistryLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """HOME for Chromium, with an NSS db that trusts the lab CA."""
+    home = tmp_path_factory.mktemp("chromium-home")
+    nss_trust(home, reg.lab.ca_file)
+    yield home
+
+
+def rules(reg: rl.RegistryLab, name: str, route: str) -> str | None:
+    if route == "dns":
+        return None
+    addr = address(reg, name, route)
+    return f"MAP {name} {'[' + addr + ']' if route == 'v6' else addr}"
+
+
+@pytest.mark.parametrize("route", ["dns", "v4", "v6"])
+def test_allowed_page(reg: rl.RegistryLab, daemon: Runner, home: Path, route: str) -> None:
+    r = chromium(reg.lab.client, home, f"https://{ALLOWED}{TAGS}", rules(reg, ALLOWED, route))
+    assert r.code == 0, r.out
+    text = pre_text(r.stdout)
+    assert text is not None, r.out
+    assert json.loads(text) == {"name": rl.REPO, "tags": [rl.TAG]}
+    assert blocks(daemon.events(), ALLOWED) == []
+
+
+def test_blocked_by_dns(reg: rl.RegistryLab, daemon: Runner, home: Path) -> None:
+    r = chromium(reg.lab.client, home, f"https://{BLOCKED}/v2/")
+    assert "net::ERR_NAME_NOT_RESOLVED" in r.out, r.out
+    assert pre_text(r.stdout) is None, r.stdout
+    assert r.took < FAST
+    events = [e for e in blocks(daemon.events(), BLOCKED) if e["source"] == "dns-answer"]
+    assert events and events[-1]["registry"] == "ghcr", daemon.events()
+
+
+@pytest.mark.parametrize("route", ["v4", "v6"])
+def test_blocked_by_sni(reg: rl.RegistryLab, daemon: Runner, home: Path, route: str) -> None:
+    r = chromium(reg.lab.client, home, f"https://{BLOCKED}/v2/", rules(reg, BLOCKED, route))
+    assert "net::ERR_CONNECTION_RESET" in r.out, r.out
+    assert pre_text(r.stdout) is None, r.stdout
+    assert r.took < FAST
+    dst = address(reg, BLOCKED, route)
+    events = [e for e in blocks(daemon.events(), BLOCKED) if e["source"] == "sni" and e["dst"] == dst]
+    assert events and events[-1]["registry"] == "ghcr", daemon.events()
