@@ -51,6 +51,8 @@ MAX_DECIDED = 65536
 MAX_QUIC_DATAGRAMS = 6
 # DNS-over-TCP answer bytes buffered per connection (a message is at most 65535 + 2 bytes).
 MAX_DNS_TCP_BYTES = 65537
+# DNS-over-TCP connections followed at once (resolvers keep few open; a stub opens one per query).
+MAX_DNS_TCP_STREAMS = 1024
 
 EDE_PREFIX = "netguard"
 
@@ -365,10 +367,16 @@ class Engine:
         if seg.flags & (SYN | RST) or not seg.payload:
             if seg.flags & SYN:
                 self._dns_tcp[key] = _DnsStream((seg.seq + 1) & 0xFFFFFFFF, last=now)
+                while len(self._dns_tcp) > MAX_DNS_TCP_STREAMS:
+                    self._dns_tcp.popitem(last=False)
             return ACCEPT
         st = self._dns_tcp.get(key)
         if st is None:
             st = self._dns_tcp[key] = _DnsStream(seg.seq, last=now)
+            while len(self._dns_tcp) > MAX_DNS_TCP_STREAMS:
+                # The oldest connection's partial message is forgotten: its next segment is then
+                # judged alone (whole messages) or repeats that connection's last verdict.
+                self._dns_tcp.popitem(last=False)
         st.last = now
         if seg.seq != st.next_seq:
             # A retransmission (or a gap): judge it alone if it holds whole messages, else repeat

@@ -119,18 +119,21 @@ def test_python_ssl(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
     assert float(out[2]) < FAST
 
 
+@pytest.mark.parametrize("server", [4, 6])
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 @pytest.mark.parametrize("qtype", ["A", "AAAA"])
-def test_dig_blocked_name_is_nxdomain_with_ede(lab: lab_mod.Lab, daemon: Runner, transport: str, qtype: str) -> None:
+def test_dig_blocked_name_is_nxdomain_with_ede(lab: lab_mod.Lab, daemon: Runner, transport: str, qtype: str,
+                                               server: int) -> None:
     flag = "+tcp" if transport == "tcp" else "+notcp"
-    r = lab.client_run(["dig", flag, "+time=2", "+tries=1", BLOCKED, qtype])
+    at = "@" + (lab.dns_v4 if server == 4 else lab.dns_v6)
+    r = lab.client_run(["dig", at, flag, "+time=2", "+tries=1", BLOCKED, qtype])
     assert "status: NXDOMAIN" in r.stdout, r.stdout
     assert "EDE: 15 (Blocked): (netguard" in r.stdout, r.stdout
     if transport == "udp":
         assert "ghcr.io is blocked (ghcr is not in allow)" in r.stdout, r.stdout
     # Over TCP the answer keeps its length (the stream's sequence numbers depend on it), so the text
     # is the longest that fits.
-    ok = lab.client_run(["dig", flag, "+short", ALLOWED, qtype]).stdout.split()
+    ok = lab.client_run(["dig", at, flag, "+short", ALLOWED, qtype]).stdout.split()
     assert ok == [_addr(lab, ALLOWED, 4 if qtype == "A" else 6)]
 
 

@@ -67,3 +67,42 @@ def test_name_table_bounds() -> None:
     many = NameTable()
     many.learn([b"\x09\x09\x09\x09"], [f"n{i}.test" for i in range(MAX_NAMES_PER_ADDRESS + 5)], 60, now=0)
     assert len(many.names(b"\x09\x09\x09\x09", now=1)) == MAX_NAMES_PER_ADDRESS
+
+
+def _engine_inputs() -> st.SearchStrategy[bytes]:
+    import contextlib
+    import ssl
+
+    from scapy.all import IP, TCP, UDP, raw  # type: ignore[attr-defined]
+
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="ghcr.io")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    hello = outgoing.read()
+    seeds = [raw(IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=1000, dport=443, flags="PA", seq=1) / hello),
+             raw(IP(src="10.0.0.53", dst="10.0.0.1") / UDP(sport=53, dport=1000) / bytes.fromhex(
+                 "0007818000010001000000000467686372026"
+                 "96f0000010001c00c000100010000012c00040a000067"))]
+
+    @st.composite
+    def mutated(draw: st.DrawFn) -> bytes:
+        data = bytearray(draw(st.sampled_from(seeds)))
+        for _ in range(draw(st.integers(0, 8))):
+            i = draw(st.integers(0, len(data) - 1))
+            data[i] = draw(st.integers(0, 255))
+        return bytes(data[:draw(st.integers(0, len(data)))])
+
+    return st.one_of(st.binary(max_size=200), mutated())
+
+
+@given(st.lists(_engine_inputs(), min_size=1, max_size=6))
+def test_the_engine_never_raises(packets: list[bytes]) -> None:
+    from netguard.engine import Action, Engine
+    from netguard.shell.policyfiles import load_policy
+
+    engine = Engine(load_policy(None))
+    for p in packets:
+        v = engine.handle(p, 1000.0)
+        assert isinstance(v.action, Action)
