@@ -126,25 +126,28 @@ class Reader:
     def tagged_blocks(self) -> dict[int, tuple[int, int]]:
         """Read (u16 tag, u16 length, body) blocks up to the current end, as TLS extensions are laid
         out. Returns tag -> (body offset, body length) in wire order; a repeated tag is Malformed.
-        One tight loop instead of a method call per field: this is the ClientHello hot path."""
+        One tight loop instead of a method call per field: this is the ClientHello hot path. The
+        bounds are checked once after the loop: a block that overruns the end leaves `pos` past it."""
         data = self.data
         pos = self.pos
         end = self.end
         unpack = _TAG_LEN.unpack_from
         blocks: dict[int, tuple[int, int]] = {}
-        while pos < end:
-            if pos + 4 > end:
-                self.pos = pos
-                raise self._short(4)
-            tag, length = unpack(data, pos)
-            pos += 4
-            if pos + length > end:
-                self.pos = pos
-                raise self._short(length)
-            if tag in blocks:
-                raise Malformed(f"block type {tag} repeated")
-            blocks[tag] = (pos, length)
-            pos += length
+        count = 0
+        try:
+            while pos < end:
+                tag, length = unpack(data, pos)
+                pos += 4
+                blocks[tag] = (pos, length)
+                pos += length
+                count += 1
+        except struct.error:
+            pos = len(data) + 4  # the header itself ran off the data
+        if pos > end:
+            self.pos = min(pos, end)
+            raise self._short(pos - end)
+        if len(blocks) != count:
+            raise Malformed("block type repeated")
         self.pos = pos
         return blocks
 
