@@ -4,14 +4,14 @@
 by sequence number), unwraps TLS records of type handshake, joins their fragments, and parses the
 ClientHello once its 4-byte handshake header says it is complete. So a ClientHello spread over
 several records and several TCP segments (Chromium's post-quantum one) is handled the same way as
-a single-segment one. The parse itself goes through the shared `Reader` with every length-prefixed
-block fenced.
+a single-segment one. The parse itself goes through the shared `Reader`: the hello is fenced by its
+handshake length, each extension body read through a fenced sub-reader.
 
 What is reported rather than guessed: a server_name extension with several host_name entries, an
 empty one, or one with non-ASCII / control bytes gives `sni = None` and a `sni_problem` text. A
 repeated extension type is Malformed (RFC 8446 §4.2 forbids it; two SNI extensions would otherwise
 let a filter and a server read different names). GREASE values (RFC 8701) are accepted anywhere and
-kept as they are in `extensions`, `cipher_suites` and `supported_versions`.
+kept as they are in `extensions` and `supported_versions` (see `is_grease`).
 
 Error convention: `feed` returns NeedMore, NotTls or ClientHello and raises `Malformed` for bytes
 that start like TLS but break its rules. Once it has produced a result or raised, it repeats it.
@@ -45,7 +45,6 @@ MAX_CLIENT_HELLO = 16384
 # Bytes a host_name may hold as sent; anything else is reported, not decoded.
 _HOST_BYTES = bytes(range(0x21, 0x7F))
 _RECORD = struct.Struct("!BBBH")
-_EXT_HEAD = struct.Struct("!HH")
 _HELLO_FIXED = struct.Struct("!H32x")  # legacy_version, random (skipped)
 _FIRST_RECORD = struct.Struct("!BBBHBBH")  # record header + handshake type and 24-bit length
 _SNI_SINGLE = struct.Struct("!HBH")  # list length, name type, name length
