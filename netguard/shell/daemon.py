@@ -198,10 +198,15 @@ class Daemon:
         old = self.policy
         self.policy = new
         cut = self.engine.reload(new, self.clock())
+        cut_count = 0
         for event in cut:
-            conntrack.mark_blocked(event.key, new.mark_blocked, new.mark_mask)
-            self._log(event, action="cut")
-        self._notice(f"reloaded ({why}): {old.label} -> {new.label}; {len(cut)} open flow(s) cut")
+            problem = conntrack.mark_blocked(event.key, new.mark_blocked, new.mark_mask)
+            if problem is None:
+                cut_count += 1
+                self._log(event, action="cut")
+            elif problem != "gone":
+                self._notice(f"could not cut {event.key.text()}: {problem}")
+        self._notice(f"reloaded ({why}): {old.label} -> {new.label}; {cut_count} open flow(s) cut")
         return True
 
     def _policy_mtime(self) -> float | None:
