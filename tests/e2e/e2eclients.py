@@ -9,14 +9,19 @@ ClientHello's SNI is what netguard must judge.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dpkt
+
+from netguard.shell import lab as lab_mod
 from netguard.shell import netns
 from netguard.shell import registrylab as rl
 
@@ -112,6 +117,14 @@ def chromium(ns: str, home: Path, url: str, rules: str | None = None, timeout: f
     return Result(r.returncode, r.stdout, r.stderr, time.monotonic() - start)
 
 
+def rules(reg: rl.RegistryLab, name: str, route: str) -> str | None:
+    """Chromium's --host-resolver-rules for a route (None: resolve through DNS)."""
+    if route == "dns":
+        return None
+    addr = address(reg, name, route)
+    return f"MAP {name} {'[' + addr + ']' if route == 'v6' else addr}"
+
+
 def nss_trust(home: Path, ca: Path) -> None:
     """Create $HOME/.pki/nssdb trusting the lab CA (Chromium on Linux reads it)."""
     db = home / ".pki" / "nssdb"
@@ -125,3 +138,58 @@ def pre_text(dom: str) -> str | None:
     """The text of the first <pre> element of a dumped DOM (how Chromium shows a JSON answer)."""
     m = re.search(r"<pre[^>]*>(.*?)</pre>", dom, re.S)
     return m.group(1) if m else None
+
+
+CAPTURE_READY = 5.0  # seconds for tcpdump to say it is listening; it takes a few milliseconds
+
+
+@contextlib.contextmanager
+def capture(ns: str, pcap: Path, bpf: str) -> Iterator[Path]:
+    """tcpdump on eth0 of namespace ns while the block runs; the pcap is complete when it exits."""
+    log = pcap.with_suffix(".log")
+    with log.open("wb") as err:
+        proc = subprocess.Popen(netns.exec_argv(ns, ["tcpdump", "-i", "eth0", "-n", "--immediate-mode", "-U",
+                                                     "-s", "0", "-w", str(pcap), bpf]),
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + CAPTURE_READY
+        while "listening on" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tcpdump did not start: {log.read_text(errors='replace')}")
+            time.sleep(0.02)
+        yield pcap
+    finally:
+        lab_mod.stop(proc)
+
+
+def client_payloads(pcap: Path) -> dict[tuple[str, int], list[bytes]]:
+    """The TCP payloads of each flow in a capture, keyed by (source address, source port), in
+    sequence order, retransmissions dropped."""
+    segments: dict[tuple[str, int], dict[int, bytes]] = {}
+    with pcap.open("rb") as f:
+        for _ts, frame in dpkt.pcap.Reader(f):
+            ip = dpkt.ethernet.Ethernet(frame).data
+            if not isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)) or not isinstance(ip.data, dpkt.tcp.TCP):
+                continue
+            tcp = ip.data
+            if tcp.data:
+                family = socket.AF_INET if isinstance(ip, dpkt.ip.IP) else socket.AF_INET6
+                key = (socket.inet_ntop(family, ip.src), tcp.sport)
+                segments.setdefault(key, {}).setdefault(tcp.seq, bytes(tcp.data))
+    return {k: [v[s] for s in sorted(v)] for k, v in segments.items()}
+
+
+def hello_segments(payloads: list[bytes]) -> tuple[int, list[int]]:
+    """For one client flow: the length of its first TLS record (the ClientHello, header included),
+    and the sizes of the segments that carried it (as far as they arrived)."""
+    first = payloads[0]
+    if len(first) < 5 or first[0] != 0x16:
+        raise ValueError(f"flow does not start with a TLS handshake record: {first[:5].hex()}")
+    need = 5 + int.from_bytes(first[3:5], "big")
+    sizes, got = [], 0
+    for p in payloads:
+        if got >= need:
+            break
+        sizes.append(min(len(p), need - got))
+        got += len(p)
+    return need, sizes

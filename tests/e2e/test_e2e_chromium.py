@@ -6,11 +6,21 @@ Chromium exits 0 even when the page failed: the verdict is read from what it pri
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2eclients import ALLOWED, BLOCKED, address, blocks, chromium, nss_trust, pre_text
+from e2eclients import (
+    ALLOWED,
+    BLOCKED,
+    address,
+    blocks,
+    capture,
+    chromium,
+    client_payloads,
+    hello_segments,
+    pre_text,
+    rules,
+)
 from harness import Runner
 
 from netguard.shell import registrylab as rl
@@ -22,18 +32,8 @@ TAGS = f"/v2/{rl.REPO}/tags/list"
 
 
 @pytest.fixture(scope="module")
-def home(reg: rl.RegistryLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """HOME for Chromium, with an NSS db that trusts the lab CA."""
-    home = tmp_path_factory.mktemp("chromium-home")
-    nss_trust(home, reg.lab.ca_file)
-    yield home
-
-
-def rules(reg: rl.RegistryLab, name: str, route: str) -> str | None:
-    if route == "dns":
-        return None
-    addr = address(reg, name, route)
-    return f"MAP {name} {'[' + addr + ']' if route == 'v6' else addr}"
+def home(chromium_home: Path) -> Path:
+    return chromium_home
 
 
 @pytest.mark.parametrize("route", ["dns", "v4", "v6"])
@@ -64,3 +64,25 @@ def test_blocked_by_sni(reg: rl.RegistryLab, daemon: Runner, home: Path, route: 
     dst = address(reg, BLOCKED, route)
     events = [e for e in blocks(daemon.events(), BLOCKED) if e["source"] == "sni" and e["dst"] == dst]
     assert events and events[-1]["registry"] == "ghcr", daemon.events()
+
+
+@pytest.mark.parametrize("name", [ALLOWED, BLOCKED])
+def test_client_hello_spans_two_segments(reg: rl.RegistryLab, daemon: Runner, home: Path, tmp_path: Path,
+                                         name: str) -> None:
+    # What reaches the registry: the allowed ClientHello whole, in two segments (netguard had to
+    # reassemble it); of the blocked one never all of it.
+    addr = address(reg, name, "v4")
+    with capture(reg.lab.registry, tmp_path / "hello.pcap", f"tcp and dst host {addr} and dst port 443") as pcap:
+        r = chromium(reg.lab.client, home, f"https://{name}/v2/", rules(reg, name, "v4"))
+    flows = client_payloads(pcap)
+    if name == ALLOWED:
+        assert pre_text(r.stdout) == "{}", r.out
+        assert flows
+        for payloads in flows.values():
+            need, sizes = hello_segments(payloads)
+            assert len(sizes) >= 2 and sum(sizes) == need, (need, sizes)
+    else:
+        assert "net::ERR_CONNECTION_RESET" in r.out, r.out
+        for payloads in flows.values():
+            need, sizes = hello_segments(payloads)
+            assert sum(sizes) < need, (need, sizes)

@@ -11,7 +11,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2eclients import ALLOWED, BLOCKED, address, blocks, oci_blob, podman_inspect, podman_pull, skopeo
+from e2eclients import (
+    ALLOWED,
+    BLOCKED,
+    address,
+    blocks,
+    chromium,
+    oci_blob,
+    podman_inspect,
+    podman_pull,
+    pre_text,
+    rules,
+    skopeo,
+)
 from harness import NETGUARD, Runner
 
 from netguard.shell import netns
@@ -20,6 +32,8 @@ from netguard.shell import registrylab as rl
 pytestmark = pytest.mark.root
 
 FAST = 2.0  # seconds, as for skopeo in the client namespace: a reset or NXDOMAIN, not a timeout
+PODMAN_FAST = 5.0  # seconds: podman retries a failed pull three times
+CHROMIUM_FAST = 5.0  # seconds: Chromium alone takes about 1 s to start and exit
 
 
 @pytest.fixture(scope="module")
@@ -92,4 +106,26 @@ def test_container_blocked_by_sni(reg: rl.RegistryLab, vm: rl.Vm, vm_daemon: Run
     src = vm.container_v6(0) if route == "v6" else vm.container_v4(0)
     events = [e for e in blocks(vm_daemon.events(), BLOCKED)
               if e["source"] == "sni" and e["src"] == src and e["dst"] == address(reg, BLOCKED, route)]
+    assert events and events[-1]["registry"] == "ghcr", vm_daemon.events()
+
+
+def test_container_podman_pull_blocked(reg: rl.RegistryLab, vm: rl.Vm, vm_daemon: Runner, tmp_path: Path) -> None:
+    r = podman_pull(reg, vm.containers[0], BLOCKED, "v4", tmp_path)
+    assert r.code != 0
+    assert "connection reset by peer" in r.out, r.out
+    assert r.took < PODMAN_FAST, r.out
+
+
+@pytest.mark.parametrize("route", ["v4", "v6"])
+def test_container_chromium(reg: rl.RegistryLab, vm: rl.Vm, vm_daemon: Runner, chromium_home: Path,
+                            route: str) -> None:
+    # Chromium's two-segment ClientHello, reassembled on FORWARD.
+    ctr = vm.containers[0]
+    r = chromium(ctr, chromium_home, f"https://{ALLOWED}/v2/", rules(reg, ALLOWED, route))
+    assert pre_text(r.stdout) == "{}", r.out
+    r = chromium(ctr, chromium_home, f"https://{BLOCKED}/v2/", rules(reg, BLOCKED, route))
+    assert "net::ERR_CONNECTION_RESET" in r.out and pre_text(r.stdout) is None, r.out
+    assert r.took < CHROMIUM_FAST
+    src = vm.container_v6(0) if route == "v6" else vm.container_v4(0)
+    events = [e for e in blocks(vm_daemon.events(), BLOCKED) if e["source"] == "sni" and e["src"] == src]
     assert events and events[-1]["registry"] == "ghcr", vm_daemon.events()
