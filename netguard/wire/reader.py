@@ -191,16 +191,15 @@ class Reader:
         layout = _U16_ARRAYS[length >> 1] if length < 2 * len(_U16_ARRAYS) else struct.Struct(f"!{length >> 1}H")
         return layout.unpack_from(self.data, pos)
 
-    def sub(self, offset: int, length: int) -> Reader:
-        """A fenced reader over `length` bytes at `offset`, which must lie inside the current end."""
-        if offset < 0 or length < 0 or offset + length > self.end:
-            raise Malformed(f"block at {offset}+{length} lies outside its parent")
-        reader = _new_reader(Reader)
-        reader.data = self.data
-        reader.pos = offset
-        reader.end = offset + length
-        reader.fences = 1
-        return reader
+    def goto(self, offset: int, length: int) -> Reader:
+        """Fence the cursor to `length` bytes at `offset` (a block found earlier, e.g. by
+        `tagged_blocks`); returns self. For blocks read after the enclosing one is done with."""
+        if offset < 0 or length < 0 or offset + length > len(self.data):
+            raise Malformed(f"block at {offset}+{length} lies outside the data")
+        self.pos = offset
+        self.end = offset + length
+        self.fences = 1
+        return self
 
     def restrict_to(self, n: int) -> _Fence:
         """Fence the next `n` bytes: `with reader.restrict_to(n): ...` must consume them exactly."""
@@ -209,9 +208,6 @@ class Reader:
         if self.pos + n > self.end:
             raise self._short(n)
         return _Fence(self, self.pos + n)
-
-
-_new_reader = object.__new__  # `sub` skips __init__: it sets every slot itself
 
 
 class _Fence:

@@ -157,7 +157,7 @@ class ClientHelloReader:
                 if need > 4 + MAX_CLIENT_HELLO:
                     raise Malformed(f"ClientHello of {need - 4} bytes")
                 if len(hs.data) >= need:
-                    return _parse_hello(hs.data, 0, need)
+                    return _parse_hello(Reader(hs.data), 0, need)
         return NEED_MORE
 
 
@@ -165,13 +165,14 @@ def _single_record(data: bytes) -> ClientHello | None:
     """The common case: the whole ClientHello in one record at the start of `data`; no copying."""
     if len(data) < 9:
         return None
-    ctype, major, _minor, record_len, hs_type, hs_len_high, hs_len_low = Reader(data).unpack(_FIRST_RECORD)
+    r = Reader(data)
+    ctype, major, _minor, record_len, hs_type, hs_len_high, hs_len_low = r.unpack(_FIRST_RECORD)
     hello_end = 9 + ((hs_len_high << 16) | hs_len_low)
     if ctype != CONTENT_HANDSHAKE or major != 3 or hs_type != HANDSHAKE_CLIENT_HELLO:
         return None
     if hello_end > 5 + record_len or 5 + record_len > len(data) or record_len > MAX_RECORD:
         return None
-    return _parse_hello(data, 5, hello_end)
+    return _parse_hello(r, 5, hello_end)
 
 
 def parse_client_hello(data: bytes) -> ClientHello:
@@ -201,15 +202,15 @@ def parse_handshake(message: bytes) -> ClientHello:
     end = 4 + ((message[1] << 16) | (message[2] << 8) | message[3])
     if end > len(message):
         raise Truncated("ClientHello incomplete")
-    return _parse_hello(message, 0, end)
+    return _parse_hello(Reader(message), 0, end)
 
 
-def _parse_hello(data: bytes, start: int, end: int) -> ClientHello:
-    """Parse the ClientHello whose handshake header is at `start` and which ends at `end`."""
-    r = Reader(data, start + 4)
-    if end > len(data):
+def _parse_hello(r: Reader, start: int, end: int) -> ClientHello:
+    """Parse the ClientHello whose handshake header is at `start` of `r`'s data and ends at `end`."""
+    if end > len(r.data):
         raise Truncated("ClientHello incomplete")
     # The handshake length is satisfied: from here on an overrun is Malformed.
+    r.pos = start + 4
     r.end = end
     r.fences = 1
     (legacy_version,) = r.unpack(_HELLO_FIXED)
@@ -229,15 +230,16 @@ def _parse_hello(data: bytes, start: int, end: int) -> ClientHello:
     sni_problem: str | None = None
     alpn: tuple[str, ...] = ()
     versions: tuple[int, ...] = ()
+    # The extensions are all known now; the cursor visits the three that matter, each fenced.
     block = blocks.get(EXT_SERVER_NAME)
     if block is not None:
-        sni, sni_problem = _server_name(r.sub(*block))
+        sni, sni_problem = _server_name(r.goto(*block))
     block = blocks.get(EXT_ALPN)
     if block is not None:
-        alpn = _alpn(r.sub(*block))
+        alpn = _alpn(r.goto(*block))
     block = blocks.get(EXT_SUPPORTED_VERSIONS)
     if block is not None:
-        versions = _supported_versions(r.sub(*block))
+        versions = _supported_versions(r.goto(*block))
     return ClientHello(
         sni, sni_problem, alpn, versions, EXT_ECH in blocks, legacy_version, tuple(blocks), end - start - 4
     )
