@@ -59,8 +59,9 @@ _FRAME_CLOSE = 0x1C
 
 @dataclass(frozen=True, slots=True)
 class InitialKeys:
-    """Client Initial packet protection keys (RFC 9001 §5.2)."""
+    """Client Initial packet protection keys (RFC 9001 §5.2) and the secrets they come from."""
 
+    initial_secret: bytes
     secret: bytes
     key: bytes
     iv: bytes
@@ -93,6 +94,7 @@ def client_initial_keys(dcid: bytes) -> InitialKeys:
     initial_secret = hmac.digest(INITIAL_SALT_V1, dcid, hashlib.sha256)
     secret = _hkdf_expand_label(initial_secret, b"client in", 32)
     return InitialKeys(
+        initial_secret,
         secret,
         _hkdf_expand_label(secret, b"quic key", 16),
         _hkdf_expand_label(secret, b"quic iv", 12),

@@ -29,7 +29,8 @@ def a1_values() -> dict[str, bytes]:
 def test_rfc9001_a1_keys() -> None:
     values = a1_values()
     keys = quic.client_initial_keys(values["dcid"])
-    assert (keys.secret, keys.key, keys.iv, keys.hp) == (
+    assert (keys.initial_secret, keys.secret, keys.key, keys.iv, keys.hp) == (
+        values["initial_secret"],
         values["client_initial_secret"],
         values["key"],
         values["iv"],
