@@ -45,8 +45,8 @@ FLOW_IDLE = 60.0
 # will never come from the client; judge by address.
 MAX_EMPTY_SEGMENTS = 3
 # Decided flows remembered: for packets queued behind the deciding one, and to cut open flows on
-# reload. Evicting the oldest only loses the ability to cut that flow.
-MAX_DECIDED = 65536
+# reload (about 300 bytes each). Evicting the oldest only loses the ability to cut that flow.
+MAX_DECIDED = 32768
 # QUIC datagrams read before judging by address (a ClientHello spans two or three Initials).
 MAX_QUIC_DATAGRAMS = 6
 # DNS-over-TCP answer bytes buffered per connection (a message is at most 65535 + 2 bytes).
@@ -69,7 +69,7 @@ class _Flow:
     datagrams: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Remembered:
     allowed: bool
     host: str | None

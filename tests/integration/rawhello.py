@@ -1,10 +1,11 @@
 """Send a real ClientHello for NAME to ADDRESS:443 in tiny TCP segments, in order or shuffled,
 from a hand-made connection, and report what came back. Run inside the client namespace:
 
-    python rawhello.py SOURCE ADDRESS NAME SEGMENT_SIZE inorder|shuffle
+    python rawhello.py SOURCE ADDRESS NAME SEGMENT_SIZE inorder|shuffle|overlap
 
 Prints one JSON object: server_bytes (payload bytes the server sent back: a ServerHello when it got
-the whole ClientHello) and rst (a reset arrived for the connection). Packets are built with scapy
+the whole ClientHello), rst (a reset arrived for the connection) and rejected (a later segment was
+refused by the local firewall at once). Packets are built with scapy
 and sent through raw IP sockets, so they cross OUTPUT like a real client's (scapy's own senders
 write link-layer frames, which netfilter never sees). The kernel would answer the server's SYN-ACK
 with a reset (it knows no such socket): the caller drops those resets in the raw table first.
@@ -52,7 +53,7 @@ class Sender:
 
 def main() -> None:
     src, address, name, size_text, mode = sys.argv[1:6]
-    size = int(size_text)
+    size = max(1, int(size_text))
     conf.verb = 0
     sender = Sender(src, address)
     sport = random.randint(20000, 60000)
@@ -77,19 +78,30 @@ def main() -> None:
     sender.send(TCP(sport=sport, dport=443, flags="A", seq=isn + 1, ack=server_seq))
     hello = client_hello(name)
     pieces = [(i, hello[i:i + size]) for i in range(0, len(hello), size)]
+    if mode == "overlap":
+        # The first half twice, the second time with other bytes (one version for the filter,
+        # another for the server), then the rest.
+        half = len(hello) // 2
+        forged = bytes(b ^ 0x20 if 0x61 <= b <= 0x7A else b for b in hello[:half])
+        pieces = [(0, hello[:half]), (0, forged), (half, hello[half:])]
     if mode == "shuffle":
         # The first piece last, the others shuffled: nothing is contiguous until the end.
         rest = pieces[1:]
         random.shuffle(rest)
         pieces = [*rest, pieces[0]]
+    rejected = False
     for off, data in pieces:
-        sender.send(TCP(sport=sport, dport=443, flags="PA", seq=isn + 1 + off, ack=server_seq) / data)
+        try:
+            sender.send(TCP(sport=sport, dport=443, flags="PA", seq=isn + 1 + off, ack=server_seq) / data)
+        except PermissionError:
+            rejected = True  # the local firewall rejected it at once (the flow is marked blocked)
     time.sleep(1.0)
     sniffer.stop()
     got = list(seen)
     server_bytes = sum(len(bytes(p[TCP].payload)) for p in got if p.haslayer(TCP))
     rst = any(p[TCP].flags & 0x04 for p in got if p.haslayer(TCP))
-    print(json.dumps({"server_bytes": server_bytes, "rst": rst, "hello_len": len(hello), "pieces": len(pieces)}))
+    print(json.dumps({"server_bytes": server_bytes, "rst": rst, "rejected": rejected, "hello_len": len(hello),
+                      "pieces": len(pieces)}))
 
 
 if __name__ == "__main__":

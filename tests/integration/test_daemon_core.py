@@ -220,3 +220,40 @@ def test_plain_http_host_and_connect(lab: lab_mod.Lab, daemon: Runner, family: i
     assert took < FAST
     sources = {e["source"] for e in daemon.events() if e["host"] == BLOCKED and e["dport"] == 80}
     assert {"http-host", "http-connect"} <= sources
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_overlapping_segments_with_other_bytes_are_blocked(lab: lab_mod.Lab, daemon: Runner,
+                                                           raw_resets_dropped: None, family: int) -> None:
+    src = lab.client_v4 if family == 4 else lab.client_v6
+    addr = _addr(lab, ALLOWED, family)
+    r = lab.client_run([sys.executable, RAWHELLO, src, addr, ALLOWED, "0", "overlap"], timeout=60)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["server_bytes"] == 0 and result["rst"] and result["rejected"], result
+    events = [e for e in daemon.events() if e["dst"] == addr and e["rule"] == "overlap"]
+    assert events and events[-1]["verdict"] == "block"
+
+
+MALFORMED_HELLO = """
+import socket, sys, time
+addr = sys.argv[1]
+start = time.monotonic()
+with socket.create_connection((addr, 443), timeout=5) as s:
+    # A handshake record that holds an alert-typed message: not a ClientHello, not readable.
+    s.sendall(bytes([22, 3, 1, 0, 8, 2, 0, 0, 4, 1, 2, 3, 4]))
+    try:
+        print("data", len(s.recv(100)), round(time.monotonic() - start, 3))
+    except OSError as e:
+        print(type(e).__name__, round(time.monotonic() - start, 3))
+"""
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_unreadable_client_hello_gets_the_fail_verdict(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
+    addr = _addr(lab, ALLOWED, family)
+    r = lab.client_run([sys.executable, "-c", MALFORMED_HELLO, addr])
+    kind, took = r.stdout.split()
+    assert kind == "ConnectionResetError" and float(took) < FAST, r.stdout + r.stderr
+    events = [e for e in daemon.events() if e["dst"] == addr and e["source"] == "none"]
+    assert events and events[-1]["rule"] == "fail_mode = closed" and "unreadable" in events[-1]["reason"]
