@@ -50,7 +50,7 @@ POLICY_JSON = '{"default": [{"type": "insecureAcceptAnything"}]}\n'
 REGISTRIES_CONF = 'unqualified-search-registries = []\nshort-name-mode = "enforcing"\n'
 
 # The VM's container network: its own prefixes, routed by the VM to the lab's.
-VM_HOST = 20  # the VM's address on the lab bridge: NET4 + 20, NET6 + 20
+VM_HOST = 20  # the first VM's address on the lab bridge: NET4 + 20, NET6 + 20; the next + 1
 CNET4 = "10.78.0."
 CNET6 = "fd78::"
 CGATEWAY = 1
@@ -245,14 +245,15 @@ class Vm:
 
     ns: str
     containers: tuple[str, ...]
+    index: int = 0  # VMs on one lab differ by their address on the lab bridge
 
     @property
     def v4(self) -> str:
-        return lab_mod.NET4 + str(VM_HOST)
+        return lab_mod.NET4 + str(VM_HOST + self.index)
 
     @property
     def v6(self) -> str:
-        return lab_mod.NET6 + str(VM_HOST)
+        return lab_mod.NET6 + str(VM_HOST + self.index)
 
     @staticmethod
     def container_v4(i: int) -> str:
@@ -269,8 +270,9 @@ def _ip(ns: str, *args: str) -> None:
 
 def _setup_vm(lab: lab_mod.Lab, vm: Vm) -> None:
     netns.create(vm.ns)
-    _ip(vm.ns, "link", "add", "eth0", "type", "veth", "peer", "name", "v0", "netns", lab.bridge)
-    _ip(lab.bridge, "link", "set", "v0", "master", "br0", "up")
+    peer = f"v{vm.index}"
+    _ip(vm.ns, "link", "add", "eth0", "type", "veth", "peer", "name", peer, "netns", lab.bridge)
+    _ip(lab.bridge, "link", "set", peer, "master", "br0", "up")
     _ip(vm.ns, "addr", "add", f"{vm.v4}/24", "dev", "eth0")
     _ip(vm.ns, "-6", "addr", "add", f"{vm.v6}/64", "dev", "eth0", "nodad")
     _ip(vm.ns, "link", "set", "eth0", "up")
@@ -298,9 +300,10 @@ def _setup_vm(lab: lab_mod.Lab, vm: Vm) -> None:
 
 
 @contextlib.contextmanager
-def add_vm(lab: lab_mod.Lab, containers: int = 1) -> Iterator[Vm]:
-    """Attach a VM namespace with `containers` container namespaces to the lab; deleted on exit."""
-    vm = Vm(netns.unique_name("vm"), tuple(netns.unique_name("ctr") for _ in range(containers)))
+def add_vm(lab: lab_mod.Lab, containers: int = 1, index: int = 0) -> Iterator[Vm]:
+    """Attach a VM namespace with `containers` container namespaces to the lab; deleted on exit.
+    Several VMs on one lab need distinct `index`es (their container networks may repeat)."""
+    vm = Vm(netns.unique_name("vm"), tuple(netns.unique_name("ctr") for _ in range(containers)), index)
     try:
         _setup_vm(lab, vm)
         yield vm
