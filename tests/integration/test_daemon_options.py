@@ -83,3 +83,19 @@ def test_dns_block_off_still_blocks_the_connection(lab: lab_mod.Lab, runner: Run
     assert r.returncode == 35 and "reset" in r.stderr.lower(), r.stderr
     sources = {e["source"] for e in runner.events() if e["host"] == BLOCKED}
     assert sources == {"sni"}  # the answer passed (not a block), the connection did not
+
+
+CUSTOM = 'allow = ["dockerhub"]\nqueue_num = 12\nmark_mask = 0x0f000000\nmark_allowed = 0x01000000\n' \
+         'mark_blocked = 0x02000000\n'
+
+
+@pytest.mark.parametrize("runner", [CUSTOM], indirect=True)
+def test_custom_queue_and_mark_bits(lab: lab_mod.Lab, runner: Runner) -> None:
+    rules = "\n".join(lab.client_run(["iptables-save", "-t", "filter"]).stdout.splitlines())
+    assert "--queue-num 12" in rules and "0x2000000/0xf000000" in rules and "7413" not in rules
+    assert curl(lab, ALLOWED, 4)[0] == 0
+    code, out = curl(lab, BLOCKED, 4)
+    assert code == 35 and "reset" in out.lower(), out
+    # The verdicts sit in the connection marks, in the configured bits.
+    marks = lab.client_run(["conntrack", "-L", "-p", "tcp", "--dport", "443"]).stdout
+    assert "mark=16777216" in marks and "mark=33554432" in marks, marks
