@@ -25,6 +25,7 @@ from wirecorpus import (
 )
 
 from netguard.wire import dns, http, ip, quic, tls
+from netguard.wire.errors import Malformed, Truncated
 
 Target = Callable[[bytes], object]
 
@@ -46,16 +47,39 @@ def fuzz_dns_tcp(data: bytes) -> object:
     return [dns.parse_message(m) for m in messages]
 
 
-def fuzz_tls(data: bytes) -> object:
-    # Feed in three pieces so the record-joining path is exercised, not only the one-record fast path.
+def _outcome(parse: Callable[[], object]) -> object:
+    try:
+        return parse()
+    except Malformed:
+        return "malformed"
+    except Truncated:
+        return "truncated"
+
+
+def _feed_in_pieces(data: bytes) -> object:
     reader = tls.ClientHelloReader()
     third = max(1, len(data) // 3)
     result: object = None
     for piece in (data[:third], data[third : 2 * third], data[2 * third :]):
         result = reader.feed(piece)
-    if data[:1] == b"\x16":
-        tls.parse_client_hello(data)
     return result
+
+
+# What the incremental reader says -> what the one-shot parse must say for the same bytes.
+_ONE_SHOT_FOR = {tls.NeedMore: "truncated", tls.NotTls: "malformed", str: "malformed"}
+
+
+def fuzz_tls(data: bytes) -> object:
+    # Feed in three pieces (the record-joining path) and compare with the one-shot parse (the
+    # single-record fast path when it applies): both must reach the same answer.
+    incremental = _outcome(lambda: _feed_in_pieces(data))
+    one_shot = _outcome(lambda: tls.parse_client_hello(data))
+    expected = incremental if isinstance(incremental, tls.ClientHello) else _ONE_SHOT_FOR[type(incremental)]
+    if one_shot != expected:
+        raise AssertionError(f"incremental parse gave {incremental!r}, one-shot {one_shot!r}")
+    if incremental == "malformed":
+        raise Malformed("both parses agree: malformed")
+    return incremental
 
 
 def fuzz_tls_handshake(data: bytes) -> object:
