@@ -95,3 +95,39 @@ def test_random_bytes_raise_only_parse_errors(data: bytes) -> None:
     for prefix in (b"", b"GET ", b"CONNECT a:1 HTTP/1.1\r\n"):
         with contextlib.suppress(ParseError):
             http.parse_request_head(prefix + data)
+
+
+_token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
+_hosts = st.lists(_token, min_size=1, max_size=4).map(".".join)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]))
+    path = "/" + "/".join(draw(st.lists(_token, max_size=4)))
+    host = draw(_hosts) + (f":{draw(st.integers(1, 65535))}" if draw(st.booleans()) else "")
+    headers = [("Host", host)] + [(f"X-{name}", value) for name, value in draw(st.lists(st.tuples(_token, _token)))]
+    headers = draw(st.permutations(headers))
+    eol = draw(st.sampled_from(["\r\n", "\n"]))
+    head = f"{method} {path} HTTP/1.1{eol}" + "".join(f"{k}: {v}{eol}" for k, v in headers) + eol
+    return head.encode()
+
+
+@given(requests())
+def test_hypothesis_requests_match_scapy(data: bytes) -> None:
+    from scapy.layers.http import HTTPRequest
+
+    theirs = HTTPRequest(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    ours = http.parse_request_head(data)
+    assert ours is not None
+    assert (ours.method, ours.target, ours.version) == (
+        theirs.Method.decode(),
+        theirs.Path.decode(),
+        theirs.Http_Version.decode(),
+    )
+    assert ours.host_header is not None and ours.host_header == theirs.Host.decode()
+    host, _, port = ours.host_header.partition(":")
+    assert (ours.host, ours.port) == (host, int(port) if port else None)
+    assert ours.head_length == len(data)
+    for cut in range(len(data)):
+        assert http.parse_request_head(data[:cut]) is None
