@@ -122,8 +122,9 @@ def test_container_chromium(reg: rl.RegistryLab, vm: rl.Vm, vm_daemon: Runner, c
     # Chromium's two-segment ClientHello, reassembled on FORWARD.
     ctr = vm.containers[0]
     r = chromium(ctr, chromium_home, f"https://{ALLOWED}/v2/", rules(reg, ALLOWED, route))
-    assert pre_text(r.stdout) == "{}", r.out
+    assert r.code == 0 and pre_text(r.stdout) == "{}", r.out
     r = chromium(ctr, chromium_home, f"https://{BLOCKED}/v2/", rules(reg, BLOCKED, route))
+    assert r.code == 0, r.out  # Chromium exits 0 even when the page failed
     assert "net::ERR_CONNECTION_RESET" in r.out and pre_text(r.stdout) is None, r.out
     assert r.took < CHROMIUM_FAST
     src = vm.container_v6(0) if route == "v6" else vm.container_v4(0)
