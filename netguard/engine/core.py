@@ -489,6 +489,9 @@ def _blocked_reply(message: bytes, texts: tuple[str, ...], length: int | None) -
 
 
 def _is_address(text: str) -> bool:
+    # A host name's last label is never all digits and never holds ':'; skip the slow parse for names.
+    if not text or (":" not in text and not text[-1].isdigit()):
+        return False
     try:
         ipaddress.ip_address(text)
     except ValueError:
