@@ -86,7 +86,7 @@ def test_container_podman_pull_allowed(reg: rl.RegistryLab, vm: rl.Vm, vm_daemon
 
 def test_container_blocked_by_dns(reg: rl.RegistryLab, vm: rl.Vm, vm_daemon: Runner) -> None:
     r = skopeo(reg, vm.containers[0], BLOCKED, "dns", "inspect")
-    assert r.code != 0
+    assert r.code == 1, r.out
     assert f"lookup {BLOCKED}" in r.out and "no such host" in r.out, r.out
     assert r.took < FAST, r.out
     # The answer is judged on its way back to the container, after the VM undid the masquerade:
@@ -99,7 +99,7 @@ def test_container_blocked_by_dns(reg: rl.RegistryLab, vm: rl.Vm, vm_daemon: Run
 @pytest.mark.parametrize("route", ["v4", "v6"])
 def test_container_blocked_by_sni(reg: rl.RegistryLab, vm: rl.Vm, vm_daemon: Runner, route: str) -> None:
     r = skopeo(reg, vm.containers[0], BLOCKED, route, "inspect")
-    assert r.code != 0
+    assert r.code == 1, r.out
     assert "connection reset by peer" in r.out, r.out
     assert r.took < FAST, r.out
     # FORWARD sees the container's own address as the source (the masquerade comes after it).
@@ -111,7 +111,7 @@ def test_container_blocked_by_sni(reg: rl.RegistryLab, vm: rl.Vm, vm_daemon: Run
 
 def test_container_podman_pull_blocked(reg: rl.RegistryLab, vm: rl.Vm, vm_daemon: Runner, tmp_path: Path) -> None:
     r = podman_pull(reg, vm.containers[0], BLOCKED, "v4", tmp_path)
-    assert r.code != 0
+    assert r.code == 125, r.out
     assert "connection reset by peer" in r.out, r.out
     assert r.took < PODMAN_FAST, r.out
 
@@ -150,7 +150,7 @@ def alert_vm(reg: rl.RegistryLab, tmp_path: Path) -> Iterator[tuple[rl.Vm, Runne
 def test_container_gets_the_tls_alert(reg: rl.RegistryLab, alert_vm: tuple[rl.Vm, Runner]) -> None:
     vm, runner = alert_vm
     r = skopeo(reg, vm.containers[0], BLOCKED, "v4", "inspect")
-    assert r.code != 0
+    assert r.code == 1, r.out
     assert any(e["source"] == "sni" for e in blocks(runner.events(), BLOCKED)), runner.events()
     # What a client in the VM itself gets (tests/integration: test_tls_alert_before_the_reset).
     assert "remote error: tls: access denied" in r.out, r.out
