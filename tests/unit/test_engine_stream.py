@@ -106,3 +106,26 @@ def test_the_engine_never_raises(packets: list[bytes]) -> None:
     for p in packets:
         v = engine.handle(p, 1000.0)
         assert isinstance(v.action, Action)
+
+
+def test_name_table_purge_keeps_refreshed_entries_and_the_count_right() -> None:
+    t = NameTable(max_entries=100)
+    a, b = b"\x01\x01\x01\x01", b"\x02\x02\x02\x02"
+    t.learn([a], ["x.test"], 60, now=0)
+    t.learn([a], ["x.test"], 600, now=30)  # refreshed: lives until 630
+    t.learn([b], ["y.test"], 60, now=0)
+    t.purge(100)
+    assert t.names(a, 100) == ["x.test"] and t.names(b, 100) == [] and len(t) == 1
+    t.purge(700)
+    assert len(t) == 0 and t.names(a, 700) == []
+
+
+def test_name_table_flood_is_linear() -> None:
+    import time
+
+    t = NameTable(max_entries=5000)
+    start = time.perf_counter()
+    for i in range(20000):  # four times the table: most answers meet a full table
+        t.learn([i.to_bytes(4, "big")], [f"n{i}.test"], 60, now=i * 0.001)
+    assert len(t) == 5000
+    assert time.perf_counter() - start < 2.0  # a walk per refused answer would take minutes
