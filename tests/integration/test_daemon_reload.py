@@ -78,9 +78,10 @@ def test_reload_by_sighup_and_by_file_change(lab: lab_mod.Lab, tmp_path: Path, f
         until(lambda: "cut" in log.read_text(), WITHIN)
         words = log.read_text().split()
         assert float(words[words.index("cut") + 2]) >= sent, log.read_text()
-        # A reset; Python's ssl may report it as an abrupt end of stream (suppress_ragged_eofs).
-        # The lab server never closes a keep-alive connection itself.
-        assert words[words.index("cut") + 1] in ("ConnectionResetError", "ConnectionError"), log.read_text()
+        # A reset; depending on when it lands, Python's ssl reports it as ECONNRESET or as an abrupt
+        # end of stream. The lab server never closes a keep-alive connection itself.
+        assert words[words.index("cut") + 1] in ("ConnectionResetError", "ConnectionError", "SSLEOFError"), \
+            log.read_text()
         assert float(words[words.index("cut") + 2]) - sent < WITHIN
         assert curl_code(lab, BLOCKED, family) == 0
         cuts = [e for e in runner.events() if e.get("action") == "cut"]
