@@ -111,8 +111,12 @@ class Engine:
 
     # -- entry points -------------------------------------------------------------------------
 
-    def handle(self, data: bytes, now: float) -> Verdict:
-        """Judge one queued packet (raw IP bytes, possibly cut short by the queue's copy range)."""
+    def handle(self, data: bytes, now: float, from_client: bool | None = None) -> Verdict:
+        """Judge one queued packet (raw IP bytes, possibly cut short by the queue's copy range).
+
+        `from_client`: True for a packet the firewall queued as a client flow's (OUTPUT), False
+        for a DNS answer (INPUT), None when the hook cannot tell (FORWARD, offline replay); then a
+        packet from port 53 is a DNS answer unless it belongs to a client flow begun by a SYN."""
         self.stats.packets += 1
         try:
             packet = parse_packet(_fit_lengths(data))
@@ -123,7 +127,7 @@ class Engine:
         l4 = packet.l4
         key = FlowKey(packet.proto, packet.src, l4.sport, packet.dst, l4.dport)
         try:
-            if l4.sport == 53:
+            if l4.sport == 53 and from_client is not True and not self._client_flow(key, l4):
                 return self._dns(packet, key, now)
             if isinstance(l4, TcpSegment):
                 return self._tcp(packet, l4, key, now)
@@ -131,7 +135,13 @@ class Engine:
         except ParseError as exc:
             # Unreadable input on a flow (the TLS or HTTP parsers, a DNS answer): the fail verdict.
             self._flows.pop(key, None)
-            return self._fail(key, now, f"unreadable {_what(l4)}: {exc}", dns_answer=l4.sport == 53)
+            answer = l4.sport == 53 and from_client is not True and not self._client_flow(key, l4)
+            return self._fail(key, now, f"unreadable {_what(l4)}: {exc}", dns_answer=answer)
+
+    def _client_flow(self, key: FlowKey, l4: TcpSegment | UdpDatagram) -> bool:
+        if key in self._flows or key in self._decided:
+            return True
+        return isinstance(l4, TcpSegment) and bool(l4.flags & SYN) and not l4.flags & ACK
 
     def reload(self, policy: Policy, now: float) -> list[Event]:
         """Put a new policy in force; return the remembered open flows it now blocks (to be cut)."""

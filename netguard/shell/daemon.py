@@ -33,6 +33,9 @@ from netguard.shell.nfqueue import Packet, Queue, apply_verdict, set_fail_open
 from netguard.shell.policyfiles import load_policy
 
 TICK = 0.25  # seconds between checks of the policy file and engine expiry
+# Netfilter hook numbers (NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT): OUTPUT queues only client flows,
+# INPUT only DNS answers; FORWARD queues both (the engine tells them apart).
+FROM_CLIENT = {1: False, 3: True}
 
 
 class StartError(RuntimeError):
@@ -153,7 +156,7 @@ class Daemon:
     def _on_packet(self, packet: Packet) -> None:
         data = packet.get_payload()
         try:
-            verdict = self.engine.handle(data, self.clock())
+            verdict = self.engine.handle(data, self.clock(), from_client=FROM_CLIENT.get(packet.hook))
         except Exception as exc:  # a bug must not take enforcement down
             self._notice(f"internal error on a packet ({type(exc).__name__}: {exc}); fail verdict")
             fail = Action.ACCEPT if self.policy.fail_mode == "open" else Action.DROP

@@ -106,9 +106,12 @@ def build_rules(family: Family, opts: Options) -> str:
          "--connbytes", f"0:{UDP_WINDOW_BYTES}", "--connbytes-dir", "original", "--connbytes-mode", "bytes",
          *_queue(opts)],
     ]
+    # Answers only: the reply direction of a flow to port 53. A client flow *from* port 53 (a root
+    # process may bind it) is original direction and must meet the flow rules instead.
+    reply = ["-m", "conntrack", "--ctdir", "REPLY"]
     dns = [
-        ["-p", "udp", "--sport", "53", *_queue(opts)],
-        ["-p", "tcp", "--sport", "53", *_queue(opts)],
+        ["-p", "udp", "--sport", "53", *reply, *_queue(opts)],
+        ["-p", "tcp", "--sport", "53", *reply, *_queue(opts)],
     ]
     lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]"]
     lines += [" ".join(["-A", CHAIN_FLOW, *r]) for r in flow]

@@ -89,3 +89,23 @@ def netguard_rules(lab: lab_mod.Lab) -> list[str]:
         for family in (4, 6):
             lines += [f"{backend}{family} {line}" for line in filter_rules(lab, family, backend) if "NETGUARD" in line]
     return lines
+
+
+# A TLS client whose connection comes from source port 53 (as a root process may bind), to ADDR with
+# SNI NAME; prints "connected" or the error's type.
+FROM_PORT_53 = """
+import socket, ssl, sys
+addr, name, family = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::" if family == 6 else "0.0.0.0", 53))
+s.settimeout(5)
+s.connect((addr, 443))
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+try:
+    ctx.wrap_socket(s, server_hostname=name)
+    print("connected")
+except OSError as e:
+    print(type(e).__name__)
+"""

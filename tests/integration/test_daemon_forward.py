@@ -4,12 +4,13 @@ connections are judged like the host's own; and the iptables-legacy backend enfo
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Runner, netguard_rules
+from harness import FROM_PORT_53, Runner, netguard_rules
 
 from netguard.shell import lab as lab_mod
 from netguard.shell import netns
@@ -53,6 +54,11 @@ def test_container_traffic_is_judged_in_forward(lab: lab_mod.Lab, container: str
     assert "status: NXDOMAIN" in r.stdout and "EDE: 15" in r.stdout, r.stdout
     src = "10.78.0.2" if family == 4 else "fd78::2"
     assert any(e["source"] == "sni" and e["src"] == src and e["host"] == BLOCKED for e in runner.events())
+    # A connection from the container's port 53 crosses FORWARD's DNS chain too: it must not pass as DNS.
+    target = lab.host("www.example.test")
+    r = netns.run(container, [sys.executable, "-c", FROM_PORT_53, target.v4 if family == 4 else target.v6, BLOCKED,
+                              str(family)], check=False)
+    assert r.stdout.strip() == "ConnectionResetError", r.stdout + r.stderr
     # The container's resolver is the lab DNS over IPv4, whatever it asks for.
     assert any(e["source"] == "dns-answer" and e["src"] == "10.78.0.2" and e["host"] == BLOCKED
                for e in runner.events())

@@ -287,3 +287,17 @@ def test_a_packet_cut_by_the_queue_copy_range_is_still_read() -> None:
     engine.handle(c6.syn(), NOW)
     v6 = engine.handle(c6.data(0, hello + bytes(6000))[:4016], NOW)
     assert v6.action is Action.BLOCK and v6.event is not None and v6.event.host == "ghcr.io"
+
+
+def test_a_client_flow_from_port_53_is_not_taken_for_dns() -> None:
+    # A root process may bind source port 53 for its own connection to a blocked registry.
+    c = Conn(sport=53)
+    v = run(Engine(policy()), [c.syn(), c.data(0, hello_record("ghcr.io"))])
+    assert v[-1].action is Action.BLOCK and v[-1].event is not None and v[-1].event.source == "sni"
+    # Where the hook says "client" (OUTPUT), even without the SYN.
+    engine = Engine(policy())
+    v2 = engine.handle(c.data(0, hello_record("ghcr.io")), NOW, from_client=True)
+    assert v2.action is Action.BLOCK and v2.event is not None and v2.event.source == "sni"
+    # Where it says "answer" (INPUT), a packet from port 53 is read as DNS.
+    answer = udp_answer(dns_answer("ghcr.io", [], BLOCKED4))
+    assert Engine(policy()).handle(answer, NOW, from_client=False).action is Action.REWRITE

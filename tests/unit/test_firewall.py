@@ -23,8 +23,9 @@ def test_closed_mode_has_no_bypass_and_open_mode_bypasses_every_queue() -> None:
 def test_what_is_queued() -> None:
     lines = rules()
     dns = [r for r in lines if r.startswith("-A NETGUARD-DNS")]
-    assert dns == ["-A NETGUARD-DNS -p udp --sport 53 -j NFQUEUE --queue-num 7413",
-                   "-A NETGUARD-DNS -p tcp --sport 53 -j NFQUEUE --queue-num 7413"]
+    # Answers only (reply direction): a client flow from port 53 must meet the flow rules.
+    assert dns == ["-A NETGUARD-DNS -p udp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413",
+                   "-A NETGUARD-DNS -p tcp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413"]
     tcp = next(r for r in lines if "-p tcp" in r and "NFQUEUE" in r and "NETGUARD-FLOW" in r)
     # Client direction only, undecided connections only, a byte window (GSO: not a packet count).
     assert "--ctdir ORIGINAL" in tcp and "-m connmark --mark 0x0/0x700000" in tcp
