@@ -14,7 +14,8 @@
  *                                       IPv4 TCP segments (ACK|PSH) carrying PAYLOAD, each on a new
  *                                       flow (tuple number START..), counted arriving in SERVER_NS
  *   dns-flood SERVER_NS CLIENT_NS SRC DST DPORT TEMPLATE COUNT WINDOW START NAMEOFF ADDROFF
- *                                       UDP answers from SRC:53 to DST:DPORT; with NAMEOFF/ADDROFF
+ *                                       UDP answers from SRC:53 to DST:DPORT (after one query the
+ *                                       other way, as a resolver would); with NAMEOFF/ADDROFF
  *                                       > 0 an 8-digit counter and a 4-byte address are written
  *                                       there, so every answer teaches a new name
  * floods print: sent received noerror elapsed_ns
@@ -253,6 +254,10 @@ static int dns_flood(int argc, char **argv) {
     int big = 1 << 24;
     setsockopt(rx, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big);
     if (bind(rx, (struct sockaddr *)&to, sizeof to) < 0) die("bind receiver");
+    /* A query first, so that the answers are the reply direction of a tracked flow, as real
+     * answers are (netguard queues only those). */
+    unsigned char query[12] = {0x12, 0x34, 0x01, 0x00};
+    if (sendto(rx, query, sizeof query, 0, (struct sockaddr *)&from, sizeof from) < 0) die("query");
     fcntl(rx, F_SETFL, O_NONBLOCK);
     long sent = 0, received = 0, noerror = 0;
     long long t0 = now_ns(), last = t0;

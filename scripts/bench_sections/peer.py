@@ -103,9 +103,13 @@ def _case(lab: lab_mod.Lab, case: str) -> tuple[bool, str]:
         argv = [*curl, f"https://{lab.hosts[0].name}/"]
     r = lab.client_run(argv, timeout=CURL_TIMEOUT + 10)
     through = r.returncode == 0 and r.stdout.startswith("hello from")
-    return through, f"curl exit {r.returncode}" + (f", '{r.stdout.strip()}'" if r.stdout else "")
+    said = CURL_EXITS.get(r.returncode, "failed")
+    return through, f"curl exit {r.returncode} ({said})" + (f", '{r.stdout.strip()}'" if r.stdout else "")
 
 
+# What curl's exit code says happened (man curl, EXIT CODES).
+CURL_EXITS = {0: "ok", 6: "could not resolve host", 7: "could not connect", 28: "timed out",
+              35: "TLS handshake failed", 56: "connection reset"}
 CASES = (("by name", "DNS lookup + TLS SNI ghcr.io"),
          ("SNI-only", "by IP with SNI ghcr.io, no DNS lookup"),
          ("CNAME alias", "dl.allowed.test -> ghcr.io"))
@@ -168,7 +172,7 @@ def _latency(lab: dict[str, lab_mod.Lab], tools: Path, hello: Path, hello_len: i
             note = f"{ROUNDS[quick]} rounds x {n} connections; {failed[s]} failed"
             if s != "no rules":
                 note += f"; adds {value - base:.1f} µs to no rules"
-            rows.append(row(f"new connection + 517 B ClientHello + reply, {label}", q, value, "µs", note=note,
+            rows.append(row(f"new connection + 517 B ClientHello + reply, {label}, {q}", q, value, "µs", note=note,
                             spread=per[s], section="peer"))
     return rows
 

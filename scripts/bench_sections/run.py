@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-SECTIONS = ("policy", "parse", "daemon", "peer")
+SECTIONS = ("policy", "parse", "netpath", "peer")
 ROW_KEYS = ("section", "scenario", "metric", "value", "unit", "goal", "ok", "note")
 
 
