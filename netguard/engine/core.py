@@ -75,6 +75,7 @@ class _Remembered:
     host: str | None
     source: str
     port: int
+    event: Event | None = None  # a decision made without a packet (idle limit): told with the next one
 
 
 @dataclass
@@ -107,6 +108,8 @@ class Engine:
         self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
         self._decided: OrderedDict[FlowKey, _Remembered] = OrderedDict()
         self._dns_tcp: OrderedDict[FlowKey, _DnsStream] = OrderedDict()
+        # Flows forgotten while idle before any client byte: where their bytes start.
+        self._bases: OrderedDict[FlowKey, int] = OrderedDict()
         self.max_flows = MAX_FLOWS
 
     # -- entry points -------------------------------------------------------------------------
@@ -162,12 +165,26 @@ class Engine:
         return cut
 
     def expire(self, now: float) -> None:
-        """Forget idle undecided flows and DNS-over-TCP buffers, and expired names."""
+        """Forget idle undecided flows and DNS-over-TCP buffers, and expired names.
+
+        An idle flow that already sent bytes gets the fail verdict: those bytes reached the server
+        unjudged, and bytes read later from the middle of the stream could not be judged right (a
+        ClientHello's second half alone names nothing). One that sent nothing is forgotten, but
+        where its bytes start is kept, so its first bytes are still read as the start."""
         while self._flows:
             key, flow = next(iter(self._flows.items()))
             if now - flow.last < FLOW_IDLE:
                 break
             del self._flows[key]
+            if flow.datagrams or (flow.stream is not None and flow.stream.has_data()):
+                verdict = self._fail(key, now, f"no name after {FLOW_IDLE:.0f} s idle", limit="idle")
+                remembered = self._decided.get(key)
+                if remembered is not None:
+                    remembered.event = verdict.event
+            elif flow.stream is not None:
+                self._bases[key] = flow.stream.base
+                while len(self._bases) > MAX_DECIDED:
+                    self._bases.popitem(last=False)
         while self._dns_tcp:
             key, st = next(iter(self._dns_tcp.items()))
             if now - st.last < FLOW_IDLE:
@@ -186,13 +203,16 @@ class Engine:
         known = self._decided.get(key)
         if known is not None and not seg.flags & SYN:
             self._decided.move_to_end(key)
-            return Verdict(Action.ALLOW if known.allowed else Action.BLOCK)
+            event, known.event = known.event, None
+            return Verdict(Action.ALLOW if known.allowed else Action.BLOCK, event=event)
         flow = self._flows.get(key)
         if seg.flags & RST:
-            self._flows.pop(key, None)
+            # The state stays: a forged reset that the server ignores (out of window) must not make
+            # netguard read the rest of a ClientHello as a new stream.
             return ACCEPT
         if seg.flags & SYN and not seg.flags & ACK:
             self._decided.pop(key, None)
+            self._bases.pop(key, None)
             if flow is None or flow.stream is None or flow.stream.base != (seg.seq + 1) & 0xFFFFFFFF:
                 if flow is None and len(self._flows) >= self.max_flows:
                     self.expire(now)
@@ -211,7 +231,9 @@ class Engine:
                 self.expire(now)
                 if len(self._flows) >= self.max_flows:
                     return self._fail(key, now, f"more than {self.max_flows} undecided flows", limit="flows")
-            flow = _Flow(key, now, Stream(seg.seq, MAX_FLOW_BYTES))
+            base = self._bases.pop(key, None)
+            flow = _Flow(key, now, Stream(seg.seq if base is None else base, MAX_FLOW_BYTES),
+                         syn_seen=base is not None)
             self._flows[key] = flow
         flow.last = now
         self._flows.move_to_end(key)
@@ -250,7 +272,8 @@ class Engine:
     def _udp(self, dgram: UdpDatagram, key: FlowKey, now: float) -> Verdict:
         known = self._decided.get(key)
         if known is not None:
-            return Verdict(Action.ALLOW if known.allowed else Action.BLOCK)
+            event, known.event = known.event, None
+            return Verdict(Action.ALLOW if known.allowed else Action.BLOCK, event=event)
         flow = self._flows.get(key)
         if flow is None:
             if len(self._flows) >= self.max_flows:

@@ -33,6 +33,10 @@ class Stream:
         self.prefix = bytearray()  # contiguous bytes from offset 0
         self._pieces: dict[int, bytes] = {}  # offset -> bytes, beyond the prefix
 
+    def has_data(self) -> bool:
+        """Whether any byte arrived (in order or not)."""
+        return bool(self.prefix or self._pieces)
+
     def add(self, seq: int, data: bytes) -> Result:
         """Add a segment's payload. Grows `prefix` when the bytes connect."""
         if not data:

@@ -111,7 +111,7 @@ def test_retransmission_is_fine_and_a_conflicting_overlap_blocks_even_fail_open(
     for text in ('allow = ["dockerhub"]\n', 'allow = ["dockerhub"]\nfail_mode = "open"\n'):
         c = Conn(sport=40001)
         engine = Engine(policy(text))
-        forged = hello[:50] + b"X" + hello[51:100]
+        forged = hello[:50] + bytes((hello[50] ^ 0xFF,)) + hello[51:100]
         v = run(engine, [c.syn(), c.data(0, hello[:100]), c.data(0, forged)])[-1]
         assert v.action is Action.BLOCK and v.event is not None and v.event.rule == "overlap"
 
@@ -301,3 +301,42 @@ def test_a_client_flow_from_port_53_is_not_taken_for_dns() -> None:
     # Where it says "answer" (INPUT), a packet from port 53 is read as DNS.
     answer = udp_answer(dns_answer("ghcr.io", [], BLOCKED4))
     assert Engine(policy()).handle(answer, NOW, from_client=False).action is Action.REWRITE
+
+
+def test_a_forged_reset_in_the_middle_of_a_client_hello_changes_nothing() -> None:
+    hello = hello_record("ghcr.io")
+    c = Conn()
+    engine = Engine(policy())
+    rst = raw(c.ip / TCP(sport=c.sport, dport=c.dport, flags="R", seq=c.isn + 1 + 10**6))
+    verdicts = run(engine, [c.syn(), c.data(0, hello[:100]), rst, c.data(100, hello[100:])])
+    assert verdicts[2].action is Action.ACCEPT
+    assert verdicts[3].action is Action.BLOCK and verdicts[3].event is not None
+    assert verdicts[3].event.host == "ghcr.io"
+
+
+@pytest.mark.parametrize("mode, action", [("closed", Action.BLOCK), ("open", Action.ALLOW)])
+def test_idle_flow_that_sent_bytes_gets_the_fail_verdict(mode: str, action: Action) -> None:
+    hello = hello_record("ghcr.io")
+    c = Conn()
+    engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
+    run(engine, [c.syn(), c.data(0, hello[:100])])
+    engine.expire(NOW + core.FLOW_IDLE + 1)
+    assert engine.stats.by_limit == {"idle": 1}
+    # The rest alone would name nothing (not a TLS start): the flow keeps the fail verdict.
+    v = engine.handle(c.data(100, hello[100:]), NOW + core.FLOW_IDLE + 2)
+    assert v.action is action and v.event is not None and v.event.source == "none"
+    assert "idle" in v.event.reason
+
+
+def test_idle_flow_without_bytes_is_read_from_its_start_later() -> None:
+    c = Conn()
+    engine = Engine(policy())
+    engine.handle(c.syn(), NOW)
+    engine.expire(NOW + core.FLOW_IDLE + 1)
+    assert engine.undecided == 0 and engine.stats.by_limit == {}
+    hello = hello_record("ghcr.io")
+    later = NOW + core.FLOW_IDLE + 2
+    # Second half first: without the remembered start it would be read as a stream of its own.
+    assert engine.handle(c.data(200, hello[200:]), later).action is Action.ACCEPT
+    v = engine.handle(c.data(0, hello[:200]), later)
+    assert v.action is Action.BLOCK and v.event is not None and v.event.host == "ghcr.io"
