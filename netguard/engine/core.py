@@ -12,9 +12,11 @@ Strategy: two kinds of packets arrive (the firewall rules send nothing else):
   A decided flow is remembered (bounded) so packets already queued behind the deciding one get the
   same verdict, and so a policy reload can find open flows that became blocked.
 
-Every limit (undecided flows, bytes per flow, out-of-order pieces, names) and every unreadable input
-gets the policy's fail verdict: block when fail_mode = "closed", allow when "open". The single place
-where ParseError becomes a verdict is `handle`.
+Every limit (undecided flows, bytes per flow, out-of-order pieces, names, idle time) and every
+unreadable input gets the policy's fail verdict: block when fail_mode = "closed", allow when
+"open". Known evasion techniques are blocked in either mode: overlapping segments whose bytes
+differ, and a data packet whose TTL differs from its SYN's (a decoy meant to expire before the
+server). The single place where ParseError becomes a verdict is `handle`.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class _Flow:
     syn_seen: bool = False
     empty: int = 0
     reader: classify.Reader | None = None
+    ttl: int | None = None  # the SYN's TTL / hop limit: every later packet of the flow has the same
     quic: classify.QuicReader | None = None
     datagrams: int = 0
 
@@ -219,7 +222,8 @@ class Engine:
                     if len(self._flows) >= self.max_flows:
                         return self._fail(key, now, f"more than {self.max_flows} undecided flows",
                                           limit="flows")
-                flow = _Flow(key, now, Stream((seg.seq + 1) & 0xFFFFFFFF, MAX_FLOW_BYTES), syn_seen=True)
+                flow = _Flow(key, now, Stream((seg.seq + 1) & 0xFFFFFFFF, MAX_FLOW_BYTES), syn_seen=True,
+                             ttl=packet.ttl)
                 self._flows[key] = flow
             flow.last = now
             if not seg.payload:  # TCP Fast Open carries data in the SYN
@@ -248,10 +252,16 @@ class Engine:
         stream = flow.stream
         if stream is None:  # pragma: no cover - every TCP flow has a stream
             return ACCEPT
+        if flow.ttl is not None and packet.ttl != flow.ttl:
+            # A client's stack sends every packet of a connection with one TTL. A different one is
+            # the decoy trick: a packet made to expire (or be dropped) before the server, carrying
+            # bytes the filter should judge instead of the real ones.
+            return self._fail(flow.key, now, f"TTL {packet.ttl} where the SYN had {flow.ttl}", evasion="ttl",
+                              packet=packet, seg=seg)
         result = stream.add(seq, seg.payload)
         if result is Result.CONFLICT:
-            return self._fail(flow.key, now, "overlapping TCP segments carry different bytes", limit=None,
-                              always_block=True, packet=packet, seg=seg)
+            return self._fail(flow.key, now, "overlapping TCP segments carry different bytes", evasion="overlap",
+                              packet=packet, seg=seg)
         if result is Result.LIMIT:
             return self._fail(flow.key, now, f"no name in the first {MAX_FLOW_BYTES} bytes", limit="bytes",
                               packet=packet, seg=seg)
@@ -354,16 +364,17 @@ class Engine:
                            seg.seq + len(seg.payload), ACK | 0x08, tls.access_denied_alert(), window=seg.window)
         return (alert,)
 
-    def _fail(self, key: FlowKey, now: float, why: str, *, limit: str | None = None, always_block: bool = False,
+    def _fail(self, key: FlowKey, now: float, why: str, *, limit: str | None = None, evasion: str | None = None,
               dns_answer: bool = False, packet: Packet | None = None, seg: TcpSegment | None = None) -> Verdict:
+        """The fail verdict (fail_mode), or for a known evasion technique a block whatever the mode."""
         self.stats.fail_verdicts += 1
         if limit:
             self.stats.by_limit[limit] = self.stats.by_limit.get(limit, 0) + 1
-        allowed = self.policy.fail_mode == "open" and not always_block
-        rule = "overlap" if always_block else f"fail_mode = {self.policy.fail_mode}"
+        allowed = self.policy.fail_mode == "open" and not evasion
+        rule = evasion or f"fail_mode = {self.policy.fail_mode}"
         client_key = key.reply() if dns_answer else key
         event = Event(now, client_key, allowed, None, "none", None, None, rule,
-                      f"{why}; {self.policy.label} has {rule}" if not always_block else why)
+                      f"{why}; {self.policy.label} has {rule}" if not evasion else why)
         self._flows.pop(key, None)
         if dns_answer:
             return Verdict(Action.ACCEPT if allowed else Action.DROP, event=event)

@@ -340,3 +340,15 @@ def test_idle_flow_without_bytes_is_read_from_its_start_later() -> None:
     assert engine.handle(c.data(200, hello[200:]), later).action is Action.ACCEPT
     v = engine.handle(c.data(0, hello[:200]), later)
     assert v.action is Action.BLOCK and v.event is not None and v.event.host == "ghcr.io"
+
+
+def test_a_decoy_with_another_ttl_is_blocked() -> None:
+    # A decoy ClientHello naming an allowed registry, sent with a TTL that expires before the
+    # server, would otherwise decide the flow "allowed"; the real one (blocked name) would follow.
+    c = Conn()
+    decoy = raw(c.ip.__class__(src=C4, dst=S4, ttl=2) / TCP(sport=c.sport, dport=443, flags="PA", seq=c.isn + 1,
+                                                             ack=5000) / hello_record("registry-1.docker.io"))
+    syn = raw(IP(src=C4, dst=S4, ttl=64) / TCP(sport=c.sport, dport=443, flags="S", seq=c.isn))
+    engine = Engine(policy('allow = ["dockerhub"]\nfail_mode = "open"\n'))
+    v = run(engine, [syn, decoy])[-1]
+    assert v.action is Action.BLOCK and v.event is not None and v.event.rule == "ttl"
