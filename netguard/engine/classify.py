@@ -91,15 +91,17 @@ class QuicReader:
 
     def feed(self, datagram: bytes) -> Found | None:
         """Return the Found once known, None while more Initials are needed. Raises ParseError for
-        CRYPTO frames that contradict each other."""
+        CRYPTO frames that contradict each other and for QUIC versions other than 1."""
         if not quic.looks_like_quic_initial(datagram):
             return NO_NAME
         try:
             initial = quic.parse_initial(datagram)
         except UnsupportedVersion:
-            return NO_NAME
+            # An Initial netguard cannot read (QUIC v2, a draft): a server may; unreadable input.
+            raise
         except ParseError:
-            # Not a client Initial that decrypts: nothing a server would accept as one.
+            # Not a client Initial that decrypts with the v1 keys of its DCID: a server derives the
+            # same keys, so it would drop it too. Nothing to read here.
             return NO_NAME
         message = self._crypto.add(initial.crypto)
         if message is None:

@@ -352,3 +352,18 @@ def test_a_decoy_with_another_ttl_is_blocked() -> None:
     engine = Engine(policy('allow = ["dockerhub"]\nfail_mode = "open"\n'))
     v = run(engine, [syn, decoy])[-1]
     assert v.action is Action.BLOCK and v.event is not None and v.event.rule == "ttl"
+
+
+def _quic_initial(version: int) -> bytes:
+    # A long-header Initial of another version: netguard cannot read it.
+    return bytes((0xC3,)) + version.to_bytes(4, "big") + b"\x08" + bytes(8) + b"\x00" + bytes(1200)
+
+
+@pytest.mark.parametrize("mode, action", [("closed", Action.BLOCK), ("open", Action.ALLOW)])
+def test_quic_of_another_version_gets_the_fail_verdict(mode: str, action: Action) -> None:
+    engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
+    v = engine.handle(raw(IP(src=C4, dst=S4) / UDP(sport=5000, dport=443) / _quic_initial(0x6B3343CF)), NOW)
+    assert v.action is action and v.event is not None and v.event.source == "none"
+    # Not QUIC at all (say, DTLS on 443): judged by address.
+    other = engine.handle(raw(IP(src=C4, dst=S4) / UDP(sport=5001, dport=443) / (b"\x16\xfe\xfd" + bytes(60))), NOW)
+    assert other.action is Action.ALLOW and other.event is not None and other.event.source == "address"
