@@ -121,7 +121,11 @@ class Daemon:
                 wake_r.close()
                 wake_w.close()
                 self._injector.close()
-        self._notice("stopped; rules removed")
+        st = self.engine.stats
+        limits = ", ".join(f"{k} {v}" for k, v in sorted(st.by_limit.items())) or "none"
+        self._notice(f"stopped; rules removed ({st.packets} packets, {st.allowed} flows allowed, {st.blocked} "
+                     f"blocked, {st.dns_rewritten} DNS answers rewritten, {st.fail_verdicts} fail verdicts; "
+                     f"limits hit: {limits})")
         return 0
 
     def _loop(self, queue: Queue, wake: socket.socket) -> None:
