@@ -40,6 +40,7 @@ from netguard.wire.ip import ACK, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, TcpSeg
 MAX_FLOWS = 4096
 # Client bytes buffered per flow: the largest ClientHello (16 KiB, wire.tls.MAX_CLIENT_HELLO) in
 # records of at most 16 KiB, each with its 5-byte header, and any HTTP request head fits.
+# Worst case for the whole table: MAX_FLOWS x MAX_FLOW_BYTES, about 70 MB.
 MAX_FLOW_BYTES = 16384 + 4 + 5 * 4 + 1024
 # An undecided flow that has sent nothing for this long is forgotten (its SYN may have been lost).
 FLOW_IDLE = 60.0
