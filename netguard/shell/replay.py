@@ -126,13 +126,16 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
         if not isinstance(l4, TcpSegment | UdpDatagram):
             continue
         key = FlowKey(packet.proto, packet.src, l4.sport, packet.dst, l4.dport)
-        if l4.sport == 53:
-            verdict = engine.handle(ip, ts)
+        syn = isinstance(l4, TcpSegment) and bool(l4.flags & SYN) and not l4.flags & ACK
+        if l4.sport == 53 and key not in client and not syn:
+            # The reply direction of a flow to port 53 (or of one whose start the capture missed).
+            verdict = engine.handle(ip, ts, from_client=False)
             if verdict.event is not None:
                 order.append(len(dns_lines))
                 dns_lines.append(FlowLine(key.reply(), verdict.event))
             continue
         if isinstance(l4, UdpDatagram) and l4.dport != 443:
+            client.add(key)  # a DNS query (or other UDP): its answers come back the other way
             continue
         if key.reply() in client or key in decided:
             continue
@@ -143,7 +146,7 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
             client.add(key)
             lines[key] = FlowLine(key, None)
             order.append(key)
-        verdict = engine.handle(ip, ts)
+        verdict = engine.handle(ip, ts, from_client=True)
         if verdict.event is not None:
             lines[key].event = verdict.event
             decided.add(key)
