@@ -88,6 +88,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._injector = Injector()
+        self._queue: Queue | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class Daemon:
         if removed:
             self._notice(f"removed stale netguard rules ({', '.join(removed)})")
         opts = firewall_options(self.policy)
-        queue = Queue(opts.queue_num, self._on_packet)
+        queue = self._queue = Queue(opts.queue_num, self._on_packet)
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -200,8 +201,17 @@ class Daemon:
                          f"{new.queue_num}); restart netguard to move queues")
             return False
         if firewall_options(new) != firewall_options(self.policy):
-            firewall.remove()
-            firewall.apply(self.backend, firewall_options(new))
+            try:
+                if self._queue is not None and new.fail_mode != self.policy.fail_mode:
+                    set_fail_open(self._queue.fileno(), new.queue_num, new.fail_mode == "open", wait_ack=False)
+                # Same chain names: the old set goes, then the new one comes (a moment with none).
+                firewall.remove()
+                firewall.apply(self.backend, firewall_options(new))
+            except (OSError, firewall.FirewallError) as exc:
+                self._notice(f"reload ({why}): new rules failed ({exc}); restoring the old ones")
+                firewall.remove()
+                firewall.apply(self.backend, firewall_options(self.policy))
+                return False
         old = self.policy
         self.policy = new
         cut = self.engine.reload(new, self.clock())

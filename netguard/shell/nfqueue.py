@@ -34,7 +34,7 @@ QUEUE_MAXLEN = 4096
 __all__ = ["Packet", "Queue", "apply_verdict", "fail_open_message", "set_fail_open"]
 
 
-def fail_open_message(queue_num: int, enable: bool, seq: int = 1) -> bytes:
+def fail_open_message(queue_num: int, enable: bool, seq: int = 1, ack: bool = True) -> bytes:
     """The nfnetlink NFQNL_MSG_CONFIG message that sets (or clears) NFQA_CFG_F_FAIL_OPEN."""
     flag = NFQA_CFG_F_FAIL_OPEN if enable else 0
     # nlattr headers are host order; their payloads here are big-endian (NLA_U32 in network order).
@@ -43,17 +43,20 @@ def fail_open_message(queue_num: int, enable: bool, seq: int = 1) -> bytes:
     nfgen = struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack("!H", queue_num)
     body = nfgen + attrs
     header = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG,
-                         NLM_F_REQUEST | NLM_F_ACK, seq, 0)
+                         NLM_F_REQUEST | (NLM_F_ACK if ack else 0), seq, 0)
     return header + body
 
 
-def set_fail_open(fd: int, queue_num: int, enable: bool = True) -> None:
-    """Send the config message on the queue's socket (fd) and read the kernel's acknowledgement.
-    Call before any rule sends packets to the queue, so the next message is the ack."""
+def set_fail_open(fd: int, queue_num: int, enable: bool = True, wait_ack: bool = True) -> None:
+    """Send the config message on the queue's socket (fd); with wait_ack, read the kernel's
+    acknowledgement, which is only safe before any rule sends packets to the queue (a packet read
+    here would never get a verdict). Later (a reload), send without asking for one."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER, fileno=os.dup(fd))
     try:
         sock.settimeout(2)
-        sock.send(fail_open_message(queue_num, enable))
+        sock.send(fail_open_message(queue_num, enable, ack=wait_ack))
+        if not wait_ack:
+            return
         while True:
             reply = sock.recv(65536)
             _length, kind = struct.unpack_from("=IH", reply)

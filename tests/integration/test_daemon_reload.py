@@ -101,3 +101,24 @@ def test_reload_by_sighup_and_by_file_change(lab: lab_mod.Lab, tmp_path: Path, f
         assert curl_code(lab, BLOCKED, family) == 35
     finally:
         assert runner.stop() == 0
+
+
+def test_reload_to_fail_open_changes_the_rules_and_the_queue(lab: lab_mod.Lab, tmp_path: Path) -> None:
+    runner = Runner(lab, tmp_path, policy=HUB_ONLY).start()
+    assert runner.policy_path is not None
+    try:
+        saved = lab.client_run(["iptables-save", "-t", "filter"]).stdout
+        assert "NFQUEUE" in saved and "--queue-bypass" not in saved
+        runner.policy_path.write_text(HUB_ONLY + 'fail_mode = "open"\n')
+        runner.send_signal(signal.SIGHUP)
+        runner.wait_for("reloaded (SIGHUP)", timeout=WITHIN)
+        saved = lab.client_run(["iptables-save", "-t", "filter"]).stdout
+        assert saved.count("--queue-bypass") == 4 and saved.count("-A OUTPUT -j NETGUARD-FLOW") == 1
+        assert curl_code(lab, BLOCKED, 4) == 35  # still enforcing
+    finally:
+        runner.stop(signal.SIGKILL)
+    try:
+        assert curl_code(lab, BLOCKED, 4) == 0  # open: with the daemon gone, traffic flows
+    finally:
+        assert lab.client_run([sys.executable, "-c", "from netguard.cli import main; main()", "rules", "remove"]
+                              ).returncode == 0
