@@ -89,6 +89,7 @@ class Daemon:
         self._reload = False
         self._injector = Injector()
         self._queue: Queue | None = None
+        self._log_failures = 0
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -104,16 +105,24 @@ class Daemon:
         wake_w.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        enforcing = False
         try:
             if opts.fail_open:
                 set_fail_open(queue.fileno(), opts.queue_num)
             firewall.apply(self.backend, opts)
+            enforcing = True
             self._notice(f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
                          f"fail_mode {self.policy.fail_mode})")
             self._loop(queue, wake_r)
+            enforcing = False
         finally:
             try:
-                firewall.remove()
+                if enforcing:
+                    # A crash, not a stop: the rules stay, so the kernel keeps the fail mode's promise
+                    # (closed: nothing new passes) until a restart removes them as stale.
+                    self._notice(f"crashed; rules left in place (fail_mode {self.policy.fail_mode})")
+                else:
+                    firewall.remove()
             finally:
                 queue.close()
                 signal.set_wakeup_fd(old_wakeup)
@@ -184,8 +193,14 @@ class Daemon:
         record = event.record()
         if action:
             record["action"] = action
-        self.out.write(json.dumps(record, sort_keys=False) + "\n")
-        self.out.flush()
+        try:
+            self.out.write(json.dumps(record, sort_keys=False) + "\n")
+            self.out.flush()
+        except (OSError, ValueError) as exc:  # a closed stdout must not stop enforcement
+            self._log_failures += 1
+            if self._log_failures == 1:
+                with contextlib.suppress(OSError, ValueError):
+                    self._notice(f"cannot write the block log: {exc}")
 
     # -- reload -------------------------------------------------------------------------------
 

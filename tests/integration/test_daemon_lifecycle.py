@@ -106,3 +106,27 @@ def test_run_refuses_a_bad_policy(lab: lab_mod.Lab, tmp_path: Path) -> None:
     assert r.returncode == 2 and "bad.toml" in r.stderr, r.stderr
     assert netguard_rules(lab) == []
 
+
+
+def test_a_closed_block_log_does_not_stop_enforcement(lab: lab_mod.Lab, tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    err = tmp_path / "err"
+    with err.open("wb") as e:
+        proc = lab.client_popen([NETGUARD, "run"], stdout=subprocess.PIPE, stderr=e)
+    try:
+        deadline = time.monotonic() + 15
+        while "enforcing" not in err.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.stdout is not None
+        proc.stdout.close()  # whoever read the log went away
+        for _ in range(2):
+            code, out = curl(lab, BLOCKED, 4)
+            assert code == 35 and "reset" in out.lower(), out
+        assert curl(lab, ALLOWED, 4)[0] == 0
+        assert proc.poll() is None and "cannot write the block log" in err.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert netguard_rules(lab) == []
