@@ -28,6 +28,7 @@ from bench_sections.netpath import (
     Runner,
     build_tools,
     client_hello,
+    cpu_seconds,
     labs,
     latencies,
     percentile,
@@ -41,8 +42,8 @@ SETUPS = ("no rules", "opensnitch", "netguard")
 BLOCKED = "ghcr.io"
 READY_TIMEOUT = 20.0  # opensnitchd installs its rules within a second or two
 CURL_TIMEOUT = 3  # seconds: OpenSnitch's deny drops packets, so a blocked curl waits this long
-ROUNDS = {True: 5, False: 11}
-CONNECTIONS = {True: 300, False: 1000}
+ROUNDS = {True: 7, False: 21}
+CONNECTIONS = {True: 300, False: 500}
 
 
 def _fetch(work: Path) -> tuple[Path, str]:
@@ -137,7 +138,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
                             section="peer")]
             runner = Runner(lab["netguard"], work, name="netguard").start()
             try:
-                rows += _latency(lab, tools, hello_path, len(hello), quick, version)
+                pids = {"opensnitch": snitch.pid, "netguard": runner.proc.pid if runner.proc else 0}
+                rows += _latency(lab, tools, hello_path, len(hello), quick, version, pids)
                 rows += _cases(lab, version)
             finally:
                 runner.stop()
@@ -146,7 +148,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 
 def _latency(lab: dict[str, lab_mod.Lab], tools: Path, hello: Path, hello_len: int, quick: bool,
-             version: str) -> list[dict[str, Any]]:
+             version: str, pids: dict[str, int]) -> list[dict[str, Any]]:
     for s in SETUPS:
         start_server(lab[s], tools, hello_len)
     target = lab["netguard"].hosts[0].v4
@@ -155,10 +157,14 @@ def _latency(lab: dict[str, lab_mod.Lab], tools: Path, hello: Path, hello_len: i
     p50: dict[str, list[float]] = {s: [] for s in SETUPS}
     p99: dict[str, list[float]] = {s: [] for s in SETUPS}
     failed = dict.fromkeys(SETUPS, 0)
+    cpu = dict.fromkeys(SETUPS, 0.0)
     n = CONNECTIONS[quick]
     for _ in range(ROUNDS[quick]):
         for s in SETUPS:
+            cpu0 = cpu_seconds(pids[s]) if s in pids else 0.0
             values, bad = latencies(lab[s], tools, hello, target, n)
+            if s in pids:
+                cpu[s] += cpu_seconds(pids[s]) - cpu0
             failed[s] += bad
             if values:
                 p50[s].append(percentile(values, 0.5))
@@ -170,6 +176,9 @@ def _latency(lab: dict[str, lab_mod.Lab], tools: Path, hello: Path, hello_len: i
             base = statistics.median(per["no rules"])
             value = statistics.median(per[s])
             note = f"{ROUNDS[quick]} rounds x {n} connections; {failed[s]} failed"
+            if s in pids:
+                who = "opensnitchd" if s == "opensnitch" else "netguard"
+                note += f"; {1e6 * cpu[s] / (ROUNDS[quick] * n):.0f} µs of {who} CPU per connection (utime+stime)"
             if s != "no rules":
                 note += f"; adds {value - base:.1f} µs to no rules"
             rows.append(row(f"new connection + 517 B ClientHello + reply, {label}, {q}", q, value, "µs", note=note,
