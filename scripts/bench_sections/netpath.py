@@ -16,9 +16,14 @@ temporary directory at run time): Python would measure itself, not the path.
   the queue never overflows): ClientHello segments each on a new flow (raw socket, counted arriving
   in the registry namespace) and DNS answers from port 53 (counted arriving at a client socket).
   Per-core figure = verdicts / the daemon's CPU time (utime + stime from /proc/PID/stat).
-- peak RSS: the real daemon (not an in-process model) started with a generated 100k-entry policy
-  file, then fed 100k DNS answers each teaching a new name and address; VmHWM from /proc/PID/status.
-Where a goal is missed, the note carries a cProfile of the daemon under the same flood.
+- peak RSS, two ways: the real daemon started with a generated 100k-entry policy file and fed DNS
+  answers each teaching a new name and address until its name table is full (it holds at most
+  engine.names.MAX_ENTRIES, fewer than 100k), VmHWM from /proc/PID/status; and, for 100k names, an
+  in-process model (Engine + that policy + a NameTable allowed 100k names) in a fresh interpreter,
+  ru_maxrss. Then the cost of an answer once the daemon's table is full.
+Where a goal is missed, the note carries a cProfile of the daemon under the same flood (tracemalloc
+by module for memory); latency misses point at the ClientHello profile with measured packets and
+daemon CPU per connection.
 """
 
 from __future__ import annotations
@@ -142,7 +147,10 @@ def conntrack_only_rules(family: firewall.Family) -> str:
         if queue in line:
             line = line.replace(queue, allowed if firewall.CHAIN_FLOW in line else "-j RETURN")
         out.append(line)
-    return "\n".join(out) + "\n"
+    text = "\n".join(out) + "\n"
+    if "NFQUEUE" in text:  # the rule builder changed its queue target: this floor would queue too
+        raise RuntimeError("netpath: conntrack-only rules still hold an NFQUEUE target")
+    return text
 
 
 def install_conntrack_only(lab: lab_mod.Lab) -> None:
@@ -153,10 +161,14 @@ def install_conntrack_only(lab: lab_mod.Lab) -> None:
 
 
 def queued_packets(lab: lab_mod.Lab) -> int:
-    """Packets netguard's NFQUEUE rules have sent to the daemon in the lab's client namespace (IPv4)."""
-    saved = netns.run(lab.client, [firewall.tool("iptables-nft", 4, "save"), "-c", "-t", "filter"]).stdout
-    return sum(int(line[1:].split(":", 1)[0]) for line in saved.splitlines()
-               if line.startswith("[") and "NFQUEUE" in line)
+    """Packets netguard's NFQUEUE rules have sent to the daemon in the lab's client namespace (IPv4,
+    either iptables backend)."""
+    total = 0
+    for backend in firewall.BACKENDS:
+        saved = netns.run(lab.client, [firewall.tool(backend, 4, "save"), "-c", "-t", "filter"], check=False).stdout
+        total += sum(int(line[1:].split(":", 1)[0]) for line in saved.splitlines()
+                     if line.startswith("[") and "NFQUEUE" in line)
+    return total
 
 
 def load() -> str:
