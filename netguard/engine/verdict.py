@@ -1,11 +1,11 @@
 """What the engine hands back for one packet: an action for the kernel and, when a flow or a DNS
 answer was decided, an event describing the decision.
 
-Strategy: frozen values only. The shell maps Action to NetfilterQueue calls: ACCEPT -> accept();
-ALLOW -> set_mark(allowed) + repeat() (the rules save the mark in the connection, the rest of the
-flow stays in the kernel); BLOCK -> set_mark(blocked) + repeat() (the kernel REJECT rule fires);
-DROP -> drop() (DNS answers only: a repeat there would queue the packet again); REWRITE -> the
-packet's bytes replaced by `payload`, then accept().
+Strategy: frozen values only. The shell maps Action to NetfilterQueue calls, always a repeat with a
+mark so the packet goes on through the rest of the chain: ACCEPT -> mark "passed" (this packet
+only); ALLOW -> mark allowed (the rules save it in the connection, the rest of the flow stays in
+the kernel); BLOCK -> mark blocked (the kernel REJECT rule fires); REWRITE -> the packet's bytes
+replaced by `payload`, mark "passed"; DROP -> drop().
 """
 
 from __future__ import annotations

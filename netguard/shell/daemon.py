@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from netguard.engine import Action, Engine, Event
+from netguard.engine import Action, Engine, Event, Verdict
 from netguard.policy import Policy, PolicyError
 from netguard.shell import conntrack, firewall
 from netguard.shell.inject import Injector
@@ -89,6 +89,7 @@ class Daemon:
         self._reload = False
         self._injector = Injector()
         self._queue: Queue | None = None
+        self._marks = firewall_options(self.policy).marks
         self._log_failures = 0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -173,19 +174,17 @@ class Daemon:
             verdict = self.engine.handle(data, self.clock(), from_client=FROM_CLIENT.get(packet.hook))
         except Exception as exc:  # a bug must not take enforcement down
             self._notice(f"internal error on a packet ({type(exc).__name__}: {exc}); fail verdict")
-            fail = Action.ACCEPT if self.policy.fail_mode == "open" else Action.DROP
-            if fail is Action.ACCEPT:
-                packet.accept()
-            else:
-                packet.drop()
+            fail = Verdict(Action.ACCEPT if self.policy.fail_mode == "open" else Action.DROP)
+            m = self._marks
+            apply_verdict(packet, fail, m.mask, m.allowed, m.blocked, m.passed)
             return
         for raw in verdict.inject:
             try:
                 self._injector.send(raw)
             except OSError as exc:
                 self._notice(f"could not send the TLS alert: {exc}")
-        p = self.policy
-        apply_verdict(packet, verdict, p.mark_mask, p.mark_allowed, p.mark_blocked)
+        marks = self._marks
+        apply_verdict(packet, verdict, marks.mask, marks.allowed, marks.blocked, marks.passed)
         if verdict.event is not None and not verdict.event.allowed:
             self._log(verdict.event)
 
@@ -229,6 +228,7 @@ class Daemon:
                 return False
         old = self.policy
         self.policy = new
+        self._marks = firewall_options(new).marks
         cut = self.engine.reload(new, self.clock())
         cut_count = 0
         for event in cut:

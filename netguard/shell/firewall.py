@@ -11,6 +11,9 @@ What is queued (DESIGN.md section 3): DNS answers (UDP and TCP from port 53), th
 of every undecided outbound TCP flow (a byte window via connbytes: with GSO one write is one packet,
 so a packet count would be wrong), and the first datagrams of UDP 443 flows. Once the daemon has
 decided, the verdict is saved in the connection mark and the rest of the flow stays in the kernel.
+Every verdict is given with NF_REPEAT and a packet mark, never a bare accept: a bare accept would
+skip the rules after netguard's jump (Docker's FORWARD isolation, an operator's own OUTPUT rules),
+so a queued packet would escape them.
 A flow marked blocked is rejected by the kernel (TCP reset for TCP, ICMP port unreachable for UDP);
 the kernel's own reset travels back through OUTPUT with the same connection mark, so a rule before
 the REJECT lets resets out.
@@ -64,6 +67,17 @@ class Marks:
         if self.allowed == self.blocked:
             raise ValueError("the allowed and blocked marks must differ")
 
+    @property
+    def passed(self) -> int:
+        """The packet mark for "seen, let this one packet go on" (never saved in the connection):
+        the first value inside the mask that is neither 0 nor allowed nor blocked."""
+        low = self.mask & -self.mask
+        for k in range(1, 4):
+            value = k * low
+            if not value & ~self.mask and value not in (self.allowed, self.blocked):
+                return value
+        raise ValueError(f"mark mask 0x{self.mask:x} leaves no value besides allowed and blocked")
+
 
 @dataclass(frozen=True)
 class Options:
@@ -91,8 +105,12 @@ def build_rules(family: Family, opts: Options) -> str:
     blocked = ["-m", "connmark", "--mark", _m(mk.blocked, mk.mask)]
     unreach = "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"
     original = ["-m", "conntrack", "--ctdir", "ORIGINAL"]
+    # The daemon gives every verdict with repeat(), so the packet runs through the rest of the
+    # chain (and the rules of others after netguard's jump) instead of skipping them: "passed"
+    # returns at once; a verdict mark becomes the connection's.
+    passed = ["-m", "mark", "--mark", _m(mk.passed, mk.mask), "-j", "RETURN"]
     flow: list[list[str]] = [
-        # A verdict the daemon set on the packet (set_mark + repeat) becomes the connection's.
+        passed,
         ["-m", "mark", "!", "--mark", _m(0, mk.mask),
          "-j", "CONNMARK", "--save-mark", "--nfmask", hex(mk.mask), "--ctmask", hex(mk.mask)],
         ["-p", "tcp", "--tcp-flags", "RST", "RST", *blocked, "-j", "RETURN"],
@@ -110,6 +128,7 @@ def build_rules(family: Family, opts: Options) -> str:
     # process may bind it) is original direction and must meet the flow rules instead.
     reply = ["-m", "conntrack", "--ctdir", "REPLY"]
     dns = [
+        passed,
         ["-p", "udp", "--sport", "53", *reply, *_queue(opts)],
         ["-p", "tcp", "--sport", "53", *reply, *_queue(opts)],
     ]

@@ -89,19 +89,15 @@ class Queue:
         self._nfq.unbind()
 
 
-def apply_verdict(packet: Packet, verdict: Verdict, mask: int, allowed: int, blocked: int) -> None:
-    """Give the kernel the engine's verdict for one packet."""
+def apply_verdict(packet: Packet, verdict: Verdict, mask: int, allowed: int, blocked: int, passed: int) -> None:
+    """Give the kernel the engine's verdict for one packet. Everything but a drop is a repeat with a
+    mark, so the packet goes on through the rest of the chain (see firewall.py)."""
     action = verdict.action
-    if action is Action.ACCEPT:
-        packet.accept()
-    elif action is Action.ALLOW:
-        packet.set_mark((packet.get_mark() & ~mask) | allowed)
-        packet.repeat()
-    elif action is Action.BLOCK:
-        packet.set_mark((packet.get_mark() & ~mask) | blocked)
-        packet.repeat()
-    elif action is Action.REWRITE and verdict.payload is not None:
-        packet.set_payload(verdict.payload)
-        packet.accept()
-    else:
+    if action is Action.DROP or (action is Action.REWRITE and verdict.payload is None):
         packet.drop()
+        return
+    mark = {Action.ALLOW: allowed, Action.BLOCK: blocked}.get(action, passed)
+    if action is Action.REWRITE and verdict.payload is not None:
+        packet.set_payload(verdict.payload)
+    packet.set_mark((packet.get_mark() & ~mask) | mark)
+    packet.repeat()

@@ -5,6 +5,7 @@ closed: nothing new gets through; open: traffic flows)."""
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,36 @@ def test_a_closed_block_log_does_not_stop_enforcement(lab: lab_mod.Lab, tmp_path
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     assert netguard_rules(lab) == []
+
+
+CONNECT = """
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.settimeout(5)
+try:
+    s.connect((sys.argv[1], 443))
+    print("connected")
+except OSError as e:
+    print(type(e).__name__)
+"""
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_rules_after_netguards_still_apply_to_queued_packets(lab: lab_mod.Lab, tmp_path: Path, family: int) -> None:
+    # An operator's rule placed after netguard's jump: netguard queues the SYN first, and its
+    # verdict must not let the packet skip this rule (a bare accept would).
+    target = lab.host("www.example.test")
+    addr = target.v4 if family == 4 else target.v6
+    tool = "iptables" if family == 4 else "ip6tables"
+    rule = ["OUTPUT", "-p", "tcp", "--syn", "-d", addr, "--dport", "443", "-j", "REJECT", "--reject-with", "tcp-reset"]
+    runner = Runner(lab, tmp_path).start()
+    lab.client_run([tool, "-A", *rule])
+    try:
+        r = lab.client_run([sys.executable, "-c", CONNECT, addr])
+        assert r.stdout.strip() == "ConnectionRefusedError", r.stdout + r.stderr
+        other = lab.host(ALLOWED)
+        r = lab.client_run([sys.executable, "-c", CONNECT, other.v4 if family == 4 else other.v6])
+        assert r.stdout.strip() == "connected", r.stdout + r.stderr
+    finally:
+        lab.client_run([tool, "-D", *rule])
+        assert runner.stop() == 0

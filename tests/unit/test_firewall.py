@@ -24,7 +24,8 @@ def test_what_is_queued() -> None:
     lines = rules()
     dns = [r for r in lines if r.startswith("-A NETGUARD-DNS")]
     # Answers only (reply direction): a client flow from port 53 must meet the flow rules.
-    assert dns == ["-A NETGUARD-DNS -p udp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413",
+    assert dns == ["-A NETGUARD-DNS -m mark --mark 0x300000/0x700000 -j RETURN",
+                   "-A NETGUARD-DNS -p udp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413",
                    "-A NETGUARD-DNS -p tcp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413"]
     tcp = next(r for r in lines if "-p tcp" in r and "NFQUEUE" in r and "NETGUARD-FLOW" in r)
     # Client direction only, undecided connections only, a byte window (GSO: not a packet count).
@@ -36,7 +37,9 @@ def test_what_is_queued() -> None:
 
 def test_enforcement_order_and_marks() -> None:
     lines = [r for r in rules(6, marks=Marks(0xF0, 0x10, 0x20)) if r.startswith("-A NETGUARD-FLOW")]
-    save, rst, reject_tcp, reject_udp, drop, decided = lines[:6]
+    passed, save, rst, reject_tcp, reject_udp, drop, decided = lines[:7]
+    # A packet the daemon let go on (repeat + "passed") leaves at once, its mark never saved.
+    assert passed == "-A NETGUARD-FLOW -m mark --mark 0x30/0xf0 -j RETURN"
     assert "--save-mark --nfmask 0xf0 --ctmask 0xf0" in save and "! --mark 0x0/0xf0" in save
     # The kernel's own reset must get out before the REJECT rule sees it.
     assert "--tcp-flags RST RST" in rst and rst.endswith("-j RETURN") and "0x20/0xf0" in rst
@@ -87,3 +90,9 @@ def test_removal_takes_exactly_our_jumps_and_chains() -> None:
 def test_tool_names() -> None:
     assert firewall.tool("iptables-nft", 6, "restore") == "ip6tables-nft-restore"
     assert firewall.tool("iptables-legacy", 4, "save") == "iptables-legacy-save"
+
+
+@pytest.mark.parametrize("mask, allowed, blocked, passed", [
+    (0x700000, 0x100000, 0x200000, 0x300000), (0x3, 0x1, 0x3, 0x2), (0xF0, 0x20, 0x10, 0x30), (0x6, 0x2, 0x4, 0x6)])
+def test_passed_mark(mask: int, allowed: int, blocked: int, passed: int) -> None:
+    assert Marks(mask, allowed, blocked).passed == passed
