@@ -45,7 +45,8 @@ class StartError(RuntimeError):
 def firewall_options(policy: Policy) -> firewall.Options:
     """The rule options a policy asks for."""
     marks = firewall.Marks(policy.mark_mask, policy.mark_allowed, policy.mark_blocked)
-    return firewall.Options(queue_num=policy.queue_num, marks=marks, fail_open=policy.fail_mode == "open")
+    return firewall.Options(queue_num=policy.queue_num, marks=marks, fail_open=policy.fail_mode == "open",
+                            untracked_alerts=policy.block_action == "tls-alert")
 
 
 def choose_backend(requested: str | None) -> firewall.Backend:
@@ -87,9 +88,9 @@ class Daemon:
         self._mtime = self._policy_mtime()
         self._stop = False
         self._reload = False
-        self._injector = Injector()
         self._queue: Queue | None = None
         self._marks = firewall_options(self.policy).marks
+        self._injector = Injector(self._marks.passed)
         self._log_failures = 0
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -228,7 +229,10 @@ class Daemon:
                 return False
         old = self.policy
         self.policy = new
-        self._marks = firewall_options(new).marks
+        if firewall_options(new).marks != self._marks:
+            self._marks = firewall_options(new).marks
+            self._injector.close()
+            self._injector = Injector(self._marks.passed)
         cut = self.engine.reload(new, self.clock())
         cut_count = 0
         for event in cut:

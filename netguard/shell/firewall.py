@@ -33,6 +33,7 @@ from netguard.shell import netns
 CHAIN_PREFIX = "NETGUARD"
 CHAIN_FLOW = "NETGUARD-FLOW"  # verdict enforcement + queueing of new client flows (OUTPUT, FORWARD)
 CHAIN_DNS = "NETGUARD-DNS"  # DNS answers to the queue (INPUT, FORWARD)
+CHAIN_RAW = "NETGUARD-RAW"  # raw table: injected TLS alerts leave conntrack alone (OUTPUT)
 CHAINS = (CHAIN_FLOW, CHAIN_DNS)
 HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DNS,),
                                      "FORWARD": (CHAIN_DNS, CHAIN_FLOW)}
@@ -87,6 +88,10 @@ class Options:
     marks: Marks = Marks()
     fail_open: bool = False  # --queue-bypass: traffic flows while no daemon listens
     forward: bool = True  # also judge traffic routed through this host (containers behind a bridge)
+    # block_action = "tls-alert": the injected alerts (marked "passed") skip connection tracking.
+    # Toward a masqueraded container an alert matches no direction of the NATed connection's entry,
+    # and the new entry it would make clashes with that one and is dropped.
+    untracked_alerts: bool = False
 
 
 def _m(value: int, mask: int) -> str:
@@ -99,7 +104,8 @@ def _queue(opts: Options) -> list[str]:
 
 
 def build_rules(family: Family, opts: Options) -> str:
-    """The iptables-restore text (filter table) that installs netguard's chains and jumps."""
+    """The iptables-restore text that installs netguard's chains and jumps (filter table; raw too
+    with untracked_alerts)."""
     mk = opts.marks
     undecided = ["-m", "connmark", "--mark", _m(0, mk.mask)]
     blocked = ["-m", "connmark", "--mark", _m(mk.blocked, mk.mask)]
@@ -141,6 +147,10 @@ def build_rules(family: Family, opts: Options) -> str:
         # Inserted in reverse so that the first chain listed runs first.
         lines += [f"-I {hook} 1 -j {chain}" for chain in reversed(chains)]
     lines.append("COMMIT")
+    if opts.untracked_alerts:
+        lines += ["*raw", f":{CHAIN_RAW} - [0:0]",
+                  f"-A {CHAIN_RAW} -m mark --mark {_m(mk.passed, mk.mask)} -j CT --notrack",
+                  f"-I OUTPUT 1 -j {CHAIN_RAW}", "COMMIT"]
     return "\n".join(lines) + "\n"
 
 
@@ -197,12 +207,15 @@ def _call(ns: str | None, argv: list[str], stdin: str | None = None) -> subproce
 
 
 def save(backend: Backend, family: Family, ns: str | None = None) -> str:
-    """The filter table as `iptables-save` prints it ('' if the tool is missing or fails)."""
-    try:
-        r = _call(ns, [tool(backend, family, "save"), "-t", "filter"])
-    except FileNotFoundError:
-        return ""
-    return r.stdout if r.returncode == 0 else ""
+    """The filter and raw tables as `iptables-save` prints them ('' if the tool is missing or fails)."""
+    out = ""
+    for table in ("filter", "raw"):
+        try:
+            r = _call(ns, [tool(backend, family, "save"), "-t", table])
+        except FileNotFoundError:
+            return ""
+        out += r.stdout if r.returncode == 0 else ""
+    return out
 
 
 def installed(backend: Backend, family: Family, ns: str | None = None) -> list[str]:

@@ -27,7 +27,12 @@ def container(lab: lab_mod.Lab) -> str:
 
 @pytest.fixture
 def runner(lab: lab_mod.Lab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Runner]:
-    r = Runner(lab, tmp_path, args=getattr(request, "param", ())).start()
+    args = tuple(getattr(request, "param", ()))
+    if args == ("--policy", "TLS_ALERT"):
+        policy = tmp_path / "alert.toml"
+        policy.write_text('allow = ["dockerhub"]\nblock_action = "tls-alert"\n')
+        args = ("--policy", str(policy))
+    r = Runner(lab, tmp_path, args=args).start()
     try:
         yield r
     finally:
@@ -79,3 +84,17 @@ def test_legacy_rules_removed_on_sigterm(lab: lab_mod.Lab, tmp_path: Path) -> No
     assert netguard_rules(lab)
     assert r.stop(signal.SIGTERM) == 0
     assert netguard_rules(lab) == []
+
+
+@pytest.mark.parametrize("runner", [("--policy", "TLS_ALERT")], indirect=True)
+def test_masqueraded_container_gets_the_tls_alert(lab: lab_mod.Lab, container: str, runner: Runner) -> None:
+    # The alert is addressed to the container; the NATed connection's conntrack entry knows the host's
+    # address in its reply direction, so the alert must skip conntrack (raw table) to get through.
+    nat = ["POSTROUTING", "-s", "10.78.0.0/24", "-o", "eth0", "-j", "MASQUERADE"]
+    netns.run(lab.client, ["iptables", "-t", "nat", "-A", *nat])
+    try:
+        took, code, out = curl(container, lab, BLOCKED, 4)
+        assert code == 35 and "alert access denied" in out and took < 1.0, out
+        assert curl(container, lab, ALLOWED, 4)[1] == 0
+    finally:
+        netns.run(lab.client, ["iptables", "-t", "nat", "-D", *nat])

@@ -96,3 +96,15 @@ def test_tool_names() -> None:
     (0x700000, 0x100000, 0x200000, 0x300000), (0x3, 0x1, 0x3, 0x2), (0xF0, 0x20, 0x10, 0x30), (0x6, 0x2, 0x4, 0x6)])
 def test_passed_mark(mask: int, allowed: int, blocked: int, passed: int) -> None:
     assert Marks(mask, allowed, blocked).passed == passed
+
+
+def test_untracked_alerts_add_a_raw_table_part_that_removal_finds() -> None:
+    text = build_rules(4, Options(untracked_alerts=True))
+    raw = text[text.index("*raw"):].splitlines()
+    assert raw == ["*raw", ":NETGUARD-RAW - [0:0]",
+                   "-A NETGUARD-RAW -m mark --mark 0x300000/0x700000 -j CT --notrack",
+                   "-I OUTPUT 1 -j NETGUARD-RAW", "COMMIT"]
+    assert "*raw" not in build_rules(4, Options())
+    saved = "*raw\n:OUTPUT ACCEPT [0:0]\n:NETGUARD-RAW - [0:0]\n-A OUTPUT -j NETGUARD-RAW\n" \
+            "-A NETGUARD-RAW -m mark --mark 0x300000/0x700000 -j CT --notrack\nCOMMIT\n"
+    assert build_removal(saved) == "*raw\n-D OUTPUT -j NETGUARD-RAW\n-F NETGUARD-RAW\n-X NETGUARD-RAW\nCOMMIT\n"
