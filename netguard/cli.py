@@ -119,23 +119,24 @@ def policy_validate(file: str) -> None:
 def policy_show(policy_path: str | None, as_json: bool) -> None:
     """Show the effective allow/block table: every host pattern, its registry and the rule."""
     p = _load(policy_path)
-    rows = sorted(((str(pattern), rule) for pattern, rule in p.table), key=lambda r: (r[1].registry or "~", r[0]))
+    rows = sorted(((str(pattern), rule, rule.text(pattern)) for pattern, rule in p.table),
+                  key=lambda r: (r[1].registry or "~", r[0]))
     settings = {"name": p.name, "source": p.source, "unknown_hosts": p.unknown_hosts, "fail_mode": p.fail_mode,
                 "block_action": p.block_action, "dns_block": p.dns_block, "queue_num": p.queue_num,
                 "mark_mask": hex(p.mark_mask), "mark_allowed": hex(p.mark_allowed),
                 "mark_blocked": hex(p.mark_blocked)}
     if as_json:
         table = [{"pattern": pat, "action": "allow" if r.allowed else "block", "registry": r.registry,
-                  "rule": r.text} for pat, r in rows]
+                  "rule": text} for pat, r, text in rows]
         click.echo(json.dumps({"settings": settings, "table": table}, indent=2))
         return
     for key, value in settings.items():
         click.echo(f"{key:14} {value}")
     click.echo("")
-    width = max(len(pat) for pat, _ in rows) if rows else 10
+    width = max(len(pat) for pat, _, _ in rows) if rows else 10
     click.echo(f"{'ACTION':7} {'PATTERN':{width}}  {'REGISTRY':18} RULE")
-    for pat, r in rows:
-        click.echo(f"{'allow' if r.allowed else 'block':7} {pat:{width}}  {r.registry or '-':18} {r.text}")
+    for pat, r, text in rows:
+        click.echo(f"{'allow' if r.allowed else 'block':7} {pat:{width}}  {r.registry or '-':18} {text}")
     click.echo(f"\nany other host: {p.unknown_hosts} (unknown_hosts)")
 
 

@@ -31,5 +31,6 @@ def decide(host: str, port: int | None, policy: Policy) -> Decision:
     pattern, r = hit
     who = f"{r.registry_name} ({r.registry})" if r.registry else f"a registry host ({pattern})"
     verb = "allowed" if r.allowed else "blocked"
-    return Decision(r.allowed, name, port, r.registry, r.registry_name, r.text,
-                    f"{name} is {who}: {verb} by {policy.label}, rule {r.text!r}")
+    text = r.text(pattern)
+    return Decision(r.allowed, name, port, r.registry, r.registry_name, text,
+                    f"{name} is {who}: {verb} by {policy.label}, rule {text!r}")

@@ -28,6 +28,7 @@ DEFAULT_MARK_BLOCKED = 0x00200000
 UnknownHosts = Literal["allow", "deny"]
 FailMode = Literal["closed", "open"]
 BlockAction = Literal["reset", "tls-alert"]
+Origin = Literal["catalog", "allow", "block"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "unknown_hosts": ("allow", "deny"),
@@ -40,12 +41,19 @@ _KEYS = {"name", "allow", "block", "dns_block", "queue_num", "mark_mask", "mark_
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """What a table entry says about the hosts it matches."""
+    """What a table entry says about the hosts it matches. Rules are shared between entries (one per
+    registry and origin), so the rule as written is rebuilt from the matching pattern: `text`."""
 
     allowed: bool
     registry: str | None  # catalog id, or None for a policy pattern outside the catalog
     registry_name: str | None
-    text: str  # the rule as a person would find it: "allow = ghcr", "block = *.corp.example"
+    origin: Origin
+
+    def text(self, pattern: Pattern) -> str:
+        """The rule as a person would find it: "allow = ghcr", "block = *.corp.example"."""
+        if self.origin != "catalog":
+            return f"{self.origin} = {pattern}"
+        return f"allow = {self.registry}" if self.allowed else f"{self.registry} is not in allow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,16 +131,18 @@ def parse_policy(text: str, source: str, catalog: Catalog, default_name: str = "
 
     table: PatternTable[Rule] = PatternTable()
     for reg in catalog.registries.values():
-        allowed = reg.id in allow_ids
-        text_rule = f"allow = {reg.id}" if allowed else f"{reg.id} is not in allow"
+        shared = Rule(reg.id in allow_ids, reg.id, reg.name, "catalog")
         for p in reg.patterns:
-            table.put(p, Rule(allowed, reg.id, reg.name, text_rule))
+            table.put(p, shared)
     # A policy pattern inside a catalog registry (myteam.azurecr.io under *.azurecr.io) keeps that
     # registry's name in decisions; look them all up before the policy's own entries go in.
-    explicit = [(p, True, "allow") for p in allow_patterns] + [(p, False, "block") for p in block_patterns]
+    explicit: list[tuple[Pattern, bool, Origin]] = [(p, True, "allow") for p in allow_patterns]
+    explicit += [(p, False, "block") for p in block_patterns]
     under = [table.get(p) or _hit(table.lookup(p.name, p.port)) for p, _, _ in explicit]
-    for (p, allowed, key), u in zip(explicit, under, strict=True):
-        table.put(p, Rule(allowed, u.registry if u else None, u.registry_name if u else None, f"{key} = {p}"))
+    rules: dict[Rule, Rule] = {}
+    for (p, allowed, origin), u in zip(explicit, under, strict=True):
+        rule = Rule(allowed, u.registry if u else None, u.registry_name if u else None, origin)
+        table.put(p, rules.setdefault(rule, rule))
     return Policy(name=name, source=source, catalog=catalog, allow_ids=frozenset(allow_ids), table=table,
                   warnings=tuple(warnings), **settings)
 

@@ -19,25 +19,27 @@ _Key = tuple[str, bool, int | None]
 
 
 class PatternTable(Generic[V]):
-    """Maps host patterns to values; `lookup` returns the most specific match."""
+    """Maps host patterns to values; `lookup` returns the most specific match.
+
+    Only the key tuple and the value are stored (the Pattern is rebuilt on a hit), and callers are
+    expected to share value objects, so a 100k-entry policy costs one dict entry per pattern."""
 
     __slots__ = ("_entries",)
 
     def __init__(self) -> None:
-        self._entries: dict[_Key, tuple[Pattern, V]] = {}
+        self._entries: dict[_Key, V] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __iter__(self) -> Iterator[tuple[Pattern, V]]:
-        return iter(self._entries.values())
+        return (((Pattern(*key)), value) for key, value in self._entries.items())
 
     def get(self, pattern: Pattern) -> V | None:
-        hit = self._entries.get((pattern.name, pattern.wildcard, pattern.port))
-        return None if hit is None else hit[1]
+        return self._entries.get((pattern.name, pattern.wildcard, pattern.port))
 
     def put(self, pattern: Pattern, value: V) -> None:
-        self._entries[(pattern.name, pattern.wildcard, pattern.port)] = (pattern, value)
+        self._entries[(pattern.name, pattern.wildcard, pattern.port)] = value
 
     def lookup(self, host: str, port: int | None) -> tuple[Pattern, V] | None:
         """The most specific entry matching a normalised host (and port, if known)."""
@@ -45,19 +47,19 @@ class PatternTable(Generic[V]):
         if port is not None:
             hit = entries.get((host, False, port))
             if hit is not None:
-                return hit
+                return Pattern(host, False, port), hit
         hit = entries.get((host, False, None))
         if hit is not None:
-            return hit
+            return Pattern(host, False, None), hit
         dot = host.find(".")
         while dot != -1:
             suffix = host[dot + 1 :]
             if port is not None:
                 hit = entries.get((suffix, True, port))
                 if hit is not None:
-                    return hit
+                    return Pattern(suffix, True, port), hit
             hit = entries.get((suffix, True, None))
             if hit is not None:
-                return hit
+                return Pattern(suffix, True, None), hit
             dot = host.find(".", dot + 1)
         return None
