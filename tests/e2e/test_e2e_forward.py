@@ -144,9 +144,6 @@ def alert_vm(reg: rl.RegistryLab, tmp_path: Path) -> Iterator[tuple[rl.Vm, Runne
             runner.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="the injected TLS alert never reaches a masqueraded container: it is "
-                   "addressed to the container, which matches no direction of the NATed connection's "
-                   "conntrack entry; the client sees only the reset")
 def test_container_gets_the_tls_alert(reg: rl.RegistryLab, alert_vm: tuple[rl.Vm, Runner]) -> None:
     vm, runner = alert_vm
     r = skopeo(reg, vm.containers[0], BLOCKED, "v4", "inspect")
