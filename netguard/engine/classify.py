@@ -55,7 +55,7 @@ class Reader:
                 return None
             if isinstance(result, tls.NotTls):
                 return NO_NAME
-            return Found(result.sni, "sni") if result.sni else NO_NAME
+            return _hello_name(result, "sni")
         return _http(prefix)
 
 
@@ -106,5 +106,12 @@ class QuicReader:
         message = self._crypto.add(initial.crypto)
         if message is None:
             return None
-        hello = tls.parse_handshake(message)
-        return Found(hello.sni, "quic-sni") if hello.sni else NO_NAME
+        return _hello_name(tls.parse_handshake(message), "quic-sni")
+
+
+def _hello_name(hello: tls.ClientHello, source: str) -> Found:
+    # A server_name a server may read differently from us (two host names, an empty or non-ASCII
+    # one) is unreadable input, not "no name": judging it by address would be an easy bypass.
+    if hello.sni_problem is not None:
+        raise Malformed(f"server_name: {hello.sni_problem}")
+    return Found(hello.sni, source) if hello.sni else NO_NAME

@@ -117,6 +117,16 @@ def test_retransmission_is_fine_and_a_conflicting_overlap_blocks_even_fail_open(
 
 
 @pytest.mark.parametrize("mode, action", [("closed", Action.BLOCK), ("open", Action.ALLOW)])
+def test_a_server_name_we_cannot_read_gets_the_fail_verdict(mode: str, action: Action) -> None:
+    hello = hello_record("ghcr.io").replace(b"ghcr.io", b"ghcr.i\xff")  # non-ASCII: reported, not guessed
+    engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
+    c = Conn()
+    v = run(engine, [c.syn(), c.data(0, hello)])[-1]
+    assert v.action is action
+    assert v.event is not None and "server_name" in v.event.reason
+
+
+@pytest.mark.parametrize("mode, action", [("closed", Action.BLOCK), ("open", Action.ALLOW)])
 def test_byte_limit_gives_the_fail_verdict(mode: str, action: Action) -> None:
     engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
     c = Conn()
