@@ -97,7 +97,9 @@ class Daemon:
 
     def run(self) -> int:
         """Install, enforce until SIGTERM/SIGINT, remove. Returns the exit code."""
-        removed = firewall.remove()
+        # Stale rules of the chosen backend are replaced in one transaction by apply() below, so
+        # a restart after a crash never opens a gap; those of the other backend go now.
+        removed = firewall.remove(keep=self.backend)
         if removed:
             self._notice(f"removed stale netguard rules ({', '.join(removed)})")
         opts = firewall_options(self.policy)
@@ -111,7 +113,10 @@ class Daemon:
         try:
             if opts.fail_open:
                 set_fail_open(queue.fileno(), opts.queue_num)
+            stale = [f"{self.backend} IPv{f}" for f in firewall.FAMILIES if firewall.installed(self.backend, f)]
             firewall.apply(self.backend, opts)
+            if stale:
+                self._notice(f"replaced stale netguard rules in one step ({', '.join(stale)})")
             enforcing = True
             self._notice(f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
                          f"fail_mode {self.policy.fail_mode})")
@@ -219,12 +224,10 @@ class Daemon:
             try:
                 if self._queue is not None and new.fail_mode != self.policy.fail_mode:
                     set_fail_open(self._queue.fileno(), new.queue_num, new.fail_mode == "open", wait_ack=False)
-                # Same chain names: the old set goes, then the new one comes (a moment with none).
-                firewall.remove()
+                # The new set replaces the old one in one transaction per table: no moment without.
                 firewall.apply(self.backend, firewall_options(new))
             except (OSError, firewall.FirewallError) as exc:
                 self._notice(f"reload ({why}): new rules failed ({exc}); restoring the old ones")
-                firewall.remove()
                 firewall.apply(self.backend, firewall_options(self.policy))
                 return False
         old = self.policy

@@ -154,11 +154,11 @@ def build_rules(family: Family, opts: Options) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_removal(saved: str) -> str | None:
-    """From `iptables-save` output, the restore text that deletes every netguard jump and chain
-    (None when there is nothing to remove)."""
+def _ours(saved: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """From `iptables-save` output: per table, the deletions of jumps into netguard chains, and the
+    netguard chains themselves."""
     table = ""
-    per_table: dict[str, list[str]] = {}
+    jumps: dict[str, list[str]] = {}
     chains: dict[str, list[str]] = {}
     for line in saved.splitlines():
         if line.startswith("*"):
@@ -167,20 +167,40 @@ def build_removal(saved: str) -> str | None:
             chains.setdefault(table, []).append(line[1:].split()[0])
         elif line.startswith("-A "):
             parts = line.split()
-            owner = parts[1]
-            if not owner.startswith(CHAIN_PREFIX) and _jumps_to_ours(parts):
-                per_table.setdefault(table, []).append("-D " + line[3:])
-    tables = sorted(set(per_table) | set(chains))
-    if not tables:
-        return None
+            if not parts[1].startswith(CHAIN_PREFIX) and _jumps_to_ours(parts):
+                jumps.setdefault(table, []).append("-D " + line[3:])
+    return jumps, chains
+
+
+def build_removal(saved: str) -> str | None:
+    """From `iptables-save` output, the restore text that deletes every netguard jump and chain
+    (None when there is nothing to remove)."""
+    return build_replacement(saved, None)
+
+
+def build_replacement(saved: str, new: str | None) -> str | None:
+    """One restore text that takes out the netguard rules in `saved` and puts in `new` (the output
+    of build_rules; None: put nothing in), one COMMIT per table. Each table changes in a single
+    transaction, so a restart or a reload never leaves a moment without rules. (None when there is
+    nothing to do.)"""
+    jumps, chains = _ours(saved)
+    added: dict[str, list[str]] = {}
+    table = ""
+    for line in (new or "").splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line != "COMMIT":
+            added.setdefault(table, []).append(line)
     out: list[str] = []
-    for t in tables:
-        out.append(f"*{t}")
-        out += per_table.get(t, [])
-        out += [f"-F {c}" for c in chains.get(t, [])]
-        out += [f"-X {c}" for c in chains.get(t, [])]
+    for t in sorted(set(jumps) | set(chains) | set(added)):
+        declared = [line for line in added.get(t, []) if line.startswith(":")]
+        kept = {line[1:].split()[0] for line in declared}
+        gone = [c for c in chains.get(t, []) if c not in kept]
+        # Declaring a chain that exists flushes it; old jumps go before new ones come in.
+        out += [f"*{t}", *declared, *jumps.get(t, []), *(f"-F {c}" for c in gone), *(f"-X {c}" for c in gone)]
+        out += [line for line in added.get(t, []) if not line.startswith(":")]
         out.append("COMMIT")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" if out else None
 
 
 def _jumps_to_ours(parts: Sequence[str]) -> bool:
@@ -223,28 +243,37 @@ def installed(backend: Backend, family: Family, ns: str | None = None) -> list[s
     return [line for line in save(backend, family, ns).splitlines() if CHAIN_PREFIX in line]
 
 
-def remove(ns: str | None = None) -> list[str]:
+def remove(ns: str | None = None, keep: Backend | None = None) -> list[str]:
     """Remove every netguard chain and jump, in both families and both iptables backends (stale
-    rules of a crashed run may sit in either). Returns what was removed, one line per family."""
+    rules of a crashed run may sit in either), except those of backend `keep`. Returns what was
+    removed, one line per family."""
     done: list[str] = []
     for backend in BACKENDS:
+        if backend == keep:
+            continue
         for family in FAMILIES:
-            text = build_removal(save(backend, family, ns))
-            if text is None:
-                continue
-            r = _call(ns, [tool(backend, family, "restore"), "--noflush"], text)
-            if r.returncode != 0:
-                raise FirewallError(f"{tool(backend, family, 'restore')}: {r.stderr.strip()}")
-            done.append(f"{backend} IPv{family}")
+            if _restore(backend, family, build_removal(save(backend, family, ns)), ns):
+                done.append(f"{backend} IPv{family}")
     return done
 
 
 def apply(backend: Backend, opts: Options, ns: str | None = None) -> None:
-    """Install the rules for both families with one atomic restore each; if the second family
-    fails, the first is removed again."""
+    """Put netguard's rules for both families in place, replacing any netguard rules already there
+    in the same restore (one transaction per table); if the second family fails, netguard's rules
+    are removed from the first again."""
     for i, family in enumerate(FAMILIES):
-        r = _call(ns, [tool(backend, family, "restore"), "--noflush"], build_rules(family, opts))
-        if r.returncode != 0:
+        try:
+            _restore(backend, family, build_replacement(save(backend, family, ns), build_rules(family, opts)), ns)
+        except FirewallError:
             if i:
                 remove(ns)
-            raise FirewallError(f"{tool(backend, family, 'restore')}: {r.stderr.strip()}")
+            raise
+
+
+def _restore(backend: Backend, family: Family, text: str | None, ns: str | None) -> bool:
+    if text is None:
+        return False
+    r = _call(ns, [tool(backend, family, "restore"), "--noflush"], text)
+    if r.returncode != 0:
+        raise FirewallError(f"{tool(backend, family, 'restore')}: {r.stderr.strip()}")
+    return True

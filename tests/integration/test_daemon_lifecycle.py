@@ -51,7 +51,7 @@ def test_sigterm_leaves_no_rules_and_kill9_restart_leaves_one_set(lab: lab_mod.L
     assert netguard_rules(lab) == one_set  # a crash leaves the rules behind
     restarted = Runner(lab, tmp_path, name="restarted").start()
     try:
-        assert "removed stale netguard rules" in restarted.stderr()
+        assert "replaced stale netguard rules in one step" in restarted.stderr()
         assert netguard_rules(lab) == one_set
         shown = lab.client_run([NETGUARD, "rules", "show"])
         assert shown.returncode == 0 and "NETGUARD-FLOW" in shown.stdout

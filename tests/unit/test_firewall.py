@@ -108,3 +108,23 @@ def test_untracked_alerts_add_a_raw_table_part_that_removal_finds() -> None:
     saved = "*raw\n:OUTPUT ACCEPT [0:0]\n:NETGUARD-RAW - [0:0]\n-A OUTPUT -j NETGUARD-RAW\n" \
             "-A NETGUARD-RAW -m mark --mark 0x300000/0x700000 -j CT --notrack\nCOMMIT\n"
     assert build_removal(saved) == "*raw\n-D OUTPUT -j NETGUARD-RAW\n-F NETGUARD-RAW\n-X NETGUARD-RAW\nCOMMIT\n"
+
+
+def test_replacement_is_one_transaction_per_table() -> None:
+    old = Options(marks=Marks(0xF0, 0x10, 0x20), untracked_alerts=True)
+    saved = build_rules(4, old).replace(" 1 -j ", " -j ").replace("-I ", "-A ")  # as iptables-save prints them
+    text = firewall.build_replacement(saved, build_rules(4, Options()))
+    assert text is not None
+    lines = text.splitlines()
+    # filter: one section, chains redeclared (which flushes them), old jumps out, new rules in.
+    assert lines.count("*filter") == 1 and lines.count("*raw") == 1 and lines.count("COMMIT") == 2
+    start = lines.index("*filter")
+    section = lines[start:lines.index("COMMIT", start)]
+    assert section[1:3] == [":NETGUARD-FLOW - [0:0]", ":NETGUARD-DNS - [0:0]"]
+    assert "-D OUTPUT -j NETGUARD-FLOW" in section
+    assert section.index("-D OUTPUT -j NETGUARD-FLOW") < section.index("-I OUTPUT 1 -j NETGUARD-FLOW")
+    assert not any("0x10/0xf0" in line for line in section if line.startswith("-A"))
+    # raw: the chain the new options do not need is deleted in the same restore.
+    raw = lines[lines.index("*raw"):]
+    assert "-X NETGUARD-RAW" in raw and not any(line.startswith("-A NETGUARD-RAW") for line in raw)
+    assert firewall.build_replacement("", None) is None
