@@ -504,7 +504,9 @@ class Engine:
         event = _event(now, client_key, blocked or decisions[0], "dns-answer", names=judged)
         if blocked is None or not self.policy.dns_block:
             return None, event if blocked is None else _event(now, client_key, blocked, "dns-answer", True, judged)
-        texts = (f"{EDE_PREFIX}: {blocked.host} is blocked ({blocked.rule})",
+        # Longest first: a DNS-over-TCP answer keeps its length, so the longest text that fits is used.
+        texts = (f"{EDE_PREFIX}: {blocked.host} is blocked by {self.policy.label} ({blocked.rule})",
+                 f"{EDE_PREFIX}: {blocked.host} is blocked by {self.policy.label}",
                  f"{EDE_PREFIX}: {blocked.host} is blocked", EDE_PREFIX, "")
         return _blocked_reply(data, texts, len(data) if same_length else None), event
 

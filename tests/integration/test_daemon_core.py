@@ -130,7 +130,7 @@ def test_dig_blocked_name_is_nxdomain_with_ede(lab: lab_mod.Lab, daemon: Runner,
     assert "status: NXDOMAIN" in r.stdout, r.stdout
     assert "EDE: 15 (Blocked): (netguard" in r.stdout, r.stdout
     if transport == "udp":
-        assert "ghcr.io is blocked (ghcr is not in allow)" in r.stdout, r.stdout
+        assert "ghcr.io is blocked by default policy [embedded] (ghcr is not in allow)" in r.stdout, r.stdout
     # Over TCP the answer keeps its length (the stream's sequence numbers depend on it), so the text
     # is the longest that fits.
     ok = lab.client_run(["dig", at, flag, "+short", ALLOWED, qtype]).stdout.split()
