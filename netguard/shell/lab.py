@@ -18,6 +18,7 @@ import datetime
 import ipaddress
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -166,6 +167,19 @@ def _wire(bridge: str, ns: str, peer: str, v4: Sequence[str], v6: Sequence[str])
     for a in v6:
         _ip(ns, "-6", "addr", "add", f"{a}/64", "dev", "eth0", "nodad")
     _ip(ns, "link", "set", "eth0", "up")
+
+
+def python_client_hello(name: str | None) -> bytes:
+    """The TLS record holding the ClientHello that Python's ssl (OpenSSL) sends for `name` (None: no
+    SNI): a real client's bytes for raw senders, tests and benchmarks."""
+    ctx = ssl.create_default_context()
+    if name is None:
+        ctx.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return bytes(outgoing.read())
 
 
 def make_certificates(workdir: Path, names: Sequence[str], addresses: Sequence[str]) -> tuple[Path, Path]:

@@ -35,7 +35,6 @@ import pstats
 import random
 import shutil
 import signal
-import ssl
 import statistics
 import struct
 import subprocess
@@ -101,14 +100,6 @@ def build_tools(workdir: Path) -> Path:
     return binary
 
 
-def client_hello(name: str) -> bytes:
-    """The ClientHello Python's ssl sends for name (517 bytes with OpenSSL 3)."""
-    ctx = ssl.create_default_context()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
 
 
 def start_server(lab: lab_mod.Lab, tools: Path, expect: int) -> None:
@@ -337,7 +328,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="ng-bench-") as tmp, labs(SETUPS) as lab:
         work = Path(tmp)
         tools = build_tools(work)
-        hello = client_hello("registry-1.docker.io")
+        hello = lab_mod.python_client_hello("registry-1.docker.io")
         hello_path = work / "hello.bin"
         hello_path.write_bytes(hello)
         install_conntrack_only(lab["conntrack-only"])

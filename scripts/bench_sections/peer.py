@@ -27,7 +27,6 @@ from typing import Any
 from bench_sections.netpath import (
     Runner,
     build_tools,
-    client_hello,
     cpu_seconds,
     labs,
     latencies,
@@ -128,7 +127,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                         section="peer")]
         with labs(SETUPS) as lab:
             tools = build_tools(work)
-            hello = client_hello("registry-1.docker.io")
+            hello = lab_mod.python_client_hello("registry-1.docker.io")
             hello_path = work / "hello.bin"
             hello_path.write_bytes(hello)
             try:

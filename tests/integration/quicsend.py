@@ -11,27 +11,17 @@ The ClientHello comes from Python's ssl module; protection follows RFC 9001 sect
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
-import ssl
 import struct
 import sys
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from netguard.shell.lab import python_client_hello
 from netguard.wire.quic import client_initial_keys
-
-
-def hello_message(name: str) -> bytes:
-    ctx = ssl.create_default_context()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()[5:]  # the handshake message, without its TLS record header
 
 
 def varint(value: int) -> bytes:
@@ -56,7 +46,7 @@ def initial(dcid: bytes, pn: int, payload: bytes, pad_to: int = 1200) -> bytes:
 
 def main() -> None:
     address, name = sys.argv[1:3]
-    hello = hello_message(name)
+    hello = python_client_hello(name)[5:]  # the handshake message, without its record header
     half = len(hello) // 2
     dcid = os.urandom(8)
     second = initial(dcid, 1, b"\x06" + varint(half) + varint(len(hello) - half) + hello[half:])

@@ -13,25 +13,16 @@ with a reset (it knows no such socket): the caller drops those resets in the raw
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import random
 import socket
-import ssl
 import sys
 import time
 
 from scapy.all import IP, TCP, AsyncSniffer, IPv6, conf, raw  # type: ignore[attr-defined]
 
-
-def client_hello(name: str) -> bytes:
-    ctx = ssl.create_default_context()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
+from netguard.shell.lab import python_client_hello
 
 
 class Sender:
@@ -76,7 +67,7 @@ def main() -> None:
         return
     server_seq = synack[TCP].seq + 1
     sender.send(TCP(sport=sport, dport=443, flags="A", seq=isn + 1, ack=server_seq))
-    hello = client_hello(name)
+    hello = python_client_hello(name)
     pieces = [(i, hello[i:i + size]) for i in range(0, len(hello), size)]
     if mode == "overlap":
         # The first half twice, the second time with other bytes (one version for the filter,

@@ -3,9 +3,7 @@ DNS, reassembly, every limit and its fail verdict, reload, and the packets it wr
 
 from __future__ import annotations
 
-import contextlib
 import random
-import ssl
 import struct
 
 import pytest
@@ -14,6 +12,7 @@ from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, IPv6, raw  # type: ignore
 from netguard.engine import Action, Engine, Verdict, core
 from netguard.engine.names import MAX_TTL
 from netguard.policy import Policy, parse_policy
+from netguard.shell.lab import python_client_hello
 from netguard.shell.policyfiles import load_catalog
 from netguard.wire import dns
 
@@ -26,15 +25,6 @@ def policy(text: str = 'allow = ["dockerhub"]\n') -> Policy:
     return parse_policy(text, "test.toml", load_catalog())
 
 
-def hello_record(name: str | None) -> bytes:
-    ctx = ssl.create_default_context()
-    if name is None:
-        ctx.check_hostname = False
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return bytes(outgoing.read())
 
 
 class Conn:
@@ -79,7 +69,7 @@ def run(engine: Engine, packets: list[bytes]) -> list[Verdict]:
                                           ("GHCR.IO.", Action.BLOCK), ("www.example.org", Action.ALLOW)])
 def test_sni_decides(dst: str, src: str, name: str, action: Action) -> None:
     c = Conn(dst, src)
-    syn, hello = run(Engine(policy()), [c.syn(), c.data(0, hello_record(name))])
+    syn, hello = run(Engine(policy()), [c.syn(), c.data(0, python_client_hello(name))])
     assert syn.action is Action.ACCEPT and syn.event is None
     assert hello.action is action
     assert hello.event is not None and hello.event.source == "sni"
@@ -89,7 +79,7 @@ def test_sni_decides(dst: str, src: str, name: str, action: Action) -> None:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_one_byte_segments_in_any_order(seed: int) -> None:
-    hello = hello_record("ghcr.io")
+    hello = python_client_hello("ghcr.io")
     c = Conn()
     order = list(range(len(hello)))
     random.Random(seed).shuffle(order)
@@ -102,7 +92,7 @@ def test_one_byte_segments_in_any_order(seed: int) -> None:
 
 
 def test_retransmission_is_fine_and_a_conflicting_overlap_blocks_even_fail_open() -> None:
-    hello = hello_record("registry-1.docker.io")
+    hello = python_client_hello("registry-1.docker.io")
     c = Conn()
     engine = Engine(policy())
     assert run(engine, [c.syn(), c.data(0, hello[:100]), c.data(0, hello[:100])])[-1].action is Action.ACCEPT
@@ -118,7 +108,7 @@ def test_retransmission_is_fine_and_a_conflicting_overlap_blocks_even_fail_open(
 
 @pytest.mark.parametrize("mode, action", [("closed", Action.BLOCK), ("open", Action.ALLOW)])
 def test_a_server_name_we_cannot_read_gets_the_fail_verdict(mode: str, action: Action) -> None:
-    hello = hello_record("ghcr.io").replace(b"ghcr.io", b"ghcr.i\xff")  # non-ASCII: reported, not guessed
+    hello = python_client_hello("ghcr.io").replace(b"ghcr.io", b"ghcr.i\xff")  # non-ASCII: reported, not guessed
     engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
     c = Conn()
     v = run(engine, [c.syn(), c.data(0, hello)])[-1]
@@ -195,7 +185,7 @@ def test_unknown_sni_on_an_address_learned_for_a_blocked_registry_is_blocked() -
     v = engine.handle(udp_answer(dns_answer("dl.allowed.test", ["ghcr.io"], BLOCKED4)), NOW)
     assert v.action is Action.ACCEPT  # dns_block off: the answer passes
     c = Conn(BLOCKED4)
-    verdict = run(engine, [c.syn(), c.data(0, hello_record("dl.allowed.test"))])[-1]
+    verdict = run(engine, [c.syn(), c.data(0, python_client_hello("dl.allowed.test"))])[-1]
     assert verdict.action is Action.BLOCK and verdict.event is not None and verdict.event.host == "ghcr.io"
 
 
@@ -257,7 +247,7 @@ def test_unreadable_packet(mode: str, action: Action) -> None:
 def test_decided_flow_keeps_its_verdict_and_reload_finds_flows_to_cut() -> None:
     engine = Engine(policy())
     c = Conn()
-    assert run(engine, [c.syn(), c.data(0, hello_record("registry-1.docker.io"))])[-1].action is Action.ALLOW
+    assert run(engine, [c.syn(), c.data(0, python_client_hello("registry-1.docker.io"))])[-1].action is Action.ALLOW
     assert engine.handle(c.data(600, b"more"), NOW).action is Action.ALLOW  # queued behind the decision
     cut = engine.reload(policy('allow = ["ghcr"]\n'), NOW + 1)
     assert [e.key.dport for e in cut] == [443] and cut[0].host == "registry-1.docker.io"
@@ -274,7 +264,7 @@ def test_server_speaks_first_flow_is_decided_by_address() -> None:
 def test_tls_alert_is_built_toward_the_client() -> None:
     engine = Engine(policy('allow = ["dockerhub"]\nblock_action = "tls-alert"\n'))
     c = Conn()
-    hello = hello_record("ghcr.io")
+    hello = python_client_hello("ghcr.io")
     v = run(engine, [c.syn(), c.data(0, hello)])[-1]
     assert v.action is Action.BLOCK and len(v.inject) == 1
     alert = IP(v.inject[0])
@@ -289,7 +279,7 @@ def test_a_packet_cut_by_the_queue_copy_range_is_still_read() -> None:
     c = Conn()
     engine = Engine(policy())
     engine.handle(c.syn(), NOW)
-    hello = hello_record("ghcr.io")
+    hello = python_client_hello("ghcr.io")
     whole = c.data(0, hello + bytes(6000))
     v = engine.handle(whole[:4016], NOW)
     assert v.action is Action.BLOCK and v.event is not None and v.event.host == "ghcr.io"
@@ -302,11 +292,11 @@ def test_a_packet_cut_by_the_queue_copy_range_is_still_read() -> None:
 def test_a_client_flow_from_port_53_is_not_taken_for_dns() -> None:
     # A root process may bind source port 53 for its own connection to a blocked registry.
     c = Conn(sport=53)
-    v = run(Engine(policy()), [c.syn(), c.data(0, hello_record("ghcr.io"))])
+    v = run(Engine(policy()), [c.syn(), c.data(0, python_client_hello("ghcr.io"))])
     assert v[-1].action is Action.BLOCK and v[-1].event is not None and v[-1].event.source == "sni"
     # Where the hook says "client" (OUTPUT), even without the SYN.
     engine = Engine(policy())
-    v2 = engine.handle(c.data(0, hello_record("ghcr.io")), NOW, from_client=True)
+    v2 = engine.handle(c.data(0, python_client_hello("ghcr.io")), NOW, from_client=True)
     assert v2.action is Action.BLOCK and v2.event is not None and v2.event.source == "sni"
     # Where it says "answer" (INPUT), a packet from port 53 is read as DNS.
     answer = udp_answer(dns_answer("ghcr.io", [], BLOCKED4))
@@ -314,7 +304,7 @@ def test_a_client_flow_from_port_53_is_not_taken_for_dns() -> None:
 
 
 def test_a_forged_reset_in_the_middle_of_a_client_hello_changes_nothing() -> None:
-    hello = hello_record("ghcr.io")
+    hello = python_client_hello("ghcr.io")
     c = Conn()
     engine = Engine(policy())
     rst = raw(c.ip / TCP(sport=c.sport, dport=c.dport, flags="R", seq=c.isn + 1 + 10**6))
@@ -326,7 +316,7 @@ def test_a_forged_reset_in_the_middle_of_a_client_hello_changes_nothing() -> Non
 
 @pytest.mark.parametrize("mode, action", [("closed", Action.BLOCK), ("open", Action.ALLOW)])
 def test_idle_flow_that_sent_bytes_gets_the_fail_verdict(mode: str, action: Action) -> None:
-    hello = hello_record("ghcr.io")
+    hello = python_client_hello("ghcr.io")
     c = Conn()
     engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
     run(engine, [c.syn(), c.data(0, hello[:100])])
@@ -344,7 +334,7 @@ def test_idle_flow_without_bytes_is_read_from_its_start_later() -> None:
     engine.handle(c.syn(), NOW)
     engine.expire(NOW + core.FLOW_IDLE + 1)
     assert engine.undecided == 0 and engine.stats.by_limit == {}
-    hello = hello_record("ghcr.io")
+    hello = python_client_hello("ghcr.io")
     later = NOW + core.FLOW_IDLE + 2
     # Second half first: without the remembered start it would be read as a stream of its own.
     assert engine.handle(c.data(200, hello[200:]), later).action is Action.ACCEPT
@@ -357,7 +347,7 @@ def test_a_decoy_with_another_ttl_is_blocked() -> None:
     # server, would otherwise decide the flow "allowed"; the real one (blocked name) would follow.
     c = Conn()
     decoy = raw(c.ip.__class__(src=C4, dst=S4, ttl=2) / TCP(sport=c.sport, dport=443, flags="PA", seq=c.isn + 1,
-                                                             ack=5000) / hello_record("registry-1.docker.io"))
+                                                             ack=5000) / python_client_hello("registry-1.docker.io"))
     syn = raw(IP(src=C4, dst=S4, ttl=64) / TCP(sport=c.sport, dport=443, flags="S", seq=c.isn))
     engine = Engine(policy('allow = ["dockerhub"]\nfail_mode = "open"\n'))
     v = run(engine, [syn, decoy])[-1]
