@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -91,30 +92,7 @@ def parse_policy(text: str, source: str, catalog: Catalog, default_name: str = "
     def problem(key: str, message: str, value: str | None = None) -> None:
         problems.append(Problem(source, *locate(text, key, value), message))
 
-    for key in sorted(doc.keys() - _KEYS):
-        hint = difflib.get_close_matches(key, sorted(_KEYS), n=1)
-        problem(key, f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else
-                                               f"; expected one of {', '.join(sorted(_KEYS))}"))
-    settings: dict[str, Any] = {}
-    for key, choices in _CHOICES.items():
-        if key in doc:
-            if doc[key] in choices:
-                settings[key] = doc[key]
-            else:
-                problem(key, f"{key} = {doc[key]!r}: expected " + " or ".join(f'"{c}"' for c in choices))
-    if "dns_block" in doc:
-        if isinstance(doc["dns_block"], bool):
-            settings["dns_block"] = doc["dns_block"]
-        else:
-            problem("dns_block", "dns_block: expected true or false")
-    for key, limit in (("queue_num", 0xFFFF), ("mark_mask", 0xFFFFFFFF), ("mark_allowed", 0xFFFFFFFF),
-                       ("mark_blocked", 0xFFFFFFFF)):
-        if key in doc:
-            value = doc[key]
-            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit:
-                settings[key] = value
-            else:
-                problem(key, f"{key}: expected an integer from 0 to {limit:#x}")
+    settings = _settings(doc, problem)
     name = doc.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         problem("name", "name: expected a non-empty string")
@@ -145,6 +123,35 @@ def parse_policy(text: str, source: str, catalog: Catalog, default_name: str = "
         table.put(p, rules.setdefault(rule, rule))
     return Policy(name=name, source=source, catalog=catalog, allow_ids=frozenset(allow_ids), table=table,
                   warnings=tuple(warnings), **settings)
+
+
+def _settings(doc: dict[str, Any], problem: Callable[[str, str], None]) -> dict[str, Any]:
+    """The scalar settings of a policy document, each checked; problems reported through `problem`."""
+    for key in sorted(doc.keys() - _KEYS):
+        hint = difflib.get_close_matches(key, sorted(_KEYS), n=1)
+        problem(key, f"unknown key {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else
+                                               f"; expected one of {', '.join(sorted(_KEYS))}"))
+    settings: dict[str, Any] = {}
+    for key, choices in _CHOICES.items():
+        if key in doc:
+            if doc[key] in choices:
+                settings[key] = doc[key]
+            else:
+                problem(key, f"{key} = {doc[key]!r}: expected " + " or ".join(f'"{c}"' for c in choices))
+    if "dns_block" in doc:
+        if isinstance(doc["dns_block"], bool):
+            settings["dns_block"] = doc["dns_block"]
+        else:
+            problem("dns_block", "dns_block: expected true or false")
+    for key, limit in (("queue_num", 0xFFFF), ("mark_mask", 0xFFFFFFFF), ("mark_allowed", 0xFFFFFFFF),
+                       ("mark_blocked", 0xFFFFFFFF)):
+        if key in doc:
+            value = doc[key]
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit:
+                settings[key] = value
+            else:
+                problem(key, f"{key}: expected an integer from 0 to {limit:#x}")
+    return settings
 
 
 def _patterns(doc: dict[str, Any], key: str, text: str, source: str, catalog: Catalog,
@@ -199,7 +206,7 @@ def _is_id(text: str) -> bool:
     return not any(c in text for c in ".:*/")
 
 
-def _check_marks(settings: dict[str, Any], problem: Any) -> None:
+def _check_marks(settings: dict[str, Any], problem: Callable[[str, str], None]) -> None:
     mask = settings.get("mark_mask", DEFAULT_MARK_MASK)
     allowed = settings.get("mark_allowed", DEFAULT_MARK_ALLOWED)
     blocked = settings.get("mark_blocked", DEFAULT_MARK_BLOCKED)
