@@ -113,14 +113,16 @@ def parse_policy(text: str, source: str, catalog: Catalog, default_name: str = "
         for p in reg.patterns:
             table.put(p, shared)
     # A policy pattern inside a catalog registry (myteam.azurecr.io under *.azurecr.io) keeps that
-    # registry's name in decisions; look them all up before the policy's own entries go in.
-    explicit: list[tuple[Pattern, bool, Origin]] = [(p, True, "allow") for p in allow_patterns]
-    explicit += [(p, False, "block") for p in block_patterns]
-    under = [table.get(p) or _hit(table.lookup(p.name, p.port)) for p, _, _ in explicit]
+    # registry's name in decisions. Entries go in one by one: a lookup that meets an earlier policy
+    # entry finds the same registry, since those inherit theirs from the catalog too.
     rules: dict[Rule, Rule] = {}
-    for (p, allowed, origin), u in zip(explicit, under, strict=True):
-        rule = Rule(allowed, u.registry if u else None, u.registry_name if u else None, origin)
-        table.put(p, rules.setdefault(rule, rule))
+    lists: tuple[tuple[dict[Pattern, str], bool, Origin], ...] = ((allow_patterns, True, "allow"),
+                                                                  (block_patterns, False, "block"))
+    for patterns, allowed, origin in lists:
+        for p in patterns:
+            u = table.get(p) or _hit(table.lookup(p.name, p.port))
+            rule = Rule(allowed, u.registry if u else None, u.registry_name if u else None, origin)
+            table.put(p, rules.setdefault(rule, rule))
     return Policy(name=name, source=source, catalog=catalog, allow_ids=frozenset(allow_ids), table=table,
                   warnings=tuple(warnings), **settings)
 

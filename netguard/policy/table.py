@@ -15,31 +15,30 @@ from typing import Generic, TypeVar
 from netguard.policy.hosts import Pattern
 
 V = TypeVar("V")
-_Key = tuple[str, bool, int | None]
 
 
 class PatternTable(Generic[V]):
     """Maps host patterns to values; `lookup` returns the most specific match.
 
-    Only the key tuple and the value are stored (the Pattern is rebuilt on a hit), and callers are
-    expected to share value objects, so a 100k-entry policy costs one dict entry per pattern."""
+    The Pattern (a tuple) is the key and callers are expected to share value objects, so a
+    100k-entry policy costs one dict entry and one small tuple per pattern."""
 
     __slots__ = ("_entries",)
 
     def __init__(self) -> None:
-        self._entries: dict[_Key, V] = {}
+        self._entries: dict[tuple[str, bool, int | None], V] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __iter__(self) -> Iterator[tuple[Pattern, V]]:
-        return (((Pattern(*key)), value) for key, value in self._entries.items())
+        return ((Pattern(*key), value) for key, value in self._entries.items())
 
     def get(self, pattern: Pattern) -> V | None:
-        return self._entries.get((pattern.name, pattern.wildcard, pattern.port))
+        return self._entries.get(pattern)
 
     def put(self, pattern: Pattern, value: V) -> None:
-        self._entries[(pattern.name, pattern.wildcard, pattern.port)] = value
+        self._entries[pattern] = value
 
     def lookup(self, host: str, port: int | None) -> tuple[Pattern, V] | None:
         """The most specific entry matching a normalised host (and port, if known)."""
