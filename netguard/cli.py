@@ -1,5 +1,5 @@
-"""Command line: the thin layer between a person and the core. Exit codes: 0 ok/allowed,
-1 blocked (or a verdict that is not 'ok'), 2 error."""
+"""Command line: the thin layer between a person and the core. Exit codes: 0 ok / allowed /
+can enforce, 1 blocked / degraded, 2 error / cannot enforce."""
 
 from __future__ import annotations
 
