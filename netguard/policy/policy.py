@@ -208,6 +208,17 @@ def _is_id(text: str) -> bool:
     return not any(c in text for c in ".:*/")
 
 
+def passed_mark(mask: int, allowed: int, blocked: int) -> int | None:
+    """The packet mark for "seen, let this one packet go on" (never saved in the connection): the
+    first value inside the mask that is neither 0 nor allowed nor blocked; None if there is none."""
+    low = mask & -mask
+    for k in range(1, 4):
+        value = k * low
+        if not value & ~mask and value not in (allowed, blocked):
+            return value
+    return None
+
+
 def _check_marks(settings: dict[str, Any], problem: Callable[[str, str], None]) -> None:
     mask = settings.get("mark_mask", DEFAULT_MARK_MASK)
     allowed = settings.get("mark_allowed", DEFAULT_MARK_ALLOWED)
@@ -217,3 +228,6 @@ def _check_marks(settings: dict[str, Any], problem: Callable[[str, str], None]) 
     elif (allowed | blocked) & ~mask:
         problem("mark_mask", f"mark_allowed ({allowed:#x}) and mark_blocked ({blocked:#x}) must lie "
                 f"inside mark_mask ({mask:#x})")
+    elif passed_mark(mask, allowed, blocked) is None:
+        problem("mark_mask", f"mark_mask ({mask:#x}) needs a third value besides mark_allowed and mark_blocked "
+                "(netguard marks packets it lets go on with it); use two adjacent bits")

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from netguard.policy import passed_mark
 from netguard.shell import netns
 
 CHAIN_PREFIX = "NETGUARD"
@@ -70,14 +71,11 @@ class Marks:
 
     @property
     def passed(self) -> int:
-        """The packet mark for "seen, let this one packet go on" (never saved in the connection):
-        the first value inside the mask that is neither 0 nor allowed nor blocked."""
-        low = self.mask & -self.mask
-        for k in range(1, 4):
-            value = k * low
-            if not value & ~self.mask and value not in (self.allowed, self.blocked):
-                return value
-        raise ValueError(f"mark mask 0x{self.mask:x} leaves no value besides allowed and blocked")
+        """The packet mark for "seen, let this one packet go on" (policy.passed_mark)."""
+        value = passed_mark(self.mask, self.allowed, self.blocked)
+        if value is None:
+            raise ValueError(f"mark mask 0x{self.mask:x} leaves no value besides allowed and blocked")
+        return value
 
 
 @dataclass(frozen=True)

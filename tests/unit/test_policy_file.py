@@ -115,6 +115,7 @@ def test_settings_and_defaults() -> None:
         ("queue_num = 70000", "p.toml:1:1: queue_num: expected an integer from 0 to 0xffff"),
         ("mark_allowed = 0x20\nmark_blocked = 0x20", "mark_allowed and mark_blocked must be different"),
         ("mark_allowed = 0x1", "must lie inside mark_mask"),
+        ("mark_mask = 0x50\nmark_allowed = 0x10\nmark_blocked = 0x40", "needs a third value"),
         ('allow = ["ghcr"\n', "p.toml:1:16: not valid TOML: Unclosed array"),
         ("allow = 3", "p.toml:1:1: allow: expected a list of strings"),
     ],
