@@ -225,14 +225,16 @@ def _call(ns: str | None, argv: list[str], stdin: str | None = None) -> subproce
 
 
 def save(backend: Backend, family: Family, ns: str | None = None) -> str:
-    """The filter and raw tables as `iptables-save` prints them ('' if the tool is missing or fails)."""
+    """The filter and raw tables as `iptables-save` prints them, without its timestamped comment lines
+    so two saves of the same tables compare equal ('' if the tool is missing or fails)."""
     out = ""
     for table in ("filter", "raw"):
         try:
             r = _call(ns, [tool(backend, family, "save"), "-t", table])
         except FileNotFoundError:
             return ""
-        out += r.stdout if r.returncode == 0 else ""
+        if r.returncode == 0:
+            out += "".join(line for line in r.stdout.splitlines(keepends=True) if not line.startswith("#"))
     return out
 
 
