@@ -11,6 +11,7 @@ import click
 
 from netguard import __version__
 from netguard.policy import HostError, Policy, PolicyError, decide, split_port
+from netguard.policy.explain import Explanation, explain
 from netguard.shell.policyfiles import load_policy
 
 
@@ -88,7 +89,7 @@ def check(targets: tuple[str, ...], policy_path: str | None, as_json: bool) -> N
 
 @main.group()
 def policy() -> None:
-    """Validate a policy file or show the table it produces."""
+    """Validate a policy file, show the table it produces, or explain a decision."""
 
 
 @policy.command("validate")
@@ -138,6 +139,60 @@ def policy_show(policy_path: str | None, as_json: bool) -> None:
     for pat, r, text in rows:
         click.echo(f"{'allow' if r.allowed else 'block':7} {pat:{width}}  {r.registry or '-':18} {text}")
     click.echo(f"\nany other host: {p.unknown_hosts} (unknown_hosts)")
+
+
+@policy.command("explain")
+@click.argument("targets", nargs=-1, required=True, metavar="HOST[:PORT]...")
+@policy_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per host.")
+def policy_explain(targets: tuple[str, ...], policy_path: str | None, as_json: bool) -> None:
+    """Show how the decision for each HOST is reached: its normal form, every table entry that
+    matches it (most specific first: the first decides, the others are shadowed), hosts the catalog
+    leaves out on purpose, and the decision. Exit status as for `check`.
+
+    \b
+    Example:
+      netguard policy explain cdn01.quay.io production.cloudflare.docker.com
+    """
+    p = _load(policy_path)
+    worst = 0
+    for target in targets:
+        try:
+            host, port = split_port(target)
+            e = explain(host, port, p)
+        except HostError as exc:
+            click.echo(f"error: {target}: {exc}", err=True)
+            worst = 2
+            continue
+        if as_json:
+            click.echo(json.dumps({
+                "written": e.written, "host": e.host, "port": e.port, "policy": p.label,
+                "matches": [{"pattern": str(m.pattern), "action": "allow" if m.rule.allowed else "block",
+                             "registry": m.rule.registry, "rule": m.text} for m in e.matches],
+                "left_out": [asdict(x) for x in e.left_out], "decision": asdict(e.decision)}))
+        else:
+            click.echo(_explanation_text(e, p))
+        if not e.decision.allowed:
+            worst = max(worst, 1)
+    sys.exit(worst)
+
+
+def _explanation_text(e: Explanation, p: Policy) -> str:
+    where = e.host if e.port is None else f"{e.host}:{e.port}"
+    lines = [where if e.written == e.host else f"{where}  (written {e.written!r})"]
+    if e.matches:
+        lines.append("  matching entries, most specific first:")
+        for i, m in enumerate(e.matches):
+            action = "allow" if m.rule.allowed else "block"
+            tail = "  <- decides" if i == 0 else "  (shadowed)"
+            lines.append(f"    {action:5} {m.pattern!s:40} {m.rule.registry or '-':12} {m.text!r}{tail}")
+    else:
+        lines.append(f"  no entry matches; unknown_hosts = {p.unknown_hosts} decides")
+    for x in e.left_out:
+        lines.append(f"  left out of {x.registry_name} ({x.registry}) on purpose, as {x.written!r}: {x.reason}")
+    d = e.decision
+    lines.append(f"  {'allowed' if d.allowed else 'BLOCKED'}: {d.reason}")
+    return "\n".join(lines)
 
 
 @main.command()
