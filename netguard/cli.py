@@ -1,11 +1,12 @@
 """Command line: the thin layer between a person and the core. Exit codes: 0 ok / allowed /
-can enforce, 1 blocked / degraded, 2 error / cannot enforce."""
+can enforce / running, 1 blocked / degraded, 2 error / cannot enforce, 3 not running (status)."""
 
 from __future__ import annotations
 
 import json
 import sys
 from dataclasses import asdict
+from typing import Any
 
 import click
 
@@ -257,6 +258,92 @@ def run(policy_path: str | None, backend: str | None) -> None:
     except daemon.StartError as e:
         click.echo(f"netguard run: {e}", err=True)
         sys.exit(2)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The daemon's status document as JSON.")
+def status(as_json: bool) -> None:
+    """Is netguard enforcing in this network namespace? Its policy, backend, counters and (as root)
+    the most recent blocks. Exit status: 0 running, 3 not running, 2 error.
+
+    When no daemon runs but netguard rules are installed (a crash, or `systemctl stop` that did not
+    finish), it says so: with fail_mode closed those rules hold new connections until a daemon returns.
+    """
+    import os
+
+    from netguard.shell import firewall
+    from netguard.shell.status import query
+
+    try:
+        doc = query()
+    except (OSError, ValueError) as exc:
+        click.echo(f"netguard status: no readable answer from the daemon: {exc}", err=True)
+        sys.exit(2)
+    if doc is None:
+        if as_json:
+            click.echo(json.dumps({"running": False}))
+        else:
+            click.echo("netguard is not running in this network namespace")
+            if os.geteuid() == 0:
+                left = [f"{b} IPv{f}" for b in firewall.BACKENDS for f in firewall.FAMILIES if firewall.installed(b, f)]
+                if left:
+                    click.echo(f"  but its rules are installed ({', '.join(left)}): with fail_mode closed, new "
+                               "connections wait for a daemon; `netguard rules remove` removes them")
+        sys.exit(3)
+    if as_json:
+        click.echo(json.dumps({"running": True, **doc}, indent=2))
+        sys.exit(0)
+    click.echo(_status_text(doc))
+    sys.exit(0)
+
+
+def _status_text(doc: dict[str, Any]) -> str:
+    c = doc["counts"]
+    limits = ", ".join(f"{k} {v}" for k, v in sorted(c["limits"].items())) or "none"
+    lines = [
+        f"netguard {doc['version']} enforcing in this network namespace (pid {doc['pid']}, "
+        f"up {_duration(doc['now'] - doc['started'])})",
+        f"  policy     {doc['policy']}, loaded {_clock(doc['policy_loaded'])}",
+    ]
+    if doc["last_reload"] is not None:
+        lines.append(f"  reload     {_clock(doc['last_reload']['time'])}: {doc['last_reload']['text']}")
+    lines += [
+        f"  kernel     {doc['backend']}, queue {doc['queue_num']}, fail_mode {doc['fail_mode']}, "
+        f"block_action {doc['block_action']}, dns_block {str(doc['dns_block']).lower()}",
+        f"  counts     {c['packets']} packets; {c['allowed']} flows allowed, {c['blocked']} blocked; "
+        f"{c['dns_rewritten']} DNS answers rewritten; {c['fail_verdicts']} fail verdicts; limits hit: {limits}",
+        f"  state      {doc['undecided_flows']} flows undecided, {doc['names_learned']} names learned from DNS",
+    ]
+    if "recent_blocks" not in doc:
+        lines.append("  recent blocks: run as root to see them")
+    elif doc["recent_blocks"]:
+        lines.append("  recent blocks, newest last:")
+        for r in doc["recent_blocks"]:
+            action = " (cut)" if r.get("action") == "cut" else ""
+            lines.append(f"    {_clock(r['time'])}  {r['host'] or '-'}  {_endpoint(r['src'], r['sport'])} -> "
+                         f"{_endpoint(r['dst'], r['dport'])}/{r['proto']}  [{r['source']}] {r['rule']}{action}")
+    else:
+        lines.append("  recent blocks: none")
+    return "\n".join(lines)
+
+
+def _endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _clock(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min"
 
 
 @main.group()

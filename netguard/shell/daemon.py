@@ -7,7 +7,8 @@ socket and a signal wake-up socket, with a one-second tick for the policy file's
 expiring engine state. SIGHUP or a changed policy file reloads: the new policy is parsed in full
 first, so a bad one is reported and the old one stays in force; open flows the new policy blocks
 are cut. SIGTERM/SIGINT remove every rule before exit. One JSON line per blocking decision goes
-to stdout; errors and notices go to stderr.
+to stdout; errors and notices go to stderr. The same loop answers `netguard status` on an abstract
+socket (shell.status), whose name also keeps a second daemon from starting in this namespace.
 """
 
 from __future__ import annotations
@@ -20,17 +21,20 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from netguard import __version__
 from netguard.engine import Action, Engine, Event, Verdict
 from netguard.policy import Policy, PolicyError
 from netguard.shell import conntrack, firewall
 from netguard.shell.inject import Injector
 from netguard.shell.nfqueue import Packet, Queue, apply_verdict, set_fail_open
 from netguard.shell.policyfiles import load_policy
+from netguard.shell.status import RECENT, AlreadyRunning, StatusServer
 
 TICK = 0.25  # seconds between checks of the policy file and engine expiry
 # Netfilter hook numbers (NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT): OUTPUT queues only client flows,
@@ -92,11 +96,19 @@ class Daemon:
         self._marks = firewall_options(self.policy).marks
         self._injector = Injector(self._marks.passed)
         self._log_failures = 0
+        self._started = self._loaded = self.clock()
+        self._last_reload: dict[str, Any] | None = None
+        self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def run(self) -> int:
         """Install, enforce until SIGTERM/SIGINT, remove. Returns the exit code."""
+        # First, before any rule changes: a second daemon here would take the first one's rules.
+        try:
+            status = StatusServer()
+        except AlreadyRunning as exc:
+            raise StartError(str(exc)) from None
         # Stale rules of the chosen backend are replaced in one transaction by apply() below, so
         # a restart after a crash never opens a gap; those of the other backend go now.
         removed = firewall.remove(keep=self.backend)
@@ -120,7 +132,7 @@ class Daemon:
             enforcing = True
             self._notice(f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
                          f"fail_mode {self.policy.fail_mode})")
-            self._loop(queue, wake_r)
+            self._loop(queue, wake_r, status)
             enforcing = False
         finally:
             try:
@@ -137,6 +149,7 @@ class Daemon:
                     signal.signal(s, h)
                 wake_r.close()
                 wake_w.close()
+                status.close()
                 self._injector.close()
         st = self.engine.stats
         limits = ", ".join(f"{k} {v}" for k, v in sorted(st.by_limit.items())) or "none"
@@ -145,13 +158,15 @@ class Daemon:
                      f"limits hit: {limits})")
         return 0
 
-    def _loop(self, queue: Queue, wake: socket.socket) -> None:
+    def _loop(self, queue: Queue, wake: socket.socket, status: StatusServer) -> None:
         next_tick = time.monotonic() + TICK
         while not self._stop:
             timeout = max(0.0, next_tick - time.monotonic())
-            ready, _, _ = select.select([queue.fileno(), wake.fileno()], [], [], timeout)
+            ready, _, _ = select.select([queue.fileno(), wake.fileno(), status.fileno()], [], [], timeout)
             if queue.fileno() in ready:
                 queue.pump()
+            if status.fileno() in ready:
+                status.serve(self.status)
             if wake.fileno() in ready:
                 with contextlib.suppress(BlockingIOError):
                     wake.recv(64)
@@ -198,6 +213,7 @@ class Daemon:
         record = event.record()
         if action:
             record["action"] = action
+        self._recent.append(record)
         try:
             self.out.write(json.dumps(record, sort_keys=False) + "\n")
             self.out.flush()
@@ -214,12 +230,10 @@ class Daemon:
         try:
             new = load_policy(self.policy_path)
         except (PolicyError, OSError, ValueError) as exc:
-            self._notice(f"reload ({why}) rejected, {self.policy.label} stays in force: {exc}")
-            return False
+            return self._reloaded(why, f"reload ({why}) rejected, {self.policy.label} stays in force: {exc}")
         if new.queue_num != self.policy.queue_num:
-            self._notice(f"reload ({why}) rejected: queue_num changed ({self.policy.queue_num} -> "
-                         f"{new.queue_num}); restart netguard to move queues")
-            return False
+            return self._reloaded(why, f"reload ({why}) rejected: queue_num changed ({self.policy.queue_num} -> "
+                                       f"{new.queue_num}); restart netguard to move queues")
         if firewall_options(new) != firewall_options(self.policy):
             try:
                 if self._queue is not None and new.fail_mode != self.policy.fail_mode:
@@ -227,11 +241,11 @@ class Daemon:
                 # The new set replaces the old one in one transaction per table: no moment without.
                 firewall.apply(self.backend, firewall_options(new))
             except (OSError, firewall.FirewallError) as exc:
-                self._notice(f"reload ({why}): new rules failed ({exc}); restoring the old ones")
                 firewall.apply(self.backend, firewall_options(self.policy))
-                return False
+                return self._reloaded(why, f"reload ({why}): new rules failed ({exc}); the old ones restored")
         old = self.policy
         self.policy = new
+        self._loaded = self.clock()
         if firewall_options(new).marks != self._marks:
             self._marks = firewall_options(new).marks
             self._injector.close()
@@ -245,8 +259,31 @@ class Daemon:
                 self._log(event, action="cut")
             elif problem != "gone":
                 self._notice(f"could not cut {event.key.text()}: {problem}")
-        self._notice(f"reloaded ({why}): {old.label} -> {new.label}; {cut_count} open flow(s) cut")
-        return True
+        return self._reloaded(why, f"reloaded ({why}): {old.label} -> {new.label}; {cut_count} open flow(s) cut",
+                              ok=True)
+
+    def _reloaded(self, why: str, text: str, ok: bool = False) -> bool:
+        self._notice(text)
+        self._last_reload = {"time": self.clock(), "why": why, "ok": ok, "text": text}
+        return ok
+
+    def status(self, privileged: bool) -> dict[str, Any]:
+        """What `netguard status` shows; recent blocks only to a privileged asker."""
+        st = self.engine.stats
+        p = self.policy
+        doc: dict[str, Any] = {
+            "version": __version__, "pid": os.getpid(), "started": self._started, "now": self.clock(),
+            "policy": p.label, "policy_loaded": self._loaded, "last_reload": self._last_reload,
+            "backend": self.backend, "queue_num": p.queue_num, "fail_mode": p.fail_mode,
+            "block_action": p.block_action, "dns_block": p.dns_block, "unknown_hosts": p.unknown_hosts,
+            "counts": {"packets": st.packets, "allowed": st.allowed, "blocked": st.blocked,
+                       "dns_rewritten": st.dns_rewritten, "fail_verdicts": st.fail_verdicts,
+                       "limits": dict(st.by_limit), "log_failures": self._log_failures},
+            "undecided_flows": self.engine.undecided, "names_learned": len(self.engine.names),
+        }
+        if privileged:
+            doc["recent_blocks"] = list(self._recent)
+        return doc
 
     def _policy_mtime(self) -> float | None:
         if self.policy_path is None:

@@ -1,0 +1,55 @@
+"""The status socket and the status text, without root: a private abstract name per test."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from netguard.cli import _status_text
+from netguard.shell.status import AlreadyRunning, StatusServer, query
+
+
+def name() -> bytes:
+    return f"\0netguard-status-test-{os.getpid()}-{threading.get_ident()}".encode()
+
+
+def test_query_serve_and_a_second_server_refused() -> None:
+    where = name()
+    assert query(where) is None
+    server = StatusServer(where)
+    try:
+        with pytest.raises(AlreadyRunning, match=f"already running in this network namespace \\(pid {os.getpid()}\\)"):
+            StatusServer(where)
+        server.serve(lambda privileged: {"never": "asked"})  # nobody waiting: returns at once
+        answers: list[object] = []
+        t = threading.Thread(target=lambda: answers.append(query(where)))
+        t.start()
+        while t.is_alive():
+            server.serve(lambda privileged: {"privileged": privileged})
+            t.join(0.01)
+        assert answers == [{"privileged": True}]  # same uid as the daemon
+    finally:
+        server.close()
+    assert query(where) is None  # the name goes with the socket: nothing to clean up after a crash
+
+
+DOC = {
+    "version": "0.1.0", "pid": 42, "started": 1000.0, "now": 1000.0 + 3 * 3600 + 120, "policy": "acme [/etc/a.toml]",
+    "policy_loaded": 1000.0, "last_reload": None, "backend": "iptables-nft", "queue_num": 7413,
+    "fail_mode": "closed", "block_action": "reset", "dns_block": True, "unknown_hosts": "allow",
+    "counts": {"packets": 10, "allowed": 3, "blocked": 1, "dns_rewritten": 0, "fail_verdicts": 0,
+               "limits": {"bytes": 2}, "log_failures": 0},
+    "undecided_flows": 0, "names_learned": 5,
+}
+
+
+def test_status_text() -> None:
+    block = {"time": 1000.0, "host": "ghcr.io", "proto": "tcp", "src": "fd00::2", "sport": 40000, "dst": "fd00::3",
+             "dport": 443, "source": "sni", "rule": "ghcr is not in allow"}
+    text = _status_text({**DOC, "recent_blocks": [block]})
+    assert "(pid 42, up 3 h 2 min)" in text and "limits hit: bytes 2" in text
+    assert "ghcr.io  [fd00::2]:40000 -> [fd00::3]:443/tcp  [sni] ghcr is not in allow" in text
+    assert "run as root to see them" in _status_text(DOC)
+    assert "recent blocks: none" in _status_text({**DOC, "recent_blocks": []})
