@@ -31,6 +31,7 @@ def main() -> None:
       netguard check ghcr.io          what would the policy do with this host, and why
       netguard policy show            the effective allow/block table
       netguard run                    enforce (as root), default policy unless --policy
+      netguard status                 is netguard enforcing here, and what has it blocked?
     """
 
 
