@@ -33,13 +33,15 @@ from netguard.policy import Policy, PolicyError
 from netguard.shell import conntrack, firewall
 from netguard.shell.inject import Injector
 from netguard.shell.nfqueue import Packet, Queue, apply_verdict, set_fail_open
+from netguard.shell.owner import Owner, OwnerFinder
 from netguard.shell.policyfiles import load_policy
 from netguard.shell.status import RECENT, AlreadyRunning, StatusServer
 
 TICK = 0.25  # seconds between checks of the policy file and engine expiry
 # Netfilter hook numbers (NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT): OUTPUT queues only client flows,
 # INPUT only DNS answers; FORWARD queues both (the engine tells them apart).
-FROM_CLIENT = {1: False, 3: True}
+HOOK_OUTPUT = 3
+FROM_CLIENT = {1: False, HOOK_OUTPUT: True}
 
 
 class StartError(RuntimeError):
@@ -99,6 +101,7 @@ class Daemon:
         self._started = self._loaded = self.clock()
         self._last_reload: dict[str, Any] | None = None
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._owners: OwnerFinder | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -123,6 +126,10 @@ class Daemon:
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         enforcing = False
         try:
+            try:
+                self._owners = OwnerFinder()
+            except OSError as exc:
+                self._notice(f"blocks will be logged without their local process: {exc}")
             if opts.fail_open:
                 set_fail_open(queue.fileno(), opts.queue_num)
             stale = [f"{self.backend} IPv{f}" for f in firewall.FAMILIES if firewall.installed(self.backend, f)]
@@ -151,6 +158,8 @@ class Daemon:
                 wake_w.close()
                 status.close()
                 self._injector.close()
+                if self._owners is not None:
+                    self._owners.close()
         st = self.engine.stats
         limits = ", ".join(f"{k} {v}" for k, v in sorted(st.by_limit.items())) or "none"
         self._notice(f"stopped; rules removed ({st.packets} packets, {st.allowed} flows allowed, {st.blocked} "
@@ -199,6 +208,11 @@ class Daemon:
             m = self._marks
             apply_verdict(packet, fail, m.mask, m.allowed, m.blocked, m.passed)
             return
+        event = verdict.event
+        owner = None
+        if event is not None and not event.allowed and packet.hook == HOOK_OUTPUT and self._owners is not None:
+            # Before the verdict: the reset it leads to takes the socket out of the kernel's tables.
+            owner = self._owners.find(event.key, self.clock())
         for raw in verdict.inject:
             try:
                 self._injector.send(raw)
@@ -206,13 +220,15 @@ class Daemon:
                 self._notice(f"could not send the TLS alert: {exc}")
         marks = self._marks
         apply_verdict(packet, verdict, marks.mask, marks.allowed, marks.blocked, marks.passed)
-        if verdict.event is not None and not verdict.event.allowed:
-            self._log(verdict.event)
+        if event is not None and not event.allowed:
+            self._log(event, owner=owner)
 
-    def _log(self, event: Event, action: str | None = None) -> None:
+    def _log(self, event: Event, action: str | None = None, owner: Owner | None = None) -> None:
         record = event.record()
         if action:
             record["action"] = action
+        if owner is not None:
+            record.update(owner.record())
         self._recent.append(record)
         try:
             self.out.write(json.dumps(record, sort_keys=False) + "\n")
