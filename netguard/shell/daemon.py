@@ -14,6 +14,7 @@ socket (shell.status), whose name also keeps a second daemon from starting in th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -98,6 +99,7 @@ class Daemon:
         self._marks = firewall_options(self.policy).marks
         self._injector = Injector(self._marks.passed)
         self._log_failures = 0
+        self._skip_empty = True  # until apply_preferred finds the kernel without xt u32
         self._started = self._loaded = self.clock()
         self._last_reload: dict[str, Any] | None = None
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
@@ -133,12 +135,15 @@ class Daemon:
             if opts.fail_open:
                 set_fail_open(queue.fileno(), opts.queue_num)
             stale = [f"{self.backend} IPv{f}" for f in firewall.FAMILIES if firewall.installed(self.backend, f)]
-            firewall.apply(self.backend, opts)
+            opts, no_u32 = firewall.apply_preferred(self.backend, opts)
+            self._skip_empty = opts.skip_empty
             if stale:
                 self._notice(f"replaced stale netguard rules in one step ({', '.join(stale)})")
             enforcing = True
+            empty = ("data-less TCP segments stay in the kernel" if no_u32 is None else
+                     f"every TCP segment of an undecided flow is queued, the xt u32 rules failed: {no_u32}")
             self._notice(f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
-                         f"fail_mode {self.policy.fail_mode})")
+                         f"fail_mode {self.policy.fail_mode}; {empty})")
             self._loop(queue, wake_r, status)
             enforcing = False
         finally:
@@ -255,9 +260,9 @@ class Daemon:
                 if self._queue is not None and new.fail_mode != self.policy.fail_mode:
                     set_fail_open(self._queue.fileno(), new.queue_num, new.fail_mode == "open", wait_ack=False)
                 # The new set replaces the old one in one transaction per table: no moment without.
-                firewall.apply(self.backend, firewall_options(new))
+                firewall.apply(self.backend, self._rules(new))
             except (OSError, firewall.FirewallError) as exc:
-                firewall.apply(self.backend, firewall_options(self.policy))
+                firewall.apply(self.backend, self._rules(self.policy))
                 return self._reloaded(why, f"reload ({why}): new rules failed ({exc}); the old ones restored")
         old = self.policy
         self.policy = new
@@ -300,6 +305,10 @@ class Daemon:
         if privileged:
             doc["recent_blocks"] = list(self._recent)
         return doc
+
+    def _rules(self, policy: Policy) -> firewall.Options:
+        """The rule options for a policy, in the variant (with xt u32 or without) chosen at start."""
+        return dataclasses.replace(firewall_options(policy), skip_empty=self._skip_empty)
 
     def _policy_mtime(self) -> float | None:
         if self.policy_path is None:

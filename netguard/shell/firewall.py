@@ -18,14 +18,28 @@ A flow marked blocked is rejected by the kernel (TCP reset for TCP, ICMP port un
 the kernel's own reset travels back through OUTPUT with the same connection mark, so a rule before
 the REJECT lets resets out.
 
-Only the filter table is used: CONNMARK, connbytes, NFQUEUE and REJECT all work there.
+Data-less segments (skip_empty, needs the xt u32 match): a pure ACK or a FIN without data of an
+undecided flow carries nothing to read, so it returns from NETGUARD-FLOW in the kernel instead of
+costing a queue round trip (a new TLS connection then queues 2 packets, the SYN and the
+ClientHello, not 3). "No payload" is decided exactly from the headers: u32 cannot compare two fields,
+so one rule per TCP data offset (5..15) tests IP length == IP header + TCP header (IPv4 with a 20-byte
+header and no fragment bits; IPv6 with TCP as the first next header). Packets with IP options or IPv6
+extension headers stay queued. SYNs (ISN, TTL, TCP Fast Open data) and RSTs are never skipped. A
+segment is skipped only while the server has sent nothing but its SYN-ACK (connbytes, reply
+direction, packet count): when the server speaks first (SSH, SMTP banners) the client's ACKs are
+still queued, so the engine can judge such a flow by address after a few data-less segments
+(engine.core.MAX_EMPTY_SEGMENTS) instead of letting it run undecided. These rules RETURN, never
+ACCEPT, so the rules after netguard's jump still apply. Only undecided flows reach them. Where the
+kernel has no u32, `apply_preferred` falls back to the rules without them (every segment queued).
+
+Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32 and REJECT all work there.
 """
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from netguard.policy import passed_mark
@@ -46,6 +60,12 @@ HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DN
 TCP_WINDOW_BYTES = 131072
 # UDP 443 (QUIC): the Initial datagrams of a flow; a ClientHello spans at most a few of them.
 UDP_WINDOW_BYTES = 16384
+# Every TCP data offset (header length in 32-bit words: 5 without options, 15 at most): one
+# data-less-segment rule each, since u32 cannot compare the IP length with the TCP header length.
+TCP_DATA_OFFSETS = range(5, 16)
+# Reply-direction packets up to which a data-less segment may skip the queue: the SYN-ACK alone.
+# More means the server has sent something (a banner) and the client's ACKs count toward a decision.
+SKIP_REPLY_PACKETS = 1
 
 Backend = Literal["iptables-nft", "iptables-legacy"]
 BACKENDS: tuple[Backend, ...] = ("iptables-nft", "iptables-legacy")
@@ -90,6 +110,8 @@ class Options:
     # Toward a masqueraded container an alert matches no direction of the NATed connection's entry,
     # and the new entry it would make clashes with that one and is dropped.
     untracked_alerts: bool = False
+    # Data-less TCP segments of undecided flows stay in the kernel (needs the xt u32 match).
+    skip_empty: bool = True
 
 
 def _m(value: int, mask: int) -> str:
@@ -99,6 +121,17 @@ def _m(value: int, mask: int) -> str:
 def _queue(opts: Options) -> list[str]:
     target = ["-j", "NFQUEUE", "--queue-num", str(opts.queue_num)]
     return [*target, "--queue-bypass"] if opts.fail_open else target
+
+
+def empty_segment_tests(family: Family) -> list[str]:
+    """The u32 expressions that together match exactly the TCP segments without payload (one per
+    TCP data offset): IP length == IP header + TCP header. IPv4: version 4 with a 20-byte header
+    (first byte 0x45, the TOS byte masked out), total length 20 + 4 * offset, no fragment bits, the
+    offset nibble at byte 32. IPv6: payload length 4 * offset with TCP (6) as the next header, the
+    offset nibble at byte 52."""
+    if family == 4:
+        return [f"0&0xFF00FFFF=0x{0x45000000 + 20 + 4 * d:08X}&&4&0x3FFF=0&&32>>28={d}" for d in TCP_DATA_OFFSETS]
+    return [f"4&0xFFFFFF00=0x{(4 * d) << 16 | 6 << 8:08X}&&52>>28={d}" for d in TCP_DATA_OFFSETS]
 
 
 def build_rules(family: Family, opts: Options) -> str:
@@ -122,6 +155,14 @@ def build_rules(family: Family, opts: Options) -> str:
         ["-p", "udp", *blocked, "-j", "REJECT", "--reject-with", unreach],
         [*blocked, "-j", "DROP"],
         ["-m", "connmark", "!", "--mark", _m(0, mk.mask), "-j", "RETURN"],
+    ]
+    if opts.skip_empty:
+        # Undecided from here on.
+        server_quiet = ["-m", "connbytes", "--connbytes", f"0:{SKIP_REPLY_PACKETS}", "--connbytes-dir", "reply",
+                        "--connbytes-mode", "packets"]
+        flow += [["-p", "tcp", "--tcp-flags", "SYN,RST", "NONE", "-m", "u32", "--u32", test, *server_quiet,
+                  "-j", "RETURN"] for test in empty_segment_tests(family)]
+    flow += [
         ["-p", "tcp", *original, *undecided, "-m", "connbytes", "--connbytes", f"0:{TCP_WINDOW_BYTES}",
          "--connbytes-dir", "original", "--connbytes-mode", "bytes", *_queue(opts)],
         ["-p", "udp", "--dport", "443", *original, *undecided, "-m", "connbytes",
@@ -268,6 +309,22 @@ def apply(backend: Backend, opts: Options, ns: str | None = None) -> None:
             if i:
                 remove(ns)
             raise
+
+
+def apply_preferred(backend: Backend, opts: Options, ns: str | None = None) -> tuple[Options, str | None]:
+    """apply(); if the kernel refuses the rules that keep data-less segments out of the queue (no xt
+    u32 match) but takes the set without them, that set. Returns the options in force and, after a
+    fallback, why. Trying in place needs no scratch namespace (a sandboxed service cannot make one),
+    and a refused restore changes nothing."""
+    try:
+        apply(backend, opts, ns)
+        return opts, None
+    except FirewallError as exc:
+        if not opts.skip_empty:
+            raise
+        fallback = replace(opts, skip_empty=False)
+        apply(backend, fallback, ns)
+        return fallback, str(exc)
 
 
 def _restore(backend: Backend, family: Family, text: str | None, ns: str | None) -> bool:

@@ -1,0 +1,102 @@
+"""Data-less TCP segments stay in the kernel, data never does: netguard run in a namespace lab, with
+each iptables backend and both families, hand-made segments (segments.py) and the rule counters read
+after each. The same steps against the fallback rule set (no xt u32) show what the test tells apart."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import Runner
+
+from netguard.shell import firewall, netns
+from netguard.shell import lab as lab_mod
+
+pytestmark = pytest.mark.root
+
+ALLOWED, BLOCKED = "registry-1.docker.io", "ghcr.io"
+SEGMENTS = str(Path(__file__).with_name("segments.py"))
+RAWHELLO = str(Path(__file__).with_name("rawhello.py"))
+# The kernel's resets to the hand-made connections' replies (no socket behind them) are dropped.
+RESET_DROP = ["OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "--dport", "443", "-j", "DROP"]
+
+
+@pytest.fixture(scope="module", params=firewall.BACKENDS)
+def daemon(lab: lab_mod.Lab, tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[Runner]:
+    backend = request.param
+    runner = Runner(lab, tmp_path_factory.mktemp("empty"), args=("--backend", backend)).start()
+    for tool in ("iptables", "ip6tables"):
+        netns.run(lab.client, [tool, "-t", "raw", "-A", *RESET_DROP])
+    try:
+        yield runner
+    finally:
+        for tool in ("iptables", "ip6tables"):
+            netns.run(lab.client, [tool, "-t", "raw", "-D", *RESET_DROP], check=False)
+        assert runner.stop() == 0
+
+
+def backend_of(runner: Runner) -> firewall.Backend:
+    backend = runner.args[runner.args.index("--backend") + 1]
+    assert backend in firewall.BACKENDS
+    return backend
+
+
+def steps(lab: lab_mod.Lab, runner: Runner, family: int, *spec: str) -> list[tuple[str, int, int]]:
+    src = lab.client_v4 if family == 4 else lab.client_v6
+    host = lab.host(ALLOWED)
+    r = lab.client_run([sys.executable, SEGMENTS, backend_of(runner), src, host.v4 if family == 4 else host.v6,
+                        *spec], timeout=30)
+    assert r.returncode == 0, r.stderr
+    return [(str(s), int(q), int(k)) for s, q, k in json.loads(r.stdout)]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_pure_acks_and_fins_stay_in_the_kernel_data_is_queued(lab: lab_mod.Lab, daemon: Runner,
+                                                              family: int) -> None:
+    assert "data-less TCP segments stay in the kernel" in daemon.stderr()
+    # (step, queued, skipped): the SYN and every segment with bytes go to the daemon, whatever the
+    # TCP header length; a segment with 4 bytes and offset 5 has the IP length of a pure ACK with
+    # offset 6. Pure ACKs of any header length stay in the kernel.
+    got = steps(lab, daemon, family, "S", "A5", "A8", "A15", "D1/5", "D2/8", "D3/15", "D4/5")
+    assert got == [("S", 1, 0), ("A5", 0, 1), ("A8", 0, 1), ("A15", 0, 1), ("D1/5", 1, 0), ("D2/8", 1, 0),
+                   ("D3/15", 1, 0), ("D4/5", 1, 0)]
+    assert steps(lab, daemon, family, "S", "A5", "F") == [("S", 1, 0), ("A5", 0, 1), ("F", 0, 1)]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_acks_after_the_server_spoke_are_queued(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
+    # Once the server has sent more than its SYN-ACK (here its ACK of our byte; a banner when the
+    # server speaks first), pure ACKs count toward the engine's judging by address again.
+    got = steps(lab, daemon, family, "S", "A8", "D1/5", "W", "A8", "F")
+    assert got == [("S", 1, 0), ("A8", 0, 1), ("D1/5", 1, 0), ("W", 0, 0), ("A8", 1, 0), ("F", 1, 0)]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_without_u32_every_segment_is_queued(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
+    backend = backend_of(daemon)
+    firewall.apply(backend, firewall.Options(skip_empty=False), ns=lab.client)
+    try:
+        got = steps(lab, daemon, family, "S", "A5", "D1/5")
+    finally:
+        firewall.apply(backend, firewall.Options(), ns=lab.client)
+    assert got == [("S", 1, 0), ("A5", 1, 0), ("D1/5", 1, 0)]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_client_hello_in_one_byte_segments(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
+    src = lab.client_v4 if family == 4 else lab.client_v6
+    host = lab.host(ALLOWED)
+    addr = host.v4 if family == 4 else host.v6
+
+    def send(name: str) -> dict[str, object]:
+        r = lab.client_run([sys.executable, RAWHELLO, src, addr, name, "1", "shuffle"], timeout=60)
+        return dict(json.loads(r.stdout))
+
+    ok = send(ALLOWED)
+    assert ok["pieces"] == ok["hello_len"] and int(str(ok["server_bytes"])) > 100 and not ok["rst"], ok
+    bad = send(BLOCKED)
+    assert bad["server_bytes"] == 0 and bad["rst"], bad
