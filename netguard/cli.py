@@ -321,8 +321,11 @@ def _status_text(doc: dict[str, Any]) -> str:
         lines.append("  recent blocks, newest last:")
         for r in doc["recent_blocks"]:
             action = " (cut)" if r.get("action") == "cut" else ""
+            who = ""
+            if r.get("uid") is not None:
+                who = f"  by {r['process'] or '?'} (pid {r['pid'] or '?'}, uid {r['uid']})"
             lines.append(f"    {_clock(r['time'])}  {r['host'] or '-'}  {_endpoint(r['src'], r['sport'])} -> "
-                         f"{_endpoint(r['dst'], r['dport'])}/{r['proto']}  [{r['source']}] {r['rule']}{action}")
+                         f"{_endpoint(r['dst'], r['dport'])}/{r['proto']}  [{r['source']}] {r['rule']}{action}{who}")
     else:
         lines.append("  recent blocks: none")
     return "\n".join(lines)

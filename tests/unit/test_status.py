@@ -51,5 +51,7 @@ def test_status_text() -> None:
     text = _status_text({**DOC, "recent_blocks": [block]})
     assert "(pid 42, up 3 h 2 min)" in text and "limits hit: bytes 2" in text
     assert "ghcr.io  [fd00::2]:40000 -> [fd00::3]:443/tcp  [sni] ghcr is not in allow" in text
+    owned = _status_text({**DOC, "recent_blocks": [{**block, "uid": 1000, "pid": None, "process": None}]})
+    assert owned.endswith("ghcr is not in allow  by ? (pid ?, uid 1000)")
     assert "run as root to see them" in _status_text(DOC)
     assert "recent blocks: none" in _status_text({**DOC, "recent_blocks": []})
