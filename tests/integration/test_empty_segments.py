@@ -100,3 +100,21 @@ def test_client_hello_in_one_byte_segments(lab: lab_mod.Lab, daemon: Runner, fam
     assert ok["pieces"] == ok["hello_len"] and int(str(ok["server_bytes"])) > 100 and not ok["rst"], ok
     bad = send(BLOCKED)
     assert bad["server_bytes"] == 0 and bad["rst"], bad
+
+
+@pytest.mark.parametrize("backend", firewall.BACKENDS)
+def test_apply_preferred_falls_back_when_the_kernel_refuses_u32(backend: firewall.Backend,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with netns.scratch("empty") as ns:
+        opts, why = firewall.apply_preferred(backend, firewall.Options(), ns=ns)
+        assert opts.skip_empty and why is None
+        for family in firewall.FAMILIES:
+            lines = firewall.installed(backend, family, ns)
+            assert sum("-m u32" in line for line in lines) == len(firewall.TCP_DATA_OFFSETS), lines
+        # A u32 test the tool cannot parse stands in for a kernel without the match.
+        monkeypatch.setattr(firewall, "empty_segment_tests", lambda family: ["no-such-test"])
+        opts, why = firewall.apply_preferred(backend, firewall.Options(), ns=ns)
+        assert not opts.skip_empty and why is not None and "restore" in why
+        for family in firewall.FAMILIES:
+            lines = firewall.installed(backend, family, ns)
+            assert any("NFQUEUE" in line for line in lines) and not any("-m u32" in line for line in lines)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from netguard.shell import firewall
 from netguard.shell.firewall import Marks, Options, build_removal, build_rules
@@ -128,3 +130,65 @@ def test_replacement_is_one_transaction_per_table() -> None:
     raw = lines[lines.index("*raw"):]
     assert "-X NETGUARD-RAW" in raw and not any(line.startswith("-A NETGUARD-RAW") for line in raw)
     assert firewall.build_replacement("", None) is None
+
+
+def test_data_less_segments_return_before_the_queue_and_only_without_syn_or_rst() -> None:
+    for family in firewall.FAMILIES:
+        flow = [r for r in rules(family) if r.startswith("-A NETGUARD-FLOW")]
+        skip = [i for i, r in enumerate(flow) if "-m u32" in r]
+        queue_tcp = next(i for i, r in enumerate(flow) if "-p tcp" in r and "NFQUEUE" in r)
+        decided = next(i for i, r in enumerate(flow) if r.endswith("! --mark 0x0/0x700000 -j RETURN"))
+        assert skip == list(range(decided + 1, queue_tcp)) and len(skip) == len(firewall.TCP_DATA_OFFSETS)
+        for i in skip:
+            # RETURN, never ACCEPT: the rules after netguard's jump still see the segment.
+            assert flow[i].startswith("-A NETGUARD-FLOW -p tcp --tcp-flags SYN,RST NONE -m u32 --u32 ")
+            assert flow[i].endswith("-m connbytes --connbytes 0:1 --connbytes-dir reply --connbytes-mode packets "
+                                    "-j RETURN")
+        assert not any("-m u32" in r for r in rules(family, skip_empty=False))
+        assert len(rules(family)) == len(rules(family, skip_empty=False)) + len(firewall.TCP_DATA_OFFSETS)
+
+
+def u32_matches(expression: str, packet: bytes) -> bool:
+    """xt_u32's evaluation (net/netfilter/xt_u32.c) of the subset netguard writes: tests joined by
+    &&, each a start offset, & masks, >> shifts and one value; a read past the end fails the match."""
+    for test in expression.split("&&"):
+        location, value = test.split("=")
+        first, *ops = location.replace(">>", " >>").replace("&", " &").split()
+        pos = int(first, 0)
+        if pos + 4 > len(packet):
+            return False
+        val = int.from_bytes(packet[pos:pos + 4], "big")
+        for op in ops:
+            val = val & int(op[1:], 0) if op[0] == "&" else val >> int(op[2:], 0)
+        if val != int(value, 0):
+            return False
+    return True
+
+
+@given(offset=st.sampled_from(list(firewall.TCP_DATA_OFFSETS)), size=st.integers(0, 70),
+       family=st.sampled_from(firewall.FAMILIES), flags=st.sampled_from(["A", "FA", "PA"]))
+def test_u32_tests_match_exactly_the_segments_without_payload(offset: int, size: int, family: firewall.Family,
+                                                              flags: str) -> None:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+
+    tcp = TCP(sport=40000, dport=443, flags=flags, options=[("NOP", None)] * (4 * (offset - 5))) / (b"x" * size)
+    ip = IP(src="192.0.2.1", dst="192.0.2.2") if family == 4 else IPv6(src="2001:db8::1", dst="2001:db8::2")
+    packet = bytes(ip / tcp)
+    hits = [t for t in firewall.empty_segment_tests(family) if u32_matches(t, packet)]
+    assert len(hits) == (1 if size == 0 else 0)
+
+
+def test_u32_tests_leave_ip_options_extension_headers_and_fragments_queued() -> None:
+    from scapy.layers.inet import IP, TCP, IPOption_NOP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
+
+    ack = TCP(sport=40000, dport=443, flags="A")
+    plain4, plain6 = bytes(IP(dst="192.0.2.2") / ack), bytes(IPv6(dst="2001:db8::2") / ack)
+    assert any(u32_matches(t, plain4) for t in firewall.empty_segment_tests(4))
+    assert any(u32_matches(t, plain6) for t in firewall.empty_segment_tests(6))
+    for packet, family in ((bytes(IP(dst="192.0.2.2", options=[IPOption_NOP()] * 4) / ack), 4),
+                           (bytes(IP(dst="192.0.2.2", flags="MF") / ack), 4),
+                           (bytes(IP(dst="192.0.2.2", frag=10) / ack), 4),
+                           (bytes(IPv6(dst="2001:db8::2") / IPv6ExtHdrDestOpt() / ack), 6)):
+        assert not any(u32_matches(t, packet) for t in firewall.empty_segment_tests(family))  # type: ignore[arg-type]
