@@ -376,10 +376,25 @@ def rules_show() -> None:
 
 
 @rules.command("remove")
-def rules_remove() -> None:
-    """Remove every netguard chain and jump here (stale rules of a crashed run, for instance)."""
-    from netguard.shell import firewall
+@click.option("--force", is_flag=True, help="Remove them even while netguard runs here (enforcement stops).")
+def rules_remove(force: bool) -> None:
+    """Remove every netguard chain and jump here (stale rules of a crashed run, for instance).
 
+    Refuses while a netguard daemon runs in this network namespace: stop it instead (it removes its
+    own rules on exit), or pass --force."""
+    from netguard.shell import firewall
+    from netguard.shell.status import query
+
+    if not force:
+        try:
+            doc = query()
+            running = None if doc is None else f"pid {doc['pid']}"
+        except (OSError, ValueError, KeyError) as e:  # something holds the status socket but does not answer
+            running = f"its status socket does not answer: {e}"
+        if running is not None:
+            click.echo(f"netguard is running in this network namespace ({running}); stop it instead (it removes "
+                       "its rules on exit), or use --force", err=True)
+            sys.exit(2)
     try:
         removed = firewall.remove()
     except firewall.FirewallError as e:

@@ -68,6 +68,10 @@ def test_status_of_a_running_daemon(lab: lab_mod.Lab, tmp_path: Path) -> None:
         refusal = f"already running in this network namespace (pid {runner.proc.pid})"
         assert second.returncode == 2 and refusal in second.stderr, second.stderr
         assert netguard_rules(lab) == rules
+        # So does `rules remove`: it would end enforcement behind the daemon's back.
+        removal = lab.client_run([NETGUARD, "rules", "remove"])
+        assert removal.returncode == 2 and f"(pid {runner.proc.pid})" in removal.stderr, removal.stderr
+        assert netguard_rules(lab) == rules
         code, out = status(lab, "--json")
         assert code == 0 and json.loads(out)["pid"] == runner.proc.pid
     finally:
