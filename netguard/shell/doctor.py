@@ -76,6 +76,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("connbytes", "connbytes", ("CONFIG_NETFILTER_XT_MATCH_CONNBYTES",)),
     Feature("reject", "REJECT --reject-with tcp-reset", ("CONFIG_IP_NF_TARGET_REJECT",)),
     Feature("ip6tables", "ip6tables NFQUEUE + REJECT", ("CONFIG_IP6_NF_IPTABLES", "CONFIG_IP6_NF_TARGET_REJECT")),
+    Feature("u32", "u32 (data-less segments not queued)", ("CONFIG_NETFILTER_XT_MATCH_U32",)),
     Feature("netfilterqueue", "netfilterqueue importable", ()),
     Feature("queue_roundtrip", "packet queued and received", ()),
 )
@@ -630,6 +631,8 @@ def render(report: Report) -> str:
     notes = []
     if report.backend not in (None, NFT_QUEUE) and report.probes.get("nft_queue", Probe(None)).present is False:
         notes.append("nft queue unavailable here")
+    if report.backend not in (None, NFT_QUEUE) and report.probes.get("u32", Probe(None)).present is False:
+        notes.append("no xt u32: pure ACKs of undecided flows are queued too, one more round trip per connection")
     if len(report.backends) > 1:
         notes.append(f"also usable: {', '.join(report.backends[1:])}")
     lines.append(f"backend       {report.backend or 'none'}" + (f" ({'; '.join(notes)})" if notes else ""))

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from netguard.shell import netns
+from netguard.shell import firewall, netns
 
 # One kernel answer takes a few milliseconds; a tool that waits longer is stuck (e.g. on the
 # iptables-legacy lock held by another run), and doctor must finish in well under 3 s.
@@ -61,11 +61,16 @@ XT_FEATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("connbytes", ("-A", "OUTPUT", "-d", PROBE_V4, "-m", "connbytes", "--connbytes", "0:4096",
                    "--connbytes-dir", "original", "--connbytes-mode", "bytes", "-j", "ACCEPT")),
     ("reject", ("-A", "OUTPUT", "-d", PROBE_V4, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")),
+    # The exact form of firewall's data-less-segment test (optional: without it every segment is queued).
+    ("u32", ("-A", "OUTPUT", "-d", PROBE_V4, "-p", "tcp", "-m", "u32", "--u32", firewall.empty_segment_tests(4)[0],
+             "-j", "RETURN")),
 )
 XT6_FEATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("nfqueue6", ("-A", "OUTPUT", "-d", PROBE_V6, "-p", "udp", "-j", "NFQUEUE",
                   "--queue-num", str(PROBE_QUEUE), "--queue-bypass")),
     ("reject6", ("-A", "OUTPUT", "-d", PROBE_V6, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")),
+    ("u32_6", ("-A", "OUTPUT", "-d", PROBE_V6, "-p", "tcp", "-m", "u32", "--u32", firewall.empty_segment_tests(6)[0],
+               "-j", "RETURN")),
 )
 NFT_QUEUE_RULES = f"""table inet ng_probe_queue {{
   chain out {{
@@ -238,6 +243,10 @@ def _collapse(xt_nft: Mapping[str, Probe], xt_legacy: Mapping[str, Probe],
     ip6 = "ip6tables-legacy" if tool == IPTABLES_LEGACY else "ip6tables-nft"
     probes["ip6tables"] = Probe(True if both else (False if either_false else None),
                                 f"{ip6}: NFQUEUE {v4.detail}; REJECT {v6.detail}")
+    u4, u6 = (seen.get(name, Probe(None, "not probed")) for name in ("u32", "u32_6"))
+    probes["u32"] = Probe(True if u4.present is True and u6.present is True
+                          else False if False in (u4.present, u6.present) else None,
+                          f"{tool}: {u4.detail}; {ip6}: {u6.detail}")
     return probes
 
 
@@ -287,7 +296,7 @@ def live_probe() -> ProbeRun:
     why_not = _can_make_namespaces()
     if why_not is not None:
         for name in ("nfnetlink_queue", "xt_nfqueue_nft", "xt_nfqueue_legacy", "nft_queue", "nft_ct_reject",
-                     "conntrack", "connmark", "connbytes", "reject", "ip6tables", "queue_roundtrip"):
+                     "conntrack", "connmark", "connbytes", "reject", "ip6tables", "u32", "queue_roundtrip"):
             probes[name] = Probe(None, why_not)
         return ProbeRun(probes, (), time.monotonic() - start)
     spaces = _Namespaces()

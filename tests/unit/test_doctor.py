@@ -356,3 +356,21 @@ def test_roundtrip_rules_stay_on_lo() -> None:
     assert argv[0] == "iptables-legacy" and argv[argv.index("-o") + 1] == "lo" and stdin is None
     argv, stdin = probe._roundtrip_rule("nft-queue")
     assert argv == ["nft", "-f", "-"] and stdin is not None and "oif lo" in stdin
+
+
+def test_u32_row_needs_both_families_and_only_adds_a_note() -> None:
+    yes, no = Probe(True, "rule accepted"), Probe(False, "Error: x")
+    xt = {"nfqueue": yes, "conntrack": yes, "connmark": yes, "connbytes": yes, "reject": yes,
+          "nfqueue6": yes, "reject6": yes, "u32": yes, "u32_6": yes}
+    nft = {"nft_queue": no, "nft_ct_reject": no}
+    assert probe._collapse(xt, xt, nft)["u32"].present is True
+    rows = probe._collapse({**xt, "u32_6": no}, xt, nft)
+    assert rows["u32"].present is False and "ip6tables-nft: Error: x" in rows["u32"].detail
+    # Without u32 netguard enforces the same, one round trip slower: no verdict change, a note.
+    env = Environment("linux", "6.1.0", (6, 1, 0))
+    with_u32 = {**ALL_OK, "nft_queue": no, "nft_ct_reject": no}
+    without = {**with_u32, "u32": Probe(False, "Error: Couldn't load match `u32'")}
+    assert decide(env, (), without) == decide(env, (), with_u32)
+    report = assess(Path("/nonexistent"), {}, probes=without, probe_source="test")
+    assert "no xt u32: pure ACKs of undecided flows are queued too" in render(report)
+    assert "no xt u32" not in render(assess(Path("/nonexistent"), {}, probes=with_u32, probe_source="test"))
