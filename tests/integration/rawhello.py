@@ -19,6 +19,7 @@ import random
 import socket
 import sys
 import time
+from typing import Any
 
 from scapy.all import IP, TCP, AsyncSniffer, IPv6, conf, raw  # type: ignore[attr-defined]
 
@@ -49,7 +50,7 @@ def main() -> None:
     sender = Sender(src, address)
     sport = random.randint(20000, 60000)
     isn = random.randint(0, 2**31)
-    seen: list[object] = []
+    seen: list[Any] = []  # scapy packets (untyped)
     sniffer = AsyncSniffer(filter=f"tcp and src host {address} and src port 443 and dst port {sport}",
                            iface=["eth0", "lo"], store=False, prn=seen.append)
     sniffer.start()
