@@ -45,7 +45,9 @@ MAX_FLOW_BYTES = 16384 + 4 + 5 * 4 + 1024
 # An undecided flow that has sent nothing for this long is forgotten (its SYN may have been lost).
 FLOW_IDLE = 60.0
 # Data-less client segments before a decision: the server speaks first (SSH, SMTP), so the name
-# will never come from the client; judge by address.
+# will never come from the client; judge by address. With xt u32 the kernel keeps data-less segments
+# only while the server has sent nothing but its SYN-ACK (firewall.py), so the handshake's ACK never
+# arrives here but the client's ACKs of a banner do; a replayed capture shows them all.
 MAX_EMPTY_SEGMENTS = 3
 # Decided flows remembered: for packets queued behind the deciding one, and to cut open flows on
 # reload (about 300 bytes each). Evicting the oldest only loses the ability to cut that flow.
