@@ -6,6 +6,11 @@ block's end, and leaving the block requires it to be consumed exactly. Running p
 real input raises `Truncated` (more bytes could come); running past a fence raises `Malformed` (the
 block's own length prefix said it was shorter). Fixed-layout headers are read with one precompiled
 `struct.Struct` per header, which keeps the hot path to a single bounds check and a single C call.
+
+Where a method call per field is too dear (the ClientHello body, DNS names), the parser takes the
+cursor's state into locals for one tight function and keeps the same discipline: the block's end is
+known before the first read, every read is preceded by its check against it, and an overrun raises
+what the cursor would (Malformed inside a complete block, Truncated at the end of the input).
 """
 
 from __future__ import annotations
@@ -17,9 +22,6 @@ from netguard.wire.errors import Malformed, Truncated
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_TAG_LEN = struct.Struct("!HH")
-# Precompiled layouts for the short u16 arrays of a ClientHello (versions, groups).
-_U16_ARRAYS = tuple(struct.Struct(f"!{n}H") for n in range(64))
 
 
 class Reader:
@@ -122,84 +124,6 @@ class Reader:
         pos = self.pos
         self.pos = self.end
         return self.data[pos : self.end]
-
-    def tagged_blocks(self) -> dict[int, tuple[int, int]]:
-        """Read (u16 tag, u16 length, body) blocks up to the current end, as TLS extensions are laid
-        out. Returns tag -> (body offset, body length) in wire order; a repeated tag is Malformed.
-        One tight loop instead of a method call per field: this is the ClientHello hot path. The
-        bounds are checked once after the loop: a block that overruns the end leaves `pos` past it."""
-        data = self.data
-        pos = self.pos
-        end = self.end
-        unpack = _TAG_LEN.unpack_from
-        blocks: dict[int, tuple[int, int]] = {}
-        count = 0
-        try:
-            while pos < end:
-                tag, length = unpack(data, pos)
-                pos += 4
-                blocks[tag] = (pos, length)
-                pos += length
-                count += 1
-        except struct.error:
-            pos = len(data) + 4  # the header itself ran off the data
-        if pos > end:
-            self.pos = min(pos, end)
-            raise self._short(pos - end)
-        if len(blocks) != count:
-            raise Malformed("block type repeated")
-        self.pos = pos
-        return blocks
-
-    def skip_vector(self, width: int) -> int:
-        """Step over a vector with a `width`-byte (1 or 2) length prefix; return its length."""
-        pos = self.pos
-        if pos + width > self.end:
-            raise self._short(width)
-        data = self.data
-        length = data[pos] if width == 1 else (data[pos] << 8) | data[pos + 1]
-        if pos + width + length > self.end:
-            self.pos = pos + width
-            raise self._short(length)
-        self.pos = pos + width + length
-        return length
-
-    def u8_prefixed_items(self) -> list[bytes]:
-        """Read (u8 length, bytes) items up to the current end, as ALPN protocol names are laid out."""
-        data = self.data
-        pos = self.pos
-        end = self.end
-        items = []
-        while pos < end:
-            start = pos + 1
-            pos = start + data[pos]
-            if pos > end:
-                self.pos = start
-                raise self._short(data[start - 1])
-            items.append(data[start:pos])
-        self.pos = pos
-        return items
-
-    def u16_array(self, length: int) -> tuple[int, ...]:
-        """Read `length` bytes as big-endian u16 values (`length` must be even)."""
-        if length & 1:
-            raise Malformed(f"odd u16 array length {length}")
-        pos = self.pos
-        if pos + length > self.end:
-            raise self._short(length)
-        self.pos = pos + length
-        layout = _U16_ARRAYS[length >> 1] if length < 2 * len(_U16_ARRAYS) else struct.Struct(f"!{length >> 1}H")
-        return layout.unpack_from(self.data, pos)
-
-    def goto(self, offset: int, length: int) -> Reader:
-        """Fence the cursor to `length` bytes at `offset` (a block found earlier, e.g. by
-        `tagged_blocks`); returns self. For blocks read after the enclosing one is done with."""
-        if offset < 0 or length < 0 or offset + length > len(self.data):
-            raise Malformed(f"block at {offset}+{length} lies outside the data")
-        self.pos = offset
-        self.end = offset + length
-        self.fences = 1
-        return self
 
     def restrict_to(self, n: int) -> _Fence:
         """Fence the next `n` bytes: `with reader.restrict_to(n): ...` must consume them exactly."""
