@@ -8,6 +8,7 @@ policy's own entries override them at the same pattern; `decide` then needs one 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import tomllib
 from collections.abc import Callable
@@ -98,31 +99,30 @@ def parse_policy(text: str, source: str, catalog: Catalog, default_name: str = "
         problem("name", "name: expected a non-empty string")
         name = default_name
 
+    # The table is built while the lists are read, catalog entries first: a 100k-entry policy then
+    # needs no second copy of its patterns during the load, whose peak is the daemon's peak memory.
+    # Catalog entries go in as blocked and are switched once the allow list's ids are known.
+    table: PatternTable[Rule] = PatternTable()
+    blocked = {reg.id: Rule(False, reg.id, reg.name, "catalog") for reg in catalog.registries.values()}
+    for reg in catalog.registries.values():
+        for p in reg.patterns:
+            table.put(p, blocked[reg.id])
     allow_ids: set[str] = set()
-    allow_patterns = _patterns(doc, "allow", text, source, catalog, problems, warnings, allow_ids)
-    block_patterns = _patterns(doc, "block", text, source, catalog, problems, warnings, None)
-    for p in allow_patterns.keys() & block_patterns.keys():
-        problem("block", f"{p} is in both allow and block", block_patterns[p])
+    both: dict[Pattern, str] = {}
+    rules: dict[Rule, Rule] = {}
+    _patterns(doc, "allow", text, source, catalog, problems, warnings, allow_ids, table, rules, both)
+    _patterns(doc, "block", text, source, catalog, problems, warnings, None, table, rules, both)
+    for p, written in both.items():
+        problem("block", f"{p} is in both allow and block", written)
     _check_marks(settings, problem)
     if problems:
         raise PolicyError(problems)
-
-    table: PatternTable[Rule] = PatternTable()
     for reg in catalog.registries.values():
-        shared = Rule(reg.id in allow_ids, reg.id, reg.name, "catalog")
-        for p in reg.patterns:
-            table.put(p, shared)
-    # A policy pattern inside a catalog registry (myteam.azurecr.io under *.azurecr.io) keeps that
-    # registry's name in decisions. Entries go in one by one: a lookup that meets an earlier policy
-    # entry finds the same registry, since those inherit theirs from the catalog too.
-    rules: dict[Rule, Rule] = {}
-    lists: tuple[tuple[dict[Pattern, str], bool, Origin], ...] = ((allow_patterns, True, "allow"),
-                                                                  (block_patterns, False, "block"))
-    for patterns, allowed, origin in lists:
-        for p in patterns:
-            u = table.get(p) or _hit(table.lookup(p.name, p.port))
-            rule = Rule(allowed, u.registry if u else None, u.registry_name if u else None, origin)
-            table.put(p, rules.setdefault(rule, rule))
+        if reg.id in allow_ids:
+            allowed = Rule(True, reg.id, reg.name, "catalog")
+            for p in reg.patterns:
+                if table.get(p) is blocked[reg.id]:
+                    table.put(p, allowed)
     return Policy(name=name, source=source, catalog=catalog, allow_ids=frozenset(allow_ids), table=table,
                   warnings=tuple(warnings), **settings)
 
@@ -156,15 +156,22 @@ def _settings(doc: dict[str, Any], problem: Callable[[str, str], None]) -> dict[
     return settings
 
 
-def _patterns(doc: dict[str, Any], key: str, text: str, source: str, catalog: Catalog,
-              problems: list[Problem], warnings: list[str], ids: set[str] | None) -> dict[Pattern, str]:
-    """Parse the list under `key` into patterns (and, where ids is given, catalog ids)."""
-    found: dict[Pattern, str] = {}
+def _patterns(doc: dict[str, Any], key: str, text: str, source: str, catalog: Catalog, problems: list[Problem],
+              warnings: list[str], ids: set[str] | None, table: PatternTable[Rule], rules: dict[Rule, Rule],
+              both: dict[Pattern, str]) -> None:
+    """Parse the list under `key` into table entries (and, where ids is given, catalog ids).
+
+    Entries go in one by one, so a lookup finds the catalog and the entries before: a policy pattern
+    inside a catalog registry (myteam.azurecr.io under *.azurecr.io) keeps that registry's name in
+    decisions, and so does one below an earlier policy entry, which inherited its registry too. A
+    block pattern also in allow is left out and reported in `both` (with its text as written)."""
     values = doc.get(key, [])
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         problems.append(Problem(source, *locate(text, key), f"{key}: expected a list of strings"))
-        return found
+        return
+    origin: Origin = "allow" if ids is not None else "block"
     seen: set[str] = set()
+    earlier: dict[Pattern, str] | None = None  # pattern -> its last spelling, built at the first duplicate
     for index, written in enumerate(values):
         # Positions are searched only for entries with a problem: a 100k-entry policy loads in
         # linear time.
@@ -194,9 +201,32 @@ def _patterns(doc: dict[str, Any], key: str, text: str, source: str, catalog: Ca
         if warning:
             line, col = locate(text, key, written, nth=values[:index].count(written))
             warnings.append(f"{source}:{line}:{col}: {warning}")
-        if pattern in found:
-            at(f"{key}: {written!r} is listed twice (as {found[pattern]!r})")
-        found[pattern] = written
+        if pattern.name == written:
+            pattern = pattern._replace(name=written)  # the table keeps the file's string, not a copy
+        u = table.get(pattern)
+        if (u is not None and u.origin == origin) or pattern in both:
+            if earlier is None:
+                earlier = _spellings(values[:index])
+            at(f"{key}: {written!r} is listed twice (as {earlier[pattern]!r})")
+        elif u is not None and u.origin != "catalog":
+            both[pattern] = written
+        else:
+            u = u or _hit(table.lookup(pattern.name, pattern.port))
+            rule = Rule(ids is not None, u.registry if u else None, u.registry_name if u else None, origin)
+            table.put(pattern, rules.setdefault(rule, rule))
+        if earlier is not None:
+            earlier[pattern] = written
+        if pattern in both:
+            both[pattern] = written
+
+
+def _spellings(values: list[str]) -> dict[Pattern, str]:
+    """Each host pattern in values -> its last spelling (read again only once a duplicate shows up)."""
+    found: dict[Pattern, str] = {}
+    for written in values:
+        if not _is_id(written):
+            with contextlib.suppress(HostError):
+                found[parse_pattern(written)[0]] = written
     return found
 
 
