@@ -118,3 +118,4 @@ def test_apply_preferred_falls_back_when_the_kernel_refuses_u32(backend: firewal
         for family in firewall.FAMILIES:
             lines = firewall.installed(backend, family, ns)
             assert any("NFQUEUE" in line for line in lines) and not any("-m u32" in line for line in lines)
+
