@@ -56,13 +56,19 @@ MAX_EXTRA_TEXT = 200
 HEADER_LEN = 12
 
 _HEADER = struct.Struct("!HHHHHH")
-_RR_FIXED = struct.Struct("!HHIH")
-_Q_FIXED = struct.Struct("!HH")
+_RR = struct.Struct("!HHIH")
+_RR_FIXED = _RR.unpack_from
+_Q_FIXED = struct.Struct("!HH").unpack_from
+# A NamedTuple's own __new__ is a Python function; building through tuple.__new__ skips it.
+_new = tuple.__new__
 _LEN = struct.Struct("!H")
 
 # Label bytes written as-is; every other byte becomes \DDD.
 _PLAIN = bytes(b for b in range(0x21, 0x7F) if b not in (0x2E, 0x5C))
-_PLAIN_OR_DOT = _PLAIN + b"."
+# Maps each of those bytes and "." to itself and every other byte to "a" (which it is not), so
+# `name.translate(...) == name` holds exactly for a name that needs no escaping (one C pass;
+# translate's deletechars is twice as dear).
+_PLAIN_OR_DOT_ONLY = bytes(b if b in _PLAIN or b == 0x2E else 0x61 for b in range(256))
 
 
 class Question(NamedTuple):
@@ -107,12 +113,24 @@ def _read_name(r: Reader, seen: NameCache) -> str:
     A pointer to an offset where a name was already decoded reuses that result (`seen`): answers
     point at the question and at earlier CNAME targets, so most names cost one lookup."""
     data = r.data
+    entry = limit = pos = r.pos
+    end = r.end
+    if pos + 1 < end:
+        length = data[pos]
+        if length >= 0xC0:  # a bare pointer to a name decoded before: the common case in answers
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            if target < pos:
+                known = seen.get(target)
+                if known is not None:
+                    r.pos = pos + 2
+                    return known[3]
+        elif not length:
+            r.pos = pos + 1
+            return ""
     parts: list[bytes] = []
     labels = 0
     wire_len = 1
     # Each pointer must go strictly before the last place a name segment started.
-    entry = limit = pos = r.pos
-    end = r.end
     resume = -1
     jumps: list[tuple[int, int, int]] = []
     while True:
@@ -162,7 +180,7 @@ def _read_name(r: Reader, seen: NameCache) -> str:
         return ""
     joined = b".".join(parts)
     # Fast path: printable ASCII and no '.' or '\\' inside a label (the dots are the joins).
-    if joined.translate(None, _PLAIN_OR_DOT) or joined.count(b".") != labels - 1:
+    if joined.translate(_PLAIN_OR_DOT_ONLY) != joined or joined.count(b".") != labels - 1:
         # Only clean names are cached, so only the last part can be a cached (clean) suffix.
         tail = parts[-1] if len(parts) < labels else None
         raw = parts[:-1] if tail is not None else parts
@@ -180,63 +198,104 @@ def _escape(label: bytes) -> str:
 
 
 def _parse(data: bytes) -> tuple[DnsMessage, int, int]:
-    """Parse a message; also return where the question section ends and the OPT TTL field (or -1)."""
-    r = Reader(data)
-    ident, flags, qdcount, ancount, nscount, arcount = r.unpack(_HEADER)
+    """Parse a message; also return where the question section ends and the OPT TTL field (or -1).
+
+    The fixed-size fields are read inline (check against the end, then one unpack_from call); names
+    go through `_read_name` with the cursor `r`, whose position is kept in step. Outside a CNAME's
+    rdata no fence is set, so an overrun here is Truncated."""
+    end = len(data)
+    if end < HEADER_LEN:
+        raise _short(HEADER_LEN, 0, end)
+    ident, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
     if qdcount + ancount + nscount + arcount > MAX_RECORDS:
         raise Malformed(f"more than {MAX_RECORDS} records")
+    r = Reader(data, HEADER_LEN)
     seen: NameCache = {}
     questions = []
     for _ in range(qdcount):
         name = _read_name(r, seen)
-        qtype, qclass = r.unpack(_Q_FIXED)
-        questions.append(Question(name, qtype, qclass))
+        pos = r.pos
+        if pos + 4 > end:
+            raise _short(4, pos, end)
+        r.pos = pos + 4
+        questions.append(_new(Question, (name, *_Q_FIXED(data, pos))))
     question_end = r.pos
     answers = []
     for _ in range(ancount):
         name = _read_name(r, seen)
-        rtype, rclass, ttl, rdlength = r.unpack(_RR_FIXED)
+        pos = r.pos
+        if pos + 10 > end:
+            raise _short(10, pos, end)
+        rtype, rclass, ttl, rdlength = _RR_FIXED(data, pos)
+        pos += 10
+        stop = pos + rdlength
         rdata: bytes | str | None = None
-        if rtype == TYPE_A and rclass == 1:
-            if rdlength != 4:
-                raise Malformed(f"A record of {rdlength} bytes")
-            rdata = r.take(4)
-        elif rtype == TYPE_AAAA and rclass == 1:
-            if rdlength != 16:
-                raise Malformed(f"AAAA record of {rdlength} bytes")
-            rdata = r.take(16)
+        # A and AAAA lengths are judged before the bounds (a wrong length is Malformed even when cut).
+        if rtype == TYPE_A and rclass == 1 and rdlength != 4:
+            raise Malformed(f"A record of {rdlength} bytes")
+        if rtype == TYPE_AAAA and rclass == 1 and rdlength != 16:
+            raise Malformed(f"AAAA record of {rdlength} bytes")
+        if stop > end:
+            raise _short(rdlength, pos, end)
+        if rclass == 1 and rtype in (TYPE_A, TYPE_AAAA):
+            rdata = data[pos:stop]
         elif rtype == TYPE_CNAME:
-            with r.restrict_to(rdlength):
-                rdata = _read_name(r, seen)
-        else:
-            r.skip(rdlength)
-        answers.append(ResourceRecord(name, rtype, rclass, ttl, rdata))
+            # The target name is fenced by rdlength: running past it is Malformed.
+            r.pos = pos
+            r.end = stop
+            r.fences = 1
+            rdata = _read_name(r, seen)
+            r.end = end
+            r.fences = 0
+            if r.pos != stop:
+                raise Malformed(f"block ends at {stop} but its contents end at {r.pos}")
+        r.pos = stop
+        answers.append(_new(ResourceRecord, (name, rtype, rclass, ttl, rdata)))
     for _ in range(nscount):
         _read_name(r, seen)
-        _rtype, _rclass, _ttl, rdlength = r.unpack(_RR_FIXED)
-        r.skip(rdlength)
+        pos = r.pos
+        if pos + 10 > end:
+            raise _short(10, pos, end)
+        rdlength = _RR_FIXED(data, pos)[3]
+        pos += 10
+        if pos + rdlength > end:
+            raise _short(rdlength, pos, end)
+        r.pos = pos + rdlength
     opt_ttl = -1
     for _ in range(arcount):
         name = _read_name(r, seen)
-        rtype, _rclass, ttl, rdlength = r.unpack(_RR_FIXED)
-        r.skip(rdlength)
+        pos = r.pos
+        if pos + 10 > end:
+            raise _short(10, pos, end)
+        rtype, _rclass, ttl, rdlength = _RR_FIXED(data, pos)
+        pos += 10
+        if pos + rdlength > end:
+            raise _short(rdlength, pos, end)
+        r.pos = pos + rdlength
         if rtype == TYPE_OPT:
             if opt_ttl >= 0 or name:
                 raise Malformed("second OPT record or OPT not at the root")
             opt_ttl = ttl
     # Trailing bytes after the last record are ignored, as resolvers do.
-    message = DnsMessage(
-        ident,
-        flags,
-        (flags >> 11) & 0xF,
-        flags & 0xF,
-        bool(flags & _FLAG_QR),
-        bool(flags & _FLAG_TC),
-        tuple(questions),
-        tuple(answers),
-        opt_ttl >= 0,
+    message = _new(
+        DnsMessage,
+        (
+            ident,
+            flags,
+            (flags >> 11) & 0xF,
+            flags & 0xF,
+            bool(flags & _FLAG_QR),
+            bool(flags & _FLAG_TC),
+            tuple(questions),
+            tuple(answers),
+            opt_ttl >= 0,
+        ),
     )
     return message, question_end, opt_ttl
+
+
+def _short(need: int, pos: int, end: int) -> Truncated:
+    return Truncated(f"need {need} bytes at offset {pos}, have {end - pos}")
 
 
 def parse_message(data: bytes) -> DnsMessage:
@@ -289,5 +348,5 @@ def build_blocked_reply(message: bytes, *, rcode: str, info_code: int, text: str
     if parsed.has_edns:
         extra = text.encode("utf-8")[:MAX_EXTRA_TEXT].decode("utf-8", "ignore").encode("utf-8")
         option = struct.pack("!HHH", EDE_OPTION, 2 + len(extra), info_code) + extra
-        out += b"\x00" + _RR_FIXED.pack(TYPE_OPT, EDNS_PAYLOAD, opt_ttl & _DO_BIT, len(option)) + option
+        out += b"\x00" + _RR.pack(TYPE_OPT, EDNS_PAYLOAD, opt_ttl & _DO_BIT, len(option)) + option
     return out

@@ -143,6 +143,15 @@ def test_odd_label_bytes_are_escaped() -> None:
     assert message.questions[0].name == "a\\046b.c\\092d.\\255\\032"
 
 
+def test_each_byte_alone_in_a_label() -> None:
+    # One odd byte among plain ones must still be escaped (the check runs on the whole name at once).
+    for byte in range(256):
+        label = b"a" + bytes([byte]) + b"z"
+        got = dns.parse_message(header() + name(label, b"test") + b"\x00\x01\x00\x01").questions[0].name
+        plain = 0x21 <= byte <= 0x7E and byte not in b".\\"
+        assert got == "a" + (chr(byte) if plain else f"\\{byte:03d}") + "z.test"
+
+
 def test_other_types_are_skipped_and_bad_rdata_is_malformed() -> None:
     mx = b"\xc0\x0c" + struct.pack("!HHIH", 15, 1, 30, 4) + b"\x00\x0a\xc0\x0c"
     txt = b"\xc0\x0c" + struct.pack("!HHIH", 16, 1, 30, 3) + b"\x02hi"

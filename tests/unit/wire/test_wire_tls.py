@@ -132,6 +132,17 @@ def test_sni_problems_are_reported(names: tuple[bytes, ...], problem: str) -> No
     assert hello.sni_problem == problem
 
 
+def test_each_byte_alone_in_a_host_name() -> None:
+    # Printable ASCII but space is taken as sent; any other byte, even one among plain ones, is reported.
+    for byte in range(256):
+        host = b"a" + bytes([byte]) + b".example"
+        hello = tls.parse_handshake(client_hello([sni_extension(host)]))
+        if 0x21 <= byte <= 0x7E:
+            assert (hello.sni, hello.sni_problem) == (host.decode(), None)
+        else:
+            assert (hello.sni, hello.sni_problem) == (None, "host_name is not printable ASCII")
+
+
 def test_empty_server_name_extension() -> None:
     hello = tls.parse_handshake(client_hello([extension(0, b"")]))
     assert (hello.sni, hello.sni_problem) == (None, "empty server_name extension")
