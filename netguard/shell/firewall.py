@@ -324,7 +324,7 @@ def apply_preferred(backend: Backend, opts: Options, ns: str | None = None) -> t
             raise
         fallback = replace(opts, skip_empty=False)
         apply(backend, fallback, ns)
-        return fallback, str(exc)
+        return fallback, str(exc).splitlines()[0]
 
 
 def _restore(backend: Backend, family: Family, text: str | None, ns: str | None) -> bool:

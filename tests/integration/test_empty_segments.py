@@ -4,6 +4,7 @@ after each. The same steps against the fallback rule set (no xt u32) show what t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from harness import Runner
 
 from netguard.shell import firewall, netns
 from netguard.shell import lab as lab_mod
+from netguard.shell.daemon import firewall_options
+from netguard.shell.policyfiles import load_policy
 
 pytestmark = pytest.mark.root
 
@@ -78,11 +81,12 @@ def test_acks_after_the_server_spoke_are_queued(lab: lab_mod.Lab, daemon: Runner
 @pytest.mark.parametrize("family", [4, 6])
 def test_without_u32_every_segment_is_queued(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
     backend = backend_of(daemon)
-    firewall.apply(backend, firewall.Options(skip_empty=False), ns=lab.client)
+    running = firewall_options(load_policy(None))  # the default policy's rules, as the daemon has them
+    firewall.apply(backend, dataclasses.replace(running, skip_empty=False), ns=lab.client)
     try:
         got = steps(lab, daemon, family, "S", "A5", "D1/5")
     finally:
-        firewall.apply(backend, firewall.Options(), ns=lab.client)
+        firewall.apply(backend, running, ns=lab.client)
     assert got == [("S", 1, 0), ("A5", 1, 0), ("D1/5", 1, 0)]
 
 
