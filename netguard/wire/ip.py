@@ -1,8 +1,9 @@
 """Strategy: IPv4 / IPv6 packets with their TCP or UDP header, as frozen values.
 
 `parse_packet` takes the raw bytes NFQUEUE hands over (starting at the IP header) and returns a
-`Packet`. Headers are read with one precompiled struct each through the shared `Reader`, so a
-TCP packet costs a handful of C calls. The IPv4 total length / IPv6 payload length bound the
+`Packet`. Headers are read with one precompiled struct each, every read preceded by its bounds
+check (the `Reader` discipline with the cursor in locals, see reader.py), so a TCP packet costs a
+handful of C calls. The IPv4 total length / IPv6 payload length bound the
 packet: trailing bytes past it are ignored, a packet shorter than it is `Truncated`. The IPv6
 extension-header chain (hop-by-hop, routing, fragment, destination options, AH) is walked up to a
 named limit. A fragment (IPv4 MF or offset, IPv6 fragment header with M or offset) is reported as
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from netguard.wire.errors import Malformed, Truncated
-from netguard.wire.reader import Reader
 
 # TCP flag bits (RFC 9293 §3.1).
 FIN = 0x01
@@ -44,12 +44,15 @@ _NO_NEXT = 59
 # the transport header out of view, and the walk must stay bounded.
 MAX_IPV6_EXT_HEADERS = 8
 
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_IPV6 = struct.Struct("!IHBB16s16s")
-_EXT = struct.Struct("!BB")
-_FRAG6 = struct.Struct("!BBHI")
-_TCP = struct.Struct("!HHIIBBHHH")
-_UDP = struct.Struct("!HHHH")
+_EXTENSION_HEADERS = frozenset((_HOP_BY_HOP, _ROUTING, _FRAGMENT, _AH, _DEST_OPTS))
+
+# Bound unpack_from methods: each read is preceded by its own bounds check.
+_IPV4 = struct.Struct("!BBHHHBBH4s4s").unpack_from
+_IPV6 = struct.Struct("!IHBB16s16s").unpack_from
+_EXT = struct.Struct("!BB").unpack_from
+_FRAG6 = struct.Struct("!BBHI").unpack_from
+_TCP = struct.Struct("!HHIIBBHHH").unpack_from
+_UDP = struct.Struct("!HHHH").unpack_from
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,75 +119,96 @@ def parse_packet(data: bytes) -> Packet:
 
 
 def _parse_ipv4(data: bytes) -> Packet:
-    r = Reader(data)
-    ver_ihl, _tos, total, ident, frag, ttl, proto, _csum, src, dst = r.unpack(_IPV4)
+    size = len(data)
+    if size < 20:
+        raise Truncated(f"need 20 bytes at offset 0, have {size}")
+    ver_ihl, _tos, total, ident, frag, ttl, proto, _csum, src, dst = _IPV4(data)
     header_len = (ver_ihl & 0x0F) * 4
     if header_len < 20:
         raise Malformed(f"IPv4 header length {header_len}")
     if total < header_len:
         raise Malformed(f"IPv4 total length {total} < header length {header_len}")
-    if total > len(data):
-        raise Truncated(f"IPv4 total length {total}, have {len(data)}")
-    _fence_payload(r, total)
-    options = r.take(header_len - 20) if header_len > 20 else b""
+    if total > size:
+        raise Truncated(f"IPv4 total length {total}, have {size}")
+    # From here on the payload is fenced by the total length (see _parse_l4).
+    options = data[20:header_len] if header_len > 20 else b""
     more = bool(frag & 0x2000)
     offset = (frag & 0x1FFF) * 8
     if more or offset:
         return Packet(4, src, dst, proto, ttl, True, more, offset, ident, options, None)
-    return Packet(4, src, dst, proto, ttl, False, False, 0, ident, options, _parse_l4(r, proto))
+    return Packet(4, src, dst, proto, ttl, False, False, 0, ident, options, _parse_l4(data, header_len, total, proto))
 
 
 def _parse_ipv6(data: bytes) -> Packet:
-    r = Reader(data)
-    _vtf, payload_len, next_header, hop_limit, src, dst = r.unpack(_IPV6)
-    if 40 + payload_len > len(data):
+    size = len(data)
+    if size < 40:
+        raise Truncated(f"need 40 bytes at offset 0, have {size}")
+    _vtf, payload_len, next_header, hop_limit, src, dst = _IPV6(data)
+    end = 40 + payload_len
+    if end > size:
         # A jumbogram (payload length 0 + hop-by-hop option) cannot come through NFQUEUE's copy.
-        raise Truncated(f"IPv6 payload length {payload_len}, have {len(data) - 40}")
-    _fence_payload(r, 40 + payload_len)
+        raise Truncated(f"IPv6 payload length {payload_len}, have {size - 40}")
+    pos = 40
     more = False
     offset = 0
     ident = 0
     fragmented = False
-    for _ in range(MAX_IPV6_EXT_HEADERS + 1):
-        if next_header in (_HOP_BY_HOP, _ROUTING, _DEST_OPTS):
-            next_header, ext_len = r.unpack(_EXT)
-            r.skip(ext_len * 8 + 6)
-        elif next_header == _AH:
-            next_header, ext_len = r.unpack(_EXT)
-            r.skip(ext_len * 4 + 6)
-        elif next_header == _FRAGMENT:
-            next_header, _reserved, frag, ident = r.unpack(_FRAG6)
-            offset = frag & 0xFFF8
-            more = bool(frag & 1)
-            # An atomic fragment (offset 0, M clear) is a whole packet (RFC 6946).
-            fragmented = fragmented or more or offset != 0
+    if next_header in _EXTENSION_HEADERS:
+        for _ in range(MAX_IPV6_EXT_HEADERS + 1):
+            if next_header in (_HOP_BY_HOP, _ROUTING, _DEST_OPTS, _AH):
+                if pos + 2 > end:
+                    raise _overrun(2, pos)
+                kind = next_header
+                next_header, ext_len = _EXT(data, pos)
+                skip = (ext_len * 4 if kind == _AH else ext_len * 8) + 6  # AH counts 4-byte units
+                pos += 2
+                if pos + skip > end:
+                    raise _overrun(skip, pos)
+                pos += skip
+            elif next_header == _FRAGMENT:
+                if pos + 8 > end:
+                    raise _overrun(8, pos)
+                next_header, _reserved, frag, ident = _FRAG6(data, pos)
+                pos += 8
+                offset = frag & 0xFFF8
+                more = bool(frag & 1)
+                # An atomic fragment (offset 0, M clear) is a whole packet (RFC 6946).
+                fragmented = fragmented or more or offset != 0
+            else:
+                break
         else:
-            break
-    else:
-        raise Malformed(f"more than {MAX_IPV6_EXT_HEADERS} IPv6 extension headers")
+            raise Malformed(f"more than {MAX_IPV6_EXT_HEADERS} IPv6 extension headers")
     if fragmented:
         return Packet(6, src, dst, next_header, hop_limit, True, more, offset, ident, b"", None)
-    l4 = None if next_header == _NO_NEXT else _parse_l4(r, next_header)
+    l4 = None if next_header == _NO_NEXT else _parse_l4(data, pos, end, next_header)
     return Packet(6, src, dst, next_header, hop_limit, False, False, 0, ident, b"", l4)
 
 
-def _fence_payload(r: Reader, end: int) -> None:
-    # The IP length field is satisfied, so a header that overruns it is Malformed, not Truncated.
-    r.end = end
-    r.fences = 1
+def _overrun(need: int, pos: int) -> Malformed:
+    # Past the IP header the length field is satisfied, so a header that overruns it is Malformed.
+    return Malformed(f"field of {need} bytes overruns its block at offset {pos}")
 
 
-def _parse_l4(r: Reader, proto: int) -> TcpSegment | UdpDatagram | None:
+def _parse_l4(data: bytes, pos: int, end: int, proto: int) -> TcpSegment | UdpDatagram | None:
+    """The transport header at `pos`, fenced by the IP length (`end`)."""
     if proto == PROTO_TCP:
-        sport, dport, seq, ack, off, flags, window, _csum, _urg = r.unpack(_TCP)
+        if pos + 20 > end:
+            raise _overrun(20, pos)
+        sport, dport, seq, ack, off, flags, window, _csum, _urg = _TCP(data, pos)
         header_len = (off >> 4) * 4
         if header_len < 20:
             raise Malformed(f"TCP data offset {header_len}")
-        options = r.take(header_len - 20) if header_len > 20 else b""
-        return TcpSegment(sport, dport, seq, ack, flags, window, options, r.rest())
+        if pos + header_len > end:
+            raise _overrun(header_len - 20, pos + 20)
+        options = data[pos + 20 : pos + header_len] if header_len > 20 else b""
+        return TcpSegment(sport, dport, seq, ack, flags, window, options, data[pos + header_len : end])
     if proto == PROTO_UDP:
-        sport, dport, length, _csum = r.unpack(_UDP)
+        if pos + 8 > end:
+            raise _overrun(8, pos)
+        sport, dport, length, _csum = _UDP(data, pos)
         if length < 8:
             raise Malformed(f"UDP length {length}")
-        return UdpDatagram(sport, dport, r.take(length - 8))
+        if pos + length > end:
+            raise _overrun(length - 8, pos + 8)
+        return UdpDatagram(sport, dport, data[pos + 8 : pos + length])
     return None

@@ -20,6 +20,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrRouting,
     fragment6,
 )
+from scapy.layers.ipsec import AH
 from scapy.packet import Packet, Padding, Raw
 from wirecorpus import corpus_files, read_pcap
 
@@ -112,6 +113,17 @@ def test_ipv6_extension_chain() -> None:
     )
     packet = check_against_scapy(raw)
     assert packet.proto == ip.PROTO_TCP and isinstance(packet.l4, ip.TcpSegment)
+
+
+def test_ipv6_authentication_header_counts_4_byte_units() -> None:
+    # AH's length is in 4-byte units (RFC 4302), the other extension headers' in 8-byte units.
+    ah = AH(nh=6, payloadlen=4, spi=7, seq=1, icv=bytes(12))  # 12 fixed + 12 ICV bytes: 24 / 4 - 2
+    raw = bytes(
+        IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrHopByHop() / ah / TCP(sport=5000, dport=443, flags="S")
+    )
+    packet = ip.parse_packet(raw)  # (scapy does not dissect past an IPv6 AH, so no cross-check)
+    assert packet.proto == ip.PROTO_TCP and isinstance(packet.l4, ip.TcpSegment)
+    assert (packet.l4.sport, packet.l4.dport, packet.l4.flags, packet.l4.payload) == (5000, 443, ip.SYN, b"")
 
 
 def test_ipv6_fragments_are_reported_not_parsed() -> None:
