@@ -6,6 +6,7 @@ truncations, and hypothesis-built packets compared with scapy's reading."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,23 @@ def test_ipv6_fragments_are_reported_not_parsed() -> None:
     atomic = bytes(IPv6() / IPv6ExtHdrFragment(m=0, offset=0) / UDP(dport=53) / b"z")
     packet = ip.parse_packet(atomic)  # RFC 6946: an atomic fragment is a whole packet
     assert not packet.is_fragment and isinstance(packet.l4, ip.UdpDatagram)
+
+
+def test_parsed_values_are_what_the_constructors_make() -> None:
+    # The parser sets the frozen dataclasses' slots directly; the values must not differ from
+    # constructed ones in any field, in equality, hashing or frozenness.
+    for raw in (
+        bytes(IP(src="10.0.0.1", dst="10.0.0.2", id=7) / TCP(sport=1, dport=2, options=[("MSS", 1460)]) / b"x"),
+        bytes(IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=53, dport=9) / b"answer"),
+    ):
+        packet = ip.parse_packet(raw)
+        assert packet.l4 is not None
+        l4 = type(packet.l4)(**{f.name: getattr(packet.l4, f.name) for f in dataclasses.fields(packet.l4)})
+        fields = {f.name: getattr(packet, f.name) for f in dataclasses.fields(packet)}
+        built = ip.Packet(**{**fields, "l4": l4})
+        assert packet == built and hash(packet) == hash(built) and repr(packet) == repr(built)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            packet.ttl = 1  # type: ignore[misc]
 
 
 def test_malformed_packets() -> None:
