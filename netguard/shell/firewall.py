@@ -7,8 +7,8 @@ call per family installs all of it atomically. Removal reads `iptables-save` and
 jumps and chains that carry the netguard prefix, so stale rules of a crashed run go away too and
 nobody else's rules are touched.
 
-What is queued (DESIGN.md section 3): DNS answers (UDP and TCP from port 53), the first client bytes
-of every undecided outbound TCP flow (a byte window via connbytes: with GSO one write is one packet,
+What is queued (DESIGN.md section 3): DNS answers (UDP and TCP from port 53), the SYN and the first
+client bytes of every undecided outbound TCP flow (a byte window via connbytes: with GSO one write is one packet,
 so a packet count would be wrong), and the first datagrams of UDP 443 flows. Once the daemon has
 decided, the verdict is saved in the connection mark and the rest of the flow stays in the kernel.
 Every verdict is given with NF_REPEAT and a packet mark, never a bare accept: a bare accept would
