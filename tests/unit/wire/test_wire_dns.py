@@ -165,6 +165,17 @@ def test_other_types_are_skipped_and_bad_rdata_is_malformed() -> None:
         dns.parse_message(header(an=1) + QUESTION + cname_past_rdata)
 
 
+def test_wrong_address_length_is_malformed_even_when_cut_short() -> None:
+    # No further bytes can make a 5-byte A or a 4-byte AAAA record valid: Malformed, not Truncated.
+    for rtype, rdlength in ((1, 5), (28, 4)):
+        cut = b"\xc0\x0c" + struct.pack("!HHIH", rtype, 1, 30, rdlength) + b"\x01"
+        with pytest.raises(Malformed):
+            dns.parse_message(header(an=1) + QUESTION + cut)
+    whole_but_cut = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + b"\x01"
+    with pytest.raises(Truncated):
+        dns.parse_message(header(an=1) + QUESTION + whole_but_cut)
+
+
 def test_record_count_bound() -> None:
     with pytest.raises(Malformed):
         dns.parse_message(header(qd=dns.MAX_RECORDS + 1))
