@@ -143,6 +143,29 @@ def test_each_byte_alone_in_a_host_name() -> None:
             assert (hello.sni, hello.sni_problem) == (None, "host_name is not printable ASCII")
 
 
+@pytest.mark.parametrize(
+    "names",
+    [
+        (b"h2", b"http/1.1"),  # the common lists (a table lookup in the parser) ...
+        (b"http/1.1",),
+        (b"h3",),
+        (b"h2", b"http/1.1", b"h3"),  # ... and others (the item walk)
+        (b"spdy/3", b"h2"),
+        (b"h2\xff",),
+    ],
+)
+def test_alpn_lists(names: tuple[bytes, ...]) -> None:
+    body = u16(b"".join(u8(name) for name in names))
+    hello = tls.parse_handshake(client_hello([extension(16, body)]))
+    assert hello.alpn == tuple(name.decode("ascii", "backslashreplace") for name in names)
+    # Typed bytes, but a bytearray has always worked too (the table is keyed by bytes).
+    as_bytearray = bytearray(records(client_hello([extension(16, body)])))
+    assert tls.parse_client_hello(as_bytearray).alpn == hello.alpn  # type: ignore[arg-type]
+    for bad in (body + b"\x00", body[:-1], body[2:]):
+        with pytest.raises(Malformed):
+            tls.parse_handshake(client_hello([extension(16, bad)]))
+
+
 def test_empty_server_name_extension() -> None:
     hello = tls.parse_handshake(client_hello([extension(0, b"")]))
     assert (hello.sni, hello.sni_problem) == (None, "empty server_name extension")
