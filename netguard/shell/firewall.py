@@ -19,7 +19,7 @@ the kernel's own reset travels back through OUTPUT with the same connection mark
 the REJECT lets resets out.
 
 Data-less segments (skip_empty, needs the xt u32 match): a pure ACK or a FIN without data of an
-undecided flow carries nothing to read, so it returns from NETGUARD-FLOW in the kernel instead of
+undecided flow carries nothing to read, so it leaves netguard's rules in the kernel instead of
 costing a queue round trip (a new TLS connection then queues 2 packets, the SYN and the
 ClientHello, not 3). "No payload" is decided exactly from the headers: u32 cannot compare two fields,
 so one rule per TCP data offset (5..15) tests IP length == IP header + TCP header (IPv4 with a 20-byte
@@ -28,9 +28,13 @@ extension headers stay queued. SYNs (ISN, TTL, TCP Fast Open data) and RSTs are 
 segment is skipped only while the server has sent nothing but its SYN-ACK (connbytes, reply
 direction, packet count): when the server speaks first (SSH, SMTP banners) the client's ACKs are
 still queued, so the engine can judge such a flow by address after a few data-less segments
-(engine.core.MAX_EMPTY_SEGMENTS) instead of letting it run undecided. These rules RETURN, never
-ACCEPT, so the rules after netguard's jump still apply. Only undecided flows reach them. Where the
-kernel has no u32, `apply_preferred` falls back to the rules without them (every segment queued).
+(engine.core.MAX_EMPTY_SEGMENTS) instead of letting it run undecided. One gate rule in NETGUARD-FLOW
+(no SYN or RST, a length a data-less segment can have, the server quiet) goes to NETGUARD-EMPTY,
+which holds the exact tests and then the same queue rule; so a ClientHello passes one extra rule, not
+eleven. Skipping is a RETURN from the goto'd chain (back to the hook's chain, like a RETURN from
+NETGUARD-FLOW), never ACCEPT, so the rules after netguard's jump still apply. Only undecided flows
+reach these rules. Where the kernel has no u32, `apply_preferred` falls back to the rules without
+them (every segment queued).
 
 Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32 and REJECT all work there.
 """
@@ -49,6 +53,7 @@ CHAIN_PREFIX = "NETGUARD"
 CHAIN_FLOW = "NETGUARD-FLOW"  # verdict enforcement + queueing of new client flows (OUTPUT, FORWARD)
 CHAIN_DNS = "NETGUARD-DNS"  # DNS answers to the queue (INPUT, FORWARD)
 CHAIN_RAW = "NETGUARD-RAW"  # raw table: injected TLS alerts leave conntrack alone (OUTPUT)
+CHAIN_EMPTY = "NETGUARD-EMPTY"  # data-less segments leave, the rest is queued (goto from NETGUARD-FLOW)
 CHAINS = (CHAIN_FLOW, CHAIN_DNS)
 HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DNS,),
                                      "FORWARD": (CHAIN_DNS, CHAIN_FLOW)}
@@ -66,6 +71,10 @@ TCP_DATA_OFFSETS = range(5, 16)
 # Reply-direction packets up to which a data-less segment may skip the queue: the SYN-ACK alone.
 # More means the server has sent something (a banner) and the client's ACKs count toward a decision.
 SKIP_REPLY_PACKETS = 1
+# The one test that sends a segment to NETGUARD-EMPTY: a length some data-less segment can have
+# (IPv4 with a 20-byte header: total 40..80; IPv6: payload 20..60). A ClientHello fails it in one
+# rule instead of walking the eleven exact ones.
+EMPTY_GATE = {4: "0&0xFF00FFFF=0x45000028:0x45000050", 6: "4>>16=20:60"}
 
 Backend = Literal["iptables-nft", "iptables-legacy"]
 BACKENDS: tuple[Backend, ...] = ("iptables-nft", "iptables-legacy")
@@ -156,15 +165,19 @@ def build_rules(family: Family, opts: Options) -> str:
         [*blocked, "-j", "DROP"],
         ["-m", "connmark", "!", "--mark", _m(0, mk.mask), "-j", "RETURN"],
     ]
+    queue_tcp = ["-p", "tcp", *original, *undecided, "-m", "connbytes", "--connbytes", f"0:{TCP_WINDOW_BYTES}",
+                 "--connbytes-dir", "original", "--connbytes-mode", "bytes", *_queue(opts)]
+    empty: list[list[str]] = []
     if opts.skip_empty:
-        # Undecided from here on.
-        server_quiet = ["-m", "connbytes", "--connbytes", f"0:{SKIP_REPLY_PACKETS}", "--connbytes-dir", "reply",
-                        "--connbytes-mode", "packets"]
-        flow += [["-p", "tcp", "--tcp-flags", "SYN,RST", "NONE", "-m", "u32", "--u32", test, *server_quiet,
-                  "-j", "RETURN"] for test in empty_segment_tests(family)]
+        # Undecided from here on. A goto: RETURN in NETGUARD-EMPTY leaves netguard's rules (as a
+        # RETURN here would), and what is not data-less meets the same queue rule there.
+        flow.append(["-p", "tcp", "--tcp-flags", "SYN,RST", "NONE", "-m", "u32", "--u32", EMPTY_GATE[family],
+                     "-m", "connbytes", "--connbytes", f"0:{SKIP_REPLY_PACKETS}", "--connbytes-dir", "reply",
+                     "--connbytes-mode", "packets", "-g", CHAIN_EMPTY])
+        empty = [["-m", "u32", "--u32", test, "-j", "RETURN"] for test in empty_segment_tests(family)]
+        empty.append(queue_tcp)
     flow += [
-        ["-p", "tcp", *original, *undecided, "-m", "connbytes", "--connbytes", f"0:{TCP_WINDOW_BYTES}",
-         "--connbytes-dir", "original", "--connbytes-mode", "bytes", *_queue(opts)],
+        queue_tcp,
         ["-p", "udp", "--dport", "443", *original, *undecided, "-m", "connbytes",
          "--connbytes", f"0:{UDP_WINDOW_BYTES}", "--connbytes-dir", "original", "--connbytes-mode", "bytes",
          *_queue(opts)],
@@ -178,7 +191,9 @@ def build_rules(family: Family, opts: Options) -> str:
         ["-p", "tcp", "--sport", "53", *reply, *_queue(opts)],
     ]
     lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]"]
+    lines += [f":{CHAIN_EMPTY} - [0:0]"] if empty else []
     lines += [" ".join(["-A", CHAIN_FLOW, *r]) for r in flow]
+    lines += [" ".join(["-A", CHAIN_EMPTY, *r]) for r in empty]
     lines += [" ".join(["-A", CHAIN_DNS, *r]) for r in dns]
     for hook, chains in HOOKS.items():
         if hook == "FORWARD" and not opts.forward:

@@ -137,7 +137,7 @@ def conntrack_only_rules(family: firewall.Family) -> str:
     out = []
     for line in firewall.build_rules(family, opts).splitlines():
         if queue in line:
-            line = line.replace(queue, allowed if firewall.CHAIN_FLOW in line else "-j RETURN")
+            line = line.replace(queue, "-j RETURN" if firewall.CHAIN_DNS in line else allowed)
         out.append(line)
     text = "\n".join(out) + "\n"
     if "NFQUEUE" in text:  # the rule builder changed its queue target: this floor would queue too

@@ -32,17 +32,18 @@ WAIT = 2.0  # seconds for the server's SYN-ACK or ACK on a local veth
 
 
 def counters(backend: str, family: int) -> tuple[int, int]:
-    """(packets sent to the queue by NETGUARD-FLOW's TCP rule, packets its u32 rules returned)."""
+    """(packets the TCP queue rules of NETGUARD-FLOW and NETGUARD-EMPTY sent to the queue, packets
+    NETGUARD-EMPTY's u32 rules returned)."""
     tool = f"{'iptables' if family == 4 else 'ip6tables'}-{backend.removeprefix('iptables-')}-save"
     out = subprocess.run([tool, "-c", "-t", "filter"], capture_output=True, text=True, check=True).stdout
     queued = skipped = 0
     for line in out.splitlines():
-        if not line.startswith("[") or "-A NETGUARD-FLOW" not in line or "-p tcp" not in line:
+        if not line.startswith("["):
             continue
         packets = int(line[1:].split(":", 1)[0])
-        if "NFQUEUE" in line:
+        if "-p tcp" in line and "NFQUEUE" in line and ("-A NETGUARD-FLOW" in line or "-A NETGUARD-EMPTY" in line):
             queued += packets
-        elif "-m u32" in line:
+        elif "-A NETGUARD-EMPTY" in line and "-m u32" in line and line.endswith("-j RETURN"):
             skipped += packets
     return queued, skipped
 

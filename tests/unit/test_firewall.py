@@ -17,7 +17,7 @@ def rules(family: firewall.Family = 4, **kw: object) -> list[str]:
 def test_closed_mode_has_no_bypass_and_open_mode_bypasses_every_queue() -> None:
     closed = [r for r in rules() if "NFQUEUE" in r]
     opened = [r for r in rules(fail_open=True) if "NFQUEUE" in r]
-    assert len(closed) == len(opened) == 4
+    assert len(closed) == len(opened) == 5  # the TCP rule twice: NETGUARD-FLOW and NETGUARD-EMPTY
     assert not any("--queue-bypass" in r for r in closed)
     assert all(r.endswith("--queue-num 7413 --queue-bypass") for r in opened)
 
@@ -132,25 +132,45 @@ def test_replacement_is_one_transaction_per_table() -> None:
     assert firewall.build_replacement("", None) is None
 
 
-def test_data_less_segments_return_before_the_queue_and_only_without_syn_or_rst() -> None:
+def test_data_less_segments_leave_before_the_queue_and_only_without_syn_or_rst() -> None:
     for family in firewall.FAMILIES:
-        flow = [r for r in rules(family) if r.startswith("-A NETGUARD-FLOW")]
-        skip = [i for i, r in enumerate(flow) if "-m u32" in r]
-        queue_tcp = next(i for i, r in enumerate(flow) if "-p tcp" in r and "NFQUEUE" in r)
-        decided = next(i for i, r in enumerate(flow) if r.endswith("! --mark 0x0/0x700000 -j RETURN"))
-        assert skip == list(range(decided + 1, queue_tcp)) and len(skip) == len(firewall.TCP_DATA_OFFSETS)
-        for i in skip:
-            # RETURN, never ACCEPT: the rules after netguard's jump still see the segment.
-            assert flow[i].startswith("-A NETGUARD-FLOW -p tcp --tcp-flags SYN,RST NONE -m u32 --u32 ")
-            assert flow[i].endswith("-m connbytes --connbytes 0:1 --connbytes-dir reply --connbytes-mode packets "
-                                    "-j RETURN")
-        assert not any("-m u32" in r for r in rules(family, skip_empty=False))
-        assert len(rules(family)) == len(rules(family, skip_empty=False)) + len(firewall.TCP_DATA_OFFSETS)
+        lines = rules(family)
+        flow = [r for r in lines if r.startswith("-A NETGUARD-FLOW")]
+        empty = [r for r in lines if r.startswith("-A NETGUARD-EMPTY")]
+        queue_tcp = next(r for r in flow if "-p tcp" in r and "NFQUEUE" in r)
+        decided = flow.index(next(r for r in flow if r.endswith("! --mark 0x0/0x700000 -j RETURN")))
+        # Right after the decided flows leave: one gate, a goto (RETURN there leaves netguard's rules,
+        # as a RETURN here would; never ACCEPT, so the rules after netguard's jump still apply).
+        gate = flow[decided + 1]
+        assert gate == (f"-A NETGUARD-FLOW -p tcp --tcp-flags SYN,RST NONE -m u32 --u32 {firewall.EMPTY_GATE[family]} "
+                        "-m connbytes --connbytes 0:1 --connbytes-dir reply --connbytes-mode packets "
+                        "-g NETGUARD-EMPTY")
+        assert flow[decided + 2] == queue_tcp
+        # There: the exact tests, then the same queue rule for whatever carries bytes.
+        tests = firewall.empty_segment_tests(family)
+        assert empty[:-1] == [f"-A NETGUARD-EMPTY -m u32 --u32 {t} -j RETURN" for t in tests]
+        assert empty[-1] == queue_tcp.replace("NETGUARD-FLOW", "NETGUARD-EMPTY")
+        assert ":NETGUARD-EMPTY - [0:0]" in lines
+        fallback = rules(family, skip_empty=False)
+        assert not any("u32" in r or "NETGUARD-EMPTY" in r for r in fallback)
+        assert len(lines) == len(fallback) + 1 + 1 + len(empty)
+
+
+@given(family=st.sampled_from(firewall.FAMILIES), offset=st.sampled_from(list(firewall.TCP_DATA_OFFSETS)))
+def test_the_gate_lets_every_data_less_segment_through(family: firewall.Family, offset: int) -> None:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+
+    ip = IP(dst="192.0.2.2") if family == 4 else IPv6(dst="2001:db8::2")
+    ack = bytes(ip / TCP(flags="A", options=[("NOP", None)] * (4 * (offset - 5))))
+    assert u32_matches(firewall.EMPTY_GATE[family], ack)
+    hello = bytes(ip / TCP(flags="PA") / (b"\x16" * 517))
+    assert not u32_matches(firewall.EMPTY_GATE[family], hello)
 
 
 def u32_matches(expression: str, packet: bytes) -> bool:
     """xt_u32's evaluation (net/netfilter/xt_u32.c) of the subset netguard writes: tests joined by
-    &&, each a start offset, & masks, >> shifts and one value; a read past the end fails the match."""
+    &&, each a start offset, & masks, >> shifts and one value or range; a read past the end fails."""
     for test in expression.split("&&"):
         location, value = test.split("=")
         first, *ops = location.replace(">>", " >>").replace("&", " &").split()
@@ -160,7 +180,8 @@ def u32_matches(expression: str, packet: bytes) -> bool:
         val = int.from_bytes(packet[pos:pos + 4], "big")
         for op in ops:
             val = val & int(op[1:], 0) if op[0] == "&" else val >> int(op[2:], 0)
-        if val != int(value, 0):
+        low, _, high = value.partition(":")
+        if not int(low, 0) <= val <= int(high or low, 0):
             return False
     return True
 
