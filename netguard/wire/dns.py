@@ -1,8 +1,9 @@
 """Strategy: DNS messages (RFC 1035) in, frozen values out; blocked replies built from a message.
 
-Everything is read through the shared `Reader`. Names: labels of at most 63 bytes, names of at
-most 255 wire bytes, and compression pointers that must point strictly before the previous jump
-target (dnspython's rule), so a hostile message cannot loop. Answers keep A, AAAA (rdata length
+Everything is read with the `Reader` discipline: names through the cursor, the fixed-size fields of
+questions and records inline in `_parse` (check, then one unpack_from; see reader.py). Names:
+labels of at most 63 bytes, names of at most 255 wire bytes, and compression pointers that must
+point strictly before the previous jump target (dnspython's rule), so a hostile message cannot loop. Answers keep A, AAAA (rdata length
 checked) and CNAME (rdata fenced) data and step over every other type by its rdata length. The
 authority section is stepped over; the additional section is read for the EDNS OPT record.
 
@@ -113,6 +114,7 @@ def _read_name(r: Reader, seen: NameCache) -> str:
     A pointer to an offset where a name was already decoded reuses that result (`seen`): answers
     point at the question and at earlier CNAME targets, so most names cost one lookup."""
     data = r.data
+    # Each pointer must go strictly before the last place a name segment started (`limit`).
     entry = limit = pos = r.pos
     end = r.end
     if pos + 1 < end:
@@ -130,7 +132,6 @@ def _read_name(r: Reader, seen: NameCache) -> str:
     parts: list[bytes] = []
     labels = 0
     wire_len = 1
-    # Each pointer must go strictly before the last place a name segment started.
     resume = -1
     jumps: list[tuple[int, int, int]] = []
     while True:
