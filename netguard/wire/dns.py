@@ -3,9 +3,10 @@
 Everything is read with the `Reader` discipline: names through the cursor, the fixed-size fields of
 questions and records inline in `_parse` (check, then one unpack_from; see reader.py). Names:
 labels of at most 63 bytes, names of at most 255 wire bytes, and compression pointers that must
-point strictly before the previous jump target (dnspython's rule), so a hostile message cannot loop. Answers keep A, AAAA (rdata length
-checked) and CNAME (rdata fenced) data and step over every other type by its rdata length. The
-authority section is stepped over; the additional section is read for the EDNS OPT record.
+point strictly before the previous jump target (dnspython's rule), so a hostile message cannot loop.
+Answers keep A, AAAA (rdata length checked) and CNAME (rdata fenced) data and step over every other
+type by its rdata length. The authority section is stepped over; the additional section is read
+for the EDNS OPT record.
 
 Values are NamedTuples (immutable, and three times cheaper to build than frozen dataclasses; a
 response builds several). Names are returned as on the wire, ASCII, without the trailing dot (the
