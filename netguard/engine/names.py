@@ -9,9 +9,9 @@ answer (returns False) and the engine gives the answer the policy's fail verdict
 Memory is the point of the layout (a full table must fit the daemon's RSS budget): each pair is one
 tuple (expiry, address, name), and that same tuple is both the address's record in one flat dict
 and the pair's item in the expiry heap. An address with one name (the usual case) maps to its
-tuple; one with several maps to a list of them, in the order the names were first learned. Purging
-pops the heap: an item that is no longer in its address's record (refreshed or evicted since) is
-skipped, so purging costs only what expired.
+tuple; one with several maps to a dict name -> tuple (a list would be smaller but slower to update
+for a CNAME chain's names). Purging pops the heap: an item that is no longer in its address's record
+(refreshed or evicted since) is skipped, so purging costs only what expired.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ MAX_ENTRIES = 65536
 MAX_NAMES_PER_ADDRESS = 32
 
 _Item = tuple[float, bytes, str]  # (expiry, address, name)
-_Record = _Item | list[_Item]
+_Record = _Item | dict[str, _Item]
 
 
 class NameTable:
@@ -55,7 +55,7 @@ class NameTable:
             return []
         if isinstance(record, tuple):
             return [record[2]] if record[0] > now else []
-        return [n for _, _, n in sorted((item for item in record if item[0] > now), reverse=True)]
+        return [n for _, _, n in sorted((item for item in record.values() if item[0] > now), reverse=True)]
 
     def learn(self, addresses: Iterable[bytes], names: Iterable[str], ttl: int, now: float) -> bool:
         """Remember that each address carries each name for ttl seconds. False when the table is
@@ -67,7 +67,12 @@ class NameTable:
         new = 0
         for a in addresses:
             record = by_address.get(a)
-            new += len(names) if record is None else sum(_find(record, n) is None for n in names)
+            if record is None:
+                new += len(names)
+            elif isinstance(record, tuple):
+                new += len(names) - (record[2] in names)
+            else:
+                new += sum(n not in record for n in names)
         if self._count + new > self.max_entries:
             self.purge(now)
             if self._count + new > self.max_entries:
@@ -75,19 +80,32 @@ class NameTable:
         heap = self._heap
         for a in addresses:
             record = by_address.get(a)
+            if record is None:
+                if len(names) == 1:  # the usual answer: a new address with one name
+                    item = (expiry, a, names[0])
+                    heapq.heappush(heap, item)
+                    by_address[a] = item
+                    self._count += 1
+                    continue
+                entry: dict[str, _Item] = {}
+            elif isinstance(record, tuple):
+                a = record[1]  # a refresh keeps the one address object already held
+                entry = {record[2]: record}
+            else:
+                entry, a = record, next(iter(record.values()))[1]
             for n in names:
-                old = None if record is None else _find(record, n)
+                old = entry.get(n)
                 if old is None:
                     self._count += 1
                 elif expiry <= old[0]:
                     continue
-                item = (expiry, a if record is None else _address(record), n)
+                item = (expiry, a, n)
+                entry[n] = item
                 heapq.heappush(heap, item)
-                record = _put(record, old, item)
-            if record is not None:
-                if isinstance(record, list):
-                    self._count -= _evict(record)
-                by_address[a] = record
+            if len(entry) > MAX_NAMES_PER_ADDRESS:
+                self._count -= _evict(entry)
+            if entry:
+                by_address[a] = next(iter(entry.values())) if len(entry) == 1 else entry
         if len(heap) > 2 * self._count + 1024:
             # Stale items (refreshed or evicted entries) outnumber live ones: rebuild.
             live: list[_Item] = []
@@ -95,7 +113,7 @@ class NameTable:
                 if isinstance(record, tuple):
                     live.append(record)
                 else:
-                    live += record
+                    live += record.values()
             heapq.heapify(live)
             self._heap = live
         return True
@@ -110,49 +128,20 @@ class NameTable:
             record = by_address.get(a)
             if record is item:
                 del by_address[a]
-            elif isinstance(record, list) and any(x is item for x in record):
-                del record[_index(record, item)]
+            elif isinstance(record, dict) and record.get(item[2]) is item:
+                del record[item[2]]
                 if len(record) == 1:
-                    by_address[a] = record[0]
+                    by_address[a] = next(iter(record.values()))
             else:
                 continue  # refreshed or evicted since
             self._count -= 1
 
 
-def _find(record: _Record, name: str) -> _Item | None:
-    """The item for name in an address's record, if any."""
-    if isinstance(record, tuple):
-        return record if record[2] == name else None
-    return next((item for item in record if item[2] == name), None)
-
-
-def _address(record: _Record) -> bytes:
-    """The address object the record already holds (so a refresh keeps one copy)."""
-    return record[1] if isinstance(record, tuple) else record[0][1]
-
-
-def _put(record: _Record | None, old: _Item | None, item: _Item) -> _Record:
-    """The record with item added, or in old's place (keeping the order names were learned in)."""
-    if record is None:
-        return item
-    if isinstance(record, tuple):
-        return item if old is not None else [record, item]
-    if old is None:
-        record.append(item)
-    else:
-        record[_index(record, old)] = item
-    return record
-
-
-def _index(record: list[_Item], item: _Item) -> int:
-    return next(i for i, x in enumerate(record) if x is item)
-
-
-def _evict(record: list[_Item]) -> int:
-    """Trim a record to MAX_NAMES_PER_ADDRESS, the entry expiring first going first (the earliest
-    learned among equals); return how many went."""
+def _evict(entry: dict[str, _Item]) -> int:
+    """Trim an address's names to MAX_NAMES_PER_ADDRESS, the one expiring first going first (the
+    earliest learned among equals); return how many went."""
     gone = 0
-    while len(record) > MAX_NAMES_PER_ADDRESS:
-        del record[min(range(len(record)), key=lambda i: record[i][0])]
+    while len(entry) > MAX_NAMES_PER_ADDRESS:
+        del entry[min(entry, key=lambda n: entry[n][0])]
         gone += 1
     return gone

@@ -100,7 +100,7 @@ def test_refresh_keeps_one_address_object() -> None:
     t.learn([first], ["a.test"], 60, now=0)
     t.learn([bytes([9, 9, 9, 9])], ["a.test", "b.test"], 600, now=5)
     record = t._by_address[first]
-    assert isinstance(record, list) and all(item[1] is first for item in record)
+    assert isinstance(record, dict) and all(item[1] is first for item in record.values())
 
 
 def test_eviction_takes_the_earliest_learned_of_those_expiring_first() -> None:
@@ -112,3 +112,12 @@ def test_eviction_takes_the_earliest_learned_of_those_expiring_first() -> None:
     gone = len(NAMES) - MAX_NAMES_PER_ADDRESS
     assert sorted(t.names(a, 2)) == sorted(ref.names(a, 2)) == sorted(NAMES[gone:])
     assert t.names(a, 2) == ref.names(a, 2) and len(t) == MAX_NAMES_PER_ADDRESS
+
+
+def test_a_full_table_still_takes_refreshes() -> None:
+    a, b = b"\x01\x01\x01\x01", b"\x02\x02\x02\x02"
+    t = NameTable(max_entries=3)
+    assert t.learn([a], ["x.test", "y.test"], 60, now=0) and t.learn([b], ["z.test"], 60, now=0)
+    assert t.learn([b], ["z.test"], 600, now=1) and t.learn([a], ["y.test", "x.test"], 600, now=1)
+    assert not t.learn([b], ["z.test", "w.test"], 600, now=2)
+    assert t.names(b, 100) == ["z.test"] and t.names(a, 100) == ["y.test", "x.test"] and len(t) == 3
