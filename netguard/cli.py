@@ -310,7 +310,8 @@ def _status_text(doc: dict[str, Any]) -> str:
         lines.append(f"  reload     {_clock(doc['last_reload']['time'])}: {doc['last_reload']['text']}")
     lines += [
         f"  kernel     {doc['backend']}, queue {doc['queue_num']}, fail_mode {doc['fail_mode']}, "
-        f"block_action {doc['block_action']}, dns_block {str(doc['dns_block']).lower()}",
+        f"block_action {doc['block_action']}, dns_block {str(doc['dns_block']).lower()}, data-less TCP segments "
+        f"{'stay in the kernel' if doc['empty_segments'] == 'kernel' else 'queued (no xt u32)'}",
         f"  counts     {c['packets']} packets; {c['allowed']} flows allowed, {c['blocked']} blocked; "
         f"{c['dns_rewritten']} DNS answers rewritten; {c['fail_verdicts']} fail verdicts; limits hit: {limits}",
         f"  state      {doc['undecided_flows']} flows undecided, {doc['names_learned']} names learned from DNS",

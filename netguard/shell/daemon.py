@@ -297,6 +297,7 @@ class Daemon:
             "policy": p.label, "policy_loaded": self._loaded, "last_reload": self._last_reload,
             "backend": self.backend, "queue_num": p.queue_num, "fail_mode": p.fail_mode,
             "block_action": p.block_action, "dns_block": p.dns_block, "unknown_hosts": p.unknown_hosts,
+            "empty_segments": "kernel" if self._skip_empty else "queued",
             "counts": {"packets": st.packets, "allowed": st.allowed, "blocked": st.blocked,
                        "dns_rewritten": st.dns_rewritten, "fail_verdicts": st.fail_verdicts,
                        "limits": dict(st.by_limit), "log_failures": self._log_failures},

@@ -45,6 +45,7 @@ def test_status_of_a_running_daemon(lab: lab_mod.Lab, tmp_path: Path) -> None:
         doc = json.loads(out)
         assert runner.proc is not None and doc["running"] and doc["pid"] == runner.proc.pid
         assert doc["policy"] == "default policy [embedded]" and doc["fail_mode"] == "closed"
+        assert doc["empty_segments"] == "kernel"  # this kernel has xt u32
         assert doc["counts"]["blocked"] >= 1 and doc["counts"]["packets"] >= 1
         hosts = [b["host"] for b in doc["recent_blocks"]]
         assert hosts[-1] == BLOCKED and doc["recent_blocks"][-1]["dst"] == h.v4

@@ -39,6 +39,7 @@ DOC = {
     "version": "0.1.0", "pid": 42, "started": 1000.0, "now": 1000.0 + 3 * 3600 + 120, "policy": "acme [/etc/a.toml]",
     "policy_loaded": 1000.0, "last_reload": None, "backend": "iptables-nft", "queue_num": 7413,
     "fail_mode": "closed", "block_action": "reset", "dns_block": True, "unknown_hosts": "allow",
+    "empty_segments": "queued",
     "counts": {"packets": 10, "allowed": 3, "blocked": 1, "dns_rewritten": 0, "fail_verdicts": 0,
                "limits": {"bytes": 2}, "log_failures": 0},
     "undecided_flows": 0, "names_learned": 5,
@@ -49,7 +50,7 @@ def test_status_text() -> None:
     block = {"time": 1000.0, "host": "ghcr.io", "proto": "tcp", "src": "fd00::2", "sport": 40000, "dst": "fd00::3",
              "dport": 443, "source": "sni", "rule": "ghcr is not in allow"}
     text = _status_text({**DOC, "recent_blocks": [block]})
-    assert "(pid 42, up 3 h 2 min)" in text and "limits hit: bytes 2" in text
+    assert "(pid 42, up 3 h 2 min)" in text and "limits hit: bytes 2" in text and "queued (no xt u32)" in text
     assert "ghcr.io  [fd00::2]:40000 -> [fd00::3]:443/tcp  [sni] ghcr is not in allow" in text
     owned = _status_text({**DOC, "recent_blocks": [{**block, "uid": 1000, "pid": None, "process": None}]})
     assert owned.endswith("ghcr is not in allow  by ? (pid ?, uid 1000)")
