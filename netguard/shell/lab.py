@@ -102,6 +102,11 @@ class Lab:
                 return h
         raise KeyError(name)
 
+    def address(self, name: str, family: int) -> str:
+        """A lab name's address in one family (4 or 6)."""
+        h = self.host(name)
+        return h.v4 if family == 4 else h.v6
+
     def client_run(self, argv: Sequence[str], timeout: float = 30,
                    input: bytes | None = None) -> subprocess.CompletedProcess[str]:
         """Run argv in the client namespace (no check), capturing text output."""

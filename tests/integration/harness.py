@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from netguard.shell import lab as lab_mod
 from netguard.shell import netns
@@ -72,6 +72,25 @@ class Runner:
         self.proc = None
         return code
 
+
+
+class Fetch(NamedTuple):
+    seconds: float
+    code: int
+    out: str  # stdout and stderr
+
+
+def curl(lab: lab_mod.Lab, name: str, family: int, *extra: str, ns: str | None = None, pin: bool = True,
+         timeout: int = 10) -> Fetch:
+    """curl https://NAME/ from the client namespace (or ns), trusting the lab's CA. pin: --resolve to
+    the lab's address, so the client reaches the server even when DNS says NXDOMAIN and the
+    connection itself is what netguard must stop."""
+    pinned = ["--resolve", f"{name}:443:{lab.address(name, family)}"] if pin else []
+    argv = ["curl", "-sS", "-m", str(timeout), f"-{family}", "--cacert", str(lab.ca_file), *pinned, *extra,
+            f"https://{name}/"]
+    start = time.monotonic()
+    r = netns.run(ns or lab.client, argv, check=False, timeout=timeout + 10)
+    return Fetch(time.monotonic() - start, r.returncode, r.stdout + r.stderr)
 
 
 def filter_rules(lab: lab_mod.Lab, family: int, backend: str = "nft") -> list[str]:

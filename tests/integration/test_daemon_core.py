@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import FROM_PORT_53, Runner
+from harness import FROM_PORT_53, Runner, curl
 
 from netguard.shell import lab as lab_mod
 from netguard.shell import netns
@@ -32,11 +32,6 @@ def daemon(lab: lab_mod.Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         runner.stop()
 
 
-def _addr(lab: lab_mod.Lab, name: str, family: int) -> str:
-    h = lab.host(name)
-    return h.v4 if family == 4 else h.v6
-
-
 def _url_host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
@@ -45,14 +40,6 @@ def timed(lab: lab_mod.Lab, argv: list[str], timeout: float = 20) -> tuple[float
     start = time.monotonic()
     r = lab.client_run(argv, timeout=timeout)
     return time.monotonic() - start, r.returncode, r.stdout + r.stderr
-
-
-def curl(lab: lab_mod.Lab, name: str, family: int, *extra: str) -> tuple[float, int, str]:
-    # --resolve pins the address, so the client reaches the server even when DNS says NXDOMAIN
-    # and the connection itself is what netguard must stop.
-    addr = _addr(lab, name, family)
-    return timed(lab, ["curl", "-sS", "-m", "10", f"-{family}", "--cacert", str(lab.ca_file),
-                       "--resolve", f"{name}:443:{addr}", *extra, f"https://{name}/"])
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -64,7 +51,7 @@ def test_curl_allowed_and_blocked(lab: lab_mod.Lab, daemon: Runner, family: int)
     assert code != 0 and "reset" in out.lower(), out
     assert took < FAST
     blocks = [e for e in daemon.events() if e["host"] == BLOCKED and e["source"] == "sni"
-              and e["dst"] == _addr(lab, BLOCKED, family)]
+              and e["dst"] == lab.address(BLOCKED, family)]
     assert blocks and blocks[-1]["registry"] == "ghcr" and blocks[-1]["verdict"] == "block"
 
 
@@ -81,7 +68,7 @@ def test_curl_by_name_through_dns(lab: lab_mod.Lab, daemon: Runner, family: int)
 @pytest.mark.parametrize("family", [4, 6])
 def test_openssl_s_client(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
     def s_client(name: str) -> tuple[float, int, str]:
-        addr = _url_host(_addr(lab, name, family))
+        addr = _url_host(lab.address(name, family))
         return timed(lab, ["openssl", "s_client", "-connect", f"{addr}:443", "-servername", name,
                            "-CAfile", str(lab.ca_file), "-verify_return_error", "-brief"], timeout=20)
 
@@ -110,7 +97,7 @@ except OSError as e:
 @pytest.mark.parametrize("family", [4, 6])
 def test_python_ssl(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
     def py(name: str) -> list[str]:
-        r = lab.client_run([sys.executable, "-c", PY_CLIENT, name, _addr(lab, name, family), str(lab.ca_file)])
+        r = lab.client_run([sys.executable, "-c", PY_CLIENT, name, lab.address(name, family), str(lab.ca_file)])
         return r.stdout.split()
 
     assert py(ALLOWED) == ["ok", "hello", "from", ALLOWED]
@@ -134,7 +121,7 @@ def test_dig_blocked_name_is_nxdomain_with_ede(lab: lab_mod.Lab, daemon: Runner,
     # Over TCP the answer keeps its length (the stream's sequence numbers depend on it), so the text
     # is the longest that fits.
     ok = lab.client_run(["dig", at, flag, "+short", ALLOWED, qtype]).stdout.split()
-    assert ok == [_addr(lab, ALLOWED, 4 if qtype == "A" else 6)]
+    assert ok == [lab.address(ALLOWED, 4 if qtype == "A" else 6)]
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -144,17 +131,17 @@ def test_cname_alias_of_blocked_registry(lab: lab_mod.Lab, daemon: Runner, famil
     # Pinned to the blocked registry's address, the SNI says dl.allowed.test (unknown, so allowed by
     # name), but the address was learned from the alias' answer, whose chain ends at ghcr.io.
     took, code, out = timed(lab, ["curl", "-sS", "-m", "10", f"-{family}", "--cacert", str(lab.ca_file),
-                                  "--resolve", f"{ALIAS}:443:{_addr(lab, BLOCKED, family)}", f"https://{ALIAS}/"])
+                                  "--resolve", f"{ALIAS}:443:{lab.address(BLOCKED, family)}", f"https://{ALIAS}/"])
     assert code != 0 and "reset" in out.lower(), out
     assert took < FAST
-    events = [e for e in daemon.events() if e["dst"] == _addr(lab, BLOCKED, family) and e["source"] == "dns-table"]
+    events = [e for e in daemon.events() if e["dst"] == lab.address(BLOCKED, family) and e["source"] == "dns-table"]
     assert events and events[-1]["host"] == BLOCKED
 
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_ip_literal_and_no_sni_to_learned_blocked_address(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
     lab.client_run(["dig", "+short", BLOCKED, "A" if family == 4 else "AAAA"])  # netguard learns the address
-    addr = _addr(lab, BLOCKED, family)
+    addr = lab.address(BLOCKED, family)
     took, code, out = timed(lab, ["curl", "-sS", "-m", "10", "-k", f"https://{_url_host(addr)}/"])
     assert code != 0 and "reset" in out.lower(), out
     assert took < FAST
@@ -164,7 +151,7 @@ def test_ip_literal_and_no_sni_to_learned_blocked_address(lab: lab_mod.Lab, daem
     events = [e for e in daemon.events() if e["dst"] == addr and e["source"] == "dns-table"]
     assert events and events[-1]["host"] == BLOCKED
     # The allowed registry's address by IP literal stays reachable.
-    _, code, out = timed(lab, ["curl", "-sS", "-m", "10", "-k", f"https://{_url_host(_addr(lab, ALLOWED, family))}/"])
+    _, code, out = timed(lab, ["curl", "-sS", "-m", "10", "-k", f"https://{_url_host(lab.address(ALLOWED, family))}/"])
     assert code == 0, out
 
 
@@ -187,7 +174,7 @@ def test_client_hello_in_one_byte_segments(lab: lab_mod.Lab, daemon: Runner, raw
                                            family: int, mode: str) -> None:
     src = lab.client_v4 if family == 4 else lab.client_v6
     # Both to the allowed registry's address: only the SNI can tell them apart.
-    addr = _addr(lab, ALLOWED, family)
+    addr = lab.address(ALLOWED, family)
 
     def send(name: str) -> dict[str, object]:
         r = lab.client_run([sys.executable, RAWHELLO, src, addr, name, "1", mode], timeout=60)
@@ -204,7 +191,7 @@ def test_client_hello_in_one_byte_segments(lab: lab_mod.Lab, daemon: Runner, raw
 @pytest.mark.parametrize("family", [4, 6])
 def test_plain_http_host_and_connect(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
     # Both to the allowed registry's address: only the request names the blocked registry.
-    addr = _url_host(_addr(lab, ALLOWED, family))
+    addr = _url_host(lab.address(ALLOWED, family))
     _, code, out = timed(lab, ["curl", "-sS", "-m", "10", f"http://{addr}/", "-H", f"Host: {ALLOWED}"])
     assert code == 0 and out.strip() == f"hello from {ALLOWED}", out
     took, code, out = timed(lab, ["curl", "-sS", "-m", "10", f"http://{addr}/", "-H", f"Host: {BLOCKED}"])
@@ -226,7 +213,7 @@ def test_plain_http_host_and_connect(lab: lab_mod.Lab, daemon: Runner, family: i
 def test_overlapping_segments_with_other_bytes_are_blocked(lab: lab_mod.Lab, daemon: Runner,
                                                            raw_resets_dropped: None, family: int) -> None:
     src = lab.client_v4 if family == 4 else lab.client_v6
-    addr = _addr(lab, ALLOWED, family)
+    addr = lab.address(ALLOWED, family)
     r = lab.client_run([sys.executable, RAWHELLO, src, addr, ALLOWED, "0", "overlap"], timeout=60)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
@@ -251,7 +238,7 @@ with socket.create_connection((addr, 443), timeout=5) as s:
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_unreadable_client_hello_gets_the_fail_verdict(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
-    addr = _addr(lab, ALLOWED, family)
+    addr = lab.address(ALLOWED, family)
     r = lab.client_run([sys.executable, "-c", MALFORMED_HELLO, addr])
     kind, took = r.stdout.split()
     assert kind == "ConnectionResetError" and float(took) < FAST, r.stdout + r.stderr
@@ -265,9 +252,9 @@ def test_unreadable_client_hello_gets_the_fail_verdict(lab: lab_mod.Lab, daemon:
 def test_client_flow_from_source_port_53_is_judged(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
     # Not a DNS answer: a root client's own connection from port 53 to a blocked registry.
     # Two servers' addresses, so the two connections do not share a 5-tuple (and its conntrack entry).
-    r = lab.client_run([sys.executable, "-c", FROM_PORT_53, _addr(lab, ALLOWED, family), ALLOWED, str(family)])
+    r = lab.client_run([sys.executable, "-c", FROM_PORT_53, lab.address(ALLOWED, family), ALLOWED, str(family)])
     assert r.stdout.strip() == "connected", r.stdout + r.stderr
-    r = lab.client_run([sys.executable, "-c", FROM_PORT_53, _addr(lab, "www.example.test", family), BLOCKED,
+    r = lab.client_run([sys.executable, "-c", FROM_PORT_53, lab.address("www.example.test", family), BLOCKED,
                         str(family)])
     assert r.stdout.strip() == "ConnectionResetError", r.stdout + r.stderr
     events = [e for e in daemon.events() if e["sport"] == 53 and e["source"] == "sni"]

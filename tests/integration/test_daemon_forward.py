@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import FROM_PORT_53, Runner, netguard_rules
+from harness import FROM_PORT_53, Runner, curl, netguard_rules
 
 from netguard.shell import lab as lab_mod
 from netguard.shell import netns
@@ -39,21 +38,12 @@ def runner(lab: lab_mod.Lab, tmp_path: Path, request: pytest.FixtureRequest) -> 
         assert r.stop() == 0
 
 
-def curl(ns: str, lab: lab_mod.Lab, name: str, family: int, pin: bool = True) -> tuple[float, int, str]:
-    h = lab.host(name)
-    pinned = ["--resolve", f"{name}:443:{h.v4 if family == 4 else h.v6}"] if pin else []
-    start = time.monotonic()
-    r = netns.run(ns, ["curl", "-sS", "-m", "10", f"-{family}", "--cacert", str(lab.ca_file), *pinned,
-                       f"https://{name}/"], check=False)
-    return time.monotonic() - start, r.returncode, r.stdout + r.stderr
-
-
 @pytest.mark.parametrize("family", [4, 6])
 def test_container_traffic_is_judged_in_forward(lab: lab_mod.Lab, container: str, runner: Runner,
                                                 family: int) -> None:
-    _, code, out = curl(container, lab, ALLOWED, family, pin=False)
+    _, code, out = curl(lab, ALLOWED, family, ns=container, pin=False)
     assert code == 0 and out.strip() == f"hello from {ALLOWED}", out
-    took, code, out = curl(container, lab, BLOCKED, family)
+    took, code, out = curl(lab, BLOCKED, family, ns=container)
     assert code == 35 and "reset" in out.lower() and took < 1.0, out
     r = netns.run(container, ["dig", "+time=2", "+tries=1", BLOCKED, "A" if family == 4 else "AAAA"])
     assert "status: NXDOMAIN" in r.stdout and "EDE: 15" in r.stdout, r.stdout
@@ -74,8 +64,8 @@ def test_container_traffic_is_judged_in_forward(lab: lab_mod.Lab, container: str
 def test_legacy_backend(lab: lab_mod.Lab, runner: Runner, family: int) -> None:
     assert netguard_rules(lab) and all(line.startswith("legacy") for line in netguard_rules(lab))
     assert "backend iptables-legacy" in runner.stderr()
-    assert curl(lab.client, lab, ALLOWED, family)[1] == 0
-    took, code, out = curl(lab.client, lab, BLOCKED, family)
+    assert curl(lab, ALLOWED, family, ns=lab.client).code == 0
+    took, code, out = curl(lab, BLOCKED, family, ns=lab.client)
     assert code == 35 and took < 1.0, out
 
 
@@ -93,8 +83,8 @@ def test_masqueraded_container_gets_the_tls_alert(lab: lab_mod.Lab, container: s
     nat = ["POSTROUTING", "-s", "10.78.0.0/24", "-o", "eth0", "-j", "MASQUERADE"]
     netns.run(lab.client, ["iptables", "-t", "nat", "-A", *nat])
     try:
-        took, code, out = curl(container, lab, BLOCKED, 4)
+        took, code, out = curl(lab, BLOCKED, 4, ns=container)
         assert code == 35 and "alert access denied" in out and took < 1.0, out
-        assert curl(container, lab, ALLOWED, 4)[1] == 0
+        assert curl(lab, ALLOWED, 4, ns=container).code == 0
     finally:
         netns.run(lab.client, ["iptables", "-t", "nat", "-D", *nat])

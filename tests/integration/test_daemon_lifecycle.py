@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import NETGUARD, Runner, filter_rules, netguard_rules
+from harness import NETGUARD, Runner, curl, filter_rules, netguard_rules
 
 from netguard.shell import lab as lab_mod
 
@@ -21,14 +21,6 @@ OPEN_POLICY = 'name = "open"\nallow = ["dockerhub"]\nfail_mode = "open"\n'
 
 def all_rules(lab: lab_mod.Lab) -> list[str]:
     return [f"{b}{f} {line}" for b in ("nft", "legacy") for f in (4, 6) for line in filter_rules(lab, f, b)]
-
-
-def curl(lab: lab_mod.Lab, name: str, family: int, timeout: int = 10) -> tuple[int, str]:
-    h = lab.host(name)
-    addr = h.v4 if family == 4 else h.v6
-    r = lab.client_run(["curl", "-sS", "-m", str(timeout), f"-{family}", "--cacert", str(lab.ca_file),
-                        "--resolve", f"{name}:443:{addr}", f"https://{name}/"], timeout=timeout + 10)
-    return r.returncode, r.stdout + r.stderr
 
 
 def rules_remove(lab: lab_mod.Lab) -> str:
@@ -55,7 +47,7 @@ def test_sigterm_leaves_no_rules_and_kill9_restart_leaves_one_set(lab: lab_mod.L
         assert netguard_rules(lab) == one_set
         shown = lab.client_run([NETGUARD, "rules", "show"])
         assert shown.returncode == 0 and "NETGUARD-FLOW" in shown.stdout
-        code, out = curl(lab, ALLOWED, 4)
+        _, code, out = curl(lab, ALLOWED, 4)
         assert code == 0, out
     finally:
         assert restarted.stop(signal.SIGINT) == 0
@@ -67,15 +59,15 @@ def test_fail_closed_while_the_daemon_is_dead(lab: lab_mod.Lab, tmp_path: Path, 
     runner = Runner(lab, tmp_path).start()
     runner.stop(signal.SIGKILL)
     try:
-        code, out = curl(lab, BLOCKED, family, timeout=2)
+        _, code, out = curl(lab, BLOCKED, family, timeout=2)
         assert code == 28, out  # timed out: the SYN waits in a queue nobody reads
-        code, out = curl(lab, ALLOWED, family, timeout=2)
+        _, code, out = curl(lab, ALLOWED, family, timeout=2)
         assert code == 28, out
         r = lab.client_run(["dig", "+time=1", "+tries=1", f"{ALLOWED}"])
         assert "timed out" in r.stdout, r.stdout  # DNS answers are queued too
     finally:
         assert "removed" in rules_remove(lab)
-    code, out = curl(lab, BLOCKED, family)
+    _, code, out = curl(lab, BLOCKED, family)
     assert code == 0, out  # no netguard, no enforcement: the lab server answers
 
 
@@ -83,14 +75,14 @@ def test_fail_closed_while_the_daemon_is_dead(lab: lab_mod.Lab, tmp_path: Path, 
 def test_fail_open_while_the_daemon_is_dead(lab: lab_mod.Lab, tmp_path: Path, family: int) -> None:
     runner = Runner(lab, tmp_path, policy=OPEN_POLICY).start()
     try:
-        code, out = curl(lab, BLOCKED, family)
+        _, code, out = curl(lab, BLOCKED, family)
         assert code != 0 and "reset" in out.lower(), out  # enforcing while alive
     finally:
         runner.stop(signal.SIGKILL)
     try:
         assert netguard_rules(lab)
         for name in (ALLOWED, BLOCKED):
-            code, out = curl(lab, name, family, timeout=5)
+            _, code, out = curl(lab, name, family, timeout=5)
             # A flow decided "blocked" before the crash stays blocked in the connection mark; a new
             # one passes the queue (--queue-bypass) and reaches the server.
             assert code == 0 and out.strip() == f"hello from {name}", out
@@ -123,9 +115,9 @@ def test_a_closed_block_log_does_not_stop_enforcement(lab: lab_mod.Lab, tmp_path
         assert proc.stdout is not None
         proc.stdout.close()  # whoever read the log went away
         for _ in range(2):
-            code, out = curl(lab, BLOCKED, 4)
+            _, code, out = curl(lab, BLOCKED, 4)
             assert code == 35 and "reset" in out.lower(), out
-        assert curl(lab, ALLOWED, 4)[0] == 0
+        assert curl(lab, ALLOWED, 4).code == 0
         assert proc.poll() is None and "cannot write the block log" in err.read_text()
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Runner
+from harness import Runner, curl
 
 from netguard.shell import lab as lab_mod
 
@@ -28,22 +28,11 @@ def runner(lab: lab_mod.Lab, tmp_path: Path, request: pytest.FixtureRequest) -> 
         assert r.stop() == 0
 
 
-def addr(lab: lab_mod.Lab, name: str, family: int) -> str:
-    h = lab.host(name)
-    return h.v4 if family == 4 else h.v6
-
-
-def curl(lab: lab_mod.Lab, name: str, family: int, *extra: str) -> tuple[int, str]:
-    r = lab.client_run(["curl", "-sS", "-m", "10", f"-{family}", "--cacert", str(lab.ca_file),
-                        "--resolve", f"{name}:443:{addr(lab, name, family)}", *extra, f"https://{name}/"])
-    return r.returncode, r.stdout + r.stderr
-
-
 @pytest.mark.parametrize("family", [4, 6])
 def test_quic_initial_split_over_two_datagrams(lab: lab_mod.Lab, runner: Runner, family: int) -> None:
     # Both to the allowed registry's address: only the ClientHello inside the Initials differs.
     def send(name: str) -> list[str]:
-        r = lab.client_run([sys.executable, QUICSEND, addr(lab, ALLOWED, family), name])
+        r = lab.client_run([sys.executable, QUICSEND, lab.address(ALLOWED, family), name])
         return list(json.loads(r.stdout))
 
     assert send(ALLOWED) == ["echo", "echo", "echo"]
@@ -51,25 +40,25 @@ def test_quic_initial_split_over_two_datagrams(lab: lab_mod.Lab, runner: Runner,
     # and is stopped; later datagrams of the flow are rejected by the kernel at once.
     assert send(BLOCKED) == ["echo", "TimeoutError", "PermissionError"]
     [event] = [e for e in runner.events() if e["source"] == "quic-sni"]
-    assert event["host"] == BLOCKED and event["proto"] == "udp" and event["dst"] == addr(lab, ALLOWED, family)
+    assert event["host"] == BLOCKED and event["proto"] == "udp" and event["dst"] == lab.address(ALLOWED, family)
 
 
 @pytest.mark.parametrize("runner", ['allow = ["dockerhub"]\nblock_action = "tls-alert"\n'], indirect=True)
 @pytest.mark.parametrize("family", [4, 6])
 def test_tls_alert_before_the_reset(lab: lab_mod.Lab, runner: Runner, family: int) -> None:
-    code, out = curl(lab, BLOCKED, family)
+    _, code, out = curl(lab, BLOCKED, family)
     assert code == 35 and "alert access denied" in out, out
-    r = lab.client_run(["openssl", "s_client", "-connect", f"[{addr(lab, BLOCKED, family)}]:443"
-                        if family == 6 else f"{addr(lab, BLOCKED, family)}:443", "-servername", BLOCKED, "-brief"])
+    r = lab.client_run(["openssl", "s_client", "-connect", f"[{lab.address(BLOCKED, family)}]:443"
+                        if family == 6 else f"{lab.address(BLOCKED, family)}:443", "-servername", BLOCKED, "-brief"])
     assert r.returncode != 0 and "SSL alert number 49" in r.stderr, r.stderr
-    assert curl(lab, ALLOWED, family)[0] == 0
+    assert curl(lab, ALLOWED, family).code == 0
 
 
 @pytest.mark.parametrize("runner", ['allow = ["dockerhub"]\nunknown_hosts = "deny"\n'], indirect=True)
 @pytest.mark.parametrize("family", [4, 6])
 def test_unknown_hosts_deny(lab: lab_mod.Lab, runner: Runner, family: int) -> None:
-    assert curl(lab, ALLOWED, family)[0] == 0
-    code, out = curl(lab, UNKNOWN, family)
+    assert curl(lab, ALLOWED, family).code == 0
+    _, code, out = curl(lab, UNKNOWN, family)
     assert code == 35 and "reset" in out.lower(), out
     events = [e for e in runner.events() if e["host"] == UNKNOWN and e["source"] == "sni"]
     assert events and events[-1]["rule"] == "unknown_hosts = deny"
@@ -78,7 +67,7 @@ def test_unknown_hosts_deny(lab: lab_mod.Lab, runner: Runner, family: int) -> No
 @pytest.mark.parametrize("runner", ['allow = ["dockerhub"]\ndns_block = false\n'], indirect=True)
 def test_dns_block_off_still_blocks_the_connection(lab: lab_mod.Lab, runner: Runner) -> None:
     r = lab.client_run(["dig", "+short", BLOCKED])
-    assert r.stdout.split() == [addr(lab, BLOCKED, 4)]
+    assert r.stdout.split() == [lab.address(BLOCKED, 4)]
     r = lab.client_run(["curl", "-sS", "-m", "10", "-4", "--cacert", str(lab.ca_file), f"https://{BLOCKED}/"])
     assert r.returncode == 35 and "reset" in r.stderr.lower(), r.stderr
     sources = {e["source"] for e in runner.events() if e["host"] == BLOCKED}
@@ -93,8 +82,8 @@ CUSTOM = 'allow = ["dockerhub"]\nqueue_num = 12\nmark_mask = 0x0f000000\nmark_al
 def test_custom_queue_and_mark_bits(lab: lab_mod.Lab, runner: Runner) -> None:
     rules = "\n".join(lab.client_run(["iptables-save", "-t", "filter"]).stdout.splitlines())
     assert "--queue-num 12" in rules and "0x2000000/0xf000000" in rules and "7413" not in rules
-    assert curl(lab, ALLOWED, 4)[0] == 0
-    code, out = curl(lab, BLOCKED, 4)
+    assert curl(lab, ALLOWED, 4).code == 0
+    _, code, out = curl(lab, BLOCKED, 4)
     assert code == 35 and "reset" in out.lower(), out
     # The verdicts sit in the connection marks, in the configured bits.
     marks = lab.client_run(["conntrack", "-L", "-p", "tcp", "--dport", "443"]).stdout

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Runner
+from harness import Runner, curl
 
 from netguard.shell import lab as lab_mod
 
@@ -40,13 +40,6 @@ with socket.create_connection((addr, 443), timeout=5) as raw, ctx.wrap_socket(ra
 """
 
 
-def curl_code(lab: lab_mod.Lab, name: str, family: int) -> int:
-    h = lab.host(name)
-    addr = h.v4 if family == 4 else h.v6
-    return lab.client_run(["curl", "-sS", "-m", "5", f"-{family}", "--cacert", str(lab.ca_file),
-                           "--resolve", f"{name}:443:{addr}", f"https://{name}/"]).returncode
-
-
 def until(predicate: object, limit: float) -> float:
     """Seconds until predicate() is true; fails the test after `limit` seconds."""
     start = time.monotonic()
@@ -62,8 +55,8 @@ def test_reload_by_sighup_and_by_file_change(lab: lab_mod.Lab, tmp_path: Path, f
     runner = Runner(lab, tmp_path, policy=HUB_ONLY).start()
     assert runner.policy_path is not None
     try:
-        assert curl_code(lab, ALLOWED, family) == 0
-        assert curl_code(lab, BLOCKED, family) == 35
+        assert curl(lab, ALLOWED, family, timeout=5).code == 0
+        assert curl(lab, BLOCKED, family, timeout=5).code == 35
         h = lab.host(ALLOWED)
         log = tmp_path / "long.out"
         with log.open("wb") as out:
@@ -74,7 +67,7 @@ def test_reload_by_sighup_and_by_file_change(lab: lab_mod.Lab, tmp_path: Path, f
         runner.policy_path.write_text(GHCR_ONLY)
         sent = time.time()
         runner.send_signal(signal.SIGHUP)
-        until(lambda: curl_code(lab, ALLOWED, family) == 35, WITHIN)
+        until(lambda: curl(lab, ALLOWED, family, timeout=5).code == 35, WITHIN)
         until(lambda: "cut" in log.read_text(), WITHIN)
         words = log.read_text().split()
         assert float(words[words.index("cut") + 2]) >= sent, log.read_text()
@@ -83,7 +76,7 @@ def test_reload_by_sighup_and_by_file_change(lab: lab_mod.Lab, tmp_path: Path, f
         assert words[words.index("cut") + 1] in ("ConnectionResetError", "ConnectionError", "SSLEOFError"), \
             log.read_text()
         assert float(words[words.index("cut") + 2]) - sent < WITHIN
-        assert curl_code(lab, BLOCKED, family) == 0
+        assert curl(lab, BLOCKED, family, timeout=5).code == 0
         cuts = [e for e in runner.events() if e.get("action") == "cut"]
         assert cuts and cuts[-1]["host"] == ALLOWED and cuts[-1]["registry"] == "dockerhub"
 
@@ -92,13 +85,13 @@ def test_reload_by_sighup_and_by_file_change(lab: lab_mod.Lab, tmp_path: Path, f
         runner.send_signal(signal.SIGHUP)
         runner.wait_for("rejected", timeout=WITHIN)
         assert "ghcr only" in runner.stderr().splitlines()[-1]
-        assert curl_code(lab, BLOCKED, family) == 0
-        assert curl_code(lab, ALLOWED, family) == 35
+        assert curl(lab, BLOCKED, family, timeout=5).code == 0
+        assert curl(lab, ALLOWED, family, timeout=5).code == 35
 
         # A changed file is picked up without a signal.
         runner.policy_path.write_text(HUB_ONLY)
-        until(lambda: curl_code(lab, ALLOWED, family) == 0, WITHIN + 0.5)
-        assert curl_code(lab, BLOCKED, family) == 35
+        until(lambda: curl(lab, ALLOWED, family, timeout=5).code == 0, WITHIN + 0.5)
+        assert curl(lab, BLOCKED, family, timeout=5).code == 35
     finally:
         assert runner.stop() == 0
 
@@ -116,11 +109,11 @@ def test_reload_to_fail_open_changes_the_rules_and_the_queue(lab: lab_mod.Lab, t
         # Every queue rule bypasses: DNS (UDP, TCP), UDP 443, TCP in NETGUARD-FLOW and NETGUARD-EMPTY.
         assert saved.count("--queue-bypass") == saved.count("-j NFQUEUE") == 5
         assert saved.count("-A OUTPUT -j NETGUARD-FLOW") == 1
-        assert curl_code(lab, BLOCKED, 4) == 35  # still enforcing
+        assert curl(lab, BLOCKED, 4, timeout=5).code == 35  # still enforcing
     finally:
         runner.stop(signal.SIGKILL)
     try:
-        assert curl_code(lab, BLOCKED, 4) == 0  # open: with the daemon gone, traffic flows
+        assert curl(lab, BLOCKED, 4, timeout=5).code == 0  # open: with the daemon gone, traffic flows
     finally:
         assert lab.client_run([sys.executable, "-c", "from netguard.cli import main; main()", "rules", "remove"]
                               ).returncode == 0

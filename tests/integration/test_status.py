@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from harness import NETGUARD, Runner, netguard_rules
+from harness import NETGUARD, Runner, curl, netguard_rules
 
 from netguard.shell import lab as lab_mod
 from netguard.shell import netns
@@ -35,10 +35,7 @@ def test_status_of_a_running_daemon(lab: lab_mod.Lab, tmp_path: Path) -> None:
     assert code == 3 and "not running" in out, out
     runner = Runner(lab, tmp_path, name="status").start()
     try:
-        h = lab.host(BLOCKED)
-        r = lab.client_run(["curl", "-sS", "-m", "5", "--cacert", str(lab.ca_file), "--resolve",
-                            f"{BLOCKED}:443:{h.v4}", f"https://{BLOCKED}/"], timeout=15)
-        assert r.returncode != 0, r.stdout
+        assert curl(lab, BLOCKED, 4, timeout=5).code != 0
 
         code, out = status(lab, "--json")
         assert code == 0, out
@@ -48,7 +45,7 @@ def test_status_of_a_running_daemon(lab: lab_mod.Lab, tmp_path: Path) -> None:
         assert doc["empty_segments"] == "kernel"  # this kernel has xt u32
         assert doc["counts"]["blocked"] >= 1 and doc["counts"]["packets"] >= 1
         hosts = [b["host"] for b in doc["recent_blocks"]]
-        assert hosts[-1] == BLOCKED and doc["recent_blocks"][-1]["dst"] == h.v4
+        assert hosts[-1] == BLOCKED and doc["recent_blocks"][-1]["dst"] == lab.address(BLOCKED, 4)
 
         code, out = status(lab)
         assert code == 0 and f"pid {runner.proc.pid}" in out and BLOCKED in out and "ghcr is not in allow" in out
