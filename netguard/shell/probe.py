@@ -45,6 +45,7 @@ PROBE_PORT = 9  # discard: nothing listens, the datagram only has to reach the q
 PROBE_V4 = "192.0.2.1"
 PROBE_V6 = "2001:db8::1"
 CAP_NET_ADMIN_BIT = 12  # linux/capability.h
+CAP_SYS_ADMIN_BIT = 21
 
 NFT_QUEUE = "nft-queue"
 IPTABLES_NFT = "iptables-nft"
@@ -186,13 +187,16 @@ def _nft_group(spaces: _Namespaces) -> dict[str, Probe]:
 
 def _cap_net_admin() -> Probe:
     """CAP_NET_ADMIN in this process's effective set (from /proc/self/status)."""
+    return _capability(CAP_NET_ADMIN_BIT)
+
+
+def _capability(bit: int) -> Probe:
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith("CapEff:"):
                     eff = int(line.split()[1], 16)
-                    has = bool(eff >> CAP_NET_ADMIN_BIT & 1)
-                    return Probe(has, f"CapEff {line.split()[1]}")
+                    return Probe(bool(eff >> bit & 1), f"CapEff {line.split()[1]}")
     except OSError as err:
         return Probe(None, f"cannot read /proc/self/status: {err.strerror}")
     return Probe(None, "no CapEff line in /proc/self/status")
@@ -262,6 +266,9 @@ def _can_make_namespaces() -> str | None:
         return "`ip` (iproute2) not installed"
     if os.geteuid() != 0:
         return "not root: the probes need to create network namespaces"
+    if _capability(CAP_SYS_ADMIN_BIT).present is False:
+        # Root in a sandbox (the systemd unit drops it): `ip netns add` would fail half-way.
+        return "no CAP_SYS_ADMIN: the probes need to create network namespaces"
     return None
 
 

@@ -73,6 +73,21 @@ def test_cli_json_exit_code_and_no_leftovers() -> None:
     assert root_rules() == rules_before
 
 
+def test_root_without_cap_sys_admin_says_why_and_makes_no_namespace() -> None:
+    """Root in a sandbox that dropped CAP_SYS_ADMIN (like the systemd unit) cannot make namespaces:
+    doctor says so for every probe instead of failing half-way through `ip netns add`."""
+    before = namespaces()
+    done = subprocess.run(["setpriv", "--bounding-set=-sys_admin", NETGUARD, "doctor", "--json"],
+                          capture_output=True, text=True, timeout=30)
+    out = json.loads(done.stdout)
+    probed = {f["name"]: f for f in out["features"]}
+    assert probed["cap_net_admin"]["present"] is True
+    assert probed["xt_nfqueue_nft"]["present"] is None
+    assert probed["xt_nfqueue_nft"]["detail"] == "no CAP_SYS_ADMIN: the probes need to create network namespaces"
+    assert out["namespaces"] == [] and namespaces() == before
+    assert done.returncode == 2 and any("no CAP_SYS_ADMIN" in r for r in out["reasons"])
+
+
 def test_queue_child_refuses_outside_its_namespace() -> None:
     """Started by hand in the root namespace, the child installs nothing."""
     rules_before = root_rules()
