@@ -1,9 +1,10 @@
 """The policy file: what is allowed, what else is blocked, and how the daemon behaves.
 
-Strategy: parse and validate the whole text first, collecting every problem with its position;
-only a policy with no problems is built, so a bad file is never partly applied. The result is a
-frozen Policy holding one PatternTable in which catalog entries are laid down first and the
-policy's own entries override them at the same pattern; `decide` then needs one lookup.
+Strategy: parse and validate the whole text, collecting every problem with its position; only a
+policy with no problems is returned (its table, built while the lists are read, is dropped
+otherwise), so a bad file is never partly applied. The result is a frozen Policy holding one
+PatternTable in which catalog entries are laid down first and the policy's own entries override
+them at the same pattern; `decide` then needs one lookup.
 """
 
 from __future__ import annotations
