@@ -173,11 +173,25 @@ def _patterns(doc: dict[str, Any], key: str, text: str, source: str, catalog: Ca
     origin: Origin = "allow" if ids is not None else "block"
     seen: set[str] = set()
     earlier: dict[Pattern, str] | None = None  # pattern -> its last spelling, built at the first duplicate
-    for index, written in enumerate(values):
+    as_read: list[str] = []
+
+    def as_written() -> list[str]:
+        # The document's list is emptied while it is read (below), so the list as written is
+        # parsed again, once, when a position is needed.
+        if not as_read:
+            as_read.extend(tomllib.loads(text)[key])
+        return as_read
+
+    for index in range(len(values)):
+        written: str = values[index]
+        # Each entry's document string goes as soon as it is read (unless the table keeps it as a
+        # name): the load's peak, on top of the old policy during a reload, is the daemon's peak.
+        values[index] = None
+
         # Positions are searched only for entries with a problem: a 100k-entry policy loads in
         # linear time.
         def at(message: str, index: int = index, written: str = written) -> None:
-            where = locate(text, key, written, nth=values[:index].count(written))
+            where = locate(text, key, written, nth=as_written()[:index].count(written))
             problems.append(Problem(source, *where, message))
 
         if _is_id(written):
@@ -200,14 +214,14 @@ def _patterns(doc: dict[str, Any], key: str, text: str, source: str, catalog: Ca
             at(f"{key}: {e}")
             continue
         if warning:
-            line, col = locate(text, key, written, nth=values[:index].count(written))
+            line, col = locate(text, key, written, nth=as_written()[:index].count(written))
             warnings.append(f"{source}:{line}:{col}: {warning}")
         if pattern.name == written:
             pattern = pattern._replace(name=written)  # the table keeps the file's string, not a copy
         u = table.get(pattern)
         if (u is not None and u.origin == origin) or pattern in both:
             if earlier is None:
-                earlier = _spellings(values[:index])
+                earlier = _spellings(as_written()[:index])
             at(f"{key}: {written!r} is listed twice (as {earlier[pattern]!r})")
         elif u is not None and u.origin != "catalog":
             both[pattern] = written
