@@ -13,6 +13,7 @@ import contextlib
 import re
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -104,7 +105,9 @@ def blocks(events: list[dict[str, Any]], host: str) -> list[dict[str, Any]]:
 
 def chromium(ns: str, home: Path, url: str, rules: str | None = None, timeout: float = 60) -> Result:
     """Headless Chromium dumping the DOM of url; HOME (and its NSS db) under `home`."""
-    profile = home / "profile"
+    # A fresh profile per run: a profile still locked by a Chromium that has not quite exited would
+    # make this one hand the URL over to it and exit with an empty page.
+    profile = Path(tempfile.mkdtemp(prefix="profile-", dir=home))
     argv = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={profile}"]
