@@ -77,8 +77,7 @@ def split_port(text: str) -> tuple[str, int | None]:
 
 class Pattern(NamedTuple):
     """A policy host pattern: `host`, `*.domain` (one or more labels below domain), optional port.
-    (A NamedTuple: it is itself the key of the pattern table, so a 100k-entry policy holds one
-    small tuple per entry.)"""
+    (The pattern table does not keep these: it is keyed by the name string, see table.py.)"""
 
     name: str  # the exact host, or the domain below which a wildcard matches
     wildcard: bool
