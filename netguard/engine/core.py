@@ -58,11 +58,15 @@ MAX_QUIC_DATAGRAMS = 6
 MAX_DNS_TCP_BYTES = 65537
 # DNS-over-TCP connections followed at once (resolvers keep few open; a stub opens one per query).
 MAX_DNS_TCP_STREAMS = 1024
+# (name, port) -> decision, for the names seen most recently: a VM talks to a few registries over
+# and over, and deciding a name again (normalising it, building the reason) is a good part of the
+# work per new connection. A flood of fresh names only cycles the oldest entries out.
+MAX_CACHED_DECISIONS = 4096
 
 EDE_PREFIX = "netguard"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Flow:
     key: FlowKey
     last: float
@@ -117,6 +121,9 @@ class Engine:
         # Flows forgotten while idle before any client byte: where their bytes start.
         self._bases: OrderedDict[FlowKey, int] = OrderedDict()
         self.max_flows = MAX_FLOWS
+        # Decisions of self._decisions_policy (a reload, or any new policy, starts afresh).
+        self._decisions: dict[tuple[str, int | None], Decision | None] = {}
+        self._decisions_policy = policy
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -308,10 +315,21 @@ class Engine:
     # -- decisions ----------------------------------------------------------------------------
 
     def _decide_name(self, name: str, port: int | None) -> Decision | None:
+        cache = self._decisions
+        if self._decisions_policy is not self.policy:
+            cache.clear()
+            self._decisions_policy = self.policy
+        key = (name, port)
+        if key in cache:
+            return cache[key]
         try:
-            return decide(name, port, self.policy)
+            d: Decision | None = decide(name, port, self.policy)
         except HostError:
-            return None
+            d = None
+        if len(cache) >= MAX_CACHED_DECISIONS:
+            del cache[next(iter(cache))]  # the oldest
+        cache[key] = d
+        return d
 
     def _decide_found(self, found: classify.Found, key: FlowKey, now: float) -> tuple[Decision | None, str]:
         name = found.name or ""
@@ -476,21 +494,28 @@ class Engine:
         msg = dns.parse_message(data)
         if not msg.is_response:
             return None, None
-        names = [q.name for q in msg.questions]
+        seen: dict[str, None] = {}  # every name once, lower case, in order: question, then answers
+        for q in msg.questions:
+            seen[q.name.lower()] = None
         addresses: list[bytes] = []
         ttl: int | None = None
         for rr in msg.answers:
-            names.append(rr.name)
+            seen[rr.name.lower()] = None
             if isinstance(rr.data, str):
-                names.append(rr.data)
+                seen[rr.data.lower()] = None
             elif isinstance(rr.data, bytes):
                 addresses.append(rr.data)
                 ttl = rr.ttl if ttl is None else min(ttl, rr.ttl)
-        names = [n for n in dict.fromkeys(n.lower() for n in names) if n]
-        decisions = [d for d in (self._decide_name(n, None) for n in names) if d is not None]
-        client_key = key.reply()
+        seen.pop("", None)
+        names = list(seen)
+        decisions: list[Decision] = []
+        for n in names:
+            d = self._decide_name(n, None)
+            if d is not None:
+                decisions.append(d)
         if not decisions:
             return None, None
+        client_key = key.reply()
         blocked = next((d for d in decisions if not d.allowed), None)
         learned = not addresses or self.names.learn(addresses, [d.host for d in decisions], ttl or 0, now)
         if not learned:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import select
@@ -43,6 +44,12 @@ TICK = 0.25  # seconds between checks of the policy file and engine expiry
 # INPUT only DNS answers; FORWARD queues both (the engine tells them apart).
 HOOK_OUTPUT = 3
 FROM_CLIENT = {1: False, HOOK_OUTPUT: True}
+
+
+@functools.lru_cache(maxsize=8)
+def _mark_values(marks: firewall.Marks) -> tuple[int, int, int, int]:
+    """(mask, allowed, blocked, passed) for apply_verdict: Marks.passed is worked out on each use."""
+    return marks.mask, marks.allowed, marks.blocked, marks.passed
 
 
 class StartError(RuntimeError):
@@ -210,8 +217,7 @@ class Daemon:
         except Exception as exc:  # a bug must not take enforcement down
             self._notice(f"internal error on a packet ({type(exc).__name__}: {exc}); fail verdict")
             fail = Verdict(Action.ACCEPT if self.policy.fail_mode == "open" else Action.DROP)
-            m = self._marks
-            apply_verdict(packet, fail, m.mask, m.allowed, m.blocked, m.passed)
+            apply_verdict(packet, fail, *_mark_values(self._marks))
             return
         event = verdict.event
         owner = None
@@ -223,8 +229,7 @@ class Daemon:
                 self._injector.send(raw)
             except OSError as exc:
                 self._notice(f"could not send the TLS alert: {exc}")
-        marks = self._marks
-        apply_verdict(packet, verdict, marks.mask, marks.allowed, marks.blocked, marks.passed)
+        apply_verdict(packet, verdict, *_mark_values(self._marks))
         if event is not None and not event.allowed:
             self._log(event, owner=owner)
 

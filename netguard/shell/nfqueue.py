@@ -96,8 +96,13 @@ def apply_verdict(packet: Packet, verdict: Verdict, mask: int, allowed: int, blo
     if action is Action.DROP or (action is Action.REWRITE and verdict.payload is None):
         packet.drop()
         return
-    mark = {Action.ALLOW: allowed, Action.BLOCK: blocked}.get(action, passed)
-    if action is Action.REWRITE and verdict.payload is not None:
-        packet.set_payload(verdict.payload)
+    if action is Action.ALLOW:
+        mark = allowed
+    elif action is Action.BLOCK:
+        mark = blocked
+    else:
+        mark = passed
+        if action is Action.REWRITE and verdict.payload is not None:
+            packet.set_payload(verdict.payload)
     packet.set_mark((packet.get_mark() & ~mask) | mark)
     packet.repeat()

@@ -367,3 +367,33 @@ def test_quic_of_another_version_gets_the_fail_verdict(mode: str, action: Action
     # Not QUIC at all (say, DTLS on 443): judged by address.
     other = engine.handle(raw(IP(src=C4, dst=S4) / UDP(sport=5001, dport=443) / (b"\x16\xfe\xfd" + bytes(60))), NOW)
     assert other.action is Action.ALLOW and other.event is not None and other.event.source == "address"
+
+
+def test_a_name_seen_before_is_decided_by_the_policy_in_force() -> None:
+    # Decisions are cached per (name, port); a reload must not answer from the old policy's.
+    engine = Engine(policy('allow = ["dockerhub"]\nblock = ["files.example.com:8443"]\n'))
+    hello = python_client_hello("registry-1.docker.io")
+    first = run(engine, [Conn(sport=40001).syn(), Conn(sport=40001).data(0, hello)])[-1]
+    again = run(engine, [Conn(sport=40002).syn(), Conn(sport=40002).data(0, hello)])[-1]
+    assert first.action is again.action is Action.ALLOW
+    assert first.event is not None and again.event is not None and first.event.reason == again.event.reason
+    # The same name on another port is its own decision.
+    files = python_client_hello("files.example.com")
+    assert run(engine, [Conn(sport=40003).syn(), Conn(sport=40003).data(0, files)])[-1].action is Action.ALLOW
+    on_8443 = Conn(dport=8443, sport=40004)
+    assert run(engine, [on_8443.syn(), on_8443.data(0, files)])[-1].action is Action.BLOCK
+    engine.reload(policy('allow = ["ghcr"]\n'), NOW)
+    after = run(engine, [Conn(sport=40005).syn(), Conn(sport=40005).data(0, hello)])[-1]
+    assert after.action is Action.BLOCK and after.event is not None and after.event.rule == "dockerhub is not in allow"
+
+
+def test_cached_decisions_are_bounded_and_an_evicted_name_is_decided_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core, "MAX_CACHED_DECISIONS", 4)
+    engine = Engine(policy())
+    names = [f"n{i}.example.org" for i in range(10)] + ["ghcr.io"]
+    for i, name in enumerate(names + names[:1]):
+        c = Conn(sport=41000 + i)
+        v = run(engine, [c.syn(), c.data(0, python_client_hello(name))])[-1]
+        assert v.action is (Action.BLOCK if name == "ghcr.io" else Action.ALLOW)
+        assert v.event is not None and v.event.host == name
+        assert len(engine._decisions) <= 4
