@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from netguard import __version__
-from netguard.policy import HostError, Policy, PolicyError, decide, split_port
+from netguard.policy import Decision, HostError, Policy, PolicyError, decide, split_port
 from netguard.policy.explain import Explanation, explain
 from netguard.shell.policyfiles import load_policy
 
@@ -46,6 +47,8 @@ def _load(policy_path: str | None) -> Policy:
     sys.exit(2)
 
 
+T = TypeVar("T")
+
 policy_option = click.option(
     "--policy", "policy_path", type=click.Path(dir_okay=False), metavar="FILE",
     help="Policy file (TOML). Without it, the embedded default policy: Docker Hub allowed, "
@@ -68,23 +71,34 @@ def check(targets: tuple[str, ...], policy_path: str | None, as_json: bool) -> N
       netguard check --policy corp.toml registry.corp.example:5000
     """
     policy = _load(policy_path)
+
+    def show(d: Decision) -> str:
+        if as_json:
+            return json.dumps({**asdict(d), "policy": policy.label})
+        where = d.host if d.port is None else f"{d.host}:{d.port}"
+        return f"{'allowed' if d.allowed else 'BLOCKED'}  {where}\n  {d.reason}"
+
+    _judge_each(targets, policy, lambda host, port: decide(host, port, policy), show,
+                lambda d: d.allowed)
+
+
+def _judge_each(targets: tuple[str, ...], policy: Policy, judge: Callable[[str, int | None], T],
+                show: Callable[[T], str], allowed: Callable[[T], bool]) -> NoReturn:
+    """Judge and print each HOST[:PORT]; exit 0 if all are allowed, 1 if one is blocked, 2 if a
+    target is not a host name."""
     for w in policy.warnings:
         click.echo(f"warning: {w}", err=True)
     worst = 0
     for target in targets:
         try:
             host, port = split_port(target)
-            d = decide(host, port, policy)
+            result = judge(host, port)
         except HostError as e:
             click.echo(f"error: {target}: {e}", err=True)
             worst = 2
             continue
-        if as_json:
-            click.echo(json.dumps({**asdict(d), "policy": policy.label}))
-        else:
-            where = d.host if d.port is None else f"{d.host}:{d.port}"
-            click.echo(f"{'allowed' if d.allowed else 'BLOCKED'}  {where}\n  {d.reason}")
-        if not d.allowed:
+        click.echo(show(result))
+        if not allowed(result):
             worst = max(worst, 1)
     sys.exit(worst)
 
@@ -157,26 +171,17 @@ def policy_explain(targets: tuple[str, ...], policy_path: str | None, as_json: b
       netguard policy explain cdn01.quay.io production.cloudflare.docker.com
     """
     p = _load(policy_path)
-    worst = 0
-    for target in targets:
-        try:
-            host, port = split_port(target)
-            e = explain(host, port, p)
-        except HostError as exc:
-            click.echo(f"error: {target}: {exc}", err=True)
-            worst = 2
-            continue
-        if as_json:
-            click.echo(json.dumps({
-                "written": e.written, "host": e.host, "port": e.port, "policy": p.label,
-                "matches": [{"pattern": str(m.pattern), "action": "allow" if m.rule.allowed else "block",
-                             "registry": m.rule.registry, "rule": m.text} for m in e.matches],
-                "left_out": [asdict(x) for x in e.left_out], "decision": asdict(e.decision)}))
-        else:
-            click.echo(_explanation_text(e, p))
-        if not e.decision.allowed:
-            worst = max(worst, 1)
-    sys.exit(worst)
+
+    def show(e: Explanation) -> str:
+        if not as_json:
+            return _explanation_text(e, p)
+        return json.dumps({
+            "written": e.written, "host": e.host, "port": e.port, "policy": p.label,
+            "matches": [{"pattern": str(m.pattern), "action": "allow" if m.rule.allowed else "block",
+                         "registry": m.rule.registry, "rule": m.text} for m in e.matches],
+            "left_out": [asdict(x) for x in e.left_out], "decision": asdict(e.decision)})
+
+    _judge_each(targets, p, lambda host, port: explain(host, port, p), show, lambda e: e.decision.allowed)
 
 
 def _explanation_text(e: Explanation, p: Policy) -> str:
