@@ -58,9 +58,9 @@ MAX_QUIC_DATAGRAMS = 6
 MAX_DNS_TCP_BYTES = 65537
 # DNS-over-TCP connections followed at once (resolvers keep few open; a stub opens one per query).
 MAX_DNS_TCP_STREAMS = 1024
-# (name, port) -> decision, for the names seen most recently: a VM talks to a few registries over
-# and over, and deciding a name again (normalising it, building the reason) is a good part of the
-# work per new connection. A flood of fresh names only cycles the oldest entries out.
+# (name, port) -> decision for the names used most recently: a VM talks to a few registries over and
+# over, and deciding a name anew (normalising it, building the reason) is a good part of the work per
+# new connection. Least recently used first out, so a flood of fresh names costs O(1) each.
 MAX_CACHED_DECISIONS = 4096
 
 EDE_PREFIX = "netguard"
@@ -122,7 +122,7 @@ class Engine:
         self._bases: OrderedDict[FlowKey, int] = OrderedDict()
         self.max_flows = MAX_FLOWS
         # Decisions of self._decisions_policy (a reload, or any new policy, starts afresh).
-        self._decisions: dict[tuple[str, int | None], Decision | None] = {}
+        self._decisions: OrderedDict[tuple[str, int | None], Decision | None] = OrderedDict()
         self._decisions_policy = policy
 
     # -- entry points -------------------------------------------------------------------------
@@ -321,14 +321,16 @@ class Engine:
             self._decisions_policy = self.policy
         key = (name, port)
         if key in cache:
+            cache.move_to_end(key)
             return cache[key]
+        d: Decision | None
         try:
-            d: Decision | None = decide(name, port, self.policy)
+            d = decide(name, port, self.policy)
         except HostError:
             d = None
-        if len(cache) >= MAX_CACHED_DECISIONS:
-            del cache[next(iter(cache))]  # the oldest
         cache[key] = d
+        if len(cache) > MAX_CACHED_DECISIONS:
+            cache.popitem(last=False)  # the least recently used
         return d
 
     def _decide_found(self, found: classify.Found, key: FlowKey, now: float) -> tuple[Decision | None, str]:

@@ -22,9 +22,10 @@ def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071)."""
     if len(data) % 2:
         data += b"\x00"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
+    # The one's-complement sum of the 16-bit words, taken as one number mod 0xFFFF (2**16 = 1 mod
+    # 0xFFFF), where a non-zero sum is 0xFFFF rather than 0: one C operation instead of a word loop.
+    number = int.from_bytes(data, "big")
+    total = number % 0xFFFF or (0xFFFF if number else 0)
     return ~total & 0xFFFF
 
 

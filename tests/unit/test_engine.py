@@ -9,7 +9,7 @@ import struct
 import pytest
 from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, IPv6, raw  # type: ignore[attr-defined]
 
-from netguard.engine import Action, Engine, Verdict, core
+from netguard.engine import Action, Engine, Verdict, core, packets
 from netguard.engine.names import MAX_TTL
 from netguard.policy import Policy, parse_policy
 from netguard.shell.lab import python_client_hello
@@ -397,3 +397,16 @@ def test_cached_decisions_are_bounded_and_an_evicted_name_is_decided_again(monke
         assert v.action is (Action.BLOCK if name == "ghcr.io" else Action.ALLOW)
         assert v.event is not None and v.event.host == name
         assert len(engine._decisions) <= 4
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_checksum_is_the_ones_complement_sum_of_the_words(seed: int) -> None:
+    rng = random.Random(seed)
+    samples = [b"", b"\x00", b"\xff", b"\xff\xff", b"\xff\xff" * 9, b"\x00\x00" * 5, b"\x00\x01\xff\xfe"]
+    samples += [rng.randbytes(rng.randrange(1, 1600)) for _ in range(300)]
+    for data in samples:
+        padded = data + b"\x00" * (len(data) % 2)
+        total = sum(struct.unpack(f"!{len(padded) // 2}H", padded))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        assert packets.checksum(data) == ~total & 0xFFFF, data
