@@ -511,15 +511,18 @@ class Engine:
         seen.pop("", None)
         names = list(seen)
         decisions: list[Decision] = []
+        blocked: Decision | None = None
         for n in names:
             d = self._decide_name(n, None)
             if d is not None:
                 decisions.append(d)
+                if blocked is None and not d.allowed:
+                    blocked = d
         if not decisions:
             return None, None
         client_key = key.reply()
-        blocked = next((d for d in decisions if not d.allowed), None)
-        learned = not addresses or self.names.learn(addresses, [d.host for d in decisions], ttl or 0, now)
+        judged = tuple(d.host for d in decisions)
+        learned = not addresses or self.names.learn(addresses, judged, ttl or 0, now)
         if not learned:
             self.stats.by_limit["names"] = self.stats.by_limit.get("names", 0) + 1
             self.stats.fail_verdicts += 1
@@ -529,10 +532,11 @@ class Engine:
                                        len(data) if same_length else None)
                 return reply, Event(now, client_key, False, names[0], "none", None, None,
                                     "fail_mode = closed", f"{why}; {self.policy.label} has fail_mode = closed")
-        judged = tuple(d.host for d in decisions)
-        event = _event(now, client_key, blocked or decisions[0], "dns-answer", names=judged)
-        if blocked is None or not self.policy.dns_block:
-            return None, event if blocked is None else _event(now, client_key, blocked, "dns-answer", True, judged)
+        if blocked is None:
+            return None, _event(now, client_key, decisions[0], "dns-answer", names=judged)
+        if not self.policy.dns_block:
+            return None, _event(now, client_key, blocked, "dns-answer", True, judged)
+        event = _event(now, client_key, blocked, "dns-answer", names=judged)
         # Longest first: a DNS-over-TCP answer keeps its length, so the longest text that fits is used.
         texts = (f"{EDE_PREFIX}: {blocked.host} is blocked by {self.policy.label} ({blocked.rule})",
                  f"{EDE_PREFIX}: {blocked.host} is blocked by {self.policy.label}",
