@@ -60,8 +60,9 @@ MAX_DNS_TCP_BYTES = 65537
 MAX_DNS_TCP_STREAMS = 1024
 # (name, port) -> decision for the names used most recently: a VM talks to a few registries over and
 # over, and deciding a name anew (normalising it, building the reason) is a good part of the work per
-# new connection. Least recently used first out, so a flood of fresh names costs O(1) each.
-MAX_CACHED_DECISIONS = 4096
+# new connection. Least recently used first out, so a flood of fresh names costs O(1) each. About
+# 600 bytes an entry (the decision's strings), so at most about 0.6 MB.
+MAX_CACHED_DECISIONS = 1024
 
 EDE_PREFIX = "netguard"
 

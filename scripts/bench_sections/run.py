@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-SECTIONS = ("policy", "parse", "netpath", "peer")
+SECTIONS = ("policy", "parse", "engine", "netpath", "peer")
 ROW_KEYS = ("section", "scenario", "metric", "value", "unit", "goal", "ok", "note")
 
 
