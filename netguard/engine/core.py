@@ -344,22 +344,28 @@ class Engine:
         if d is not None and d.allowed and d.registry is None:
             # Allowed only because the name is unknown: if the address was learned for a blocked
             # registry (a CNAME alias, an answer cached before the policy changed), that wins.
-            by_address, source = self._decide_address(key, now)
-            if not by_address.allowed and by_address.registry is not None:
-                return by_address, source
+            learned = self._decide_learned(key.dst, key.dport, now)
+            if learned is not None and not learned.allowed and learned.registry is not None:
+                return learned, "dns-table"
         return d, found.source
 
     def _decide_address(self, key: FlowKey, now: float, address: bytes | None = None) -> tuple[Decision, str]:
         address = key.dst if address is None else address
-        decisions = [d for d in (self._decide_name(n, key.dport) for n in self.names.names(address, now)) if d]
-        if decisions:
-            blocked = [d for d in decisions if not d.allowed]
-            return (blocked or decisions)[0], "dns-table"
+        learned = self._decide_learned(address, key.dport, now)
+        if learned is not None:
+            return learned, "dns-table"
         text = str(ipaddress.ip_address(address))
         unknown = self.policy.unknown_hosts
         return Decision(unknown == "allow", text, key.dport, None, None, f"unknown_hosts = {unknown}",
                         f"{text} has no name netguard saw (no SNI, Host or DNS answer); "
                         f"{self.policy.label} has unknown_hosts = {unknown}"), "address"
+
+    def _decide_learned(self, address: bytes, port: int, now: float) -> Decision | None:
+        """The decision by the names DNS answers gave for address (a blocking one first); None if none."""
+        decisions = [d for d in (self._decide_name(n, port) for n in self.names.names(address, now)) if d]
+        if not decisions:
+            return None
+        return next((d for d in decisions if not d.allowed), decisions[0])
 
     def _finish(self, flow: _Flow, now: float, d: Decision | None, source: str, *,
                 packet: Packet | None = None, seg: TcpSegment | None = None) -> Verdict:

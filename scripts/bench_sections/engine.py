@@ -1,11 +1,12 @@
 """The engine's own CPU per queued packet, in process: Engine.handle without kernel or NetfilterQueue.
 
 Strategy: the packets the netpath floods send (a real ClientHello from Python's ssl for
-registry-1.docker.io on a new flow each, DNS answers as dnsmasq writes them), built once, then fed
-to a fresh Engine with the default policy, the scenarios interleaved round after round so machine
-drift hits all alike; rows give the median µs per flow or answer and the rounds' min/max. This is
-the part of the netpath verdict rows that is netguard's Python, free of the kernel's noise (the
-daemon adds its NetfilterQueue callback, the verdict call, and a log line per block).
+registry-1.docker.io on a new flow each, DNS answers as dnsmasq writes them) and a ClientHello for a
+name outside every registry (most of a VM's other HTTPS), built once, then fed to a fresh Engine
+with the default policy, the scenarios interleaved round after round so machine drift hits all
+alike; rows give the median µs per flow or answer and the rounds' min/max. This is the part of the
+netpath verdict rows that is netguard's Python, free of the kernel's noise (the daemon adds its
+NetfilterQueue callback, the verdict call, and a log line per block).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     flows = _flows(n, python_client_hello("registry-1.docker.io"))
     both = [p for pair in flows for p in pair]
     hellos = [hello for _, hello in flows]
+    unknown = [hello for _, hello in _flows(n, python_client_hello("www.example.org"))]
     same = _answers(n, new_names=False)
     fresh = _answers(n, new_names=True, start=FULL_TABLE)
     fill = _answers(FULL_TABLE, new_names=True)
@@ -82,6 +84,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
             "µs/flow", lambda: _timed(Engine(policy), both, True, 2)),
         "517 B ClientHello alone on a new flow (as the verdict-capacity flood sends it)": (
             "µs/packet", lambda: _timed(Engine(policy), hellos, True, 1)),
+        "517 B ClientHello alone on a new flow, SNI not a registry (unknown_hosts = allow)": (
+            "µs/packet", lambda: _timed(Engine(policy), unknown, True, 1)),
         "DNS answer, registry-1.docker.io A": ("µs/packet", lambda: _timed(Engine(policy), same, False, 1)),
         "DNS answer, a new name each, name table has room": (
             "µs/packet", lambda: _timed(Engine(policy), fresh, False, 1)),

@@ -30,7 +30,7 @@ def test_policy_section_rows_and_markdown() -> None:
 
 def test_engine_section_rows() -> None:
     rows = importlib.import_module("bench_sections.engine").run(True)
-    assert len(rows) == 5 and all(r["scenario"].startswith("in process: ") for r in rows)
+    assert len(rows) == 6 and all(r["scenario"].startswith("in process: ") for r in rows)
     for r in rows:
         assert set(run.ROW_KEYS) <= set(r) and r["section"] == "engine" and r["value"] > 0
         assert r["min"] <= r["value"] <= r["max"]

@@ -187,6 +187,12 @@ def test_unknown_sni_on_an_address_learned_for_a_blocked_registry_is_blocked() -
     c = Conn(BLOCKED4)
     verdict = run(engine, [c.syn(), c.data(0, python_client_hello("dl.allowed.test"))])[-1]
     assert verdict.action is Action.BLOCK and verdict.event is not None and verdict.event.host == "ghcr.io"
+    # An address learned for an allowed registry leaves an unknown SNI its own decision.
+    engine.handle(udp_answer(dns_answer("registry-1.docker.io", [], S4)), NOW)
+    other = Conn(S4, sport=40100)
+    verdict = run(engine, [other.syn(), other.data(0, python_client_hello("www.example.org"))])[-1]
+    assert verdict.action is Action.ALLOW and verdict.event is not None
+    assert verdict.event.source == "sni" and verdict.event.host == "www.example.org"
 
 
 @pytest.mark.parametrize("mode", ["closed", "open"])
