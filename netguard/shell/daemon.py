@@ -220,18 +220,20 @@ class Daemon:
             apply_verdict(packet, fail, *_mark_values(self._marks))
             return
         event = verdict.event
-        owner = None
-        if event is not None and not event.allowed and packet.hook == HOOK_OUTPUT and self._owners is not None:
-            # Before the verdict: the reset it leads to takes the socket out of the kernel's tables.
-            owner = self._owners.find(event.key, self.clock())
+        if event is not None and not event.allowed:
+            # Logged before the verdict: the reset it leads to takes the socket (and so its owner)
+            # out of the kernel's tables, and whoever watches the log sees the line no later than
+            # the client sees its failure.
+            owner = None
+            if packet.hook == HOOK_OUTPUT and self._owners is not None:
+                owner = self._owners.find(event.key, self.clock())
+            self._log(event, owner=owner)
         for raw in verdict.inject:
             try:
                 self._injector.send(raw)
             except OSError as exc:
                 self._notice(f"could not send the TLS alert: {exc}")
         apply_verdict(packet, verdict, *_mark_values(self._marks))
-        if event is not None and not event.allowed:
-            self._log(event, owner=owner)
 
     def _log(self, event: Event, action: str | None = None, owner: Owner | None = None) -> None:
         record = event.record()
