@@ -24,6 +24,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import zipfile
@@ -145,7 +146,8 @@ def test_unit_restarts_fast_forever_with_network_capabilities_only() -> None:
     assert shlex.split(one(unit, service, "ExecStart"))[:2] == [netguard, "run"]
     assert set(one(unit, service, "CapabilityBoundingSet").split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
     assert set(one(unit, service, "AmbientCapabilities").split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
-    for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes")]:
+    private_tmp = "no" if str(REPO).startswith(("/tmp/", "/var/tmp/")) else "yes"  # see the next test
+    for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", private_tmp)]:
         assert one(unit, service, key) == value
     # iptables-legacy needs its lock file writable under ProtectSystem=strict (see the unit).
     assert "/run/xtables.lock" in one(unit, service, "ReadWritePaths")
@@ -163,6 +165,19 @@ def test_protect_home_relaxes_when_the_venv_lives_on_a_home(tmp_path: Path, inte
     if str(REPO).startswith(("/home/", "/root/", "/run/user/")):
         protect_home = "read-only"  # the checkout itself is on a home
     assert one(unit_entries(rendered_unit(netguard)), "Service", "ProtectHome") == protect_home
+
+
+@pytest.mark.parametrize(("interpreter", "private_tmp"), [
+    ("/usr/bin/python3", "yes"), ("/tmp/py/bin/python3.11", "no"), ("/var/tmp/py/bin/python3.11", "no"),
+])
+def test_private_tmp_off_when_the_venv_lives_in_tmp(interpreter: str, private_tmp: str) -> None:
+    # The fake venv sits in the checkout, not in pytest's tmp_path: /tmp itself is the case under test.
+    with tempfile.TemporaryDirectory(dir=REPO, prefix=".test-venv-") as venv:
+        netguard = fake_netguard(Path(venv) / "netguard", "exit 0\n")
+        (Path(venv) / "python").symlink_to(interpreter)
+        if str(REPO).startswith(("/tmp/", "/var/tmp/")):
+            private_tmp = "no"  # the checkout itself is under /tmp
+        assert one(unit_entries(rendered_unit(netguard)), "Service", "PrivateTmp") == private_tmp
 
 
 def _sh_command(entry: str) -> list[str]:
