@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
+import sys
 from pathlib import Path
 
 import pytest
 from harness import Runner
 
 from netguard.shell import lab as lab_mod
+from netguard.shell import netns
 
 pytestmark = pytest.mark.root
 
@@ -40,3 +44,46 @@ def test_block_log_names_process_and_user(lab: lab_mod.Lab, tmp_path: Path, fami
         assert owners == [(BLOCKED, 0, as_root.pid, "curl"), (BLOCKED, 65534, as_nobody.pid, "curl")], owners
     finally:
         runner.stop(signal.SIGTERM)
+
+
+FINDER = """
+import ipaddress, json, os, socket, sys
+from netguard.engine import FlowKey
+from netguard.shell import owner
+
+def key(proto, s):
+    (la, lp, *_), (ra, rp, *_) = s.getsockname(), s.getpeername()
+    return FlowKey(proto, ipaddress.ip_address(la).packed, lp, ipaddress.ip_address(ra).packed, rp)
+
+finder, out = owner.OwnerFinder(), {}
+for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    listener = socket.socket(family)
+    listener.bind((host, 0))
+    listener.listen()
+    tcp = socket.create_connection(listener.getsockname()[:2])
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    udp.connect((host, 443))
+    out[f"tcp{family}"] = finder.find(key(6, tcp), 100.0)
+    out[f"udp{family}"] = finder.find(key(17, udp), 100.0)
+    finder._walked = owner.WALK_BUDGET  # this second's budget used up
+    out[f"spent{family}"] = finder.find(key(6, tcp), 100.5)
+    out[f"next{family}"] = finder.find(key(6, tcp), 101.0)
+    k = key(6, tcp)
+    out[f"none{family}"] = finder.find(k._replace(sport=k.sport ^ 1), 101.0)
+me = {"uid": os.getuid(), "pid": os.getpid(), "process": open("/proc/self/comm").read().strip()}
+print(json.dumps({"me": me, **{k: None if v is None else v.record() for k, v in out.items()}}))
+"""
+
+
+def test_owner_finder_tcp_udp_both_families_and_the_walk_budget() -> None:
+    with netns.scratch("owner") as ns:
+        r = netns.run(ns, [sys.executable, "-c", FINDER], check=False)
+        assert r.returncode == 0, r.stderr
+        found = json.loads(r.stdout)
+        for family in (socket.AF_INET, socket.AF_INET6):
+            mine = found[f"tcp{family}"]
+            assert mine == found["me"]  # the child found its own sockets
+            assert found[f"udp{family}"] == mine
+            assert found[f"spent{family}"] == {"uid": 0, "pid": None, "process": None}
+            assert found[f"next{family}"] == mine
+            assert found[f"none{family}"] is None
