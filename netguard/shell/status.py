@@ -26,6 +26,9 @@ RECENT = 20
 # A status document larger than this is cut to the counters (it never is: RECENT bounds it).
 MAX_DOCUMENT = 65536
 QUERY_TIMEOUT = 2.0
+# Answers per wake-up of the daemon's loop: a local process connecting in a loop must not keep the
+# loop from the queue (each answer costs tens of µs).
+ANSWERS_PER_WAKE = 8
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -52,8 +55,9 @@ class StatusServer:
         return self._sock.fileno()
 
     def serve(self, document: Callable[[bool], dict[str, Any]]) -> None:
-        """Answer every waiting client; document(privileged) builds what it may see."""
-        while True:
+        """Answer the waiting clients (at most ANSWERS_PER_WAKE; the rest wait for the next wake-up);
+        document(privileged) builds what each may see."""
+        for _ in range(ANSWERS_PER_WAKE):
             try:
                 conn, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):

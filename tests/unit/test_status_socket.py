@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import select
+import socket
 import threading
 
 import pytest
 
 from netguard.cli import _status_text
-from netguard.shell.status import AlreadyRunning, StatusServer, query
+from netguard.shell.status import ANSWERS_PER_WAKE, AlreadyRunning, StatusServer, query
 
 
 def name() -> bytes:
@@ -33,6 +35,26 @@ def test_query_serve_and_a_second_server_refused() -> None:
     finally:
         server.close()
     assert query(where) is None  # the name goes with the socket: nothing to clean up after a crash
+
+
+def test_one_wake_up_answers_a_bounded_number() -> None:
+    where = name()
+    server = StatusServer(where)
+    clients = []
+    try:
+        for _ in range(ANSWERS_PER_WAKE + 1):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(where)  # completes into the listen backlog
+            clients.append(c)
+        server.serve(lambda privileged: {})
+        answered = [c for c in clients if select.select([c], [], [], 0)[0]]
+        assert len(answered) == ANSWERS_PER_WAKE
+        server.serve(lambda privileged: {})
+        assert all(select.select([c], [], [], 0)[0] for c in clients)
+    finally:
+        for c in clients:
+            c.close()
+        server.close()
 
 
 DOC = {
