@@ -7,8 +7,8 @@ packet is still in the queue, because the reset that follows the verdict takes t
 the kernel's tables. The /proc walk costs milliseconds on a busy machine, and a local user can
 cause blocks at will, so the walks may take at most WALK_BUDGET of each second; past that, and for
 processes the daemon may not inspect (another user's, without CAP_SYS_PTRACE), the log carries the
-uid alone. Connections routed through this host
-(containers behind a bridge) have no local socket: no owner.
+uid alone. Connections routed through this host (containers behind a bridge) have no local socket:
+no owner.
 """
 
 from __future__ import annotations
@@ -53,8 +53,7 @@ class Owner:
 class OwnerFinder:
     """Finds owners of local sockets in this network namespace (one netlink socket, reused)."""
 
-    def __init__(self, proc: str = "/proc") -> None:
-        self._proc = proc
+    def __init__(self) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
         self._sock.settimeout(LOOKUP_TIMEOUT)
         self._seq = 0
@@ -106,7 +105,7 @@ class OwnerFinder:
     def _pid_of(self, inode: int) -> int | None:
         target = f"socket:[{inode}]"
         with contextlib.suppress(OSError):
-            for entry in os.scandir(self._proc):
+            for entry in os.scandir("/proc"):
                 if not entry.name.isdigit():
                     continue
                 try:
@@ -122,7 +121,7 @@ class OwnerFinder:
 
     def _comm(self, pid: int) -> str | None:
         try:
-            with open(f"{self._proc}/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
                 return f.read().strip() or None
         except OSError:
             return None
