@@ -253,18 +253,9 @@ def _parse(data: bytes) -> tuple[DnsMessage, int, int]:
                 raise Malformed(f"block ends at {stop} but its contents end at {r.pos}")
         r.pos = stop
         answers.append(_new(ResourceRecord, (name, rtype, rclass, ttl, rdata)))
-    for _ in range(nscount):
-        _read_name(r, seen)
-        pos = r.pos
-        if pos + 10 > end:
-            raise _short(10, pos, end)
-        rdlength = _RR_FIXED(data, pos)[3]
-        pos += 10
-        if pos + rdlength > end:
-            raise _short(rdlength, pos, end)
-        r.pos = pos + rdlength
     opt_ttl = -1
-    for _ in range(arcount):
+    # Authority records are only stepped over; an additional record may be the OPT record.
+    for i in range(nscount + arcount):
         name = _read_name(r, seen)
         pos = r.pos
         if pos + 10 > end:
@@ -274,7 +265,7 @@ def _parse(data: bytes) -> tuple[DnsMessage, int, int]:
         if pos + rdlength > end:
             raise _short(rdlength, pos, end)
         r.pos = pos + rdlength
-        if rtype == TYPE_OPT:
+        if rtype == TYPE_OPT and i >= nscount:
             if opt_ttl >= 0 or name:
                 raise Malformed("second OPT record or OPT not at the root")
             opt_ttl = ttl
