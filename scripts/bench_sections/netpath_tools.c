@@ -148,6 +148,15 @@ static int connect_loop(int argc, char **argv) {
     return 0;
 }
 
+/* One flood packet; 0 when the kernel pushes back (full buffers, a full queue rejecting), so the
+   burst ends there and the replies are drained. */
+static int send_one(int fd, const void *buf, size_t len, const struct sockaddr_in *to) {
+    if (sendto(fd, buf, len, 0, (const struct sockaddr *)to, sizeof *to) >= 0) return 1;
+    if (errno == ENOBUFS || errno == EAGAIN || errno == EPERM) return 0;
+    die("sendto");
+    return 0;
+}
+
 static uint16_t csum(const void *data, size_t len, uint32_t sum) {
     const unsigned char *p = data;
     for (size_t i = 0; i + 1 < len; i += 2) sum += (uint32_t)(p[i] << 8 | p[i + 1]);
@@ -209,10 +218,7 @@ static int hello_flood(int argc, char **argv) {
             uint32_t sum = 0;
             for (int i = 0; i < 12; i += 2) sum += (uint32_t)(pseudo[i] << 8 | pseudo[i + 1]);
             tcp->check = htons(csum(pkt + 20, 20 + len, sum));
-            if (sendto(tx, pkt, 40 + len, 0, (struct sockaddr *)&to, sizeof to) < 0) {
-                if (errno == ENOBUFS || errno == EAGAIN || errno == EPERM) break;
-                die("sendto");
-            }
+            if (!send_one(tx, pkt, 40 + len, &to)) break;
             sent++;
         }
         struct pollfd p = {.fd = rx, .events = POLLIN};
@@ -276,10 +282,7 @@ static int dns_flood(int argc, char **argv) {
                 uint32_t a = htonl((uint32_t)(0x0a000000 + (k & 0xffffff)));
                 memcpy(msg + addr_off, &a, 4);
             }
-            if (sendto(tx, msg, len, 0, (struct sockaddr *)&to, sizeof to) < 0) {
-                if (errno == ENOBUFS || errno == EAGAIN || errno == EPERM) break;
-                die("sendto");
-            }
+            if (!send_one(tx, msg, len, &to)) break;
             sent++;
         }
         struct pollfd p = {.fd = rx, .events = POLLIN};
