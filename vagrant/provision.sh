@@ -114,7 +114,8 @@ if ! scripts/bootstrap --test; then
     scripts/bootstrap
     have=() missing=()
     for p in $(test_packages); do
-        if apt-cache policy "$p" 2>/dev/null | grep -q 'Candidate: [0-9]'; then have+=("$p"); else missing+=("$p"); fi
+        # the whole output first: `apt-cache | grep -q` under pipefail can fail by SIGPIPE
+        if [[ "$(apt-cache policy "$p" 2>/dev/null || true)" =~ Candidate:\ [0-9] ]]; then have+=("$p"); else missing+=("$p"); fi
     done
     [ "${#have[@]}" = 0 ] || apt_install "${have[@]}"
     say "not available on this release: ${missing[*]:-none} (tests that need them fail or skip)"
