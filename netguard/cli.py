@@ -12,9 +12,9 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from netguard import __version__
+from netguard.daemon.policyfiles import load_policy
 from netguard.policy import Decision, HostError, Policy, PolicyError, decide, split_port
 from netguard.policy.explain import Explanation, explain
-from netguard.shell.policyfiles import load_policy
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -219,7 +219,7 @@ def doctor(as_json: bool, root: str, facts_path: str | None) -> None:
     """
     from pathlib import Path
 
-    from netguard.shell.doctor import assess, load_facts, render, to_json_text
+    from netguard.doctor.report import assess, load_facts, render, to_json_text
 
     base = Path(root)
     if facts_path is not None:
@@ -232,7 +232,7 @@ def doctor(as_json: bool, root: str, facts_path: str | None) -> None:
     sys.exit(report.exit_code)
 
 
-# -- enforcement: run, rules, replay, demo (netguard.shell.daemon / firewall / replay / demo) --------
+# -- enforcement: run, rules, replay, demo (netguard.daemon, netguard.replay, netguard.lab.demo) --------
 
 
 @main.command()
@@ -251,7 +251,7 @@ def run(policy_path: str | None, backend: str | None) -> None:
     import os
     from pathlib import Path
 
-    from netguard.shell import daemon
+    from netguard.daemon import run as daemon
 
     if os.geteuid() != 0:
         click.echo("netguard run: must run as root (it installs firewall rules)", err=True)
@@ -277,8 +277,8 @@ def status(as_json: bool) -> None:
     """
     import os
 
-    from netguard.shell import firewall
-    from netguard.shell.status import query
+    from netguard.daemon import firewall
+    from netguard.daemon.status import query
 
     try:
         doc = query()
@@ -365,7 +365,7 @@ def rules() -> None:
 def rules_show() -> None:
     """Print the netguard chains and jumps installed here (every backend, both families).
     Exit status 1 when none are installed."""
-    from netguard.shell import firewall
+    from netguard.daemon import firewall
 
     found = False
     for backend in firewall.BACKENDS:
@@ -388,8 +388,8 @@ def rules_remove(force: bool) -> None:
 
     Refuses while a netguard daemon runs in this network namespace: stop it instead (it removes its
     own rules on exit), or pass --force."""
-    from netguard.shell import firewall
-    from netguard.shell.status import query
+    from netguard.daemon import firewall
+    from netguard.daemon.status import query
 
     if not force:
         try:
@@ -421,8 +421,8 @@ def replay(capture: str, policy_path: str | None, as_json: bool) -> None:
     """
     from pathlib import Path
 
-    from netguard.shell.replay import CaptureError, render
-    from netguard.shell.replay import replay as run_replay
+    from netguard.replay import CaptureError, render
+    from netguard.replay import replay as run_replay
 
     policy = _load(policy_path)
     try:
@@ -448,7 +448,7 @@ def demo() -> None:
     """
     import os
 
-    from netguard.shell.demo import run_demo
+    from netguard.lab.demo import run_demo
 
     if os.geteuid() != 0:
         click.echo("netguard demo: must run as root (it creates network namespaces)", err=True)

@@ -1,6 +1,6 @@
 """The registry catalog, policy text, host normalisation and matching, and decide(). Pure.
 
-Files are read by netguard.shell.policyfiles (load_policy, load_catalog); this package only parses
+Files are read by netguard.daemon.policyfiles (load_policy, load_catalog); this package only parses
 text that is handed to it.
 """
 

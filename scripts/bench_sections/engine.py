@@ -17,10 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from bench_sections.netpath import dns_answer, row
+from netguard.daemon.policyfiles import load_policy
 from netguard.engine import Engine
 from netguard.engine.packets import tcp_packet, udp_packet
-from netguard.shell.lab import python_client_hello
-from netguard.shell.policyfiles import load_policy
+from netguard.lab.lab import python_client_hello
 
 CLIENT, SERVER = bytes([10, 77, 0, 10]), bytes([10, 77, 0, 53])
 SYN, PSH_ACK = 0x02, 0x18

@@ -1,6 +1,6 @@
 """The daemon on the real network path: added latency, bulk throughput, verdict capacity, peak RSS.
 
-Strategy: three namespace labs (netguard.shell.lab) live for the whole section, identical except for
+Strategy: three namespace labs (netguard.lab.lab) live for the whole section, identical except for
 what guards the client namespace: "no rules"; "conntrack-only", netguard's own chain layout
 (firewall.build_rules) with every NFQUEUE target replaced by the verdict it would end in (CONNMARK
 allowed), the floor any netfilter solution pays; and "netguard" (`netguard run`, default policy,
@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netguard.daemon import firewall, netns
 from netguard.engine.names import MAX_ENTRIES
-from netguard.shell import firewall, netns
-from netguard.shell import lab as lab_mod
+from netguard.lab import lab as lab_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the integration tests' Runner is reused, not copied
@@ -528,8 +528,8 @@ def inprocess_rss(trace: bool) -> dict[str, Any]:
     largest allocation sites (tracemalloc; its own overhead inflates RSS, so not in the same run)."""
     import tracemalloc
 
+    from netguard.daemon.policyfiles import load_policy
     from netguard.engine import Engine
-    from netguard.shell.policyfiles import load_policy
 
     if trace:
         tracemalloc.start()

@@ -34,8 +34,8 @@ from bench_sections.netpath import (
     row,
     start_server,
 )
-from netguard.shell import lab as lab_mod
-from netguard.shell import netns
+from netguard.daemon import netns
+from netguard.lab import lab as lab_mod
 
 SETUPS = ("no rules", "opensnitch", "netguard")
 BLOCKED = "ghcr.io"

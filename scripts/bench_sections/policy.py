@@ -11,8 +11,8 @@ import random
 import statistics
 import time
 
+from netguard.daemon.policyfiles import load_catalog
 from netguard.policy import decide, parse_policy
-from netguard.shell.policyfiles import load_catalog
 
 SIZES = (10, 1_000, 100_000)
 GOAL_RATIO = 1.2

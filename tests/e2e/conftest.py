@@ -1,4 +1,4 @@
-"""Fixtures for the e2e tests: one registry lab (netguard.shell.registrylab: docker-registry with an
+"""Fixtures for the e2e tests: one registry lab (netguard.lab.registry: docker-registry with an
 image pushed by skopeo) per module, and `netguard run` in its client namespace (the integration
 tests' Runner, imported from tests/integration/harness.py)."""
 
@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from e2eclients import nss_trust
 from harness import Runner
 
-from netguard.shell import registrylab
+from netguard.lab import registry as registrylab
 
 # Where skopeo and podman write as root when not pointed elsewhere; the clients run with a private
 # /var/lib (registrylab.client_argv), so none of these may appear on the machine.

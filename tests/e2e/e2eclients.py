@@ -22,9 +22,9 @@ from typing import Any
 
 import dpkt
 
-from netguard.shell import lab as lab_mod
-from netguard.shell import netns
-from netguard.shell import registrylab as rl
+from netguard.daemon import netns
+from netguard.lab import lab as lab_mod
+from netguard.lab import registry as rl
 
 ALLOWED, BLOCKED = "registry-1.docker.io", "ghcr.io"
 ROUTES = ("dns", "v4", "v6")

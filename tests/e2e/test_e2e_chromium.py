@@ -23,7 +23,7 @@ from e2eclients import (
 )
 from harness import Runner
 
-from netguard.shell import registrylab as rl
+from netguard.lab import registry as rl
 
 pytestmark = pytest.mark.root
 

@@ -26,8 +26,8 @@ from e2eclients import (
 )
 from harness import NETGUARD, Runner
 
-from netguard.shell import netns
-from netguard.shell import registrylab as rl
+from netguard.daemon import netns
+from netguard.lab import registry as rl
 
 pytestmark = pytest.mark.root
 

@@ -10,7 +10,7 @@ import pytest
 from e2eclients import ALLOWED, BLOCKED, address, blocks, podman_inspect, podman_pull
 from harness import Runner
 
-from netguard.shell import registrylab as rl
+from netguard.lab import registry as rl
 
 pytestmark = pytest.mark.root
 

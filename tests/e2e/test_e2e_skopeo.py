@@ -11,7 +11,7 @@ import pytest
 from e2eclients import ALLOWED, BLOCKED, address, blocks, oci_blob, skopeo
 from harness import Runner
 
-from netguard.shell import registrylab as rl
+from netguard.lab import registry as rl
 
 pytestmark = pytest.mark.root
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from netguard.shell import lab as lab_mod
-from netguard.shell import netns
+from netguard.daemon import netns
+from netguard.lab import lab as lab_mod
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUE_NUM = 7413  # the default policy's queue

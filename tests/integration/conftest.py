@@ -1,4 +1,4 @@
-"""Fixtures for the integration tests: one namespace lab (netguard.shell.lab) per module, checked
+"""Fixtures for the integration tests: one namespace lab (netguard.lab.lab) per module, checked
 gone (namespaces and their /etc/netns files) after its teardown."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from netguard.shell import lab as lab_mod
+from netguard.lab import lab as lab_mod
 
 
 @pytest.fixture(scope="module")

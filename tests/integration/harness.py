@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from netguard.shell import lab as lab_mod
-from netguard.shell import netns
+from netguard.daemon import netns
+from netguard.lab import lab as lab_mod
 
 NETGUARD = str(Path(sys.executable).with_name("netguard"))
 READY_TIMEOUT = 15.0

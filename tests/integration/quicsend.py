@@ -20,7 +20,7 @@ import sys
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from netguard.shell.lab import python_client_hello
+from netguard.lab.lab import python_client_hello
 from netguard.wire.quic import client_initial_keys
 
 

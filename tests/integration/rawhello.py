@@ -23,7 +23,7 @@ from typing import Any
 
 from scapy.all import IP, TCP, AsyncSniffer, IPv6, conf, raw  # type: ignore[attr-defined]
 
-from netguard.shell.lab import python_client_hello
+from netguard.lab.lab import python_client_hello
 
 
 class Sender:

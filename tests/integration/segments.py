@@ -25,7 +25,7 @@ import time
 
 from scapy.all import IP, TCP, AsyncSniffer, IPv6, conf, raw  # type: ignore[attr-defined]
 
-from netguard.shell.lab import python_client_hello
+from netguard.lab.lab import python_client_hello
 
 PORT = 443
 WAIT = 2.0  # seconds for the server's SYN-ACK or ACK on a local veth

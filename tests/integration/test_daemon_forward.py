@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from harness import FROM_PORT_53, Runner, curl, netguard_rules
 
-from netguard.shell import lab as lab_mod
-from netguard.shell import netns
+from netguard.daemon import netns
+from netguard.lab import lab as lab_mod
 
 pytestmark = pytest.mark.root
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from harness import NETGUARD, Runner, curl, filter_rules, netguard_rules
 
-from netguard.shell import lab as lab_mod
+from netguard.lab import lab as lab_mod
 
 pytestmark = pytest.mark.root
 

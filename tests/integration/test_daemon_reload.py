@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from harness import Runner, curl
 
-from netguard.shell import lab as lab_mod
+from netguard.lab import lab as lab_mod
 
 pytestmark = pytest.mark.root
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from netguard.shell import netns, probe
-from netguard.shell.doctor import assess
-from netguard.shell.probe import probe_backend
+from netguard.daemon import netns
+from netguard.doctor import probe
+from netguard.doctor.probe import probe_backend
+from netguard.doctor.report import assess
 
 pytestmark = pytest.mark.root
 
@@ -91,7 +92,7 @@ def test_root_without_cap_sys_admin_says_why_and_makes_no_namespace() -> None:
 def test_queue_child_refuses_outside_its_namespace() -> None:
     """Started by hand in the root namespace, the child installs nothing."""
     rules_before = root_rules()
-    done = subprocess.run([sys.executable, "-m", "netguard.shell.probe", "queue-child", "iptables-nft",
+    done = subprocess.run([sys.executable, "-m", "netguard.doctor.probe", "queue-child", "iptables-nft",
                            "ng-doctor-notmine"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "refusing" in done.stderr
     assert root_rules() == rules_before

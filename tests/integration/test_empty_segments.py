@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from harness import Runner
 
-from netguard.shell import firewall, netns
-from netguard.shell import lab as lab_mod
-from netguard.shell.daemon import firewall_options
-from netguard.shell.policyfiles import load_policy
+from netguard.daemon import firewall, netns
+from netguard.daemon.policyfiles import load_policy
+from netguard.daemon.run import firewall_options
+from netguard.lab import lab as lab_mod
 
 pytestmark = pytest.mark.root
 

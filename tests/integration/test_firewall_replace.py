@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from netguard.shell import firewall, netns
-from netguard.shell.firewall import Marks, Options
+from netguard.daemon import firewall, netns
+from netguard.daemon.firewall import Marks, Options
 
 pytestmark = pytest.mark.root
 

@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from netguard.shell import netns
+from netguard.daemon import netns
 
 pytestmark = pytest.mark.root
 
 SCRIPT = """
 import socket, subprocess, sys
 from netfilterqueue import NetfilterQueue
-from netguard.shell.nfqueue import set_fail_open
+from netguard.daemon.nfqueue import set_fail_open
 q = NetfilterQueue()
 q.bind(99, lambda p: None, max_len=1)
 if sys.argv[1] == "open":

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from harness import Runner
 
-from netguard.shell import lab as lab_mod
-from netguard.shell import netns
+from netguard.daemon import netns
+from netguard.lab import lab as lab_mod
 
 pytestmark = pytest.mark.root
 
@@ -49,7 +49,7 @@ def test_block_log_names_process_and_user(lab: lab_mod.Lab, tmp_path: Path, fami
 FINDER = """
 import ipaddress, json, os, socket, sys
 from netguard.engine import FlowKey
-from netguard.shell import owner
+from netguard.daemon import owner
 
 def key(proto, s):
     (la, lp, *_), (ra, rp, *_) = s.getsockname(), s.getpeername()

@@ -12,8 +12,8 @@ import pytest
 from harness import NETGUARD
 from scapy.all import TCP, rdpcap, wrpcapng  # type: ignore[attr-defined]
 
-from netguard.shell import lab as lab_mod
-from netguard.shell import netns
+from netguard.daemon import netns
+from netguard.lab import lab as lab_mod
 
 CORPUS = Path(__file__).parents[1] / "data" / "corpus"
 BLOCK_TEST = 'name = "corpus"\nallow = ["dockerhub"]\nblock = ["*.blocked.test"]\n'

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from harness import Runner
 
-from netguard.shell import lab as lab_mod
-from netguard.shell import netns
+from netguard.daemon import netns
+from netguard.lab import lab as lab_mod
 
 pytestmark = pytest.mark.root
 

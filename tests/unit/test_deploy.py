@@ -36,7 +36,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netguard.shell import netns
+from netguard.daemon import netns
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT_TEMPLATE = REPO / "scripts" / "netguard.service"

@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from netguard.cli import main
-from netguard.shell import probe
-from netguard.shell.doctor import (
+from netguard.doctor import probe
+from netguard.doctor.report import (
     FEATURE_NAMES,
     FEATURES,
     Environment,

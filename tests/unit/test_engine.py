@@ -9,11 +9,11 @@ import struct
 import pytest
 from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, IPv6, raw  # type: ignore[attr-defined]
 
+from netguard.daemon.policyfiles import load_catalog
 from netguard.engine import Action, Engine, Verdict, core, packets
 from netguard.engine.names import MAX_TTL
+from netguard.lab.lab import python_client_hello
 from netguard.policy import Policy, parse_policy
-from netguard.shell.lab import python_client_hello
-from netguard.shell.policyfiles import load_catalog
 from netguard.wire import dns
 
 C4, S4, BLOCKED4 = "10.0.0.10", "10.0.0.102", "10.0.0.103"

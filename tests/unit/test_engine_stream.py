@@ -99,8 +99,8 @@ def _engine_inputs() -> st.SearchStrategy[bytes]:
 
 @given(st.lists(_engine_inputs(), min_size=1, max_size=6))
 def test_the_engine_never_raises(packets: list[bytes]) -> None:
+    from netguard.daemon.policyfiles import load_policy
     from netguard.engine import Action, Engine
-    from netguard.shell.policyfiles import load_policy
 
     engine = Engine(load_policy(None))
     for p in packets:

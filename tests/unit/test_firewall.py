@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netguard.shell import firewall
-from netguard.shell.firewall import Marks, Options, build_removal, build_rules
+from netguard.daemon import firewall
+from netguard.daemon.firewall import Marks, Options, build_removal, build_rules
 
 
 def rules(family: firewall.Family = 4, **kw: object) -> list[str]:

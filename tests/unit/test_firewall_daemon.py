@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from netguard.shell import daemon, doctor
+from netguard.daemon import run as daemon
+from netguard.doctor import report as doctor
 
 
 def fake_report(verdict: str, backends: tuple[str, ...], reasons: tuple[str, ...] = ()) -> object:
@@ -34,8 +35,8 @@ def test_requested_backend() -> None:
 
 
 def test_firewall_options_follow_the_policy() -> None:
+    from netguard.daemon.policyfiles import load_catalog
     from netguard.policy import parse_policy
-    from netguard.shell.policyfiles import load_catalog
 
     p = parse_policy('allow = []\nfail_mode = "open"\nqueue_num = 9\nmark_mask = 0xf0\nmark_allowed = 0x10\n'
                      'mark_blocked = 0x20\n', "t.toml", load_catalog())

@@ -11,10 +11,10 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from netguard.daemon.policyfiles import load_catalog, load_policy
 from netguard.policy import Pattern
 from netguard.policy.explain import candidates, explain
 from netguard.policy.table import PatternTable
-from netguard.shell.policyfiles import load_catalog, load_policy
 
 NETGUARD = [sys.executable, "-m", "netguard.cli"]
 LABELS = st.sampled_from(["a", "b", "io", "corp"])

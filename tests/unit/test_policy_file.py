@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from netguard.daemon.policyfiles import load_catalog, load_policy
 from netguard.policy import PolicyError, decide, parse_catalog, parse_policy
-from netguard.shell.policyfiles import load_catalog, load_policy
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from netguard.daemon.policyfiles import load_catalog
 from netguard.engine.names import NameTable
 from netguard.policy import Pattern, PolicyError, decide, parse_policy
 from netguard.policy.table import PatternTable
-from netguard.shell.policyfiles import load_catalog
 
 # Bytes per entry at the load's peak and per learned (address, name) pair, beyond the strings the
 # caller already holds. Before issue 7: about 306 and 304; after: about 150 and 120.

@@ -1,5 +1,6 @@
 """The core (netguard/wire, netguard/policy, netguard/engine) does no I/O: no module there imports an
-I/O module or the shell, or calls open/print/input/__import__ (checked on the AST of every file)."""
+I/O module or the shell (daemon, doctor, fleet, lab, replay), or calls open/print/input/__import__
+(checked on the AST of every file). And the daemon does not import the lab."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ FORBIDDEN_MODULES = frozenset(
     {
         "_thread", "asyncio", "concurrent", "ctypes", "fcntl", "ftplib", "glob", "http.client",
         "http.server", "importlib.resources", "io", "logging", "mmap", "multiprocessing",
-        "netfilterqueue", "netguard.cli", "netguard.shell", "os", "pathlib", "pyroute2", "select",
+        "netfilterqueue", "netguard.cli", "netguard.daemon", "netguard.doctor", "netguard.fleet", "netguard.lab",
+        "netguard.replay", "os", "pathlib", "pyroute2", "select",
         "selectors", "shutil", "signal", "smtplib", "socket", "socketserver", "ssl", "subprocess",
         "sys", "tempfile", "threading", "time", "urllib.request",
     }
@@ -75,7 +77,7 @@ def test_core_module_does_no_io(path: Path) -> None:
         "import time as clock",
         "from http import client",
         "from urllib import request",
-        "from netguard.shell.netns import run",
+        "from netguard.daemon.netns import run",
         "import asyncio.subprocess",
         "with open('x') as f: pass",
         "print('x')",
@@ -92,3 +94,18 @@ def test_checker_catches(source: str) -> None:
 )
 def test_checker_allows(source: str) -> None:
     assert violations(source) == []
+
+
+def test_daemon_does_not_import_the_lab() -> None:
+    """The enforcing process must not depend on test scaffolding (netguard/lab)."""
+    found = []
+    for path in sorted((ROOT / "daemon").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno}: {m}" for m in modules if m.split(".")[:2] == ["netguard", "lab"]]
+    assert found == []

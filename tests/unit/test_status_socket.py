@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from netguard.cli import _status_text
-from netguard.shell.status import ANSWERS_PER_WAKE, AlreadyRunning, StatusServer, query
+from netguard.daemon.status import ANSWERS_PER_WAKE, AlreadyRunning, StatusServer, query
 
 
 def name() -> bytes:

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from netguard.shell import firewall, netns
+from netguard.daemon import firewall, netns
 
 # One kernel answer takes a few milliseconds; a tool that waits longer is stuck (e.g. on the
 # iptables-legacy lock held by another run), and doctor must finish in well under 3 s.
@@ -215,7 +215,7 @@ def _queue_group(backend: str | None, spaces: _Namespaces) -> dict[str, Probe]:
     in a child Python process running inside a scratch namespace."""
     with netns.scratch("doctor") as ns:
         spaces.names.append(ns)
-        argv = netns.exec_argv(ns, [sys.executable, "-m", "netguard.shell.probe", "queue-child",
+        argv = netns.exec_argv(ns, [sys.executable, "-m", "netguard.doctor.probe", "queue-child",
                                     backend or "none", ns])
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
@@ -394,9 +394,9 @@ def _queue_child(backend: str) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Entry for the child process: `python -m netguard.shell.probe queue-child BACKEND NS`."""
+    """Entry for the child process: `python -m netguard.doctor.probe queue-child BACKEND NS`."""
     if len(argv) != 3 or argv[0] != "queue-child" or argv[1] not in (*BACKENDS, "none"):
-        print("usage: python -m netguard.shell.probe queue-child nft-queue|iptables-nft|iptables-legacy|none NS",
+        print("usage: python -m netguard.doctor.probe queue-child nft-queue|iptables-nft|iptables-legacy|none NS",
               file=sys.stderr)
         return 2
     if not _inside(argv[2]):

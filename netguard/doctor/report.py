@@ -3,7 +3,7 @@
 Strategy: three layers. (1) Reading: `detect_environment` and `read_kernel_config` look only below a
 root path and at an env mapping passed in, so tests point them at fixture trees. (2) Deciding:
 `gates` and `decide` are pure functions over plain values (an Environment, probe results), so every
-verdict can be tested without root. (3) Probing: the live probe (netguard.shell.probe) runs in
+verdict can be tested without root. (3) Probing: the live probe (netguard.doctor.probe) runs in
 scratch namespaces; a tree that cannot be probed here (a WSL kernel, say) brings its probe results in
 a JSON file instead (`load_facts`), written from what was observed on that kernel.
 
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from netguard.shell.probe import (
+from netguard.doctor.probe import (
     NFT_QUEUE,
     Probe,
     ProbeRun,

@@ -46,8 +46,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from netguard.daemon import netns
 from netguard.policy import passed_mark
-from netguard.shell import netns
 
 CHAIN_PREFIX = "NETGUARD"
 CHAIN_FLOW = "NETGUARD-FLOW"  # verdict enforcement + queueing of new client flows (OUTPUT, FORWARD)

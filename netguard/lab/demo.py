@@ -1,6 +1,6 @@
 """`netguard demo`: enforcement shown live in a throw-away namespace lab.
 
-Strategy: build the lab (netguard.shell.lab: client, DNS and registry namespaces, nothing in the
+Strategy: build the lab (netguard.lab.lab: client, DNS and registry namespaces, nothing in the
 caller's namespace), start `netguard run` with the default policy inside the client namespace as a
 subprocess, run real clients against an allowed and a blocked registry, print what they saw and
 what netguard logged, then stop the daemon and delete the lab, whatever happens.
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from netguard.shell import lab as lab_mod
+from netguard.lab import lab as lab_mod
 
 READY_TIMEOUT = 15.0
 NETGUARD_ARGV = [sys.executable, "-c", "from netguard.cli import main; main()"]

@@ -8,7 +8,7 @@ expiring engine state. SIGHUP or a changed policy file reloads: the new policy i
 first, so a bad one is reported and the old one stays in force; open flows the new policy blocks
 are cut. SIGTERM/SIGINT remove every rule before exit. One JSON line per blocking decision goes
 to stdout; errors and notices go to stderr. The same loop answers `netguard status` on an abstract
-socket (shell.status), whose name also keeps a second daemon from starting in this namespace.
+socket (daemon.status), whose name also keeps a second daemon from starting in this namespace.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from netguard import __version__
+from netguard.daemon import conntrack, firewall
+from netguard.daemon.inject import Injector
+from netguard.daemon.nfqueue import Packet, Queue, apply_verdict, set_fail_open
+from netguard.daemon.owner import Owner, OwnerFinder
+from netguard.daemon.policyfiles import load_policy
+from netguard.daemon.status import RECENT, AlreadyRunning, StatusServer
 from netguard.engine import Action, Engine, Event, Verdict
 from netguard.policy import Policy, PolicyError
-from netguard.shell import conntrack, firewall
-from netguard.shell.inject import Injector
-from netguard.shell.nfqueue import Packet, Queue, apply_verdict, set_fail_open
-from netguard.shell.owner import Owner, OwnerFinder
-from netguard.shell.policyfiles import load_policy
-from netguard.shell.status import RECENT, AlreadyRunning, StatusServer
 
 TICK = 0.25  # seconds between checks of the policy file and engine expiry
 # Netfilter hook numbers (NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT): OUTPUT queues only client flows,
@@ -71,7 +71,7 @@ def choose_backend(requested: str | None) -> firewall.Backend:
                              f"{', '.join(firewall.BACKENDS)})")
         return requested
     try:
-        from netguard.shell import doctor
+        from netguard.doctor import report as doctor
     except ImportError as exc:  # pragma: no cover - doctor ships with netguard
         raise StartError(f"cannot check this kernel: {exc}") from exc
     report = doctor.assess()

@@ -4,7 +4,7 @@ Strategy: one dual-stack listening socket per port, one thread per connection, k
 Every response names the host the client asked for (SNI or Host), so a test can tell that it
 reached the server and which name it used. `CONNECT host:port` is answered 200 and then echoed,
 like a proxy tunnel to nowhere. UDP 443 echoes the first bytes of each datagram (a QUIC
-stand-in). Run it as `python -m netguard.shell.labserver CERT KEY`.
+stand-in). Run it as `python -m netguard.lab.server CERT KEY`.
 """
 
 from __future__ import annotations

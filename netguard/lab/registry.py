@@ -1,6 +1,6 @@
 """The namespace lab with a real registry in it, real container clients, and a VM with containers.
 
-Strategy: compose `netguard.shell.lab` without changing it. `build()` makes a lab, stops its stand-in
+Strategy: compose `netguard.lab.lab` without changing it. `build()` makes a lab, stops its stand-in
 server and starts the Docker Distribution registry (`docker-registry serve`) in the registry
 namespace on :443 (TLS, the lab's certificate, so every lab name and address is served by the one
 process and the one storage). An image is made by hand as an OCI layout (one gzip layer of random
@@ -33,8 +33,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netguard.shell import lab as lab_mod
-from netguard.shell import netns
+from netguard.daemon import netns
+from netguard.lab import lab as lab_mod
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 REPO = "lab/hello"
@@ -176,9 +176,9 @@ def _registry_config(reg_dir: Path, cert: Path, key: Path) -> Path:
 
 def _replace_server(lab: lab_mod.Lab) -> subprocess.Popen[bytes]:
     """Stop the lab's stand-in server and start docker-registry on :443 in its place."""
-    stand_in = [p for p in lab.procs if isinstance(p.args, list) and "netguard.shell.labserver" in p.args]
+    stand_in = [p for p in lab.procs if isinstance(p.args, list) and "netguard.lab.server" in p.args]
     if len(stand_in) != 1:
-        raise RuntimeError(f"registrylab: expected one lab server process, found {len(stand_in)}")
+        raise RuntimeError(f"lab.registry: expected one lab server process, found {len(stand_in)}")
     lab_mod.stop(stand_in[0])
     reg_dir = lab.workdir / "registry"
     reg_dir.mkdir(exist_ok=True)
@@ -195,7 +195,7 @@ def _wait_ready(lab: lab_mod.Lab, proc: subprocess.Popen[bytes]) -> None:
 
     def ready() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError("registrylab: docker-registry exited: "
+            raise RuntimeError("lab.registry: docker-registry exited: "
                                + (lab.workdir / "registry.log").read_text(errors="replace")[-2000:])
         r = lab.client_run(["curl", "-s", "-m", "2", "--cacert", str(lab.ca_file), "--resolve",
                             f"{first.name}:443:{first.v4}", f"https://{first.name}/v2/"])
@@ -204,7 +204,7 @@ def _wait_ready(lab: lab_mod.Lab, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while not ready():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"registrylab: docker-registry not ready after {READY_TIMEOUT:.0f} s")
+            raise RuntimeError(f"lab.registry: docker-registry not ready after {READY_TIMEOUT:.0f} s")
         time.sleep(0.05)
 
 
@@ -214,7 +214,7 @@ def push(reg: RegistryLab, host: str) -> None:
                        f"docker://{host}/{REPO}:{reg.image.tag}")
     r = run_client(reg.lab.client, argv, env=client_env(reg), timeout=PUSH_TIMEOUT)
     if r.returncode != 0:
-        raise RuntimeError(f"registrylab: push to {host} failed: {r.stderr.strip()}")
+        raise RuntimeError(f"lab.registry: push to {host} failed: {r.stderr.strip()}")
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ Strategy: four namespaces made with `netns.create` under unique names: a bridge 
 br0 and one veth end per host, and client / dns / registry namespaces holding the other ends. No
 default route anywhere, nothing in the caller's namespace, so a lab is safe on any machine and any
 number of labs can run at once. The DNS namespace runs dnsmasq with `host-record`s for the lab
-names (and a CNAME alias of a blocked one); the registry namespace runs `labserver` (HTTPS on 443
+names (and a CNAME alias of a blocked one); the registry namespace runs `lab.server` (HTTPS on 443
 with a certificate from a CA made here, plain HTTP on 80) on one address per name, so that an
 address identifies a name. The client namespace resolves through /etc/netns/CLIENT/resolv.conf.
 `Lab.close()` (or leaving `build()`) kills what it started and deletes the namespaces, always.
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from netguard.shell import netns
+from netguard.daemon import netns
 
 NET4 = "10.77.0."
 NET6 = "fd77::"
@@ -268,7 +268,7 @@ def _setup(lab: Lab) -> None:
 
     names = [h.name for h in lab.hosts] + [alias for alias, _ in lab.cnames]
     cert, key = make_certificates(lab.workdir, names, [a for h in lab.hosts for a in (h.v4, h.v6)])
-    server = _start(lab.registry, [sys.executable, "-m", "netguard.shell.labserver", str(cert), str(key)],
+    server = _start(lab.registry, [sys.executable, "-m", "netguard.lab.server", str(cert), str(key)],
                     lab.workdir / "server.log")
     lab.procs.append(server)
 

@@ -1,0 +1,1 @@
+"""The enforcing process: queue, firewall rules, injection, conntrack, owner lookup, status, the run loop."""

@@ -1,0 +1,1 @@
+"""What this machine is and what its kernel can do: environment facts and capability probes."""

@@ -1,0 +1,1 @@
+"""The namespace lab shared by tests, benchmarks and `netguard demo`. The daemon never imports it."""
