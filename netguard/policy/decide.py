@@ -32,5 +32,7 @@ def decide(host: str, port: int | None, policy: Policy) -> Decision:
     who = f"{r.registry_name} ({r.registry})" if r.registry else f"a registry host ({pattern})"
     verb = "allowed" if r.allowed else "blocked"
     text = r.text(pattern)
+    # Under an organisation policy, an entry may come from the local file (policy.compose).
+    where = f" (from {r.document})" if r.document and r.document != policy.source else ""
     return Decision(r.allowed, name, port, r.registry, r.registry_name, text,
-                    f"{name} is {who}: {verb} by {policy.label}, rule {text!r}")
+                    f"{name} is {who}: {verb} by {policy.label}, rule {text!r}{where}")
