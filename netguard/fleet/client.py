@@ -92,7 +92,7 @@ class Fleet:
         self.refusals: dict[str, int] = dict.fromkeys(REFUSAL_KINDS, 0)
         self.last: dict[str, Any] | None = None
         self.last_refusal: dict[str, Any] | None = None
-        self.last_applied: float | None = None
+        self.last_applied: dict[str, Any] | None = None
         self.consecutive_errors = 0
 
     # -- the loop's side ----------------------------------------------------------------------
@@ -150,8 +150,10 @@ class Fleet:
         if outcome.result == "refused" and outcome.kind is not None:
             self.refusals[outcome.kind] = self.refusals.get(outcome.kind, 0) + 1
             self.last_refusal = {"time": outcome.time, "kind": outcome.kind, "text": outcome.text}
-        if result == "applied":
-            self.last_applied = outcome.time
+        if result == "applied" and outcome.accepted is not None:
+            # When the document had arrived, and when its policy was in force (the loop's reload).
+            self.last_applied = {"version": outcome.accepted.version, "fetched": outcome.time + outcome.took,
+                                 "in_force": self.clock()}
         self.consecutive_errors = self.consecutive_errors + 1 if result == "error" else 0
 
     def stale(self, now: float) -> str | None:
