@@ -440,14 +440,15 @@ def status(as_json: bool) -> None:
 def _status_text(doc: dict[str, Any]) -> str:
     c = doc["counts"]
     limits = ", ".join(f"{k} {v}" for k, v in sorted(c["limits"].items())) or "none"
-    state = doc.get("state", "enforcing")
+    monitor = doc.get("mode") == "monitor"
     lines = [
-        f"netguard {doc['version']} {'enforcing' if state == 'enforcing' else state} in this network namespace "
+        f"netguard {doc['version']} {'monitoring' if monitor else 'enforcing'} in this network namespace "
         f"(pid {doc['pid']}, up {_duration(doc['now'] - doc['started'])})",
         f"  policy     {doc['policy']}, loaded {_clock(doc['policy_loaded'])}"
-        + (", mode monitor: nothing is blocked" if doc.get("mode") == "monitor" else ""),
+        + (", mode monitor: judged and logged, nothing blocked" if monitor else ""),
     ]
-    lines += [f"  degraded   {why}" for why in doc.get("state_reasons", [])]
+    if doc.get("state") == "degraded":
+        lines.append(f"  degraded   {'; '.join(doc.get('state_reasons', []))}")
     fleet = doc.get("fleet")
     if fleet is not None:
         f = fleet["in_force"]

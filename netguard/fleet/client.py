@@ -38,6 +38,9 @@ from netguard.policy import Catalog, Policy
 from netguard.policy.compose import combine, pin_host
 
 JITTER = 0.2  # a poll waits between 80 % and 100 % of the interval
+# Seconds a stopping daemon waits for the thread: it may be inside a fetch (fetch.TIMEOUT); the
+# daemon's exit must not wait for that (the thread is a daemon thread and ends with the process).
+STOP_WAIT = 0.5
 MAX_BACKOFF = 600.0  # seconds: after errors, a machine still asks every ten minutes
 Result = Literal["accepted", "unchanged", "refused", "error"]
 
@@ -112,7 +115,7 @@ class Fleet:
         self._stopping = True
         self._trigger.set()
         if self._thread is not None:
-            self._thread.join(timeout=fetch.TIMEOUT * 2 + 1)
+            self._thread.join(timeout=STOP_WAIT)
         self._wake_r.close()
         self._wake_w.close()
 
@@ -184,7 +187,10 @@ class Fleet:
         errors = 0
         while not self._stopping:
             self._trigger.clear()
-            outcome = self.poll_once()
+            try:
+                outcome = self.poll_once()
+            except Exception as exc:  # a bug here must not end polling for good
+                outcome = Outcome(self.clock(), "error", f"internal error while polling: {type(exc).__name__}: {exc}")
             if self._stopping:
                 return
             self._outbox.put(outcome)

@@ -167,3 +167,15 @@ def test_checkin_headers() -> None:
                  "Netguard-Last-Block": "2027-01-15T08:00:00Z"}
     h = checkin.headers("ab" * 16, "0.1.0", None, None, "degraded", None)
     assert (h["Netguard-Policy-Version"], h["Netguard-Policy-Sha256"], h["Netguard-Last-Block"]) == ("none",) * 3
+
+
+def test_the_documented_log_format_is_the_one_the_tests_run() -> None:
+    """docs/organisation.md gives admins the nginx log_format that the integration tests run in real
+    nginx and scripts/compliance-report reads; it names every check-in header."""
+    from netguard.lab.policyserver import CHECKIN_LOG_FORMAT
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "organisation.md").read_text()
+    assert CHECKIN_LOG_FORMAT in doc
+    for header in checkin.headers("m", "v", 1, "s", "enforcing", None):
+        assert f"`{header}`" in doc
+        assert f"$http_{header.lower().replace('-', '_')}" in CHECKIN_LOG_FORMAT
