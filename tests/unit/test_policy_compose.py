@@ -104,8 +104,8 @@ def test_policy_server_is_allowed_and_outranks_every_entry() -> None:
     # explain shows the pins first; the organisation's entries at the same patterns are replaced (the
     # warning names them), broader ones are shadowed.
     e = explain("config.corp.example", 8443, p)
-    assert [m.text for m in e.matches] == ["policy server config.corp.example:8443", "policy server config.corp.example",
-                                           "block = *.corp.example"]
+    assert [m.text for m in e.matches] == ["policy server config.corp.example:8443",
+                                           "policy server config.corp.example", "block = *.corp.example"]
 
 
 def test_policy_server_on_a_registry_host_keeps_its_registry_and_warns() -> None:
