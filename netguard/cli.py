@@ -276,7 +276,7 @@ def policy_pull(timeout: float) -> None:
     if "fleet" not in doc:
         click.echo("the running netguard has no organisation policy source (--policy-url)", err=True)
         sys.exit(2)
-    before = doc["fleet"]["attempts"]
+    sent = time.time()  # the answer is the first poll that starts after this (not one already under way)
     try:
         os.kill(doc["pid"], signal.SIGUSR1)
     except OSError as e:
@@ -289,9 +289,8 @@ def policy_pull(timeout: float) -> None:
         if now is None:
             click.echo("netguard stopped", err=True)
             sys.exit(3)
-        fleet = now["fleet"]
-        if fleet["attempts"] > before and fleet["last"] is not None:
-            last = fleet["last"]
+        last = now["fleet"]["last"]
+        if last is not None and last["time"] >= sent:
             click.echo(f"{last['result']}: {last['text']}")
             sys.exit(0 if last["result"] in ("applied", "unchanged") else 1)
     click.echo(f"no result within {timeout:g} s", err=True)

@@ -410,9 +410,10 @@ class Daemon:
                     self._notice(f"organisation policy from {fleet.source.url}: {outcome.text}")
                 fleet.record(outcome, "unchanged", outcome.text)
             else:
-                kind = f" ({outcome.kind})" if outcome.kind else ""
-                self._notice(f"organisation policy {outcome.result}{kind}: {outcome.text}; "
-                             f"{self.policy.label} stays in force")
+                if not outcome.again:  # the same refused documents again: said and counted once
+                    kind = f" ({outcome.kind})" if outcome.kind else ""
+                    self._notice(f"organisation policy {outcome.result}{kind}: {outcome.text}; "
+                                 f"{self.policy.label} stays in force")
                 fleet.record(outcome, outcome.result, outcome.text)
 
     def _checkin(self) -> dict[str, str]:

@@ -55,6 +55,7 @@ class Outcome:
     kind: str | None = None  # the refusal kind
     accepted: Accepted | None = None
     took: float = 0.0
+    again: bool = False  # the same refused documents as at the last poll (logged and counted then)
 
 
 def effective(source: Source, org: Accepted | None, local: Policy | None) -> Policy:
@@ -79,6 +80,7 @@ class Fleet:
         # The loop's: what is in force. The thread's: the last accepted document and its ETags.
         self.in_force: Accepted | None = kept.accepted if kept else None
         self._good = kept
+        self._refused: _Refused | None = None
         self._tls = fetch.context(source.ca_file)
         self._outbox: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -150,7 +152,7 @@ class Fleet:
         self.attempts += 1
         self.results[result] = self.results.get(result, 0) + 1
         self.last = {"time": outcome.time, "result": result, "text": text, "took": round(outcome.took, 3)}
-        if outcome.result == "refused" and outcome.kind is not None:
+        if outcome.result == "refused" and outcome.kind is not None and not outcome.again:
             self.refusals[outcome.kind] = self.refusals.get(outcome.kind, 0) + 1
             self.last_refusal = {"time": outcome.time, "kind": outcome.kind, "text": outcome.text}
         if result == "applied" and outcome.accepted is not None:
@@ -203,36 +205,49 @@ class Fleet:
             self._trigger.wait(wait)
 
     def poll_once(self) -> Outcome:
-        """One poll: fetch the signature (and, if it changed, the document), verify, keep on disk."""
+        """One poll: fetch the signature (and, if it changed, the document), verify, keep on disk.
+
+        After a refusal the refused pair's ETags are asked with: while both are unchanged the same
+        refusal is reported again (`again`: not a new log line or count), and a pair published in
+        two steps (signature first) is fetched again once its document has changed too."""
         start = time.monotonic()
         now = self.clock()
-        good = self._good
+        good, refused = self._good, self._refused
 
-        def done(result: Result, text: str, kind: str | None = None, accepted: Accepted | None = None) -> Outcome:
-            return Outcome(now, result, text, kind, accepted, time.monotonic() - start)
+        def done(result: Result, text: str, kind: str | None = None, accepted: Accepted | None = None,
+                 again: bool = False) -> Outcome:
+            return Outcome(now, result, text, kind, accepted, time.monotonic() - start, again)
 
         try:
             headers = self._checkin()
         except Exception as exc:  # the check-in facts must never stop the fetch
             headers = {"Netguard-State": f"unknown ({type(exc).__name__})"}
+        known = refused or good  # the pair whose ETags are sent
         try:
-            sig = fetch.get(self.source.signature_url, etag=good.sig_etag if good else None, headers=headers,
+            sig = fetch.get(self.source.signature_url, etag=known.sig_etag if known else None, headers=headers,
                             tls=self._tls, limit=MAX_SIGNATURE_BYTES)
-            if sig.status == 304 and good is not None:
+            if sig.status == 304 and refused is None and good is not None:
                 return done("unchanged", "signature not modified (304)")
-            doc = fetch.get(self.source.url, etag=good.doc_etag if good else None, headers=headers, tls=self._tls,
+            doc = fetch.get(self.source.url, etag=known.doc_etag if known else None, headers=headers, tls=self._tls,
                             limit=MAX_DOCUMENT_BYTES)
         except fetch.FetchError as exc:
             return done("error", str(exc))
-        if doc.status == 304 and good is None:
-            return done("error", f"{self.source.url}: 304 without a document to keep")
-        data = good.accepted.data if doc.status == 304 and good is not None else doc.body
+        if known is None and (sig.status == 304 or doc.status == 304):
+            return done("error", f"{self.source.url}: 304 to a request without an ETag")
+        if refused is not None and sig.status == 304 and doc.status == 304:
+            return done("refused", f"still published: {refused.text}", refused.kind, again=True)
+        held = (refused.signature, refused.data) if refused else (good.accepted.signature, good.accepted.data) \
+            if good else (b"", b"")
+        sig_body = sig.body if sig.status == 200 else held[0]
+        data = doc.body if doc.status == 200 else held[1]
         try:
-            accepted = accept(data, sig.body, self.source.keys, self.catalog, self.source.url,
+            accepted = accept(data, sig_body, self.source.keys, self.catalog, self.source.url,
                               highest=good.accepted.version if good else None,
                               highest_sha256=good.accepted.sha256 if good else None, now=now)
         except Refusal as exc:
+            self._refused = _Refused(sig.etag, doc.etag, sig_body, data, exc.kind, str(exc))
             return done("refused", str(exc), exc.kind)
+        self._refused = None
         try:
             state.save(self.source.state_dir, self.source.url, accepted, doc.etag, sig.etag)
         except OSError as exc:
@@ -246,3 +261,15 @@ class Fleet:
                                      f"{time_text(accepted.expires)}){note}", accepted=accepted)
         return done("accepted", f"version {accepted.version} (sha256 {accepted.sha256[:12]}…, key {accepted.key_id}, "
                                 f"expires {time_text(accepted.expires)}){note}", accepted=accepted)
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """The last refused pair: its ETags, and its bytes (for when one half changes and the other is 304)."""
+
+    sig_etag: str | None
+    doc_etag: str | None
+    signature: bytes
+    data: bytes
+    kind: str
+    text: str

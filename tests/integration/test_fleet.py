@@ -220,8 +220,24 @@ def test_every_refusal_keeps_the_policy_in_force(
             assert runner.stderr().count(f"organisation policy refused ({kind})") == 1, runner.stderr()
             assert runner.stderr().count("stays in force") == n
         assert "unknown registry id 'githb'" in runner.stderr()  # the invalid policy's problems are in the log
-        # Key rotation: the next key signs version 6, which is accepted.
-        server.publish(HUB_ONLY, keys["next"], comment(6))
+
+        # The same refused pair at later polls: asked for with its ETags (304, 304), reported again,
+        # neither logged nor counted again.
+        before = status(lab)["fleet"]["attempts"]
+        until(lambda: status(lab)["fleet"]["attempts"] >= before + 2, 3 * INTERVAL)
+        fleet = status(lab)["fleet"]
+        assert fleet["last"]["text"].startswith("still published: ") and fleet["refusals"]["malformed"] == 1
+        assert runner.stderr().count("organisation policy refused (malformed)") == 1
+        assert [r["status"] for r in server.requests()[-2:]] == ["304", "304"]
+
+        # Key rotation, published in two steps: the next key's signature of version 6 first (refused:
+        # it does not match the document still there), then the document; the next poll takes it.
+        v6 = tmp_path / "v6.toml"
+        v6.write_text(HUB_ONLY + "# version 6\n")
+        server.publish_signature(keys["next"].sign(v6, comment(6)).read_bytes())
+        r = pull(lab)
+        assert r.returncode == 1 and "bad-signature" in status(lab)["fleet"]["last_refusal"]["kind"], r.stdout
+        server.publish(v6.read_text(), None, None)
         r = pull(lab)
         assert r.returncode == 0 and r.stdout.startswith("applied: version 6"), r.stdout + r.stderr
         assert not ghcr_allowed(lab) and status(lab)["fleet"]["in_force"]["key_id"] in keys["next"].public.read_text()
