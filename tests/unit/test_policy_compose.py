@@ -98,6 +98,7 @@ def test_policy_server_is_allowed_and_outranks_every_entry() -> None:
     for port in (8443, None, 443):  # the URL's port, DNS answers (no port), and any other port
         d = decide("config.corp.example", port, p)
         assert d.allowed and d.rule == "policy server config.corp.example" + (":8443" if port == 8443 else ""), d
+        assert d.reason.startswith("config.corp.example is the organisation's policy server: allowed by")
     assert not decide("other.corp.example", 8443, p).allowed
     assert not decide("evil.example", 443, p).allowed  # unknown_hosts = deny still holds for the rest
     assert any("would be blocked" in w for w in p.warnings)
