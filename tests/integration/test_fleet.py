@@ -83,12 +83,16 @@ def comment(version: int, expires: float = 3600) -> str:
 
 
 def daemon(lab: lab_mod.Lab, tmp: Path, server: PolicyServer, keys: dict[str, Signer], *, name: str = "ng",
-           local: str | None = None, state: Path | None = None, wait_version: int | None = 1) -> Runner:
-    """`netguard run --policy-url ...` in the client namespace; waits until it enforces and (unless
-    wait_version is None) until that organisation policy version is in force."""
-    args = ("--policy-url", server.url(), "--trusted-key", str(keys["org"].public), "--trusted-key",
-            keys["next"].key_line, "--policy-ca", str(lab.ca_file), "--state-dir", str(state or tmp / "state"),
-            "--poll-interval", str(INTERVAL), "--source-config", str(tmp / "no-source.toml"))
+           local: str | None = None, state: Path | None = None, wait_version: int | None = 1,
+           source: Path | None = None) -> Runner:
+    """`netguard run --policy-url ...` (or, given `source`, `netguard run --source-config FILE`) in the
+    client namespace; waits until it enforces and (unless wait_version is None) until that
+    organisation policy version is in force."""
+    args: tuple[str, ...] = ("--source-config", str(source))
+    if source is None:
+        args = ("--policy-url", server.url(), "--trusted-key", str(keys["org"].public), "--trusted-key",
+                keys["next"].key_line, "--policy-ca", str(lab.ca_file), "--state-dir", str(state or tmp / "state"),
+                "--poll-interval", str(INTERVAL), "--source-config", str(tmp / "no-source.toml"))
     runner = Runner(lab, tmp, policy=local, name=name, args=args).start()
     if wait_version is not None:
         wait_for_version(lab, wait_version, 10)
@@ -130,10 +134,10 @@ def ghcr_allowed(lab: lab_mod.Lab) -> bool:
 
 
 def source_file(tmp: Path, server: PolicyServer, keys: dict[str, Signer], lab: lab_mod.Lab) -> Path:
-    """The same source as a source.toml, for the commands that read the kept policy."""
+    """The same source as a source.toml (what scripts/install-systemd writes)."""
     f = tmp / "source.toml"
-    f.write_text(f'policy_url = "{server.url()}"\ntrusted_keys = ["{keys["org"].public}"]\n'
-                 f'policy_ca = "{lab.ca_file}"\nstate_dir = "{tmp / "state"}"\n')
+    f.write_text(f'policy_url = "{server.url()}"\ntrusted_keys = ["{keys["org"].public}", "{keys["next"].key_line}"]\n'
+                 f'policy_ca = "{lab.ca_file}"\nstate_dir = "{tmp / "state"}"\npoll_interval = {INTERVAL}\n')
     return f
 
 
@@ -380,7 +384,8 @@ def test_local_file_may_only_add_blocks(
         lab: lab_mod.Lab, tmp_path: Path, server: PolicyServer, keys: dict[str, Signer]) -> None:
     server.publish('name = "acme"\nallow = ["dockerhub", "ghcr"]\n', keys["org"], comment(1))
     local = 'block = ["registry-1.docker.io"]\nallow = ["quay"]\nunknown_hosts = "deny"\n'
-    runner = daemon(lab, tmp_path, server, keys, local=local)
+    source = source_file(tmp_path, server, keys, lab)
+    runner = daemon(lab, tmp_path, server, keys, local=local, source=source)
     try:
         assert curl(lab, HUB, 4, timeout=5).code == RESET  # the local block
         assert curl(lab, QUAY, 4, timeout=5).code == RESET  # the local allow is left out
@@ -391,7 +396,6 @@ def test_local_file_may_only_add_blocks(
         block = next(e for e in runner.events() if e["host"] == HUB)
         assert block["reason"].endswith(f"(from {runner.policy_path})")
 
-        source = source_file(tmp_path, server, keys, lab)
         r = lab.client_run([NETGUARD, "policy", "show", "--json", "--source-config", str(source),
                             "--policy", str(runner.policy_path)])
         table = {row["pattern"]: row for row in json.loads(r.stdout)["table"]}
@@ -405,4 +409,47 @@ def test_local_file_may_only_add_blocks(
         assert curl(lab, QUAY, 4, timeout=5).code == 0
         assert curl(lab, HUB, 4, timeout=5).code == RESET
     finally:
+        assert runner.stop() == 0
+
+
+# A policy server that accepts connections and never answers (the TLS handshake hangs).
+SILENT_SERVER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
+s.listen(8)
+held = []
+while True:
+    conn, _ = s.accept()
+    held.append(conn)
+    print("accepted", flush=True)
+"""
+
+
+def test_a_hanging_policy_server_never_slows_enforcement(
+        lab: lab_mod.Lab, tmp_path: Path, server: PolicyServer, keys: dict[str, Signer]) -> None:
+    server.publish(GHCR_ONLY, keys["org"], comment(1))
+    runner = daemon(lab, tmp_path, server, keys)
+    server.stop()
+    log = tmp_path / "silent.out"
+    with log.open("wb") as out:
+        silent = subprocess.Popen(["ip", "netns", "exec", lab.registry, sys.executable, "-c", SILENT_SERVER,
+                                   str(server.port)], stdout=out, stderr=out, start_new_session=True)
+    lab.procs.append(silent)
+    try:
+        puller = lab.client_popen([NETGUARD, "policy", "pull", "--timeout", "30"], stdout=subprocess.DEVNULL)
+        until(lambda: "accepted" in log.read_text(), 5)  # the poll is now waiting for the server
+        for _ in range(3):
+            ok, blocked = curl(lab, GHCR, 4, timeout=5), curl(lab, HUB, 6, timeout=5)
+            assert ok.code == 0 and blocked.code == RESET
+            assert ok.seconds < WITHIN and blocked.seconds < WITHIN, (ok, blocked)
+        assert puller.poll() is None  # still waiting: the fetch hangs, enforcement does not
+        assert puller.wait(timeout=40) == 1
+        last = status(lab)["fleet"]["last"]
+        assert last["result"] == "error" and "timed out" in last["text"], last
+        assert in_force(lab) == 1
+    finally:
+        lab_mod.stop(silent)
         assert runner.stop() == 0
