@@ -245,7 +245,7 @@ class Daemon:
             verdict = self.engine.handle(data, self.clock(), from_client=FROM_CLIENT.get(packet.hook))
         except Exception as exc:  # a bug must not take enforcement down
             self._notice(f"internal error on a packet ({type(exc).__name__}: {exc}); fail verdict")
-            fail = Verdict(Action.ACCEPT if self.policy.fail_mode == "open" else Action.DROP)
+            fail = Verdict(Action.ACCEPT if self.policy.fail_mode == "open" or self._monitoring else Action.DROP)
             apply_verdict(packet, fail, *_mark_values(self._marks))
             return
         event = verdict.event
