@@ -9,6 +9,10 @@ first, so a bad one is reported and the old one stays in force; open flows the n
 are cut. SIGTERM/SIGINT remove every rule before exit. One JSON line per blocking decision goes
 to stdout; errors and notices go to stderr. The same loop answers `netguard status` on an abstract
 socket (daemon.status), whose name also keeps a second daemon from starting in this namespace.
+With an organisation policy (netguard.fleet), a polling thread hands verified policies to the loop
+through one more socket it selects on (`_fleet_step`), and SIGUSR1 asks it to poll at once; the
+policy in force is then the organisation's with the local file laid over it (`_compose`). Monitor
+mode is applied at the one point where verdicts are applied (daemon.monitor).
 """
 
 from __future__ import annotations
@@ -32,11 +36,14 @@ from typing import Any, TextIO
 from netguard import __version__
 from netguard.daemon import conntrack, firewall
 from netguard.daemon.inject import Injector
+from netguard.daemon.monitor import Monitor
 from netguard.daemon.nfqueue import Packet, Queue, apply_verdict, set_fail_open
 from netguard.daemon.owner import Owner, OwnerFinder
 from netguard.daemon.policyfiles import load_policy
 from netguard.daemon.status import RECENT, AlreadyRunning, StatusServer
 from netguard.engine import Action, Engine, Event, Verdict
+from netguard.fleet import checkin
+from netguard.fleet.client import Fleet
 from netguard.policy import Policy, PolicyError
 
 TICK = 0.25  # seconds between checks of the policy file and engine expiry
@@ -93,12 +100,18 @@ class Daemon:
     out: TextIO = sys.stdout
     err: TextIO = sys.stderr
     clock: Callable[[], float] = time.time
+    fleet: Fleet | None = None  # the organisation policy source, if there is one
     policy: Policy = field(init=False)
     engine: Engine = field(init=False)
 
     def __post_init__(self) -> None:
-        self.policy = load_policy(self.policy_path)
+        self.policy = self._compose()
         self.engine = Engine(self.policy)
+        self._monitor = Monitor()
+        self._monitoring = self.policy.mode == "monitor"
+        self._pull = False
+        self._last_block: float | None = None
+        self._machine = checkin.machine(self.fleet.source.state_dir) if self.fleet is not None else ""
         self._mtime = self._policy_mtime()
         self._stop = False
         self._reload = False
@@ -132,7 +145,8 @@ class Daemon:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        handlers = {s: signal.signal(s, self._on_signal)
+                    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)}
         enforcing = False
         try:
             try:
@@ -149,8 +163,13 @@ class Daemon:
             enforcing = True
             empty = ("data-less TCP segments stay in the kernel" if no_u32 is None else
                      f"every TCP segment of an undecided flow is queued, the xt u32 rules failed: {no_u32}")
+            mode = "; mode monitor: nothing is blocked" if self._monitoring else ""
             self._notice(f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
-                         f"fail_mode {self.policy.fail_mode}; {empty})")
+                         f"fail_mode {self.policy.fail_mode}; {empty}{mode})")
+            for warning in self.policy.warnings:
+                self._notice(f"warning: {warning}")
+            if self.fleet is not None:
+                self.fleet.start(self._checkin)
             self._loop(queue, wake_r, status)
             enforcing = False
         finally:
@@ -170,6 +189,8 @@ class Daemon:
                 wake_w.close()
                 status.close()
                 self._injector.close()
+                if self.fleet is not None:
+                    self.fleet.stop()
                 if self._owners is not None:
                     self._owners.close()
         st = self.engine.stats
@@ -181,9 +202,13 @@ class Daemon:
 
     def _loop(self, queue: Queue, wake: socket.socket, status: StatusServer) -> None:
         next_tick = time.monotonic() + TICK
+        fds = [queue.fileno(), wake.fileno(), status.fileno()]
+        fleet_fd = self.fleet.fileno() if self.fleet is not None else -1
+        if fleet_fd >= 0:
+            fds.append(fleet_fd)
         while not self._stop:
             timeout = max(0.0, next_tick - time.monotonic())
-            ready, _, _ = select.select([queue.fileno(), wake.fileno(), status.fileno()], [], [], timeout)
+            ready, _, _ = select.select(fds, [], [], timeout)
             if queue.fileno() in ready:
                 queue.pump()
             if status.fileno() in ready:
@@ -194,6 +219,8 @@ class Daemon:
             if self._reload:
                 self._reload = False
                 self.reload("SIGHUP")
+            if fleet_fd in ready or self._pull:
+                self._fleet_step()
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + TICK
                 mtime = self._policy_mtime()
@@ -205,6 +232,8 @@ class Daemon:
     def _on_signal(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
             self._reload = True
+        elif signum == signal.SIGUSR1:
+            self._pull = True
         else:
             self._stop = True
 
@@ -216,18 +245,21 @@ class Daemon:
             verdict = self.engine.handle(data, self.clock(), from_client=FROM_CLIENT.get(packet.hook))
         except Exception as exc:  # a bug must not take enforcement down
             self._notice(f"internal error on a packet ({type(exc).__name__}: {exc}); fail verdict")
-            fail = Verdict(Action.ACCEPT if self.policy.fail_mode == "open" else Action.DROP)
+            fail = Verdict(Action.ACCEPT if self.policy.fail_mode == "open" or self._monitoring else Action.DROP)
             apply_verdict(packet, fail, *_mark_values(self._marks))
             return
         event = verdict.event
+        if self._monitoring:
+            verdict = self._monitor.let_pass(verdict)
         if event is not None and not event.allowed:
+            self._last_block = event.time
             # Logged before the verdict: the reset it leads to takes the socket (and so its owner)
             # out of the kernel's tables, and whoever watches the log sees the line no later than
             # the client sees its failure.
             owner = None
             if packet.hook == HOOK_OUTPUT and self._owners is not None:
                 owner = self._owners.find(event.key, self.clock())
-            self._log(event, owner=owner)
+            self._log(event, owner=owner, would=self._monitoring)
         for raw in verdict.inject:
             try:
                 self._injector.send(raw)
@@ -235,8 +267,10 @@ class Daemon:
                 self._notice(f"could not send the TLS alert: {exc}")
         apply_verdict(packet, verdict, *_mark_values(self._marks))
 
-    def _log(self, event: Event, action: str | None = None, owner: Owner | None = None) -> None:
+    def _log(self, event: Event, action: str | None = None, owner: Owner | None = None, would: bool = False) -> None:
         record = event.record()
+        if would:
+            record["verdict"] = "would-block"
         if action:
             record["action"] = action
         if owner is not None:
@@ -256,7 +290,7 @@ class Daemon:
     def reload(self, why: str) -> bool:
         """Load the policy again; keep the old one if the new one is bad. True if replaced."""
         try:
-            new = load_policy(self.policy_path)
+            new = self._compose()
         except (PolicyError, OSError, ValueError) as exc:
             return self._reloaded(why, f"reload ({why}) rejected, {self.policy.label} stays in force: {exc}")
         if new.queue_num != self.policy.queue_num:
@@ -279,16 +313,26 @@ class Daemon:
             self._injector.close()
             self._injector = Injector(self._marks.passed)
         cut = self.engine.reload(new, self.clock())
+        if old.mode == "monitor" and new.mode == "enforce":
+            cut += self._monitor.to_cut(new)
+        self._monitoring = new.mode == "monitor"
         cut_count = 0
         for event in cut:
+            if self._monitoring:
+                self._monitor.remember(event)
+                self._log(event, action="would-cut", would=True)
+                continue
             problem = conntrack.mark_blocked(event.key, new.mark_blocked, new.mark_mask)
             if problem is None:
                 cut_count += 1
                 self._log(event, action="cut")
             elif problem != "gone":
                 self._notice(f"could not cut {event.key.text()}: {problem}")
-        return self._reloaded(why, f"reloaded ({why}): {old.label} -> {new.label}; {cut_count} open flow(s) cut",
-                              ok=True)
+        for warning in set(new.warnings) - set(old.warnings):
+            self._notice(f"warning: {warning}")
+        mode = f"; mode {new.mode}" if new.mode != old.mode else ""
+        return self._reloaded(why, f"reloaded ({why}): {old.label} -> {new.label}; {cut_count} open flow(s) cut"
+                                   f"{mode}", ok=True)
 
     def _reloaded(self, why: str, text: str, ok: bool = False) -> bool:
         self._notice(text)
@@ -310,9 +354,73 @@ class Daemon:
                        "limits": dict(st.by_limit), "log_failures": self._log_failures},
             "undecided_flows": self.engine.undecided, "names_learned": len(self.engine.names),
         }
+        doc["mode"] = p.mode
+        doc["state"], doc["state_reasons"] = self.health()
+        doc["counts"]["would_block"] = self._monitor.would_block
+        doc["last_block"] = self._last_block
+        if self.fleet is not None:
+            doc["fleet"] = self.fleet.status()
         if privileged:
             doc["recent_blocks"] = list(self._recent)
         return doc
+
+    def health(self) -> tuple[str, list[str]]:
+        """("enforcing" | "monitor" | "degraded", why degraded): for status and the check-in."""
+        reasons = []
+        if self.fleet is not None:
+            stale = self.fleet.stale(self.clock())
+            if stale:
+                reasons.append(stale)
+        if self._log_failures:
+            reasons.append("the block log cannot be written")
+        if reasons:
+            return "degraded", reasons
+        return ("monitor" if self._monitoring else "enforcing"), []
+
+    # -- the organisation policy (netguard.fleet) ---------------------------------------------
+
+    def _compose(self) -> Policy:
+        """The policy to enforce: the local file (or the embedded default), or with an organisation
+        policy source, what Fleet.compose makes of the two."""
+        if self.fleet is None:
+            return load_policy(self.policy_path)
+        return self.fleet.compose(load_policy(self.policy_path) if self.policy_path is not None else None)
+
+    def _fleet_step(self) -> None:
+        """Handle what the polling thread handed over; an accepted policy goes in force by reload."""
+        fleet = self.fleet
+        pull, self._pull = self._pull, False
+        if fleet is None:
+            return
+        if pull:
+            fleet.pull()
+        for outcome in fleet.outcomes():
+            acc = outcome.accepted
+            if outcome.result == "accepted" and acc is not None:
+                self._notice(f"organisation policy from {fleet.source.url}: {outcome.text}")
+                previous = fleet.activate(acc)
+                if self.reload(f"organisation policy version {acc.version}"):
+                    fleet.record(outcome, "applied", outcome.text)
+                else:
+                    fleet.activate(previous)
+                    fleet.record(outcome, "not-applied", (self._last_reload or {}).get("text", ""))
+            elif outcome.result == "unchanged":
+                if acc is not None:  # re-signed (a later expiry): the same document stays
+                    fleet.activate(acc)
+                    self._notice(f"organisation policy from {fleet.source.url}: {outcome.text}")
+                fleet.record(outcome, "unchanged", outcome.text)
+            else:
+                if not outcome.again:  # the same refused documents again: said and counted once
+                    kind = f" ({outcome.kind})" if outcome.kind else ""
+                    self._notice(f"organisation policy {outcome.result}{kind}: {outcome.text}; "
+                                 f"{self.policy.label} stays in force")
+                fleet.record(outcome, outcome.result, outcome.text)
+
+    def _checkin(self) -> dict[str, str]:
+        """The check-in headers (called from the polling thread: reads, never writes)."""
+        f = self.fleet.in_force if self.fleet is not None else None
+        return checkin.headers(self._machine, __version__, f.version if f else None, f.sha256 if f else None,
+                               self.health()[0], self._last_block)
 
     def _rules(self, policy: Policy) -> firewall.Options:
         """The rule options for a policy, in the variant (with xt u32 or without) chosen at start."""

@@ -288,6 +288,35 @@ def test_install_policy_goes_to_etc_and_into_the_run_options(doctor_says: tuple[
     assert f"wrote {root}/etc/netguard/policy.toml" in again.stdout
 
 
+def test_install_writes_the_organisation_policy_source(doctor_says: tuple[Path, dict[str, str]],
+                                                       tmp_path: Path) -> None:
+    from netguard.fleet.source import parse_config
+
+    root, env = doctor_says
+    key = tmp_path / "org.pub"
+    key.write_text("untrusted comment: minisign public key 1\n"
+                   "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\n")
+    ca = tmp_path / "corp-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    args = ("--policy-url", "https://config.corp.example/netguard/policy.toml", "--trusted-key", str(key),
+            "--trusted-key", "RWQnextkeyline", "--policy-ca", str(ca), "--poll-interval", "30")
+    result = install_offline(root, env, *args)
+    assert result.returncode == 0, result.stderr
+    source = (root / "etc/netguard/source.toml").read_text()
+    assert parse_config(source, "source.toml") == {
+        "policy_url": "https://config.corp.example/netguard/policy.toml",
+        "trusted_keys": ["/etc/netguard/trusted-keys/1.pub", "RWQnextkeyline"],
+        "policy_ca": "/etc/netguard/policy-ca.pem", "poll_interval": 30.0}
+    assert (root / "etc/netguard/trusted-keys/1.pub").read_text() == key.read_text()
+    assert (root / "etc/netguard/policy-ca.pem").read_text() == ca.read_text()
+    assert "wrote" not in install_offline(root, env, *args).stdout
+    for bad, message in ((("--policy-url", "http://x.example/p.toml", "--trusted-key", "RWQx"), "https://"),
+                         (("--policy-url", "https://x.example/p.toml"), "at least one --trusted-key"),
+                         (("--policy-url", 'https://x.example/"p', "--trusted-key", "RWQx"), "quotes")):
+        r = install_offline(root, env, *bad)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
 def test_install_refuses_without_a_backend_run_accepts(doctor_says: tuple[Path, dict[str, str]]) -> None:
     root, env = doctor_says
     env["DOCTOR_JSON"] = json.dumps({"verdict": "ok", "backends": ["nft-queue"]})
