@@ -53,7 +53,8 @@ UDP payload u32 cannot find, are queued. What a datagram costs that is none of t
 length test and one u32 test of its first byte; half of random payloads (first bit set) add the
 NETGUARD-QUIC tests (a connection mark, two u32 version tests and a port). DNS queries never match
 (bytes 1-4 are never a QUIC version), nor do QUIC short-header packets (first bit clear). Where the
-kernel has no u32, UDP 443 is queued whole (every datagram of a flow not blocked), as before.
+kernel has no u32, every datagram to UDP 443 of a flow not blocked is queued, and QUIC on other
+ports is not read.
 
 Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32, length and REJECT all work there.
 """

@@ -231,7 +231,7 @@ class Engine:
 
     def expire(self, now: float) -> list[tuple[int, Action]]:
         """Forget idle undecided flows and DNS-over-TCP buffers, and expired names. Returns the held
-        datagrams given up (token, ACCEPT or DROP) for the shell to settle.
+        datagrams given up (token, ALLOW or DROP) for the shell to settle.
 
         An idle flow that already sent bytes gets the fail verdict: those bytes reached the server
         unjudged, and bytes read later from the middle of the stream could not be judged right (a
@@ -465,7 +465,9 @@ class Engine:
             if h.waits:
                 kept.append(h)
             else:
-                out.append((h.token, Action.ACCEPT))
+                # ALLOW, not ACCEPT: the first datagram of a flow, held, has the only conntrack entry
+                # the kernel keeps (the next one's clashes with it), so it must carry the mark.
+                out.append((h.token, Action.ALLOW))
                 qf.held_bytes -= h.size
         qf.held = kept
         self._held_count -= len(out)
@@ -482,7 +484,7 @@ class Engine:
                    released: tuple[tuple[int, Action], ...] = ()) -> Verdict:
         """The fail verdict for a QUIC flow; its held datagrams go with it (open) or are dropped."""
         verdict = self._fail(key, now, why, limit=limit, evasion=evasion)
-        held = self._drop_quic(key, Action.ACCEPT if verdict.action is Action.ALLOW else Action.DROP)
+        held = self._drop_quic(key, Action.ALLOW if verdict.action is Action.ALLOW else Action.DROP)
         return verdict._replace(held=(*released, *held))
 
     def _quic_unreadable(self, key: FlowKey, now: float, why: str) -> Verdict:

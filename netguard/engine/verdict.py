@@ -7,7 +7,7 @@ only); ALLOW -> mark allowed (the rules save it in the connection, the rest of t
 the kernel); BLOCK -> mark blocked (the kernel REJECT rule fires); REWRITE -> the packet's bytes
 replaced by `payload`, mark "passed"; DROP -> drop(); HOLD -> no verdict yet: the shell keeps the
 packet under `token` (it stays in the kernel's queue) until a later verdict lists that token in
-`held` with ACCEPT (let it go on, before the packet at hand) or DROP, or Engine.expire gives it up.
+`held` with ALLOW (let it go on, before the packet at hand) or DROP, or Engine.expire gives it up.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class Verdict(NamedTuple):
     """The action for one packet; `payload` for REWRITE; `inject` packets to send to the client
     before the verdict (a TLS alert when block_action = "tls-alert"); `event` when something was
     decided with this packet; `token` for HOLD; `held`: packets held earlier, settled now (token,
-    ACCEPT or DROP), to be given their verdicts before this packet's."""
+    ALLOW or DROP), to be given their verdicts before this packet's."""
 
     action: Action
     payload: bytes | None = None

@@ -87,6 +87,14 @@ def blocks(runner: Runner, host: str | None = None) -> list[dict[str, Any]]:
     return [e for e in runner.events() if e["verdict"] == "block" and (host is None or e["host"] == host)]
 
 
+def connmark(lab: lab_mod.Lab, family: int, sport: int) -> int:
+    """netguard's bits of the connection mark of the client's UDP flow from sport."""
+    r = netns.run(lab.client, ["conntrack", "-L", "-f", "ipv4" if family == 4 else "ipv6", "-p", "udp",
+                               "--sport", str(sport)], check=False)
+    [line] = [line for line in r.stdout.splitlines() if "mark=" in line]
+    return int(line.split("mark=")[1].split()[0]) & 0x700000
+
+
 def hello(name: str) -> bytes:
     return python_client_hello(name)[5:]
 
@@ -97,6 +105,9 @@ def test_a_real_client_to_a_blocked_name_fails_and_to_an_allowed_one_passes(
         lab: lab_mod.Lab, daemon: Runner, port: int, version: int, big: bool, family: int) -> None:
     ok = connect(lab, ALLOWED, port=port, family=family, version=version, big=big)
     assert ok["connections"] == [{"name": ALLOWED, "handshake": True, "echo": True}]
+    # The verdict is in the connection mark (with a held first datagram too: its conntrack entry is
+    # the one the kernel keeps).
+    assert connmark(lab, family, ok["sport"]) == 0x100000
     before = len(blocks(daemon, BLOCKED))
     stopped = connect(lab, BLOCKED, port=port, family=family, version=version, big=big)
     assert stopped["connections"] == [{"name": BLOCKED, "handshake": False, "echo": False}]

@@ -80,13 +80,13 @@ def test_aioquic_client_datagrams() -> None:
         if big:  # a ClientHello over two datagrams: the first is held until the second decides
             first, last = verdicts
             assert first.action is Action.HOLD and first.token is not None
-            settle = Action.ACCEPT if name == ALLOWED else Action.DROP
+            settle = Action.ALLOW if name == ALLOWED else Action.DROP
             assert last.held == ((first.token, settle),)
         assert verdicts[-1].action is (Action.ALLOW if name == ALLOWED else Action.BLOCK)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize(("name", "action", "settle"), [(ALLOWED, Action.ALLOW, Action.ACCEPT),
+@pytest.mark.parametrize(("name", "action", "settle"), [(ALLOWED, Action.ALLOW, Action.ALLOW),
                                                          (BLOCKED, Action.BLOCK, Action.DROP)])
 def test_a_split_hello_is_held_until_judged(reverse: bool, name: str, action: Action, settle: Action) -> None:
     engine = Engine(policy())
@@ -234,7 +234,7 @@ def test_ipv6() -> None:
 
 
 @pytest.mark.parametrize(("mode", "action", "settle"), [("closed", Action.BLOCK, Action.DROP),
-                                                         ("open", Action.ALLOW, Action.ACCEPT)])
+                                                         ("open", Action.ALLOW, Action.ALLOW)])
 def test_the_byte_budget_per_flow(monkeypatch: pytest.MonkeyPatch, mode: str, action: Action,
                                   settle: Action) -> None:
     # A ClientHello that never completes: datagrams are held up to the flow's byte budget.
@@ -266,7 +266,7 @@ def test_a_legitimate_large_hello_fits_the_budget() -> None:
     assert all(v.action is Action.HOLD for v in verdicts[:-1])
     last = verdicts[-1]
     assert last.action is Action.ALLOW and last.event is not None and last.event.host == "big.example.test"
-    assert last.held == tuple((v.token, Action.ACCEPT) for v in verdicts[:-1])
+    assert last.held == tuple((v.token, Action.ALLOW) for v in verdicts[:-1])
 
 
 def test_held_datagrams_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -293,7 +293,7 @@ def test_quic_flows_are_bounded_and_an_evicted_flow_drops_its_held_datagrams(mon
     assert rest.action is Action.HOLD
 
 
-@pytest.mark.parametrize(("mode", "settle"), [("closed", Action.DROP), ("open", Action.ACCEPT)])
+@pytest.mark.parametrize(("mode", "settle"), [("closed", Action.DROP), ("open", Action.ALLOW)])
 def test_an_idle_flow_with_a_partial_hello_gets_the_fail_verdict(mode: str, settle: Action) -> None:
     engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
     first = engine.handle(udp(initial(b"D" * 8, crypto_frame(0, hello(ALLOWED)[:100]))), NOW)

@@ -64,7 +64,7 @@ def test_a_held_datagram_goes_before_the_one_that_decides() -> None:
     assert log == []  # held: no verdict yet, it waits in the kernel's queue
     d._on_packet(second)  # type: ignore[arg-type]
     m = d._marks
-    assert log == [("first", "repeat", m.passed), ("second", "repeat", m.allowed)]
+    assert log == [("first", "repeat", m.allowed), ("second", "repeat", m.allowed)]
     assert d._held == {}
 
 
