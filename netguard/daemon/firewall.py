@@ -51,8 +51,9 @@ long header of an unknown version is not taken for QUIC, because other protocols
 ESP-in-UDP with strongSwan's SPI range starts with 0xc). IPv6 packets with extension headers, whose
 UDP payload u32 cannot find, are queued. What a datagram costs that is none of these: the jump, one
 length test and one u32 test of its first byte; half of random payloads (first bit set) add the
-NETGUARD-QUIC tests (a connection mark, two u32 version tests and a port). DNS queries never match
-(bytes 1-4 are never a QUIC version), nor do QUIC short-header packets (first bit clear). Where the
+NETGUARD-QUIC tests (a connection mark, two u32 version tests and a port). DNS queries do not match
+(their bytes 1-4 would spell QUIC v1 only with 256 questions or more), nor do QUIC short-header
+packets (first bit clear). Where the
 kernel has no u32, every datagram to UDP 443 of a flow not blocked is queued, and QUIC on other
 ports is not read.
 
