@@ -2,9 +2,11 @@
 
 Strategy: a small pcap / pcapng reader (Ethernet, Linux cooked v1/v2, raw IP and BSD loopback link
 types) yields IP packets with their timestamps; a connection-tracking stand-in hands the engine
-only what the firewall rules would queue: DNS answers (from port 53), and the client direction of
-TCP flows and UDP 443 flows until the engine has decided them. Each decision is one line (or one
-JSON object); flows still undecided at the end of the capture are listed as such.
+only what the firewall rules would queue: DNS answers (from port 53), the client direction of TCP
+flows until the engine has decided them, and the client direction of every UDP flow (the engine
+reads QUIC long headers on any port, also after a decision: each new QUIC connection is judged).
+Each decision is one line (or one JSON object; for a UDP flow the block if one came, else the first
+decision); TCP flows still undecided at the end of the capture are listed as such.
 """
 
 from __future__ import annotations
@@ -134,8 +136,17 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
                 order.append(len(dns_lines))
                 dns_lines.append(FlowLine(key.reply(), verdict.event))
             continue
-        if isinstance(l4, UdpDatagram) and l4.dport != 443:
-            client.add(key)  # a DNS query (or other UDP): its answers come back the other way
+        if isinstance(l4, UdpDatagram):
+            if key.reply() in client:
+                continue  # the server's side
+            client.add(key)  # a DNS query's answers come back the other way
+            verdict = engine.handle(ip, ts, from_client=True)
+            if verdict.event is not None:
+                if key not in lines:
+                    lines[key] = FlowLine(key, None)
+                    order.append(key)
+                if lines[key].event is None or not verdict.event.allowed:
+                    lines[key].event = verdict.event
             continue
         if key.reply() in client or key in decided:
             continue

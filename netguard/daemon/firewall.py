@@ -9,8 +9,9 @@ nobody else's rules are touched.
 
 What is queued (DESIGN.md section 3): DNS answers (UDP and TCP from port 53), the SYN and the first
 client bytes of every undecided outbound TCP flow (a byte window via connbytes: with GSO one write is one packet,
-so a packet count would be wrong), and the first datagrams of UDP 443 flows. Once the daemon has
-decided, the verdict is saved in the connection mark and the rest of the flow stays in the kernel.
+so a packet count would be wrong), and the UDP datagrams that may carry a QUIC Initial (below).
+Once the daemon has decided, the verdict is saved in the connection mark and the rest of the flow
+stays in the kernel.
 Every verdict is given with NF_REPEAT and a packet mark, never a bare accept: a bare accept would
 skip the rules after netguard's jump (Docker's FORWARD isolation, an operator's own OUTPUT rules),
 so a queued packet would escape them.
@@ -36,7 +37,27 @@ NETGUARD-FLOW), never ACCEPT, so the rules after netguard's jump still apply. On
 reach these rules. Where the kernel has no u32, `apply_preferred` falls back to the rules without
 them (every segment queued).
 
-Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32 and REJECT all work there.
+QUIC (quic_u32, needs xt u32 too): a client may open a QUIC connection to any UDP port, and
+several over one socket (a new connection ID on a 5-tuple already allowed), so UDP is matched by
+shape, not by port or flow state. Every original-direction UDP datagram of a flow not blocked, and
+not yet given a verdict mark on this pass, goes to NETGUARD-UDP: a send of at least
+GSO_GUARD_BYTES is queued whole (a UDP GSO batch: u32 sees only its first datagram, and the queue
+hands netguard each datagram of it on its own); one whose payload starts with a long header (first
+bit set) goes on to NETGUARD-QUIC, which queues it when the flow was already allowed (any version:
+a new connection of any version must be read), when its version field is 1 or 0x6b3343cf (QUIC v1
+and v2: any packet type, since an Initial may follow a 0-RTT or Handshake packet in the same
+datagram), or when it goes to port 443 (another version there gets the fail verdict; elsewhere a
+long header of an unknown version is not taken for QUIC, because other protocols look the same:
+ESP-in-UDP with strongSwan's SPI range starts with 0xc). IPv6 packets with extension headers, whose
+UDP payload u32 cannot find, are queued. What a datagram costs that is none of these: the jump, one
+length test and one u32 test of its first byte; half of random payloads (first bit set) add the
+NETGUARD-QUIC tests (a connection mark, two u32 version tests and a port). DNS queries do not match
+(their bytes 1-4 would spell QUIC v1 only with 256 questions or more), nor do QUIC short-header
+packets (first bit clear). Where the
+kernel has no u32, every datagram to UDP 443 of a flow not blocked is queued, and QUIC on other
+ports is not read.
+
+Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32, length and REJECT all work there.
 """
 
 from __future__ import annotations
@@ -54,6 +75,8 @@ CHAIN_FLOW = "NETGUARD-FLOW"  # verdict enforcement + queueing of new client flo
 CHAIN_DNS = "NETGUARD-DNS"  # DNS answers to the queue (INPUT, FORWARD)
 CHAIN_RAW = "NETGUARD-RAW"  # raw table: injected TLS alerts leave conntrack alone (OUTPUT)
 CHAIN_EMPTY = "NETGUARD-EMPTY"  # data-less segments leave, the rest is queued (goto from NETGUARD-FLOW)
+CHAIN_UDP = "NETGUARD-UDP"  # UDP that may carry a QUIC Initial to the queue (goto from NETGUARD-FLOW)
+CHAIN_QUIC = "NETGUARD-QUIC"  # long headers: which ones are QUIC netguard must read (goto from NETGUARD-UDP)
 CHAINS = (CHAIN_FLOW, CHAIN_DNS)
 HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DNS,),
                                      "FORWARD": (CHAIN_DNS, CHAIN_FLOW)}
@@ -63,8 +86,16 @@ HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DN
 # with GSO the kernel hands OUTPUT one skb of up to 64 KiB, which connbytes counts as one packet.
 # The engine decides long before (its own byte limit is far smaller).
 TCP_WINDOW_BYTES = 131072
-# UDP 443 (QUIC): the Initial datagrams of a flow; a ClientHello spans at most a few of them.
-UDP_WINDOW_BYTES = 16384
+# QUIC's port: long headers of any version are queued there (the fail verdict for versions netguard
+# cannot read), and all of UDP 443 where the kernel lacks u32.
+QUIC_PORT = 443
+# QUIC versions netguard reads (wire.quic): v1 (RFC 9000) and v2 (RFC 9369).
+QUIC_VERSIONS = (0x00000001, 0x6B3343CF)
+# IP length from which a UDP send is queued whole: it may be a GSO batch hiding an Initial behind
+# another datagram. A server accepts an Initial only in a datagram of 1200 bytes or more (RFC 9000
+# §14.1), and every datagram of a batch but the last has the same size, so such a batch carries at
+# least 2 x 1200 bytes of UDP payload. Single datagrams this long are rare (IP fragments them).
+GSO_GUARD_BYTES = {4: 20 + 8 + 2 * 1200, 6: 40 + 8 + 2 * 1200}
 # Every TCP data offset (header length in 32-bit words: 5 without options, 15 at most): one
 # data-less-segment rule each, since u32 cannot compare the IP length with the TCP header length.
 TCP_DATA_OFFSETS = range(5, 16)
@@ -121,6 +152,8 @@ class Options:
     untracked_alerts: bool = False
     # Data-less TCP segments of undecided flows stay in the kernel (needs the xt u32 match).
     skip_empty: bool = True
+    # QUIC Initials are matched by shape on any UDP port (needs the xt u32 match); else UDP 443 whole.
+    quic_u32: bool = True
 
 
 def _m(value: int, mask: int) -> str:
@@ -143,6 +176,39 @@ def empty_segment_tests(family: Family) -> list[str]:
     return [f"4&0xFFFFFF00=0x{(4 * d) << 16 | 6 << 8:08X}&&52>>28={d}" for d in TCP_DATA_OFFSETS]
 
 
+def quic_tests(family: Family) -> dict[str, str]:
+    """The u32 expressions of the QUIC rules: "long" (the UDP payload starts with a long header),
+    "v<N>" (its version field is N), and for IPv6 "udp" (UDP is the first next header, so the payload
+    is at byte 48). IPv4: the payload starts IHL * 4 + 8 bytes in (`0>>22&0x3C@8`)."""
+    if family == 4:
+        tests = {"long": "0>>22&0x3C@8>>24&0x80=0x80"}
+        tests.update({f"v{v}": f"0>>22&0x3C@9=0x{v:X}" for v in QUIC_VERSIONS})
+        return tests
+    tests = {"udp": "6>>24=0x11", "long": "6>>24=0x11&&48>>24&0x80=0x80"}
+    tests.update({f"v{v}": f"49=0x{v:X}" for v in QUIC_VERSIONS})
+    return tests
+
+
+def _udp_rules(family: Family, opts: Options, queue: list[str]) -> tuple[list[list[str]], list[list[str]]]:
+    """The rules of NETGUARD-UDP and NETGUARD-QUIC (empty without u32)."""
+    if not opts.quic_u32:
+        return [["-p", "udp", "--dport", str(QUIC_PORT), *queue]], []
+    tests = quic_tests(family)
+    udp: list[list[str]] = []
+    if family == 6:
+        udp.append(["-m", "u32", "!", "--u32", tests["udp"], *queue])
+    udp += [
+        ["-m", "length", "--length", f"{GSO_GUARD_BYTES[family]}:65535", *queue],
+        ["-m", "u32", "--u32", tests["long"], "-g", CHAIN_QUIC],
+    ]
+    quic = [
+        ["-m", "connmark", "!", "--mark", _m(0, opts.marks.mask), *queue],
+        *(["-m", "u32", "--u32", tests[f"v{v}"], *queue] for v in QUIC_VERSIONS),
+        ["-p", "udp", "--dport", str(QUIC_PORT), *queue],
+    ]
+    return udp, quic
+
+
 def build_rules(family: Family, opts: Options) -> str:
     """The iptables-restore text that installs netguard's chains and jumps (filter table; raw too
     with untracked_alerts)."""
@@ -163,6 +229,9 @@ def build_rules(family: Family, opts: Options) -> str:
         ["-p", "tcp", *blocked, "-j", "REJECT", "--reject-with", "tcp-reset"],
         ["-p", "udp", *blocked, "-j", "REJECT", "--reject-with", unreach],
         [*blocked, "-j", "DROP"],
+        # UDP of flows not blocked, not yet marked on this pass (a verdict's repeat must not queue it
+        # again): NETGUARD-UDP queues what may carry a QUIC Initial, even on an allowed flow.
+        ["-p", "udp", "-m", "mark", "--mark", _m(0, mk.mask), *original, "-g", CHAIN_UDP],
         ["-m", "connmark", "!", "--mark", _m(0, mk.mask), "-j", "RETURN"],
     ]
     queue_tcp = ["-p", "tcp", *original, *undecided, "-m", "connbytes", "--connbytes", f"0:{TCP_WINDOW_BYTES}",
@@ -176,12 +245,8 @@ def build_rules(family: Family, opts: Options) -> str:
                      "--connbytes-mode", "packets", "-g", CHAIN_EMPTY])
         empty = [["-m", "u32", "--u32", test, "-j", "RETURN"] for test in empty_segment_tests(family)]
         empty.append(queue_tcp)
-    flow += [
-        queue_tcp,
-        ["-p", "udp", "--dport", "443", *original, *undecided, "-m", "connbytes",
-         "--connbytes", f"0:{UDP_WINDOW_BYTES}", "--connbytes-dir", "original", "--connbytes-mode", "bytes",
-         *_queue(opts)],
-    ]
+    flow.append(queue_tcp)
+    udp, quic = _udp_rules(family, opts, _queue(opts))
     # Answers only: the reply direction of a flow to port 53. A client flow *from* port 53 (a root
     # process may bind it) is original direction and must meet the flow rules instead.
     reply = ["-m", "conntrack", "--ctdir", "REPLY"]
@@ -190,10 +255,13 @@ def build_rules(family: Family, opts: Options) -> str:
         ["-p", "udp", "--sport", "53", *reply, *_queue(opts)],
         ["-p", "tcp", "--sport", "53", *reply, *_queue(opts)],
     ]
-    lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]"]
+    lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]", f":{CHAIN_UDP} - [0:0]"]
     lines += [f":{CHAIN_EMPTY} - [0:0]"] if empty else []
+    lines += [f":{CHAIN_QUIC} - [0:0]"] if quic else []
     lines += [" ".join(["-A", CHAIN_FLOW, *r]) for r in flow]
     lines += [" ".join(["-A", CHAIN_EMPTY, *r]) for r in empty]
+    lines += [" ".join(["-A", CHAIN_UDP, *r]) for r in udp]
+    lines += [" ".join(["-A", CHAIN_QUIC, *r]) for r in quic]
     lines += [" ".join(["-A", CHAIN_DNS, *r]) for r in dns]
     for hook, chains in HOOKS.items():
         if hook == "FORWARD" and not opts.forward:
@@ -327,17 +395,17 @@ def apply(backend: Backend, opts: Options, ns: str | None = None) -> None:
 
 
 def apply_preferred(backend: Backend, opts: Options, ns: str | None = None) -> tuple[Options, str | None]:
-    """apply(); if the kernel refuses the rules that keep data-less segments out of the queue (no xt
-    u32 match) but takes the set without them, that set. Returns the options in force and, after a
-    fallback, why. Trying in place needs no scratch namespace (a sandboxed service cannot make one),
-    and a refused restore changes nothing."""
+    """apply(); if the kernel refuses the rules that need the xt u32 match (data-less segments kept
+    out of the queue, QUIC matched by shape) but takes the set without them, that set. Returns the
+    options in force and, after a fallback, why. Trying in place needs no scratch namespace (a
+    sandboxed service cannot make one), and a refused restore changes nothing."""
     try:
         apply(backend, opts, ns)
         return opts, None
     except FirewallError as exc:
-        if not opts.skip_empty:
+        if not opts.skip_empty and not opts.quic_u32:
             raise
-        fallback = replace(opts, skip_empty=False)
+        fallback = replace(opts, skip_empty=False, quic_u32=False)
         apply(backend, fallback, ns)
         return fallback, str(exc).splitlines()[0]
 

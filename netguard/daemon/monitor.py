@@ -41,13 +41,15 @@ class Monitor:
         if event is not None and not event.allowed:
             self.would_block += 1
         action = verdict.action
+        # Datagrams held for a QUIC connection go on as the connection does: allowed.
+        held = tuple((token, Action.ALLOW if a is Action.DROP else a) for token, a in verdict.held)
         if action is Action.BLOCK:
             if event is not None and event.source != "dns-answer":
                 self.remember(event)
-            return Verdict(Action.ALLOW, event=event)
+            return Verdict(Action.ALLOW, event=event, held=held)
         if action is Action.DROP or action is Action.REWRITE:
-            return Verdict(Action.ACCEPT, event=event)
-        return verdict
+            return Verdict(Action.ACCEPT, event=event, held=held)
+        return verdict._replace(held=held) if held != verdict.held else verdict
 
     def remember(self, event: Event) -> None:
         """Keep a flow that was let through (to cut it once enforcement starts)."""

@@ -93,7 +93,8 @@ def apply_verdict(packet: Packet, verdict: Verdict, mask: int, allowed: int, blo
     """Give the kernel the engine's verdict for one packet. Everything but a drop is a repeat with a
     mark, so the packet goes on through the rest of the chain (see firewall.py)."""
     action = verdict.action
-    if action is Action.DROP or (action is Action.REWRITE and verdict.payload is None):
+    # HOLD is settled by the run loop; one that reaches here (no token) must not pass.
+    if action in (Action.DROP, Action.HOLD) or (action is Action.REWRITE and verdict.payload is None):
         packet.drop()
         return
     if action is Action.ALLOW:

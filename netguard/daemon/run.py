@@ -124,6 +124,9 @@ class Daemon:
         self._last_reload: dict[str, Any] | None = None
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._owners: OwnerFinder | None = None
+        # Packets the engine holds (Action.HOLD: QUIC datagrams of a connection not judged yet),
+        # by token, until a later verdict or expiry settles them. Bounded by engine.core.MAX_HELD_DATAGRAMS.
+        self._held: dict[int, Packet] = {}
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -162,7 +165,8 @@ class Daemon:
                 self._notice(f"replaced stale netguard rules in one step ({', '.join(stale)})")
             enforcing = True
             empty = ("data-less TCP segments stay in the kernel" if no_u32 is None else
-                     f"every TCP segment of an undecided flow is queued, the xt u32 rules failed: {no_u32}")
+                     f"every TCP segment of an undecided flow is queued and QUIC is read on UDP 443 only, "
+                     f"the xt u32 rules failed: {no_u32}")
             mode = "; mode monitor: nothing is blocked" if self._monitoring else ""
             self._notice(f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
                          f"fail_mode {self.policy.fail_mode}; {empty}{mode})")
@@ -227,7 +231,8 @@ class Daemon:
                 if mtime != self._mtime:
                     self._mtime = mtime
                     self.reload("policy file changed")
-                self.engine.expire(self.clock())
+                for token, action in self.engine.expire(self.clock()):
+                    self._settle(token, action)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
@@ -265,7 +270,17 @@ class Daemon:
                 self._injector.send(raw)
             except OSError as exc:
                 self._notice(f"could not send the TLS alert: {exc}")
+        for token, action in verdict.held:  # before this packet: held ones were sent first
+            self._settle(token, action)
+        if verdict.action is Action.HOLD and verdict.token is not None:
+            self._held[verdict.token] = packet  # its verdict comes later; it waits in the kernel
+            return
         apply_verdict(packet, verdict, *_mark_values(self._marks))
+
+    def _settle(self, token: int, action: Action) -> None:
+        packet = self._held.pop(token, None)
+        if packet is not None:
+            apply_verdict(packet, Verdict(action), *_mark_values(self._marks))
 
     def _log(self, event: Event, action: str | None = None, owner: Owner | None = None, would: bool = False) -> None:
         record = event.record()
@@ -424,7 +439,7 @@ class Daemon:
 
     def _rules(self, policy: Policy) -> firewall.Options:
         """The rule options for a policy, in the variant (with xt u32 or without) chosen at start."""
-        return dataclasses.replace(firewall_options(policy), skip_empty=self._skip_empty)
+        return dataclasses.replace(firewall_options(policy), skip_empty=self._skip_empty, quic_u32=self._skip_empty)
 
     def _policy_mtime(self) -> float | None:
         if self.policy_path is None:

@@ -1,16 +1,24 @@
 """Engine.handle(packet bytes, now) -> Verdict: the per-packet decision, with no I/O.
 
-Strategy: two kinds of packets arrive (the firewall rules send nothing else):
+Strategy: three kinds of packets arrive (the firewall rules send nothing else):
 - DNS answers (from port 53, UDP or TCP). Every name of the answer (question, CNAME chain, owners)
   is judged; the addresses are learned for all of them (NameTable). If one is blocked and
   dns_block is on, the answer is replaced by NXDOMAIN carrying an Extended DNS Error. DNS answers
   only ever get ACCEPT, REWRITE or DROP: a repeat would queue them again.
-- Client packets of undecided flows (TCP, UDP 443). TCP payload is reassembled by sequence number
+- Client packets of undecided TCP flows. TCP payload is reassembled by sequence number
   (Stream) from the SYN on; the contiguous prefix is read as TLS (ClientHello -> SNI), HTTP (Host,
   CONNECT target) or neither. The name decides through the policy; without a name, the destination
-  address decides through the names learned from DNS. UDP 443 is read as QUIC Initial packets.
+  address decides through the names learned from DNS.
   A decided flow is remembered (bounded) so packets already queued behind the deciding one get the
   same verdict, and so a policy reload can find open flows that became blocked.
+- QUIC long-header datagrams, on any UDP port, of undecided flows and of flows already allowed
+  (QUIC multiplexes connections over one socket: each new connection on a 5-tuple is judged). Every
+  Initial packet of a datagram is read (classify.QuicReader); a datagram that feeds a connection
+  whose ClientHello is not whole yet is held in the kernel's queue (HOLD) and let go only once that
+  connection is judged and allowed, so a server never sees part of a connection netguard has not
+  judged (and cannot be steered to read the rest under another connection ID). A long header of a
+  version netguard cannot read, or one cut short by the queue's copy, gets the fail verdict for
+  that datagram alone (DROP when closed), so a client may retry with v1 or v2 on the same socket.
 
 Every limit (undecided flows, bytes per flow, out-of-order pieces, names, idle time) and every
 unreadable input gets the policy's fail verdict: block when fail_mode = "closed", allow when
@@ -31,8 +39,8 @@ from netguard.engine.packets import replace_tcp_payload, replace_udp_payload, tc
 from netguard.engine.stream import Result, Stream
 from netguard.engine.verdict import ACCEPT, Action, Event, FlowKey, Verdict
 from netguard.policy import Decision, HostError, Policy, decide
-from netguard.wire import dns, tls
-from netguard.wire.errors import ParseError
+from netguard.wire import dns, quic, tls
+from netguard.wire.errors import ParseError, UnsupportedVersion
 from netguard.wire.ip import ACK, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, TcpSegment, UdpDatagram, parse_packet
 
 # Undecided flows tracked at once. A flow is undecided for one round trip (SYN to first data), so
@@ -52,8 +60,25 @@ MAX_EMPTY_SEGMENTS = 3
 # Decided flows remembered: for packets queued behind the deciding one, and to cut open flows on
 # reload (about 300 bytes each). Evicting the oldest only loses the ability to cut that flow.
 MAX_DECIDED = 32768
-# QUIC datagrams read before judging by address (a ClientHello spans two or three Initials).
-MAX_QUIC_DATAGRAMS = 6
+# QUIC flows followed at once: their connections' CRYPTO streams (judged ones kept, so that later
+# Initials of a connection are checked against what was judged) and the datagrams held in the
+# kernel's queue until a connection is judged. The least recently active flow is forgotten first:
+# its held datagrams are dropped (the client sends them again) and its connections are read anew.
+MAX_QUIC_FLOWS = 2048
+# The byte budget of one QUIC flow: datagrams held plus CRYPTO streams kept. The largest ClientHello
+# tls.py reads (16 KiB) fills about 18 KiB of 1200-byte Initials and is kept once more after being
+# judged. Past it, judged connections are forgotten first, then the flow gets the fail verdict.
+# Worst case for the whole table: MAX_QUIC_FLOWS x MAX_QUIC_FLOW_BYTES, about 80 MB (the held part
+# in the kernel).
+MAX_QUIC_FLOW_BYTES = 40960
+# Datagrams held at once. They count against the queue's length (nfqueue.QUEUE_MAXLEN, 4096) and
+# cost kernel memory; a legitimate client holds one or two per new connection for a round trip of
+# its own sending. Past it, a flow that would hold one more gets the fail verdict.
+MAX_HELD_DATAGRAMS = 1024
+# QUIC's port: a long header of a version netguard cannot read gets the fail verdict here (and on
+# flows already judged by their QUIC Initials). Elsewhere such a datagram is not QUIC to netguard:
+# the firewall queues only v1 and v2 long headers there (see daemon/firewall.py).
+QUIC_PORT = 443
 # DNS-over-TCP answer bytes buffered per connection (a message is at most 65535 + 2 bytes).
 MAX_DNS_TCP_BYTES = 65537
 # DNS-over-TCP connections followed at once (resolvers keep few open; a stub opens one per query).
@@ -76,8 +101,6 @@ class _Flow:
     empty: int = 0
     reader: classify.Reader | None = None
     ttl: int | None = None  # the SYN's TTL / hop limit: every later packet of the flow has the same
-    quic: classify.QuicReader | None = None
-    datagrams: int = 0
 
 
 @dataclass(slots=True)
@@ -87,6 +110,21 @@ class _Remembered:
     source: str
     port: int
     event: Event | None = None  # a decision made without a packet (idle limit): told with the next one
+
+
+@dataclass(slots=True)
+class _Held:
+    token: int
+    size: int
+    waits: set[bytes]  # the connections that must be judged (and allowed) before it goes
+
+
+@dataclass(slots=True)
+class _QuicFlow:
+    reader: classify.QuicReader
+    last: float
+    held: list[_Held] = field(default_factory=list)
+    held_bytes: int = 0
 
 
 @dataclass
@@ -125,6 +163,12 @@ class Engine:
         # Decisions of self._decisions_policy (a reload, or any new policy, starts afresh).
         self._decisions: OrderedDict[tuple[str, int | None], Decision | None] = OrderedDict()
         self._decisions_policy = policy
+        self._quic: OrderedDict[FlowKey, _QuicFlow] = OrderedDict()
+        self._held_count = 0
+        self._next_token = 0
+        # Held datagrams given up outside a verdict of their own flow (evicted flows): settled with
+        # the next UDP verdict or by expire().
+        self._settle: list[tuple[int, Action]] = []
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -135,8 +179,9 @@ class Engine:
         for a DNS answer (INPUT), None when the hook cannot tell (FORWARD, offline replay); then a
         packet from port 53 is a DNS answer unless it belongs to a client flow begun by a SYN."""
         self.stats.packets += 1
+        fitted = _fit_lengths(data)
         try:
-            packet = parse_packet(_fit_lengths(data))
+            packet = parse_packet(fitted)
         except ParseError as exc:
             return self._fail_unkeyed(f"unreadable packet: {exc}")
         if packet.is_fragment or packet.l4 is None:
@@ -148,7 +193,7 @@ class Engine:
                 return self._dns(packet, key, now)
             if isinstance(l4, TcpSegment):
                 return self._tcp(packet, l4, key, now)
-            return self._udp(l4, key, now)
+            return self._udp(l4, key, now, cut=fitted is not data)
         except ParseError as exc:
             # Unreadable input on a flow (the TLS or HTTP parsers, a DNS answer): the fail verdict.
             self._flows.pop(key, None)
@@ -173,24 +218,33 @@ class Engine:
                 source = r.source
             else:
                 d, source = self._decide_address(key, now)
+            if (d is None or d.allowed) and key in self._quic:
+                # Every QUIC connection this flow opened, not only the first.
+                for found in self._quic[key].reader.found():
+                    d, source = self._decide_found(found, key, now) if found.name else self._decide_address(key, now)
+                    if d is not None and not d.allowed:
+                        break
             if d is not None and not d.allowed:
                 r.allowed = False
                 cut.append(_event(now, key, d, source))
         return cut
 
-    def expire(self, now: float) -> None:
-        """Forget idle undecided flows and DNS-over-TCP buffers, and expired names.
+    def expire(self, now: float) -> list[tuple[int, Action]]:
+        """Forget idle undecided flows and DNS-over-TCP buffers, and expired names. Returns the held
+        datagrams given up (token, ALLOW or DROP) for the shell to settle.
 
         An idle flow that already sent bytes gets the fail verdict: those bytes reached the server
         unjudged, and bytes read later from the middle of the stream could not be judged right (a
         ClientHello's second half alone names nothing). One that sent nothing is forgotten, but
-        where its bytes start is kept, so its first bytes are still read as the start."""
+        where its bytes start is kept, so its first bytes are still read as the start. A QUIC flow
+        still waiting for the rest of a ClientHello gets the fail verdict too (its held datagrams go
+        or are dropped with it); one whose connections are all judged is forgotten."""
         while self._flows:
             key, flow = next(iter(self._flows.items()))
             if now - flow.last < FLOW_IDLE:
                 break
             del self._flows[key]
-            if flow.datagrams or (flow.stream is not None and flow.stream.has_data()):
+            if flow.stream is not None and flow.stream.has_data():
                 verdict = self._fail(key, now, f"no name after {FLOW_IDLE:.0f} s idle", limit="idle")
                 remembered = self._decided.get(key)
                 if remembered is not None:
@@ -204,7 +258,21 @@ class Engine:
             if now - st.last < FLOW_IDLE:
                 break
             del self._dns_tcp[key]
+        while self._quic:
+            key, qf = next(iter(self._quic.items()))
+            if now - qf.last < FLOW_IDLE:
+                break
+            if qf.held or qf.reader.unjudged:
+                verdict = self._quic_fail(key, now, f"no whole ClientHello after {FLOW_IDLE:.0f} s idle", limit="idle")
+                self._settle.extend(verdict.held)
+                remembered = self._decided.get(key)
+                if remembered is not None:
+                    remembered.event = verdict.event
+            else:
+                del self._quic[key]
         self.names.purge(now)
+        settled, self._settle = self._settle, []
+        return settled
 
     @property
     def undecided(self) -> int:
@@ -288,30 +356,145 @@ class Engine:
             d, source = self._decide_found(found, flow.key, now)
         return self._finish(flow, now, d, source, packet=packet, seg=seg)
 
-    # -- UDP 443 (QUIC) -----------------------------------------------------------------------
+    # -- UDP (QUIC) --------------------------------------------------------------------------
 
-    def _udp(self, dgram: UdpDatagram, key: FlowKey, now: float) -> Verdict:
+    def _udp(self, dgram: UdpDatagram, key: FlowKey, now: float, *, cut: bool) -> Verdict:
+        payload = dgram.payload
         known = self._decided.get(key)
-        if known is not None:
-            event, known.event = known.event, None
-            return Verdict(Action.ALLOW if known.allowed else Action.BLOCK, event=event)
-        flow = self._flows.get(key)
-        if flow is None:
-            if len(self._flows) >= self.max_flows:
-                self.expire(now)
-                if len(self._flows) >= self.max_flows:
-                    return self._fail(key, now, f"more than {self.max_flows} undecided flows", limit="flows")
-            flow = _Flow(key, now, quic=classify.QuicReader())
-            self._flows[key] = flow
-        flow.last = now
-        flow.datagrams += 1
-        quic = flow.quic
-        found = quic.feed(dgram.payload) if quic is not None else None
-        if found is None and flow.datagrams < MAX_QUIC_DATAGRAMS:
-            return ACCEPT
-        if found is None or found.name is None:
-            return self._finish(flow, now, *self._decide_address(key, now))
-        return self._finish(flow, now, *self._decide_found(found, key, now))
+        if known is not None and not known.allowed:
+            return self._settled(self._repeat(known))
+        if not self._quic_relevant(payload, key, known):
+            # Not a QUIC long header (a short header runs to the end of its datagram and opens
+            # nothing): a big datagram the firewall queues in case it is a GSO batch, or replay.
+            return self._settled(self._repeat(known) if known is not None else ACCEPT)
+        if cut:
+            return self._settled(self._quic_unreadable(key, now, "a QUIC datagram longer than the queue copies"))
+        qf = self._quic.get(key)
+        reader = qf.reader if qf is not None else classify.QuicReader()
+        try:
+            read = reader.feed(payload)
+        except UnsupportedVersion as exc:
+            return self._settled(self._quic_unreadable(key, now, f"QUIC long header of {exc}"))
+        except quic.CryptoConflict as exc:
+            return self._settled(self._quic_fail(key, now, str(exc), evasion="overlap"))
+        except ParseError as exc:
+            return self._settled(self._quic_fail(key, now, f"unreadable QUIC Initial: {exc}"))
+        if qf is not None:
+            qf.last = now
+            self._quic.move_to_end(key)
+        if read is classify.NOTHING:
+            return self._settled(self._repeat(known) if known is not None else ACCEPT)
+        if qf is None:
+            qf = self._track(key, reader, now)
+        allowed: Event | None = None
+        for cid, found in read.complete:
+            d: Decision | None
+            if found.name is None:
+                d, source = self._decide_address(key, now)
+            else:
+                d, source = self._decide_found(found, key, now)
+            if d is None:
+                return self._settled(self._quic_fail(key, now, f"invalid name from {source}"))
+            event = _event(now, key, d, source)
+            if not d.allowed:
+                discard = self._drop_quic(key, Action.DROP)
+                self._remember(key, False, d.host, source, d.port)
+                self.stats.blocked += 1
+                return self._settled(Verdict(Action.BLOCK, event=event, held=discard))
+            reader.allow(cid)
+            self.stats.allowed += 1
+            allowed = allowed or event
+            if known is None:
+                known = self._remember(key, True, d.host, source, d.port)
+        released = self._release(qf, {cid for cid, _ in read.complete})
+        if read.pending:
+            size = len(payload)
+            while qf.held_bytes + size + reader.size > MAX_QUIC_FLOW_BYTES and reader.forget_judged():
+                pass
+            if qf.held_bytes + size + reader.size > MAX_QUIC_FLOW_BYTES:
+                return self._settled(self._quic_fail(key, now, f"no whole ClientHello in {MAX_QUIC_FLOW_BYTES} "
+                                                     "bytes of QUIC datagrams", limit="bytes", released=released))
+            if self._held_count >= MAX_HELD_DATAGRAMS:
+                return self._settled(self._quic_fail(key, now, f"more than {MAX_HELD_DATAGRAMS} QUIC datagrams "
+                                                     "held", limit="held", released=released))
+            token = self._next_token = self._next_token + 1
+            qf.held.append(_Held(token, size, set(read.pending)))
+            qf.held_bytes += size
+            self._held_count += 1
+            return self._settled(Verdict(Action.HOLD, event=allowed, token=token, held=released))
+        if allowed is not None:
+            return self._settled(Verdict(Action.ALLOW, event=allowed, held=released))
+        return self._settled(self._repeat(known) if known is not None else Verdict(Action.ACCEPT, held=released))
+
+    def _quic_relevant(self, payload: bytes, key: FlowKey, known: _Remembered | None) -> bool:
+        """What the firewall queues as QUIC: a long header of v1 or v2 (any port), of any version on
+        QUIC's port, and any long header of a flow already judged by its QUIC Initials."""
+        if not quic.is_long_header(payload):
+            return False
+        return known is not None or key.dport == QUIC_PORT or quic.version_of(payload) in quic.VERSIONS
+
+    def _repeat(self, known: _Remembered) -> Verdict:
+        # The flow's verdict again (packets queued behind the deciding one), with an event decided
+        # without a packet (idle limit) if one waits to be told.
+        event, known.event = known.event, None
+        return Verdict(Action.ALLOW if known.allowed else Action.BLOCK, event=event)
+
+    def _track(self, key: FlowKey, reader: classify.QuicReader, now: float) -> _QuicFlow:
+        qf = self._quic[key] = _QuicFlow(reader, now)
+        while len(self._quic) > MAX_QUIC_FLOWS:
+            old = next(iter(self._quic))
+            self._settle.extend(self._drop_quic(old, Action.DROP))
+        return qf
+
+    def _drop_quic(self, key: FlowKey, action: Action) -> tuple[tuple[int, Action], ...]:
+        """Forget a QUIC flow; its held datagrams get `action`."""
+        qf = self._quic.pop(key, None)
+        if qf is None or not qf.held:
+            return ()
+        self._held_count -= len(qf.held)
+        return tuple((h.token, action) for h in qf.held)
+
+    def _release(self, qf: _QuicFlow, allowed: set[bytes]) -> tuple[tuple[int, Action], ...]:
+        """The held datagrams that wait for nothing more once the connections `allowed` are judged."""
+        if not allowed or not qf.held:
+            return ()
+        out: list[tuple[int, Action]] = []
+        kept: list[_Held] = []
+        for h in qf.held:
+            h.waits -= allowed
+            if h.waits:
+                kept.append(h)
+            else:
+                # ALLOW, not ACCEPT: the first datagram of a flow, held, has the only conntrack entry
+                # the kernel keeps (the next one's clashes with it), so it must carry the mark.
+                out.append((h.token, Action.ALLOW))
+                qf.held_bytes -= h.size
+        qf.held = kept
+        self._held_count -= len(out)
+        return tuple(out)
+
+    def _settled(self, verdict: Verdict) -> Verdict:
+        """Add the datagrams given up meanwhile (evicted flows) to a verdict."""
+        if not self._settle:
+            return verdict
+        settle, self._settle = self._settle, []
+        return verdict._replace(held=(*settle, *verdict.held))
+
+    def _quic_fail(self, key: FlowKey, now: float, why: str, *, limit: str | None = None, evasion: str | None = None,
+                   released: tuple[tuple[int, Action], ...] = ()) -> Verdict:
+        """The fail verdict for a QUIC flow; its held datagrams go with it (open) or are dropped."""
+        verdict = self._fail(key, now, why, limit=limit, evasion=evasion)
+        held = self._drop_quic(key, Action.ALLOW if verdict.action is Action.ALLOW else Action.DROP)
+        return verdict._replace(held=(*released, *held))
+
+    def _quic_unreadable(self, key: FlowKey, now: float, why: str) -> Verdict:
+        """The fail verdict for one datagram netguard cannot read, the flow left as it was: DROP when
+        closed, ACCEPT when open."""
+        self.stats.fail_verdicts += 1
+        allowed = self.policy.fail_mode == "open"
+        rule = f"fail_mode = {self.policy.fail_mode}"
+        event = Event(now, key, allowed, None, "none", None, None, rule, f"{why}; {self.policy.label} has {rule}")
+        return Verdict(Action.ACCEPT if allowed else Action.DROP, event=event)
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -380,11 +563,12 @@ class Engine:
         self.stats.blocked += 1
         return Verdict(Action.BLOCK, inject=self._alert(packet, seg), event=event)
 
-    def _remember(self, key: FlowKey, allowed: bool, host: str | None, source: str, port: int | None) -> None:
-        self._decided[key] = _Remembered(allowed, host, source, port or key.dport)
+    def _remember(self, key: FlowKey, allowed: bool, host: str | None, source: str, port: int | None) -> _Remembered:
+        r = self._decided[key] = _Remembered(allowed, host, source, port or key.dport)
         self._decided.move_to_end(key)
         while len(self._decided) > MAX_DECIDED:
             self._decided.popitem(last=False)
+        return r
 
     def _alert(self, packet: Packet | None, seg: TcpSegment | None) -> tuple[bytes, ...]:
         if self.policy.block_action != "tls-alert" or packet is None or seg is None or not seg.flags & ACK:
@@ -593,20 +777,28 @@ def _what(l4: TcpSegment | UdpDatagram) -> str:
 
 
 def _fit_lengths(data: bytes) -> bytes:
-    """NFQUEUE copies at most ~4 KB of a packet: shrink the IP length field to the bytes at hand, so
-    the headers parse and the payload is the part that was copied (the kernel keeps the packet)."""
+    """NFQUEUE copies at most ~4 KB of a packet: shrink the IP length field (and a UDP header's
+    length) to the bytes at hand, so the headers parse and the payload is the part that was copied
+    (the kernel keeps the packet). Returns `data` itself when nothing was cut."""
     if len(data) < 40 and not (data and data[0] >> 4 == 4 and len(data) >= 20):
         return data
     version = data[0] >> 4
     if version == 4:
         total = int.from_bytes(data[2:4], "big")
         if total > len(data):
-            return data[:2] + len(data).to_bytes(2, "big") + data[4:]
+            return _fit_udp(data[:2] + len(data).to_bytes(2, "big") + data[4:], (data[0] & 0x0F) * 4, data[9])
     elif version == 6:
         payload = int.from_bytes(data[4:6], "big")
         if payload and 40 + payload > len(data):
-            return data[:4] + (len(data) - 40).to_bytes(2, "big") + data[6:]
+            return _fit_udp(data[:4] + (len(data) - 40).to_bytes(2, "big") + data[6:], 40, data[6])
     return data
+
+
+def _fit_udp(data: bytes, offset: int, proto: int) -> bytes:
+    # A UDP header right after the IP header (no IPv6 extension headers) gets the length at hand.
+    if proto != PROTO_UDP or len(data) < offset + 8:
+        return data
+    return data[: offset + 4] + (len(data) - offset).to_bytes(2, "big") + data[offset + 6 :]
 
 
 __all__ = ["PROTO_TCP", "PROTO_UDP", "Engine", "Stats"]

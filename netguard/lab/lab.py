@@ -160,6 +160,16 @@ def add_container(lab: Lab) -> str:
     return ns
 
 
+def add_host(lab: Lab, v4: str, v6: str) -> str:
+    """Another host namespace on the lab's bridge, with one address per family (inside NET4 / NET6,
+    not used by the lab's hosts), to run a server of a test's own. Deleted with the lab."""
+    ns = netns.unique_name("host")
+    netns.create(ns)
+    lab.containers.append(ns)
+    _wire(lab.bridge, ns, f"h{len(lab.containers)}", [v4], [v6])
+    return ns
+
+
 def _ip(ns: str, *args: str) -> None:
     subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, text=True)
 

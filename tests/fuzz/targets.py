@@ -24,6 +24,7 @@ from wirecorpus import (
     records,
 )
 
+from netguard.engine import classify
 from netguard.wire import dns, http, ip, quic, tls
 from netguard.wire.errors import Malformed, Truncated
 
@@ -105,6 +106,21 @@ def fuzz_quic_payload(data: bytes) -> object:
     return tls.parse_handshake(message) if message is not None else None
 
 
+def fuzz_quic_v2_payload(data: bytes) -> object:
+    # The v2 path end to end: a v1 Initial coalesced with a v2 one whose plaintext is the input, read
+    # as a datagram (walk, v2 keys and types, frames, assembler, ClientHello).
+    v1 = protect_initial(_FUZZ_DCID, crypto_frame(0, b"\x01\x00"), pad_to=0)
+    v2 = protect_initial(_FUZZ_DCID[::-1], data, version=quic.VERSION_2, pad_to=0)
+    return classify.QuicReader().feed(v1 + v2)
+
+
+def fuzz_quic_datagram(data: bytes) -> object:
+    # A whole datagram as the engine reads it; the input is fed twice, as a client may resend it.
+    reader = classify.QuicReader()
+    reader.feed(data)
+    return reader.feed(data)
+
+
 TARGETS: dict[str, Target] = {
     "ip": fuzz_ip,
     "dns": fuzz_dns,
@@ -114,6 +130,8 @@ TARGETS: dict[str, Target] = {
     "http": fuzz_http,
     "quic": fuzz_quic,
     "quic_payload": fuzz_quic_payload,
+    "quic_v2_payload": fuzz_quic_v2_payload,
+    "quic_datagram": fuzz_quic_datagram,
 }
 
 
@@ -141,7 +159,10 @@ def seeds(target: str) -> tuple[bytes, ...]:
     dns_tcp = _payloads(DATA / "corpus" / "dns-cname-tcp.pcap")
     rfc_packet = _hex(DATA / "rfc9001" / "a2-client-initial-protected.hex")
     rfc_payload = _hex(DATA / "rfc9001" / "a2-client-initial-payload.hex")
+    rfc_v2 = _hex(DATA / "rfc9369" / "a2-client-initial-protected.hex")
+    zero_rtt = b"\xd3" + (1).to_bytes(4, "big") + b"\x08" + _FUZZ_DCID + b"\x00\x40\x20" + bytes(32)
     hello = chromium_like_hello()
+    half = len(hello) // 2
     by_target = {
         "ip": packets[:40],
         "dns": dns_udp + [m for s in dns_tcp for m in dns.split_tcp_messages(s)[0]],
@@ -158,6 +179,15 @@ def seeds(target: str) -> tuple[bytes, ...]:
             protect_initial(_FUZZ_DCID, crypto_frame(900, hello[900:]) + crypto_frame(0, hello[:900])),
         ],
         "quic_payload": [rfc_payload[:300], b"\x02\x05\x00\x01\x00\x01\x01\x01" + crypto_frame(0, b"\x01\x00\x00\x10")],
+        "quic_v2_payload": [rfc_payload[:300],
+                            crypto_frame(half, hello[half:]) + b"\x01" + crypto_frame(0, hello[:half])],
+        "quic_datagram": [
+            rfc_packet,
+            rfc_v2,
+            protect_initial(_FUZZ_DCID, crypto_frame(0, hello[:half]), pad_to=0) + zero_rtt
+            + protect_initial(b"S" * 8, crypto_frame(half, hello[half:]), key_dcid=_FUZZ_DCID, pad_to=0)
+            + protect_initial(_FUZZ_DCID[::-1], crypto_frame(0, hello), version=quic.VERSION_2, pad_to=0),
+        ],
     }
     return tuple(by_target[target])
 

@@ -17,7 +17,8 @@ def rules(family: firewall.Family = 4, **kw: object) -> list[str]:
 def test_closed_mode_has_no_bypass_and_open_mode_bypasses_every_queue() -> None:
     closed = [r for r in rules() if "NFQUEUE" in r]
     opened = [r for r in rules(fail_open=True) if "NFQUEUE" in r]
-    assert len(closed) == len(opened) == 5  # the TCP rule twice: NETGUARD-FLOW and NETGUARD-EMPTY
+    # The TCP rule twice (NETGUARD-FLOW and NETGUARD-EMPTY), DNS twice, UDP (GSO guard) and QUIC (4).
+    assert len(closed) == len(opened) == 9
     assert not any("--queue-bypass" in r for r in closed)
     assert all(r.endswith("--queue-num 7413 --queue-bypass") for r in opened)
 
@@ -33,13 +34,16 @@ def test_what_is_queued() -> None:
     # Client direction only, undecided connections only, a byte window (GSO: not a packet count).
     assert "--ctdir ORIGINAL" in tcp and "-m connmark --mark 0x0/0x700000" in tcp
     assert f"--connbytes 0:{firewall.TCP_WINDOW_BYTES}" in tcp and "--connbytes-mode bytes" in tcp
-    udp = next(r for r in lines if "-p udp --dport 443" in r)
-    assert "NFQUEUE" in udp and f"--connbytes 0:{firewall.UDP_WINDOW_BYTES}" in udp
+    # UDP of every flow not blocked goes to NETGUARD-UDP (QUIC by shape: test_firewall_quic.py).
+    udp = next(r for r in lines if r.startswith("-A NETGUARD-FLOW -p udp -m mark"))
+    assert udp.endswith("-m conntrack --ctdir ORIGINAL -g NETGUARD-UDP")
 
 
 def test_enforcement_order_and_marks() -> None:
     lines = [r for r in rules(6, marks=Marks(0xF0, 0x10, 0x20)) if r.startswith("-A NETGUARD-FLOW")]
-    passed, save, rst, reject_tcp, reject_udp, drop, decided = lines[:7]
+    passed, save, rst, reject_tcp, reject_udp, drop, udp, decided = lines[:8]
+    # UDP of allowed flows too (a new QUIC connection on the pair), but not a verdict's repeat.
+    assert "-p udp -m mark --mark 0x0/0xf0" in udp and udp.endswith("-g NETGUARD-UDP")
     # A packet the daemon let go on (repeat + "passed") leaves at once, its mark never saved.
     assert passed == "-A NETGUARD-FLOW -m mark --mark 0x30/0xf0 -j RETURN"
     assert "--save-mark --nfmask 0xf0 --ctmask 0xf0" in save and "! --mark 0x0/0xf0" in save
@@ -152,7 +156,8 @@ def test_data_less_segments_leave_before_the_queue_and_only_without_syn_or_rst()
         assert empty[-1] == queue_tcp.replace("NETGUARD-FLOW", "NETGUARD-EMPTY")
         assert ":NETGUARD-EMPTY - [0:0]" in lines
         fallback = rules(family, skip_empty=False)
-        assert not any("u32" in r or "NETGUARD-EMPTY" in r for r in fallback)
+        assert not any(("u32" in r and "-A NETGUARD-UDP" not in r and "-A NETGUARD-QUIC" not in r)
+                       or "NETGUARD-EMPTY" in r for r in fallback)
         assert len(lines) == len(fallback) + 1 + 1 + len(empty)
 
 

@@ -87,3 +87,11 @@ def test_let_through_is_bounded() -> None:
         monitor.let_pass(Verdict(Action.BLOCK, event=event))
     assert len(monitor.let_through) == MAX_LET_THROUGH
     assert next(iter(monitor.let_through)).sport == 10  # the oldest went first
+
+
+def test_datagrams_held_for_a_blocked_quic_connection_pass_in_monitor_mode() -> None:
+    held = Verdict(Action.BLOCK, held=((7, Action.DROP), (8, Action.ALLOW)))
+    out = Monitor().let_pass(held)
+    assert out.action is Action.ALLOW and out.held == ((7, Action.ALLOW), (8, Action.ALLOW))
+    dropped = Monitor().let_pass(Verdict(Action.DROP, held=((9, Action.DROP),)))
+    assert dropped.action is Action.ACCEPT and dropped.held == ((9, Action.ALLOW),)
