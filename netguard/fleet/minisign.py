@@ -66,7 +66,8 @@ class Signature:
 
 
 def key_id_text(key_id: bytes) -> str:
-    return key_id[::-1].hex().upper()
+    """The key id as minisign writes it in its key files' comments (upper-case hex, no leading zeros)."""
+    return format(int.from_bytes(key_id, "little"), "X")
 
 
 def _b64(text: str, size: int, what: str) -> bytes:
