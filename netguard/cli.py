@@ -1,5 +1,6 @@
 """Command line: the thin layer between a person and the core. Exit codes: 0 ok / allowed /
-can enforce / running, 1 blocked / degraded, 2 error / cannot enforce, 3 not running (status)."""
+can enforce / enforcing, 1 blocked / degraded / not enforcing as it should, 2 error / cannot
+enforce, 3 not running (status), 4 running but not verified (status without root)."""
 
 from __future__ import annotations
 
@@ -239,7 +240,14 @@ def doctor(as_json: bool, root: str, facts_path: str | None) -> None:
 @policy_option
 @click.option("--backend", type=click.Choice(["iptables-nft", "iptables-legacy"]),
               help="Firewall backend; default: the first that doctor finds working here.")
-def run(policy_path: str | None, backend: str | None) -> None:
+@click.option("--metrics", "metrics_address", metavar="[ADDRESS:]PORT",
+              help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (ADDRESS: 127.0.0.1 unless given; "
+                   "[::1]:PORT for IPv6).")
+@click.option("--metrics-textfile", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write Prometheus metrics to FILE every 15 s (temp file + rename), for node_exporter's "
+                   "textfile collector (e.g. /var/lib/prometheus/node-exporter/netguard.prom).")
+def run(policy_path: str | None, backend: str | None, metrics_address: str | None,
+        metrics_textfile: str | None) -> None:
     """Enforce the policy in this network namespace (as root) until SIGTERM or Ctrl-C.
 
     Installs netguard's firewall chains (both address families), reads DNS answers and the first
@@ -247,19 +255,33 @@ def run(policy_path: str | None, backend: str | None) -> None:
     or a change of the policy file, reloads the policy (a bad one is rejected and the old one
     stays); open connections to a registry that became blocked are cut. One JSON line per block
     goes to stdout. On exit every rule is removed. Refuses to start where the kernel cannot queue.
+
+    While it runs it keeps its rules in place: if they go missing, are altered or reordered (a
+    flush, a firewall reload, `nft flush ruleset`) it restores them within a second and logs a JSON
+    line with "event": "rules-restored". Under systemd (Type=notify) it reports READY once the
+    rules are in and the queue is bound, and pings the watchdog from the loop that drains the queue.
     """
     import os
     from pathlib import Path
 
     from netguard.daemon import run as daemon
+    from netguard.daemon.metrics import parse_address
 
     if os.geteuid() != 0:
         click.echo("netguard run: must run as root (it installs firewall rules)", err=True)
         sys.exit(2)
+    address = None
+    if metrics_address is not None:
+        try:
+            address = parse_address(metrics_address)
+        except ValueError as e:
+            click.echo(f"netguard run: --metrics {e}", err=True)
+            sys.exit(2)
     _load(policy_path)
     try:
         chosen = daemon.choose_backend(backend)
-        d = daemon.Daemon(Path(policy_path) if policy_path else None, chosen)
+        d = daemon.Daemon(Path(policy_path) if policy_path else None, chosen, metrics=address,
+                          metrics_textfile=Path(metrics_textfile) if metrics_textfile else None)
         sys.exit(d.run())
     except daemon.StartError as e:
         click.echo(f"netguard run: {e}", err=True)
@@ -267,27 +289,49 @@ def run(policy_path: str | None, backend: str | None) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="The daemon's status document as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="The daemon's status document and the checks as JSON.")
 def status(as_json: bool) -> None:
-    """Is netguard enforcing in this network namespace? Its policy, backend, counters and (as root)
-    the most recent blocks. Exit status: 0 running, 3 not running, 2 error.
+    """Is netguard enforcing in this network namespace? Checked in the kernel, not taken from the
+    daemon's word: the daemon answers; its rules are installed as it installed them and as its rule
+    set says, in IPv4 and IPv6; its queue is bound by its own socket (/proc/net/netfilter/
+    nfnetlink_queue); the fail-open setting (--queue-bypass, the queue's flag) is what the policy's
+    fail_mode says; and the queue has dropped no packets in the last 5 minutes. Also its policy,
+    backend, counters and (as root) the most recent blocks.
+
+    \b
+    Exit status:
+      0  enforcing, every check passed
+      1  running, but not enforcing as it should: a check failed (the output says which),
+         or the daemon does not answer (hung)
+      2  error: the answer could not be read or checked
+      3  not running in this network namespace
+      4  running, but the kernel checks need root: not verified
 
     When no daemon runs but netguard rules are installed (a crash, or `systemctl stop` that did not
     finish), it says so: with fail_mode closed those rules hold new connections until a daemon returns.
     """
     import os
+    import time
 
     from netguard.daemon import firewall
-    from netguard.daemon.status import query
+    from netguard.daemon.status import exit_code as checks_exit
+    from netguard.daemon.status import kernel_checks, peer_pid, query
 
     try:
         doc = query()
+    except TimeoutError:
+        pid = peer_pid()
+        text = f"the daemon{f' (pid {pid})' if pid else ''} holds the status socket but does not answer: hung?"
+        click.echo(json.dumps({"running": True, "answers": False, "pid": pid, "ok": False, "exit": 1,
+                               "checks": [{"name": "daemon", "ok": False, "text": text}]})
+                   if as_json else f"netguard is NOT enforcing as it should: {text}")
+        sys.exit(1)
     except (OSError, ValueError) as exc:
         click.echo(f"netguard status: no readable answer from the daemon: {exc}", err=True)
         sys.exit(2)
     if doc is None:
         if as_json:
-            click.echo(json.dumps({"running": False}))
+            click.echo(json.dumps({"running": False, "exit": 3}))
         else:
             click.echo("netguard is not running in this network namespace")
             if os.geteuid() == 0:
@@ -296,18 +340,27 @@ def status(as_json: bool) -> None:
                     click.echo(f"  but its rules are installed ({', '.join(left)}): with fail_mode closed, new "
                                "connections wait for a daemon; `netguard rules remove` removes them")
         sys.exit(3)
+    try:
+        checks = kernel_checks(doc, time.time(), os.geteuid() == 0)
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        click.echo(f"netguard status: cannot check the daemon's answer against the kernel: {exc!r}", err=True)
+        sys.exit(2)
+    code = checks_exit(checks)
     if as_json:
-        click.echo(json.dumps({"running": True, **doc}, indent=2))
-        sys.exit(0)
-    click.echo(_status_text(doc))
-    sys.exit(0)
+        click.echo(json.dumps({"running": True, **doc, "ok": code == 0, "exit": code,
+                               "checks": [asdict(c) for c in checks]}, indent=2))
+        sys.exit(code)
+    click.echo(_status_text(doc, checks, code))
+    sys.exit(code)
 
 
-def _status_text(doc: dict[str, Any]) -> str:
+def _status_text(doc: dict[str, Any], checks: list[Any] | None = None, code: int = 0) -> str:
     c = doc["counts"]
     limits = ", ".join(f"{k} {v}" for k, v in sorted(c["limits"].items())) or "none"
+    state = {0: "enforcing", 1: "running but NOT ENFORCING as it should (see the checks)",
+             4: "running (not verified: run as root to check the kernel)"}.get(code, "running")
     lines = [
-        f"netguard {doc['version']} enforcing in this network namespace (pid {doc['pid']}, "
+        f"netguard {doc['version']} {state} in this network namespace (pid {doc['pid']}, "
         f"up {_duration(doc['now'] - doc['started'])})",
         f"  policy     {doc['policy']}, loaded {_clock(doc['policy_loaded'])}",
     ]
@@ -321,6 +374,15 @@ def _status_text(doc: dict[str, Any]) -> str:
         f"{c['dns_rewritten']} DNS answers rewritten; {c['fail_verdicts']} fail verdicts; limits hit: {limits}",
         f"  state      {doc['undecided_flows']} flows undecided, {doc['names_learned']} names learned from DNS",
     ]
+    rules = doc.get("rules")
+    if rules is not None:
+        last = rules.get("last_restored")
+        restored = (f"; last at {_clock(last['time'])}: {'; '.join(last['missing'])}" if last else "")
+        lines.append(f"  self-heal  rules watched ({rules['watch']}); restored {rules['restored']} time(s), "
+                     f"{rules['restore_failures']} failed attempt(s){restored}")
+    for check in checks or []:
+        mark = {True: "ok  ", False: "FAIL", None: "--  "}[check.ok]
+        lines.append(f"  {mark}       {check.name}: {check.text}")
     if "recent_blocks" not in doc:
         lines.append("  recent blocks: run as root to see them")
     elif doc["recent_blocks"]:
@@ -382,7 +444,8 @@ def rules_show() -> None:
 
 
 @rules.command("remove")
-@click.option("--force", is_flag=True, help="Remove them even while netguard runs here (enforcement stops).")
+@click.option("--force", is_flag=True, help="Remove them even while netguard runs here (the daemon puts them back "
+                                            "within a second: stop it to end enforcement).")
 def rules_remove(force: bool) -> None:
     """Remove every netguard chain and jump here (stale rules of a crashed run, for instance).
 
