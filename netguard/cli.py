@@ -48,6 +48,19 @@ def _load(policy_path: str | None) -> Policy:
     sys.exit(2)
 
 
+def _load_digest(policy_path: str | None) -> tuple[Policy, str]:
+    """_load, with the SHA-256 of the policy text (for the daemon)."""
+    from netguard.daemon.policyfiles import load_policy_digest
+
+    try:
+        return load_policy_digest(policy_path)
+    except PolicyError as e:
+        click.echo(str(e), err=True)
+    except OSError as e:
+        click.echo(f"{policy_path}: cannot read policy: {e.strerror}", err=True)
+    sys.exit(2)
+
+
 T = TypeVar("T")
 
 policy_option = click.option(
@@ -265,23 +278,24 @@ def run(policy_path: str | None, backend: str | None, metrics_address: str | Non
     from pathlib import Path
 
     from netguard.daemon import run as daemon
-    from netguard.daemon.metrics import parse_address
 
     if os.geteuid() != 0:
         click.echo("netguard run: must run as root (it installs firewall rules)", err=True)
         sys.exit(2)
     address = None
     if metrics_address is not None:
+        from netguard.daemon.metrics import parse_address  # prometheus-client only when asked for
+
         try:
             address = parse_address(metrics_address)
         except ValueError as e:
             click.echo(f"netguard run: --metrics {e}", err=True)
             sys.exit(2)
-    _load(policy_path)
+    loaded = _load_digest(policy_path)  # parsed once: a 100k-entry policy takes about a second
     try:
         chosen = daemon.choose_backend(backend)
         d = daemon.Daemon(Path(policy_path) if policy_path else None, chosen, metrics=address,
-                          metrics_textfile=Path(metrics_textfile) if metrics_textfile else None)
+                          metrics_textfile=Path(metrics_textfile) if metrics_textfile else None, loaded=loaded)
         sys.exit(d.run())
     except daemon.StartError as e:
         click.echo(f"netguard run: {e}", err=True)

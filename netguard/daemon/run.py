@@ -124,11 +124,13 @@ class Daemon:
     clock: Callable[[], float] = time.time
     metrics: tuple[str, int] | None = None  # serve Prometheus metrics over HTTP at (address, port)
     metrics_textfile: Path | None = None  # write them for node_exporter's textfile collector
+    loaded: tuple[Policy, str] | None = None  # the policy at policy_path and its SHA-256, if already read
     policy: Policy = field(init=False)
     engine: Engine = field(init=False)
 
     def __post_init__(self) -> None:
-        self.policy, self._policy_sha256 = load_policy_digest(self.policy_path)
+        self.policy, self._policy_sha256 = self.loaded or load_policy_digest(self.policy_path)
+        self.loaded = None
         self.engine = Engine(self.policy)
         self._mtime = self._policy_mtime()
         self._stop = False
@@ -178,13 +180,20 @@ class Daemon:
             status = StatusServer()
         except AlreadyRunning as exc:
             raise StartError(str(exc)) from None
-        # Stale rules of the chosen backend are replaced in one transaction by apply() below, so
-        # a restart after a crash never opens a gap; those of the other backend go now.
-        removed = firewall.remove(keep=self.backend)
-        if removed:
-            self._notice(f"removed stale netguard rules ({', '.join(removed)})")
+        # The queue first: after a crash (or a watchdog restart) the old rules still send packets
+        # to it, and they wait there for this daemon; the sooner it holds the queue, the sooner they go.
         opts = firewall_options(self.policy)
         queue = self._queue = Queue(opts.queue_num, self._on_packet)
+        # Stale rules of the chosen backend are replaced in one transaction by apply() below, so
+        # a restart after a crash never opens a gap; those of the other backend go now.
+        try:
+            removed = firewall.remove(keep=self.backend)
+        except BaseException:
+            queue.close()
+            status.close()
+            raise
+        if removed:
+            self._notice(f"removed stale netguard rules ({', '.join(removed)})")
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
