@@ -22,11 +22,11 @@ after each of its own restores, so the healing never fights netguard's start, re
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import socket
 import struct
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from netguard.daemon import firewall
 
@@ -109,11 +109,14 @@ def families_changed(data: bytes) -> set[Family]:
     return out
 
 
-_libc: ctypes.CDLL | None = None
+_libc: Any = None
 
 
-def _getsockopt(fd: int, level: int, name: int, buf: ctypes.Array[ctypes.c_char]) -> None:
-    """getsockopt with a buffer that carries input (the table name): Python's own gives a zeroed one."""
+def _getsockopt(fd: int, level: int, name: int, buf: Any) -> None:
+    """getsockopt with a buffer that carries input (the table name): Python's own gives a zeroed one.
+    (ctypes is imported here, by the legacy backend only: the daemon's start-up stays short.)"""
+    import ctypes
+
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
@@ -126,6 +129,8 @@ def _getsockopt(fd: int, level: int, name: int, buf: ctypes.Array[ctypes.c_char]
 def legacy_fingerprint(family: firewall.Family, table: str) -> bytes:
     """The legacy table as the kernel holds it (hooks, sizes, every entry), packet counters zeroed:
     equal blobs mean equal rules. OSError if the table cannot be read (it is gone, no CAP_NET_RAW)."""
+    import ctypes
+
     level = socket.IPPROTO_IP if family == 4 else socket.IPPROTO_IPV6
     with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
         info = ctypes.create_string_buffer(table.encode(), GETINFO_SIZE)
