@@ -502,12 +502,13 @@ class Daemon:
         after = time.monotonic()
         if restored:
             self._restored += 1
-            self._expect(opts, tuple(restored))
             missing = [p for f in restored for p in found[f]]
+            # Logged first: the line's time is when the rules were back, not when the checks after it end.
             self._last_restored = {"time": self.clock(), "families": restored, "missing": missing}
             self._event("rules-restored", families=restored, missing=missing, restored_total=self._restored,
                         took_ms=round(1000 * (after - now), 1))
             self._notice(f"rules restored ({', '.join(f'IPv{f}' for f in restored)}): {'; '.join(missing)}")
+            self._expect(opts, tuple(restored))
             # Something that keeps removing them: check less often (never more than FIGHT_MAX).
             self._fight = min(FIGHT_MAX, max(TICK, 2 * self._fight)) if after - self._last_restore < FIGHT_WINDOW \
                 else 0.0

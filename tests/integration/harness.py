@@ -22,9 +22,11 @@ class Runner:
     """One `netguard run` in the lab's client namespace, with its stdout/stderr in files."""
 
     def __init__(self, lab: lab_mod.Lab, workdir: Path, policy: str | None = None, name: str = "ng",
-                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 command: tuple[str, ...] = (NETGUARD,)) -> None:
         self.lab = lab
         self.args = args
+        self.command = command  # what runs `run ARGS` (another interpreter line for a patched daemon)
         self.env = env  # the daemon's environment (None: the test's own)
         self.workdir = workdir
         self.policy_path: Path | None = None
@@ -36,7 +38,7 @@ class Runner:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> Runner:
-        argv = [NETGUARD, "run", *self.args]
+        argv = [*self.command, "run", *self.args]
         if self.policy_path is not None:
             argv += ["--policy", str(self.policy_path)]
         with self.out_path.open("ab") as out, self.err_path.open("ab") as err:
