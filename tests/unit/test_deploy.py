@@ -747,3 +747,24 @@ def test_network_capabilities_suffice_for_rules_and_queue() -> None:
         # What the unit's sandbox rules out: making namespaces (doctor's probes) needs CAP_SYS_ADMIN.
         made = netns.run(ns, [*CAPS_ONLY, "unshare", "--net", "true"], check=False)
         assert made.returncode != 0
+
+
+def test_install_metrics_options_and_the_textfile_directory(doctor_says: tuple[Path, dict[str, str]]) -> None:
+    root, env = doctor_says
+    textfile = "/var/lib/prometheus/node-exporter/netguard.prom"
+    done = install_offline(root, env, "--metrics", "127.0.0.1:9151", "--metrics-textfile", textfile)
+    assert done.returncode == 0, done.stderr
+    defaults = (root / "etc/default/netguard").read_text().splitlines()
+    assert f'NETGUARD_OPTS="--backend iptables-legacy --metrics 127.0.0.1:9151 --metrics-textfile {textfile}"' \
+        in defaults
+    dropin = root / "etc/systemd/system/netguard.service.d/metrics-textfile.conf"
+    assert unit_entries(dropin.read_text())["Service"] == [("ReadWritePaths", "/var/lib/prometheus/node-exporter")]
+    assert "wrote" not in install_offline(root, env, "--metrics", "127.0.0.1:9151", "--metrics-textfile",
+                                          textfile).stdout
+    off = install_offline(root, env)
+    assert off.returncode == 0 and f"removed {dropin}" in off.stdout and not dropin.exists()
+    assert 'NETGUARD_OPTS="--backend iptables-legacy"' in (root / "etc/default/netguard").read_text().splitlines()
+    for bad in (("--metrics", "9151; rm -rf /"), ("--metrics-textfile", "relative.prom"),
+                ("--metrics-textfile", "/var/lib/a b.prom")):
+        refused = install_offline(root, env, *bad)
+        assert refused.returncode == 2 and bad[1] in refused.stderr
