@@ -444,7 +444,8 @@ class Daemon:
             "ok": self._failing is None, "failing": self._failing, "restored": self._restored,
             "restore_failures": self._restore_failures, "last_restored": self._last_restored,
             "checks": 0 if self._watch is None else self._watch.checks,
-            "watch": "none" if self._watch is None else ("netlink" if self._watch.fileno() is not None else "poll"),
+            "watch": "none" if self._watch is None else ("netlink" if self._watch.fileno() is not None else
+                                                         f"poll every {self._watch.poll:g} s"),
             "expected": {str(f): layout.lines() for f, layout in self._expected.items()},
             "options": {"queue_num": opts.queue_num, "mark_mask": opts.marks.mask,
                         "mark_allowed": opts.marks.allowed, "mark_blocked": opts.marks.blocked,
@@ -454,14 +455,10 @@ class Daemon:
 
     # -- keeping the rules in place -------------------------------------------------------------
 
-    def _start_watch(self, opts: firewall.Options) -> Watch | None:
-        tables = firewall.tables_of(firewall.build_rules(4, opts))
-        try:
-            watch = Watch(self.backend, tables)
-        except OSError as exc:
-            self._notice(f"cannot watch the rules (no nf_tables notifications: {exc}); they are not restored "
-                         "if something removes them")
-            return None
+    def _start_watch(self, opts: firewall.Options) -> Watch:
+        watch = Watch(self.backend, firewall.tables_of(firewall.build_rules(4, opts)))
+        if watch.without_notifications:
+            self._notice(watch.without_notifications)
         self._watch = watch
         self._expect(opts)
         return watch

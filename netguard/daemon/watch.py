@@ -43,6 +43,9 @@ FAMILY_OF: dict[int, tuple[firewall.Family, ...]] = {NFPROTO_IPV4: (4,), NFPROTO
 DEBOUNCE = 0.05
 # Seconds between two reads of the legacy tables: detection within 1 s with a restore's time to spare.
 POLL = 0.25
+# iptables-nft where the notification socket cannot be had: a full check (two iptables-nft-save
+# runs, a few ms of CPU) this often instead; still within the second, at about 1 % of a core.
+POLL_FULL = 0.5
 # Bytes the notification socket may hold: a big ruleset change (kube-proxy) floods it; an
 # overflow only means "something changed", which is all a message says to us.
 RCVBUF = 1 << 20
@@ -168,8 +171,14 @@ class Watch:
         self.due: float | None = None  # monotonic time of the next check (None: none pending)
         self.notifications: Notifications | None = None
         self.checks = 0  # full checks (iptables-save runs), for status and the cost figures
+        self.without_notifications: str | None = None  # why iptables-nft is polled instead
+        self.poll = POLL
         if backend == "iptables-nft":
-            self.notifications = Notifications()
+            try:
+                self.notifications = Notifications()
+            except OSError as exc:
+                self.without_notifications = f"no nf_tables notifications ({exc}): checked every {POLL_FULL:g} s"
+                self.poll = POLL_FULL
 
     def fileno(self) -> int | None:
         return None if self.notifications is None else self.notifications.fileno()
@@ -189,7 +198,7 @@ class Watch:
             self._dirty.discard(family)
         others -= set(families)
         if self.notifications is None:
-            self.due = now + POLL
+            self.due = now + self.poll
         elif others:  # a change to a family netguard did not just restore: still to be checked
             self._dirty |= others
             self.due = now + DEBOUNCE if self.due is None else self.due
@@ -221,7 +230,7 @@ class Watch:
             return {}
         families = sorted(self._dirty) if self.notifications is not None else list(firewall.FAMILIES)
         self._dirty.clear()
-        self.due = None if self.notifications is not None else now + POLL
+        self.due = None if self.notifications is not None else now + self.poll
         found: dict[Family, list[str]] = {}
         for family in families:
             if family not in self._expected:

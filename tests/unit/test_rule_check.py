@@ -161,3 +161,51 @@ def test_several_messages_in_one_datagram() -> None:
     assert families_changed(data) == {4, 6}  # the queue subsystem's message (3 << 8) is not ours
     assert families_changed(b"\x01\x00") == set()
     assert families_changed(struct.pack("=IHHII", 4, 0, 0, 0, 0) + b"\0") == set()  # a length that cannot be
+
+
+def test_watch_schedule_without_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the watch checks, what it compares, and its back-off, with iptables-save replaced by text
+    and the notification socket refused (the polling fallback of iptables-nft)."""
+    from netguard.daemon import watch as watch_mod
+
+    def refuse() -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(watch_mod, "Notifications", refuse)
+    tables = {4: saved(4), 6: saved(6)}
+    w = watch_mod.Watch("iptables-nft", ("filter",), saver=lambda family: tables[family])
+    assert w.fileno() is None and w.poll == watch_mod.POLL_FULL and "Operation not permitted" in (
+        w.without_notifications or "")
+    w.expect(100.0)
+    assert w.due == 100.0 + watch_mod.POLL_FULL
+    assert w.check(100.1) == {}  # not due yet: nothing read
+    checks = w.checks
+    assert w.check(101.0) == {} and w.checks == checks + 2  # both families read, nothing wrong
+    tables[6] = without(tables[6], "-A INPUT -j NETGUARD-DNS")
+    found = w.check(102.0)
+    assert found == {6: ["IPv6 filter: the jump from INPUT to NETGUARD-DNS is gone"]}
+    w.retry(110.0, [6])  # a restore failed: nothing before 110
+    assert w.check(105.0) == {} and w.check(110.0) == found
+    tables[6] = saved(6)
+    w.expect(111.0, (6,))
+    assert w.check(112.0) == {}
+
+
+def test_legacy_polls_the_fingerprint_and_reads_rules_only_when_it_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from netguard.daemon import watch as watch_mod
+
+    prints = {4: b"a", 6: b"b"}
+    monkeypatch.setattr(watch_mod, "legacy_fingerprint", lambda family, table: prints[family] + table.encode())
+    reads: list[int] = []
+
+    def save(family: firewall.Family) -> str:
+        reads.append(family)
+        return saved(family)
+
+    w = watch_mod.Watch("iptables-legacy", ("filter",), saver=save)
+    w.expect(0.0)
+    reads.clear()
+    assert w.check(watch_mod.POLL) == {} and reads == []  # unchanged blobs: no iptables-save at all
+    prints[4] = b"c"  # someone else's change in IPv4 (the rules read back as before)
+    assert w.check(2 * watch_mod.POLL) == {} and reads == [4]
+    assert w.check(3 * watch_mod.POLL) == {} and reads == [4]  # the new blob is the new normal
