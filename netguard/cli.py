@@ -1,5 +1,6 @@
 """Command line: the thin layer between a person and the core. Exit codes: 0 ok / allowed /
-can enforce / running, 1 blocked / degraded, 2 error / cannot enforce, 3 not running (status)."""
+can enforce / enforcing, 1 blocked / degraded / not enforcing as it should, 2 error / cannot
+enforce, 3 not running (status), 4 running but not verified (status without root)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,19 @@ def _load(policy_path: str | None) -> Policy:
     """Load a policy for a command; its problems (FILE:LINE:COL) go to stderr with exit status 2."""
     try:
         return load_policy(policy_path)
+    except PolicyError as e:
+        click.echo(str(e), err=True)
+    except OSError as e:
+        click.echo(f"{policy_path}: cannot read policy: {e.strerror}", err=True)
+    sys.exit(2)
+
+
+def _load_digest(policy_path: str | None) -> tuple[Policy, str]:
+    """_load, with the SHA-256 of the policy text (for the daemon)."""
+    from netguard.daemon.policyfiles import load_policy_digest
+
+    try:
+        return load_policy_digest(policy_path)
     except PolicyError as e:
         click.echo(str(e), err=True)
     except OSError as e:
@@ -348,8 +362,15 @@ def doctor(as_json: bool, root: str, facts_path: str | None) -> None:
 @click.option("--source-config", type=click.Path(dir_okay=False), default=str(DEFAULT_CONFIG), show_default=True,
               metavar="FILE", help="The same settings in a file (policy_url, trusted_keys, policy_ca, state_dir, "
                                    "poll_interval), read when it exists; options override it.")
+@click.option("--metrics", "metrics_address", metavar="[ADDRESS:]PORT",
+              help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (ADDRESS: 127.0.0.1 unless given; "
+                   "[::1]:PORT for IPv6).")
+@click.option("--metrics-textfile", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write Prometheus metrics to FILE every 15 s (temp file + rename), for node_exporter's "
+                   "textfile collector (e.g. /var/lib/prometheus/node-exporter/netguard.prom).")
 def run(policy_path: str | None, backend: str | None, policy_url: str | None, trusted_keys: tuple[str, ...],
-        policy_ca: str | None, state_dir: str | None, poll_interval: float | None, source_config: str) -> None:
+        policy_ca: str | None, state_dir: str | None, poll_interval: float | None, source_config: str,
+        metrics_address: str | None, metrics_textfile: str | None) -> None:
     """Enforce the policy in this network namespace (as root) until SIGTERM or Ctrl-C.
 
     Installs netguard's firewall chains (both address families), reads DNS answers and the first
@@ -362,6 +383,11 @@ def run(policy_path: str | None, backend: str | None, policy_url: str | None, tr
     signature, version and expiry, keeps the last good one in the state directory (it is enforced
     at the next start, even offline) and puts each new one in force within a second. SIGUSR1 or
     `netguard policy pull` polls at once.
+
+    While it runs it keeps its rules in place: if they go missing, are altered or reordered (a
+    flush, a firewall reload, `nft flush ruleset`) it restores them within a second and logs a JSON
+    line with "event": "rules-restored". Under systemd (Type=notify) it reports READY once the
+    rules are in and the queue is bound, and pings the watchdog from the loop that drains the queue.
     """
     import os
     from pathlib import Path
@@ -374,7 +400,16 @@ def run(policy_path: str | None, backend: str | None, policy_url: str | None, tr
     if os.geteuid() != 0:
         click.echo("netguard run: must run as root (it installs firewall rules)", err=True)
         sys.exit(2)
-    _load(policy_path)
+    address = None
+    if metrics_address is not None:
+        from netguard.daemon.metrics import parse_address  # prometheus-client only when asked for
+
+        try:
+            address = parse_address(metrics_address)
+        except ValueError as e:
+            click.echo(f"netguard run: --metrics {e}", err=True)
+            sys.exit(2)
+    loaded = _load_digest(policy_path)  # parsed once: a 100k-entry policy takes about a second
     try:
         source = load_source(Path(source_config), url=policy_url, keys=trusted_keys, ca=policy_ca,
                              state_dir=state_dir, interval=poll_interval)
@@ -392,7 +427,8 @@ def run(policy_path: str | None, backend: str | None, policy_url: str | None, tr
                           if fleet.in_force.expired(fleet.clock()) else ""), err=True)
     try:
         chosen = daemon.choose_backend(backend)
-        d = daemon.Daemon(Path(policy_path) if policy_path else None, chosen, fleet=fleet)
+        d = daemon.Daemon(Path(policy_path) if policy_path else None, chosen, fleet=fleet, metrics=address,
+                          metrics_textfile=Path(metrics_textfile) if metrics_textfile else None, loaded=loaded)
         sys.exit(d.run())
     except daemon.StartError as e:
         click.echo(f"netguard run: {e}", err=True)
@@ -400,27 +436,49 @@ def run(policy_path: str | None, backend: str | None, policy_url: str | None, tr
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="The daemon's status document as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="The daemon's status document and the checks as JSON.")
 def status(as_json: bool) -> None:
-    """Is netguard enforcing in this network namespace? Its policy, backend, counters and (as root)
-    the most recent blocks. Exit status: 0 running, 3 not running, 2 error.
+    """Is netguard enforcing in this network namespace? Checked in the kernel, not taken from the
+    daemon's word: the daemon answers; its rules are installed as it installed them and as its rule
+    set says, in IPv4 and IPv6; its queue is bound by its own socket (/proc/net/netfilter/
+    nfnetlink_queue); the fail-open setting (--queue-bypass, the queue's flag) is what the policy's
+    fail_mode says; and the queue has dropped no packets in the last 5 minutes. Also its policy,
+    backend, counters and (as root) the most recent blocks.
+
+    \b
+    Exit status:
+      0  enforcing, every check passed
+      1  running, but not enforcing as it should: a check failed (the output says which),
+         or the daemon does not answer (hung)
+      2  error: the answer could not be read or checked
+      3  not running in this network namespace
+      4  running, but the kernel checks need root: not verified
 
     When no daemon runs but netguard rules are installed (a crash, or `systemctl stop` that did not
     finish), it says so: with fail_mode closed those rules hold new connections until a daemon returns.
     """
     import os
+    import time
 
     from netguard.daemon import firewall
-    from netguard.daemon.status import query
+    from netguard.daemon.status import exit_code as checks_exit
+    from netguard.daemon.status import kernel_checks, peer_pid, query
 
     try:
         doc = query()
+    except TimeoutError:
+        pid = peer_pid()
+        text = f"the daemon{f' (pid {pid})' if pid else ''} holds the status socket but does not answer: hung?"
+        click.echo(json.dumps({"running": True, "answers": False, "pid": pid, "ok": False, "exit": 1,
+                               "checks": [{"name": "daemon", "ok": False, "text": text}]})
+                   if as_json else f"netguard is NOT enforcing as it should: {text}")
+        sys.exit(1)
     except (OSError, ValueError) as exc:
         click.echo(f"netguard status: no readable answer from the daemon: {exc}", err=True)
         sys.exit(2)
     if doc is None:
         if as_json:
-            click.echo(json.dumps({"running": False}))
+            click.echo(json.dumps({"running": False, "exit": 3}))
         else:
             click.echo("netguard is not running in this network namespace")
             if os.geteuid() == 0:
@@ -429,20 +487,30 @@ def status(as_json: bool) -> None:
                     click.echo(f"  but its rules are installed ({', '.join(left)}): with fail_mode closed, new "
                                "connections wait for a daemon; `netguard rules remove` removes them")
         sys.exit(3)
+    try:
+        checks = kernel_checks(doc, time.time(), os.geteuid() == 0)
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        click.echo(f"netguard status: cannot check the daemon's answer against the kernel: {exc!r}", err=True)
+        sys.exit(2)
+    code = checks_exit(checks)
     if as_json:
-        click.echo(json.dumps({"running": True, **doc}, indent=2))
-        sys.exit(0)
-    click.echo(_status_text(doc))
-    sys.exit(0)
+        click.echo(json.dumps({"running": True, **doc, "ok": code == 0, "exit": code,
+                               "checks": [asdict(c) for c in checks]}, indent=2))
+        sys.exit(code)
+    click.echo(_status_text(doc, checks, code))
+    sys.exit(code)
 
 
-def _status_text(doc: dict[str, Any]) -> str:
+def _status_text(doc: dict[str, Any], checks: list[Any] | None = None, code: int = 0) -> str:
     c = doc["counts"]
     limits = ", ".join(f"{k} {v}" for k, v in sorted(c["limits"].items())) or "none"
     monitor = doc.get("mode") == "monitor"
+    state = {0: "monitoring" if monitor else "enforcing",
+             1: "running but NOT ENFORCING as it should (see the checks)",
+             4: "running (not verified: run as root to check the kernel)"}.get(code, "running")
     lines = [
-        f"netguard {doc['version']} {'monitoring' if monitor else 'enforcing'} in this network namespace "
-        f"(pid {doc['pid']}, up {_duration(doc['now'] - doc['started'])})",
+        f"netguard {doc['version']} {state} in this network namespace (pid {doc['pid']}, "
+        f"up {_duration(doc['now'] - doc['started'])})",
         f"  policy     {doc['policy']}, loaded {_clock(doc['policy_loaded'])}"
         + (", mode monitor: judged and logged, nothing blocked" if monitor else ""),
     ]
@@ -470,6 +538,15 @@ def _status_text(doc: dict[str, Any]) -> str:
         f"{c['dns_rewritten']} DNS answers rewritten; {c['fail_verdicts']} fail verdicts; limits hit: {limits}",
         f"  state      {doc['undecided_flows']} flows undecided, {doc['names_learned']} names learned from DNS",
     ]
+    rules = doc.get("rules")
+    if rules is not None:
+        last = rules.get("last_restored")
+        restored = (f"; last at {_clock(last['time'])}: {'; '.join(last['missing'])}" if last else "")
+        lines.append(f"  self-heal  rules watched ({rules['watch']}); restored {rules['restored']} time(s), "
+                     f"{rules['restore_failures']} failed attempt(s){restored}")
+    for check in checks or []:
+        mark = {True: "ok  ", False: "FAIL", None: "--  "}[check.ok]
+        lines.append(f"  {mark}       {check.name}: {check.text}")
     if "recent_blocks" not in doc:
         lines.append("  recent blocks: run as root to see them")
     elif doc["recent_blocks"]:
@@ -531,7 +608,8 @@ def rules_show() -> None:
 
 
 @rules.command("remove")
-@click.option("--force", is_flag=True, help="Remove them even while netguard runs here (enforcement stops).")
+@click.option("--force", is_flag=True, help="Remove them even while netguard runs here (the daemon puts them back "
+                                            "within a second: stop it to end enforcement).")
 def rules_remove(force: bool) -> None:
     """Remove every netguard chain and jump here (stale rules of a crashed run, for instance).
 

@@ -58,13 +58,21 @@ kernel has no u32, every datagram to UDP 443 of a flow not blocked is queued, an
 ports is not read.
 
 Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32, length and REJECT all work there.
+
+Checking what is installed (`layout`, `differences`, `shape_differences`, pure): the rules as
+`iptables-save` prints them differ in form from what build_rules wrote (`-p tcp` gains `-m tcp`,
+options move), so the exact expectation is what the kernel printed right after netguard's own
+restore, and build_rules' text gives the shape every installed set must have: the chains, each
+rule's target (with the queue number and --queue-bypass), and the jumps at the head of each hook
+chain, in order. The daemon's self-healing (daemon.watch) and `netguard status` compare with both.
 """
 
 from __future__ import annotations
 
+import shlex
 import subprocess
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from netguard.daemon import netns
@@ -329,6 +337,206 @@ def _jumps_to_ours(parts: Sequence[str]) -> bool:
     return any(w in ("-j", "-g") and parts[i + 1].startswith(CHAIN_PREFIX) for i, w in enumerate(parts[:-1]))
 
 
+# -- what is installed, compared with what should be ------------------------------------------------
+
+
+Key = tuple[str, str]  # (table, chain)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Netguard's part of one family's tables: the tables present, each netguard chain's rules in
+    order (the text after `-A CHAIN `), and for every other chain the jumps into netguard chains
+    with their rule number (from 1)."""
+
+    tables: frozenset[str] = frozenset()
+    chains: Mapping[Key, tuple[str, ...]] = field(default_factory=dict)
+    jumps: Mapping[Key, tuple[tuple[int, str], ...]] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """The layout as text lines (for the status document); `parse_lines` reads them back."""
+        out = [f"*{t}" for t in sorted(self.tables)]
+        out += [f":{t} {c}" for t, c in self.chains]
+        out += [f"-A {t} {c} {r}" for (t, c), rules in self.chains.items() for r in rules]
+        out += [f"@{t} {c} {n} {r}" for (t, c), jumps in self.jumps.items() for n, r in jumps]
+        return out
+
+    @staticmethod
+    def parse_lines(lines: Sequence[str]) -> Layout:
+        tables: set[str] = set()
+        chains: dict[Key, list[str]] = {}
+        jumps: dict[Key, list[tuple[int, str]]] = {}
+        for line in lines:
+            if line.startswith("*"):
+                tables.add(line[1:])
+            elif line.startswith(":"):
+                t, c = line[1:].split(" ", 1)
+                chains.setdefault((t, c), [])
+            elif line.startswith("-A "):
+                t, c, r = line[3:].split(" ", 2)
+                chains.setdefault((t, c), []).append(r)
+            elif line.startswith("@"):
+                t, c, n, r = line[1:].split(" ", 3)
+                jumps.setdefault((t, c), []).append((int(n), r))
+        return Layout(frozenset(tables), {k: tuple(v) for k, v in chains.items()},
+                      {k: tuple(v) for k, v in jumps.items()})
+
+
+def layout(saved: str, tables: Sequence[str] | None = None) -> Layout:
+    """Netguard's part of `iptables-save` output (only `tables`, when given)."""
+    table = ""
+    present: set[str] = set()
+    chains: dict[Key, list[str]] = {}
+    jumps: dict[Key, list[tuple[int, str]]] = {}
+    position: dict[Key, int] = {}
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+            if tables is None or table in tables:
+                present.add(table)
+        elif table not in present:
+            continue
+        elif line.startswith(":" + CHAIN_PREFIX):
+            chains.setdefault((table, line[1:].split()[0]), [])
+        elif line.startswith("-A "):
+            chain, _, rule = line[3:].partition(" ")
+            key = (table, chain)
+            position[key] = position.get(key, 0) + 1
+            if chain.startswith(CHAIN_PREFIX):
+                chains.setdefault(key, []).append(rule)
+            elif _jumps_to_ours(line.split()):
+                jumps.setdefault(key, []).append((position[key], rule))
+    return Layout(frozenset(present), {k: tuple(v) for k, v in chains.items()},
+                  {k: tuple(v) for k, v in jumps.items()})
+
+
+def tables_of(rules: str) -> tuple[str, ...]:
+    """The tables a build_rules text uses."""
+    return tuple(line[1:] for line in rules.splitlines() if line.startswith("*"))
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What every installed set must look like, from build_rules' text: per netguard chain the
+    target of each rule in order (with the queue number and whether it bypasses), and per hook
+    chain the netguard chains its first rules jump to, in order."""
+
+    chains: Mapping[Key, tuple[str, ...]]
+    heads: Mapping[Key, tuple[str, ...]]
+
+
+def _target(rule: str) -> str:
+    """A rule's target, in the words that matter for reaching the queue: `NFQUEUE 7413 bypass`,
+    `goto NETGUARD-EMPTY`, `RETURN`... (the rest of its options iptables-save prints its own way)."""
+    try:
+        words = shlex.split(rule)
+    except ValueError:
+        return "?"
+    at = max((i for i, w in enumerate(words) if w in ("-j", "-g")), default=-1)
+    if at < 0 or at + 1 >= len(words):
+        return "none"
+    name = words[at + 1]
+    if words[at] == "-g":
+        return f"goto {name}"
+    if name == "NFQUEUE":
+        num = words[words.index("--queue-num") + 1] if "--queue-num" in words[at:-1] else "0"
+        return f"NFQUEUE {num}" + (" bypass" if "--queue-bypass" in words[at:] else "")
+    return name
+
+
+def shape(rules: str) -> Shape:
+    """The shape of a build_rules text. Its `-I HOOK 1 -j CHAIN` lines insert in reverse, so the
+    chain listed last runs first."""
+    table = ""
+    chains: dict[Key, list[str]] = {}
+    heads: dict[Key, list[str]] = {}
+    for line in rules.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":"):
+            chains.setdefault((table, line[1:].split()[0]), [])
+        elif line.startswith("-A "):
+            chain, _, rule = line[3:].partition(" ")
+            chains.setdefault((table, chain), []).append(_target(rule))
+        elif line.startswith("-I "):
+            words = line.split()
+            heads.setdefault((table, words[1]), []).insert(0, words[-1])
+    return Shape({k: tuple(v) for k, v in chains.items()}, {k: tuple(v) for k, v in heads.items()})
+
+
+def _jump_target(rule: str) -> str:
+    words = rule.split()
+    return next((words[i + 1] for i, w in enumerate(words[:-1]) if w in ("-j", "-g")), "?")
+
+
+def differences(expected: Layout, current: Layout, family: Family) -> list[str]:
+    """What keeps traffic from reaching netguard's chains or queue as they were installed, in words
+    (empty: everything is in place). Netguard chains nobody jumps to and other people's rules
+    after netguard's jumps are not problems."""
+    where = f"IPv{family}"
+    out = [f"{where}: table {t} is gone" for t in sorted(expected.tables - current.tables)]
+    for (t, c), rules in expected.chains.items():
+        if t not in current.tables:
+            continue
+        now = current.chains.get((t, c))
+        if now is None:
+            out.append(f"{where} {t}: chain {c} is gone")
+        elif not now and rules:
+            out.append(f"{where} {t}: chain {c} is empty (flushed)")
+        elif now != rules:
+            kept = sum(1 for r in rules if r in now)
+            out.append(f"{where} {t}: chain {c} was altered ({kept} of its {len(rules)} rules as installed, "
+                       f"{len(now)} rules now)")
+    for (t, c), jumps in expected.jumps.items():
+        if t not in current.tables:
+            continue
+        out += _jump_problems(f"{where} {t}", c, [_jump_target(r) for _, r in jumps], current.jumps.get((t, c), ()))
+    return out
+
+
+def _jump_problems(where: str, hook: str, want: list[str], now: tuple[tuple[int, str], ...]) -> list[str]:
+    """The jumps from `hook` into netguard chains must be its first rules, in the order `want`."""
+    have = [(n, _jump_target(r)) for n, r in now]
+    if [target for _, target in have] == want and all(n == i + 1 for i, (n, _) in enumerate(have)):
+        return []
+    out = []
+    for i, target in enumerate(want):
+        found = [n for n, t in have if t == target]
+        if not found:
+            out.append(f"{where}: the jump from {hook} to {target} is gone")
+        elif found[0] != i + 1:
+            out.append(f"{where}: the jump from {hook} to {target} is rule {found[0]}, not {i + 1} "
+                       "(other rules run before it)")
+        elif len(found) > 1:
+            out.append(f"{where}: {hook} jumps to {target} {len(found)} times")
+    extra = sorted({t for _, t in have} - set(want))
+    out += [f"{where}: {hook} jumps to {t}, which netguard did not install there" for t in extra]
+    return out or [f"{where}: the jumps from {hook} into netguard's chains are out of order"]
+
+
+def shape_differences(expected: Shape, current: Layout, family: Family) -> list[str]:
+    """How `current` departs from the shape of build_rules' text, in words (empty: it has it)."""
+    where = f"IPv{family}"
+    out = [f"{where}: table {t} is gone" for t in sorted({t for t, _ in expected.chains} - current.tables)]
+    for (t, c), targets in expected.chains.items():
+        if t not in current.tables:
+            continue
+        now = current.chains.get((t, c))
+        if now is None:
+            out.append(f"{where} {t}: chain {c} is gone")
+            continue
+        got = tuple(_target(r) for r in now)
+        if got != targets:
+            queues = [x for x in targets if x.startswith("NFQUEUE")]
+            out.append(f"{where} {t}: chain {c} does not have the rules netguard installs ("
+                       f"targets {', '.join(got) or 'none'}; expected {', '.join(targets)}"
+                       + (f"; queue rules should read {queues[0]!r}" if queues else "") + ")")
+    for (t, hook), want in expected.heads.items():
+        if t in current.tables:
+            out += _jump_problems(f"{where} {t}", hook, list(want), current.jumps.get((t, hook), ()))
+    return out
+
+
 def tool(backend: Backend, family: Family, action: Literal["save", "restore"]) -> str:
     """The binary for one backend, family and action, e.g. ip6tables-legacy-restore."""
     base = "iptables" if family == 4 else "ip6tables"
@@ -348,11 +556,11 @@ def _call(ns: str | None, argv: list[str], stdin: str | None = None) -> subproce
     return subprocess.run(_argv(ns, argv), input=stdin, capture_output=True, text=True, timeout=30)
 
 
-def save(backend: Backend, family: Family, ns: str | None = None) -> str:
-    """The filter and raw tables as `iptables-save` prints them, without its timestamped comment lines
-    so two saves of the same tables compare equal ('' if the tool is missing or fails)."""
+def save(backend: Backend, family: Family, ns: str | None = None, tables: Sequence[str] = ("filter", "raw")) -> str:
+    """The filter and raw tables (or `tables`) as `iptables-save` prints them, without its timestamped
+    comment lines so two saves of the same tables compare equal ('' if the tool is missing or fails)."""
     out = ""
-    for table in ("filter", "raw"):
+    for table in tables:
         try:
             r = _call(ns, [tool(backend, family, "save"), "-t", table])
         except FileNotFoundError:
@@ -394,6 +602,20 @@ def apply(backend: Backend, opts: Options, ns: str | None = None) -> None:
             raise
 
 
+# Seconds a restore of the running daemon waits for the xtables lock (iptables-legacy; iptables
+# 1.8 otherwise waits for ever, and the daemon's loop with it). Integer seconds: `--wait 0` means
+# "for ever" too.
+LOCK_WAIT = 1
+
+
+def restore_family(backend: Backend, family: Family, opts: Options, ns: str | None = None) -> None:
+    """Put one family's netguard rules back as build_rules has them, replacing whatever netguard
+    rules are left, in one restore (one transaction per table); nobody else's rules are touched.
+    FirewallError if the lock stays held for LOCK_WAIT or the kernel refuses."""
+    text = build_replacement(save(backend, family, ns), build_rules(family, opts))
+    _restore(backend, family, text, ns, wait=LOCK_WAIT)
+
+
 def apply_preferred(backend: Backend, opts: Options, ns: str | None = None) -> tuple[Options, str | None]:
     """apply(); if the kernel refuses the rules that need the xt u32 match (data-less segments kept
     out of the queue, QUIC matched by shape) but takes the set without them, that set. Returns the
@@ -410,10 +632,11 @@ def apply_preferred(backend: Backend, opts: Options, ns: str | None = None) -> t
         return fallback, str(exc).splitlines()[0]
 
 
-def _restore(backend: Backend, family: Family, text: str | None, ns: str | None) -> bool:
+def _restore(backend: Backend, family: Family, text: str | None, ns: str | None, wait: int | None = None) -> bool:
     if text is None:
         return False
-    r = _call(ns, [tool(backend, family, "restore"), "--noflush"], text)
+    r = _call(ns, [tool(backend, family, "restore"), "--noflush", *([] if wait is None else ["--wait", str(wait)])],
+              text)
     if r.returncode != 0:
         raise FirewallError(f"{tool(backend, family, 'restore')}: {r.stderr.strip()}")
     return True

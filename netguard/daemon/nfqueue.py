@@ -81,6 +81,15 @@ class Queue:
     def fileno(self) -> int:
         return int(self._nfq.get_fd())
 
+    def portid(self) -> int:
+        """The netlink port id of the queue's socket: /proc/net/netfilter/nfnetlink_queue shows it
+        as the queue's peer, so `netguard status` can tell that this daemon holds the queue."""
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER, fileno=os.dup(self.fileno()))
+        try:
+            return int(sock.getsockname()[0])
+        finally:
+            sock.close()
+
     def pump(self) -> None:
         """Handle the packets waiting now."""
         self._nfq.run(block=False)

@@ -20,6 +20,9 @@ temporary directory at run time): Python would measure itself, not the path.
   the queue never overflows): ClientHello segments each on a new flow (raw socket, counted arriving
   in the registry namespace) and DNS answers from port 53 (counted arriving at a client socket).
   Per-core figure = verdicts / the daemon's CPU time (utime + stime from /proc/PID/stat).
+- idle CPU: the daemon's CPU seconds per minute while nothing reaches it (its loop, the rule
+  watch: nf_tables notifications for iptables-nft, a table read every 0.25 s for iptables-legacy),
+  from /proc/PID/stat over IDLE seconds; the legacy daemon runs in the "no rules" lab meanwhile.
 - peak RSS, two ways: the real daemon started with a generated 100k-entry policy file and fed DNS
   answers each teaching a new name and address until its name table is full (it holds at most
   engine.names.MAX_ENTRIES, fewer than 100k), VmHWM from /proc/PID/status; and, for 100k names, an
@@ -83,6 +86,8 @@ GOAL_LATENCY_VS_FLOOR = 1.5
 GOAL_CAPACITY_VS_FLOOR = 0.5
 FLOOR = "nfqueue floor"
 SETUPS = ("no rules", "conntrack-only", FLOOR, "netguard")
+GOAL_IDLE_CPU_S_PER_MIN = 0.6  # 1 % of one core
+IDLE_SETTLE = 2.0  # seconds after start (imports, first checks) before idle is measured
 
 
 @dataclass(frozen=True)
@@ -97,8 +102,12 @@ class Plan:
     flood_rounds: int
 
 
-QUICK = Plan(rounds=9, connections=600, iperf_seconds=2, iperf_rounds=3, flood=20_000, flood_rounds=3)
-FULL = Plan(rounds=31, connections=1000, iperf_seconds=5, iperf_rounds=5, flood=100_000, flood_rounds=5)
+    idle_seconds: float
+
+
+QUICK = Plan(rounds=9, connections=600, iperf_seconds=2, iperf_rounds=3, flood=20_000, flood_rounds=3, idle_seconds=20)
+FULL = Plan(rounds=31, connections=1000, iperf_seconds=5, iperf_rounds=5, flood=100_000, flood_rounds=5,
+            idle_seconds=60)
 
 
 # --- building blocks shared with the peer section ---------------------------------------------
@@ -388,6 +397,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         d = Daemon(ng_lab, runner, runner.proc.pid)
         servers = []
         try:
+            rows += _idle(d, lab["no rules"], work, plan)
             for s in SETUPS:
                 start_server(lab[s], tools, len(hello))
                 servers.append(subprocess.Popen(netns.exec_argv(lab[s].registry, ["iperf3", "-s", "-p",
@@ -435,6 +445,34 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 lab_mod.stop(p)
         rows += _rss(ng_lab, work, tools, quick)
     rows.append(_inprocess_rss_row())
+    return rows
+
+
+def _idle(d: Daemon, spare: lab_mod.Lab, work: Path, plan: Plan) -> list[dict[str, Any]]:
+    """CPU seconds per minute of an idle daemon: the netguard lab's (iptables-nft) and one started
+    with iptables-legacy in the spare lab, measured side by side."""
+    legacy = Runner(spare, work, name="idle-legacy", args=("--backend", "iptables-legacy")).start()
+    try:
+        if legacy.proc is None:
+            raise RuntimeError("netguard (iptables-legacy) did not start")
+        pids = {"iptables-nft": d.pid, "iptables-legacy": legacy.proc.pid}
+        time.sleep(IDLE_SETTLE)
+        before = {b: cpu_seconds(pid) for b, pid in pids.items()}
+        start = time.monotonic()
+        time.sleep(plan.idle_seconds)
+        elapsed = time.monotonic() - start
+        used = {b: cpu_seconds(pid) - before[b] for b, pid in pids.items()}
+    finally:
+        legacy.stop()
+    rows = []
+    for backend, cpu in used.items():
+        per_min = 60 * cpu / elapsed
+        watch = ("nf_tables notifications: nothing to do while nothing changes" if backend == "iptables-nft" else
+                 "a getsockopt read of each family's filter table every 0.25 s, compared with the last good one")
+        rows.append(row(f"idle daemon CPU, {backend}", "CPU s/min", per_min, "s/min",
+                        f"≤ {GOAL_IDLE_CPU_S_PER_MIN:g} s/min (1 % of a core)", per_min <= GOAL_IDLE_CPU_S_PER_MIN,
+                        f"utime+stime over {elapsed:.0f} s with no traffic ({HZ} ticks/s resolution): the loop's "
+                        f"0.25 s tick, the rule watch ({watch}), a queue-drop counter read each second; {load()}"))
     return rows
 
 
