@@ -137,10 +137,21 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
         if isinstance(l4, UdpDatagram) and l4.dport != 443:
             client.add(key)  # a DNS query (or other UDP): its answers come back the other way
             continue
-        if key.reply() in client or key in decided:
+        rkey = key.reply()
+        if isinstance(l4, TcpSegment) and l4.flags & SYN and l4.flags & ACK and key not in client:
+            client.add(rkey)
+        if rkey in client:
+            # The server's packets: its SYN-ACK, and its payload when it speaks first (as the daemon queues).
+            if isinstance(l4, TcpSegment) and rkey not in decided:
+                verdict = engine.handle(ip, ts, from_client=False)
+                if verdict.event is not None:
+                    if rkey not in lines:
+                        lines[rkey] = FlowLine(rkey, None)
+                        order.append(rkey)
+                    lines[rkey].event = verdict.event
+                    decided.add(rkey)
             continue
-        if isinstance(l4, TcpSegment) and l4.flags & SYN and l4.flags & ACK:
-            client.add(key.reply())
+        if key in decided:
             continue
         if key not in client:
             client.add(key)

@@ -99,6 +99,7 @@ class Daemon:
     def __post_init__(self) -> None:
         self.policy = load_policy(self.policy_path)
         self.engine = Engine(self.policy)
+        self.engine.sees_replies = True  # the rules queue every undecided flow's SYN-ACK (firewall.py)
         self._mtime = self._policy_mtime()
         self._stop = False
         self._reload = False
@@ -307,7 +308,8 @@ class Daemon:
             "empty_segments": "kernel" if self._skip_empty else "queued",
             "counts": {"packets": st.packets, "allowed": st.allowed, "blocked": st.blocked,
                        "dns_rewritten": st.dns_rewritten, "fail_verdicts": st.fail_verdicts,
-                       "limits": dict(st.by_limit), "log_failures": self._log_failures},
+                       "limits": dict(st.by_limit), "dropped": dict(st.dropped),
+                       "log_failures": self._log_failures},
             "undecided_flows": self.engine.undecided, "names_learned": len(self.engine.names),
         }
         if privileged:

@@ -4,8 +4,9 @@ answer was decided, an event describing the decision.
 Strategy: frozen values only. The shell maps Action to NetfilterQueue calls, always a repeat with a
 mark so the packet goes on through the rest of the chain: ACCEPT -> mark "passed" (this packet
 only); ALLOW -> mark allowed (the rules save it in the connection, the rest of the flow stays in
-the kernel); BLOCK -> mark blocked (the kernel REJECT rule fires); REWRITE -> the packet's bytes
-replaced by `payload`, mark "passed"; DROP -> drop().
+the kernel); BLOCK -> mark blocked (the kernel REJECT rule fires; with `payload`, a server packet
+replaced by a reset toward the client); REWRITE -> the packet's bytes replaced by `payload`, mark
+"passed"; DROP -> drop().
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ class Event(NamedTuple):
 
 
 class Verdict(NamedTuple):
-    """The action for one packet; `payload` for REWRITE; `inject` packets to send to the client
-    before the verdict (a TLS alert when block_action = "tls-alert"); `event` when something was
-    decided with this packet."""
+    """The action for one packet; `payload` for REWRITE (and for BLOCK of a server packet); `inject`
+    packets to send to the client before the verdict (a TLS alert when block_action = "tls-alert");
+    `event` when something was decided with this packet."""
 
     action: Action
     payload: bytes | None = None
