@@ -181,6 +181,9 @@ class Engine:
         # client bytes before it cannot be bytes the server took. Off for callers that only have the
         # client's packets (tests, a capture of one direction).
         self.sees_replies = False
+        # Checksums are verified where a segment could decide (NFQUEUE hands over complete ones). Off
+        # for a capture taken on the sending host, which shows checksums before the NIC fills them in.
+        self.checks_checksums = True
         # Decisions of self._decisions_policy (a reload, or any new policy, starts afresh).
         self._decisions: OrderedDict[tuple[str, int | None], Decision | None] = OrderedDict()
         self._decisions_policy = policy
@@ -205,6 +208,8 @@ class Engine:
         key = FlowKey(packet.proto, packet.src, l4.sport, packet.dst, l4.dport)
         try:
             if l4.sport == 53 and from_client is not True and not self._client_flow(key, l4):
+                if isinstance(l4, TcpSegment) and l4.flags & (SYN | ACK) == SYN | ACK:
+                    self._dns_synack(packet, l4, key.reply(), now)
                 return self._dns(packet, key, now)
             if isinstance(l4, TcpSegment):
                 if from_client is not True and self._is_reply(key, l4, from_client):
@@ -437,11 +442,12 @@ class Engine:
             return "data before the server's SYN-ACK", None
         if not seg.flags & ACK:
             return "no ACK flag", None  # discarded once past the SYN (RFC 9293 3.10.7.4, fifth)
-        if packet.version == 4 and not ipv4_header_ok(raw):
-            return "bad IPv4 header checksum", None
-        # A packet cut short by the queue's copy range cannot be checked (loopback, jumbo frames).
-        if whole and not tcp_checksum_ok(raw, packet):
-            return "bad TCP checksum", None
+        if self.checks_checksums:
+            if packet.version == 4 and not ipv4_header_ok(raw):
+                return "bad IPv4 header checksum", None
+            # A packet cut short by the queue's copy range cannot be checked (loopback, jumbo frames).
+            if whole and not tcp_checksum_ok(raw, packet):
+                return "bad TCP checksum", None
         opts = tcp_options(seg.options) if seg.options else NO_OPTIONS
         if opts.signed and not flow.signs:
             return "a TCP MD5 or AO signature the server does not expect", None
@@ -498,6 +504,12 @@ class Engine:
             flow = _Flow(ckey, now)
         d, source = self._decide_address(ckey, now)
         return self._finish(flow, now, d, source, packet=packet, seg=seg, reply=True)
+
+    def _dns_synack(self, packet: Packet, seg: TcpSegment, ckey: FlowKey, now: float) -> None:
+        # A DNS server's SYN-ACK is also that of the client flow netguard reads (a query over TCP).
+        flow = self._flows.get(ckey)
+        if flow is not None:
+            self._synack(packet, seg, flow, now)
 
     def _synack(self, packet: Packet, seg: TcpSegment, flow: _Flow, now: float) -> Verdict:
         flow.last = now

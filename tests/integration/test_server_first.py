@@ -1,8 +1,9 @@
 """A server that speaks first (SMTP, SSH banners) to a client that never sends a byte: netguard run in
-a namespace lab with unknown_hosts = "deny". The client's ACKs of the banners are still queued (the
-kernel keeps data-less segments only while the server has sent nothing but its SYN-ACK), so the engine
-judges the flow by address after a few of them instead of letting it run undecided. A module of its
-own: one daemon per namespace, and test_empty_segments keeps one running per module."""
+a namespace lab with unknown_hosts = "deny". The server's payload on an undecided flow is queued
+(NETGUARD-REPLY), and the engine judges the flow by address on its first banner instead of letting
+it run undecided; the blocked banner reaches the client as a reset. The client's ACKs decide nothing
+and stay in the kernel. A module of its own: one daemon per namespace, and test_empty_segments keeps
+one running per module."""
 
 from __future__ import annotations
 
@@ -75,15 +76,15 @@ def banner_server(lab: lab_mod.Lab) -> Iterator[None]:
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_server_that_speaks_first_is_judged_by_address(lab: lab_mod.Lab, tmp_path: Path, banner_server: None,
                                                          family: int) -> None:
-    # The client never sends a byte; its ACKs of the banners still reach the engine, which judges
-    # the address after a few of them (unknown here, so denied) instead of letting the flow run.
+    # The client never sends a byte; the server's first banner reaches the engine, which judges the
+    # address (unknown here, so denied) and turns that banner into a reset: no banner byte arrives.
     runner = Runner(lab, tmp_path, policy='allow = ["dockerhub"]\nunknown_hosts = "deny"\n').start()
     try:
         host = lab.host("www.example.test")
         address = host.v4 if family == 4 else host.v6
         r = lab.client_run([sys.executable, "-c", BANNER_CLIENT, address, str(BANNER_PORT)], timeout=10)
         got = json.loads(r.stdout)
-        assert got["reset"] and got["bytes"] < 20 * 32, got
+        assert got["reset"] and got["bytes"] == 0, got
         events = [e for e in runner.events() if e["dst"] == address and e["dport"] == BANNER_PORT]
         assert events and events[-1]["source"] == "address" and events[-1]["rule"] == "unknown_hosts = deny"
     finally:
