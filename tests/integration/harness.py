@@ -22,9 +22,10 @@ class Runner:
     """One `netguard run` in the lab's client namespace, with its stdout/stderr in files."""
 
     def __init__(self, lab: lab_mod.Lab, workdir: Path, policy: str | None = None, name: str = "ng",
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), prelude: str | None = None) -> None:
         self.lab = lab
         self.args = args
+        self.prelude = prelude  # Python run before the CLI in the daemon's process (a test's smaller constant)
         self.workdir = workdir
         self.policy_path: Path | None = None
         if policy is not None:
@@ -35,7 +36,9 @@ class Runner:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> Runner:
-        argv = [NETGUARD, "run", *self.args]
+        command = [NETGUARD] if self.prelude is None else [
+            sys.executable, "-c", f"{self.prelude}\nfrom netguard.cli import main\nmain(prog_name='netguard')"]
+        argv = [*command, "run", *self.args]
         if self.policy_path is not None:
             argv += ["--policy", str(self.policy_path)]
         with self.out_path.open("ab") as out, self.err_path.open("ab") as err:
