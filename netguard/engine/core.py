@@ -518,7 +518,9 @@ class Engine:
         flow.signs = opts.signed
         syns = flow.syns or {}
         # The SYN it answers: it acknowledges that SYN and as much of its data as it took.
-        isn = next((i for i, data in syns.items() if (seg.ack - 1 - i) & 0xFFFFFFFF <= len(data)), None)
+        isn: int | None = (seg.ack - 1) & 0xFFFFFFFF
+        if isn not in syns:
+            isn = next((i for i, data in syns.items() if (seg.ack - 1 - i) & 0xFFFFFFFF <= len(data)), None)
         if isn is None:
             # A SYN netguard did not see: the server takes client bytes from its acknowledgment on.
             if flow.stream is None or not flow.stream.has_data():

@@ -84,8 +84,12 @@ def tcp_checksum_ok(data: bytes, packet: Packet) -> bool:
     size = 20 + len(seg.options) + len(seg.payload)
     if end > len(data) or end < size:
         return False
-    pseudo = _pseudo(packet.version, packet.src, packet.dst, PROTO_TCP, size)
-    return checksum(pseudo + data[end - size:end]) == 0
+    # The sum of words is the number mod 0xFFFF (see checksum): summed in two parts, the segment not
+    # copied. An odd-length segment is padded with a zero byte (one more factor of 256).
+    pseudo = int.from_bytes(_pseudo(packet.version, packet.src, packet.dst, PROTO_TCP, size), "big")
+    number = int.from_bytes(memoryview(data)[end - size:end], "big") * (256 if size % 2 else 1)
+    total = (pseudo + number) % 0xFFFF  # pseudo-header words come first, each 2**16 = 1 mod 0xFFFF
+    return total == 0 and (pseudo or number) != 0
 
 
 def replace_udp_payload(packet: Packet, payload: bytes) -> bytes:

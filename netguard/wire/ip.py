@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from netguard.wire.errors import Malformed, Truncated
 
@@ -293,21 +293,27 @@ OPT_MD5 = 19
 OPT_AO = 29
 
 
-@dataclass(frozen=True, slots=True)
-class TcpOptions:
+class TcpOptions(NamedTuple):
     """What a receiver's verdict on a segment depends on: its timestamp value (None without a
-    timestamp option) and whether it carries a signature (MD5, RFC 2385, or TCP-AO, RFC 5925)."""
+    timestamp option) and whether it carries a signature (MD5, RFC 2385, or TCP-AO, RFC 5925).
+    (A NamedTuple: one is read for most segments that can decide a flow.)"""
 
     tsval: int | None
     signed: bool
 
 
 NO_OPTIONS = TcpOptions(None, False)
+# The options of nearly every segment after the SYN: NOP, NOP, timestamp (RFC 7323 appendix A).
+_ALIGNED_TIMESTAMP = b"\x01\x01\x08\x0a"
 
 
 def tcp_options(options: bytes) -> TcpOptions:
     """Walk the options as Linux's tcp_parse_options does: END stops, NOP is one byte, any other
     kind has a length byte; a length below 2 or past the end stops the walk (the rest is not read)."""
+    if len(options) == 12 and options.startswith(_ALIGNED_TIMESTAMP):
+        return TcpOptions(int.from_bytes(options[4:8], "big"), False)
+    if OPT_TIMESTAMP not in options and OPT_MD5 not in options and OPT_AO not in options:
+        return NO_OPTIONS  # none of the kinds that matter can be there
     tsval: int | None = None
     signed = False
     pos, end = 0, len(options)
