@@ -455,3 +455,14 @@ def test_under_table_pressure_idle_flows_with_bytes_go_first() -> None:
     assert send(engine, other.syn(), later).action is Action.ACCEPT
     assert engine.stats.by_limit == {"flows": 1, "idle": 3}
     assert send(engine, conns[0].data(50, hello[50:]), later).action is Action.BLOCK
+
+
+def test_a_query_over_tcp_to_port_53_is_read_after_the_dns_servers_syn_ack() -> None:
+    # The DNS server's SYN-ACK comes through the DNS answer rules; it answers the client flow too.
+    c, engine = Conn(dport=53), engine_for()
+    assert send(engine, c.syn()).action is Action.ACCEPT
+    assert engine.handle(c.synack(), NOW, from_client=False).action is Action.ACCEPT
+    query = b"\x00\x1c" + bytes(28)
+    v = send(engine, c.data(0, query))
+    assert v.action is Action.ALLOW and v.event is not None and v.event.source == "address"
+    assert engine.stats.dropped == {}
