@@ -7,7 +7,8 @@ one connection per ATTACK:DECOY_NAME:REAL_NAME, in turn. Attacks: badsum (the de
 is wrong), md5 (it carries a TCP MD5 signature option), noack (no ACK flag), futack (it acknowledges
 bytes the server never sent), oldack (it acknowledges one byte before the server's first, sent
 before the handshake's ACK: the server is still in SYN-RECEIVED and wants exactly its ISN + 1),
-pawsold (its timestamp is older than the SYN's), syn2 (no decoy hello: a second SYN with ISN + 1
+pawsold (its timestamp is older than the SYN's), farseq (it sits 200,000 bytes past the stream's
+start, far beyond the server's receive window), syn2 (no decoy hello: a second SYN with ISN + 1
 after the handshake, which the server ignores), tfo (the decoy rides in the SYN, as Fast Open data
 the server does not take), spoof (no decoy hello: a "server" packet with payload made on this host
 and sent to it over loopback), flood (the first 100 bytes of the real hello sent again and again,
@@ -96,9 +97,10 @@ class Attacker:
             send(TCP(sport=sport, dport=PORT, flags="A", seq=isn + 1, ack=s_seq, options=opts()))
         family = 6 if self.v6 else 4
         before = counters(self.backend, family)
-        if attack in ("badsum", "md5", "noack", "futack", "oldack", "pawsold"):
+        if attack in ("badsum", "md5", "noack", "futack", "oldack", "pawsold", "farseq"):
             extra = [(19, b"\x00" * 16)] if attack == "md5" else []
-            tcp = TCP(sport=sport, dport=PORT, flags="P" if attack == "noack" else "PA", seq=isn + 1,
+            tcp = TCP(sport=sport, dport=PORT, flags="P" if attack == "noack" else "PA",
+                      seq=isn + 1 + (200_000 if attack == "farseq" else 0),
                       ack={"futack": s_seq + 1000, "oldack": s_seq - 1}.get(attack, s_seq),
                       options=[*opts(TS0 - 50 if attack == "pawsold" else TS0 + 10), *extra])
             send(tcp / decoy, fix=0x1234 if attack == "badsum" else None)
