@@ -47,7 +47,7 @@ The byte window ends queueing; in fail_mode = "closed" an undecided flow past it
 kernel (the engine decides long before: engine.core.MAX_FLOW_WIRE_BYTES; only data-less segments,
 which stay in the kernel but count, can carry a flow there undecided). In "open" it passes.
 
-Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32 and REJECT all work there.
+Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32, addrtype and REJECT all work there.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from netguard.policy import passed_mark
 
 CHAIN_PREFIX = "NETGUARD"
 CHAIN_FLOW = "NETGUARD-FLOW"  # verdict enforcement + queueing of new client flows (OUTPUT, FORWARD)
-CHAIN_DNS = "NETGUARD-DNS"  # DNS answers to the queue (INPUT, FORWARD)
+CHAIN_DNS = "NETGUARD-DNS"  # DNS answers and server packets to the queue (INPUT, FORWARD)
 CHAIN_RAW = "NETGUARD-RAW"  # raw table: injected TLS alerts leave conntrack alone (OUTPUT)
 CHAIN_EMPTY = "NETGUARD-EMPTY"  # data-less segments leave, the rest is queued (goto from NETGUARD-FLOW)
 CHAIN_REPLY = "NETGUARD-REPLY"  # server packets of undecided TCP flows (goto from NETGUARD-DNS)
