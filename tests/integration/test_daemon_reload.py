@@ -106,8 +106,11 @@ def test_reload_to_fail_open_changes_the_rules_and_the_queue(lab: lab_mod.Lab, t
         runner.send_signal(signal.SIGHUP)
         runner.wait_for("reloaded (SIGHUP)", timeout=WITHIN)
         saved = lab.client_run(["iptables-save", "-t", "filter"]).stdout
-        # Every queue rule bypasses: DNS (UDP, TCP), UDP 443, TCP in NETGUARD-FLOW and NETGUARD-EMPTY.
-        assert saved.count("--queue-bypass") == saved.count("-j NFQUEUE") == 5
+        # Every queue rule bypasses: DNS (UDP, TCP), UDP 443, TCP in NETGUARD-FLOW and NETGUARD-EMPTY,
+        # server packets in NETGUARD-REPLY (SYN-ACK, long, the rest); and open mode rejects nothing
+        # past the byte window.
+        assert saved.count("--queue-bypass") == saved.count("-j NFQUEUE") == 8
+        assert "--connbytes 131073" not in saved
         assert saved.count("-A OUTPUT -j NETGUARD-FLOW") == 1
         assert curl(lab, BLOCKED, 4, timeout=5).code == 35  # still enforcing
     finally:
