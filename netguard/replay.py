@@ -114,6 +114,7 @@ class FlowLine:
 def replay(path: Path, policy: Policy) -> list[FlowLine]:
     """Run the engine over the capture; one FlowLine per flow, in order of first packet."""
     engine = Engine(policy)
+    engine.checks_checksums = False  # a capture on the client shows checksums its NIC filled in later
     lines: dict[FlowKey, FlowLine] = {}
     dns_lines: list[FlowLine] = []
     order: list[FlowKey | int] = []
@@ -148,10 +149,21 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
                 if lines[key].event is None or not verdict.event.allowed:
                     lines[key].event = verdict.event
             continue
-        if key.reply() in client or key in decided:
+        rkey = key.reply()
+        if isinstance(l4, TcpSegment) and l4.flags & SYN and l4.flags & ACK and key not in client:
+            client.add(rkey)
+        if rkey in client:
+            # The server's packets: its SYN-ACK, and its payload when it speaks first (as the daemon queues).
+            if isinstance(l4, TcpSegment) and rkey not in decided:
+                verdict = engine.handle(ip, ts, from_client=False)
+                if verdict.event is not None:
+                    if rkey not in lines:
+                        lines[rkey] = FlowLine(rkey, None)
+                        order.append(rkey)
+                    lines[rkey].event = verdict.event
+                    decided.add(rkey)
             continue
-        if isinstance(l4, TcpSegment) and l4.flags & SYN and l4.flags & ACK:
-            client.add(key.reply())
+        if key in decided:
             continue
         if key not in client:
             client.add(key)

@@ -20,22 +20,19 @@ the kernel's own reset travels back through OUTPUT with the same connection mark
 the REJECT lets resets out.
 
 Data-less segments (skip_empty, needs the xt u32 match): a pure ACK or a FIN without data of an
-undecided flow carries nothing to read, so it leaves netguard's rules in the kernel instead of
-costing a queue round trip (a new TLS connection then queues 2 packets, the SYN and the
-ClientHello, not 3). "No payload" is decided exactly from the headers: u32 cannot compare two fields,
-so one rule per TCP data offset (5..15) tests IP length == IP header + TCP header (IPv4 with a 20-byte
-header and no fragment bits; IPv6 with TCP as the first next header). Packets with IP options or IPv6
-extension headers stay queued. SYNs (ISN, TTL, TCP Fast Open data) and RSTs are never skipped. A
-segment is skipped only while the server has sent nothing but its SYN-ACK (connbytes, reply
-direction, packet count): when the server speaks first (SSH, SMTP banners) the client's ACKs are
-still queued, so the engine can judge such a flow by address after a few data-less segments
-(engine.core.MAX_EMPTY_SEGMENTS) instead of letting it run undecided. One gate rule in NETGUARD-FLOW
-(no SYN or RST, a length a data-less segment can have, the server quiet) goes to NETGUARD-EMPTY,
-which holds the exact tests and then the same queue rule; so a ClientHello passes one extra rule, not
-eleven. Skipping is a RETURN from the goto'd chain (back to the hook's chain, like a RETURN from
-NETGUARD-FLOW), never ACCEPT, so the rules after netguard's jump still apply. Only undecided flows
-reach these rules. Where the kernel has no u32, `apply_preferred` falls back to the rules without
-them (every segment queued).
+undecided flow carries nothing to read and decides nothing (engine.core), so it leaves netguard's
+rules in the kernel instead of costing a queue round trip (a new TLS connection then queues the SYN
+and the ClientHello, not the handshake's ACK too). "No payload" is decided exactly from the headers:
+u32 cannot compare two fields, so one rule per TCP data offset (5..15) tests IP length == IP header +
+TCP header (IPv4 with a 20-byte header and no fragment bits; IPv6 with TCP as the first next header).
+Packets with IP options or IPv6 extension headers stay queued. SYNs (ISN, TTL, TCP Fast Open data),
+RSTs and segments with the URG flag (an urgent pointer changes which bytes the server's application
+reads, even without data) are never skipped. One gate rule in NETGUARD-FLOW (no SYN, RST or URG, a
+length a data-less segment can have) goes to NETGUARD-EMPTY, which holds the exact tests and then the
+same queue rule; so a ClientHello passes one extra rule, not eleven. Skipping is a RETURN from the
+goto'd chain (back to the hook's chain, like a RETURN from NETGUARD-FLOW), never ACCEPT, so the rules
+after netguard's jump still apply. Only undecided flows reach these rules. Where the kernel has no u32,
+`apply_preferred` falls back to the rules without them (every segment queued).
 
 QUIC (quic_u32, needs xt u32 too): a client may open a QUIC connection to any UDP port, and
 several over one socket (a new connection ID on a 5-tuple already allowed), so UDP is matched by
@@ -57,7 +54,22 @@ packets (first bit clear). Where the
 kernel has no u32, every datagram to UDP 443 of a flow not blocked is queued, and QUIC on other
 ports is not read.
 
-Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32, length and REJECT all work there.
+Server packets (NETGUARD-REPLY, from NETGUARD-DNS on INPUT and FORWARD): the reply direction of an
+undecided TCP flow, its first REPLY_WINDOW_PACKETS packets: the SYN-ACK (which SYN the server took,
+its sequence numbers, whether it signs: what the engine needs to know which client segments the
+server accepts) and payload (a server that speaks first, SSH or SMTP, makes the engine judge the flow
+by address). With u32, data-less server segments stay in the kernel. A server packet arriving on the
+loopback device from an address that is not local was made on this host (a raw socket posing as the
+server) and is never queued. A verdict on a server packet is saved in the connection like any other;
+a block turns the packet into a reset toward the client (the packet mark says so: it passes, any
+other packet of a blocked flow that was already queued is dropped).
+
+The byte window ends queueing; in fail_mode = "closed" an undecided flow past it is rejected in the
+kernel (the engine decides long before: engine.core.MAX_FLOW_WIRE_BYTES; only data-less segments,
+which stay in the kernel but count, can carry a flow there undecided). In "open" it passes.
+
+Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32, length, addrtype and REJECT all work
+there.
 
 Checking what is installed (`layout`, `differences`, `shape_differences`, pure): the rules as
 `iptables-save` prints them differ in form from what build_rules wrote (`-p tcp` gains `-m tcp`,
@@ -80,11 +92,12 @@ from netguard.policy import passed_mark
 
 CHAIN_PREFIX = "NETGUARD"
 CHAIN_FLOW = "NETGUARD-FLOW"  # verdict enforcement + queueing of new client flows (OUTPUT, FORWARD)
-CHAIN_DNS = "NETGUARD-DNS"  # DNS answers to the queue (INPUT, FORWARD)
+CHAIN_DNS = "NETGUARD-DNS"  # DNS answers and server packets to the queue (INPUT, FORWARD)
 CHAIN_RAW = "NETGUARD-RAW"  # raw table: injected TLS alerts leave conntrack alone (OUTPUT)
 CHAIN_EMPTY = "NETGUARD-EMPTY"  # data-less segments leave, the rest is queued (goto from NETGUARD-FLOW)
 CHAIN_UDP = "NETGUARD-UDP"  # UDP that may carry a QUIC Initial to the queue (goto from NETGUARD-FLOW)
 CHAIN_QUIC = "NETGUARD-QUIC"  # long headers: which ones are QUIC netguard must read (goto from NETGUARD-UDP)
+CHAIN_REPLY = "NETGUARD-REPLY"  # server packets of undecided TCP flows (goto from NETGUARD-DNS)
 CHAINS = (CHAIN_FLOW, CHAIN_DNS)
 HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DNS,),
                                      "FORWARD": (CHAIN_DNS, CHAIN_FLOW)}
@@ -107,9 +120,10 @@ GSO_GUARD_BYTES = {4: 20 + 8 + 2 * 1200, 6: 40 + 8 + 2 * 1200}
 # Every TCP data offset (header length in 32-bit words: 5 without options, 15 at most): one
 # data-less-segment rule each, since u32 cannot compare the IP length with the TCP header length.
 TCP_DATA_OFFSETS = range(5, 16)
-# Reply-direction packets up to which a data-less segment may skip the queue: the SYN-ACK alone.
-# More means the server has sent something (a banner) and the client's ACKs count toward a decision.
-SKIP_REPLY_PACKETS = 1
+# Server packets (all of them, ACKs included, as connbytes counts) queued while a TCP flow is
+# undecided: the SYN-ACK, and the first payload a server that speaks first sends, or the few answers
+# of a proxy's negotiation. Past it the flow is still read from the client's side.
+REPLY_WINDOW_PACKETS = 32
 # The one test that sends a segment to NETGUARD-EMPTY: a length some data-less segment can have
 # (IPv4 with a 20-byte header: total 40..80; IPv6: payload 20..60). A ClientHello fails it in one
 # rule instead of walking the eleven exact ones.
@@ -244,26 +258,48 @@ def build_rules(family: Family, opts: Options) -> str:
     ]
     queue_tcp = ["-p", "tcp", *original, *undecided, "-m", "connbytes", "--connbytes", f"0:{TCP_WINDOW_BYTES}",
                  "--connbytes-dir", "original", "--connbytes-mode", "bytes", *_queue(opts)]
+    # Past the window, closed mode: the fail verdict in the kernel (resets pass, as ever).
+    past = [] if opts.fail_open else [
+        ["-p", "tcp", "!", "--tcp-flags", "RST", "RST", *original, *undecided, "-m", "connbytes", "--connbytes",
+         str(TCP_WINDOW_BYTES + 1), "--connbytes-dir", "original", "--connbytes-mode", "bytes",
+         "-j", "REJECT", "--reject-with", "tcp-reset"]]
     empty: list[list[str]] = []
     if opts.skip_empty:
         # Undecided from here on. A goto: RETURN in NETGUARD-EMPTY leaves netguard's rules (as a
         # RETURN here would), and what is not data-less meets the same queue rule there.
-        flow.append(["-p", "tcp", "--tcp-flags", "SYN,RST", "NONE", "-m", "u32", "--u32", EMPTY_GATE[family],
-                     "-m", "connbytes", "--connbytes", f"0:{SKIP_REPLY_PACKETS}", "--connbytes-dir", "reply",
-                     "--connbytes-mode", "packets", "-g", CHAIN_EMPTY])
+        flow.append(["-p", "tcp", "--tcp-flags", "SYN,RST,URG", "NONE", "-m", "u32", "--u32", EMPTY_GATE[family],
+                     "-g", CHAIN_EMPTY])
         empty = [["-m", "u32", "--u32", test, "-j", "RETURN"] for test in empty_segment_tests(family)]
-        empty.append(queue_tcp)
-    flow.append(queue_tcp)
+        empty += [queue_tcp, *past]
+    flow += [queue_tcp, *past]
     udp, quic = _udp_rules(family, opts, _queue(opts))
     # Answers only: the reply direction of a flow to port 53. A client flow *from* port 53 (a root
     # process may bind it) is original direction and must meet the flow rules instead.
     reply = ["-m", "conntrack", "--ctdir", "REPLY"]
+    marked_blocked = ["-m", "mark", "--mark", _m(mk.blocked, mk.mask)]
     dns = [
         passed,
+        # A verdict the daemon gave a server packet: kept in the connection; of a blocked flow only
+        # the reset netguard made of it goes on.
+        ["-m", "mark", "!", "--mark", _m(0, mk.mask),
+         "-j", "CONNMARK", "--save-mark", "--nfmask", hex(mk.mask), "--ctmask", hex(mk.mask)],
+        ["-p", "tcp", "--tcp-flags", "RST", "RST", *marked_blocked, "-j", "RETURN"],
+        ["-p", "tcp", *marked_blocked, "-j", "DROP"],
         ["-p", "udp", "--sport", "53", *reply, *_queue(opts)],
         ["-p", "tcp", "--sport", "53", *reply, *_queue(opts)],
+        ["-p", "tcp", *reply, *undecided, "-m", "connbytes", "--connbytes", f"0:{REPLY_WINDOW_PACKETS}",
+         "--connbytes-dir", "reply", "--connbytes-mode", "packets", "-g", CHAIN_REPLY],
     ]
-    lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]", f":{CHAIN_UDP} - [0:0]"]
+    server: list[list[str]] = [
+        ["-i", "lo", "-m", "addrtype", "!", "--src-type", "LOCAL", "-j", "RETURN"],
+        ["-p", "tcp", "--tcp-flags", "SYN", "SYN", *_queue(opts)],
+    ]
+    if opts.skip_empty:
+        server.append(["-m", "u32", "!", "--u32", EMPTY_GATE[family], *_queue(opts)])
+        server += [["-m", "u32", "--u32", test, "-j", "RETURN"] for test in empty_segment_tests(family)]
+    server.append(_queue(opts))
+    lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]", f":{CHAIN_UDP} - [0:0]",
+             f":{CHAIN_REPLY} - [0:0]"]
     lines += [f":{CHAIN_EMPTY} - [0:0]"] if empty else []
     lines += [f":{CHAIN_QUIC} - [0:0]"] if quic else []
     lines += [" ".join(["-A", CHAIN_FLOW, *r]) for r in flow]
@@ -271,6 +307,7 @@ def build_rules(family: Family, opts: Options) -> str:
     lines += [" ".join(["-A", CHAIN_UDP, *r]) for r in udp]
     lines += [" ".join(["-A", CHAIN_QUIC, *r]) for r in quic]
     lines += [" ".join(["-A", CHAIN_DNS, *r]) for r in dns]
+    lines += [" ".join(["-A", CHAIN_REPLY, *r]) for r in server]
     for hook, chains in HOOKS.items():
         if hook == "FORWARD" and not opts.forward:
             continue

@@ -110,6 +110,8 @@ def apply_verdict(packet: Packet, verdict: Verdict, mask: int, allowed: int, blo
         mark = allowed
     elif action is Action.BLOCK:
         mark = blocked
+        if verdict.payload is not None:
+            packet.set_payload(verdict.payload)  # a server packet made a reset toward the client
     else:
         mark = passed
         if action is Action.REWRITE and verdict.payload is not None:

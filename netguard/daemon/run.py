@@ -145,6 +145,7 @@ class Daemon:
         self._pull = False
         self._last_block: float | None = None
         self._machine = checkin.machine(self.fleet.source.state_dir) if self.fleet is not None else ""
+        self.engine.sees_replies = True  # the rules queue every undecided flow's SYN-ACK (firewall.py)
         self._mtime = self._policy_mtime()
         self._stop = False
         self._reload = False
@@ -484,7 +485,8 @@ class Daemon:
             "empty_segments": "kernel" if self._skip_empty else "queued",
             "counts": {"packets": st.packets, "allowed": st.allowed, "blocked": st.blocked,
                        "dns_rewritten": st.dns_rewritten, "fail_verdicts": st.fail_verdicts,
-                       "limits": dict(st.by_limit), "log_failures": self._log_failures},
+                       "limits": dict(st.by_limit), "dropped": dict(st.dropped),
+                       "log_failures": self._log_failures},
             "undecided_flows": self.engine.undecided, "names_learned": len(self.engine.names),
             "rules": self._rules_status(),
             "queue": {"portid": self._portid, "fail_open": self._queue_fail_open, "drops": dict(self._drops)},

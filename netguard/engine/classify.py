@@ -37,6 +37,12 @@ class Reader:
         self._tls: tls.ClientHelloReader | None = None
         self._fed = 0
 
+    @property
+    def waits_for_server(self) -> bool:
+        """Whether the protocol read so far now waits for the server's answer (a proxy's
+        negotiation): then server data does not make the engine judge the flow by address."""
+        return False
+
     def feed(self, prefix: bytes) -> Found | None:
         """Return the Found once known, None while more bytes are needed. Raises ParseError."""
         if not prefix:

@@ -1,14 +1,14 @@
 """Engine.handle(packet bytes, now) -> Verdict: the per-packet decision, with no I/O.
 
-Strategy: three kinds of packets arrive (the firewall rules send nothing else):
+Strategy: four kinds of packets arrive (the firewall rules send nothing else):
 - DNS answers (from port 53, UDP or TCP). Every name of the answer (question, CNAME chain, owners)
   is judged; the addresses are learned for all of them (NameTable). If one is blocked and
   dns_block is on, the answer is replaced by NXDOMAIN carrying an Extended DNS Error. DNS answers
   only ever get ACCEPT, REWRITE or DROP: a repeat would queue them again.
 - Client packets of undecided TCP flows. TCP payload is reassembled by sequence number
-  (Stream) from the SYN on; the contiguous prefix is read as TLS (ClientHello -> SNI), HTTP (Host,
-  CONNECT target) or neither. The name decides through the policy; without a name, the destination
-  address decides through the names learned from DNS.
+  (Stream) from the SYN on; the contiguous prefix, as the server's application will read it, is
+  read as TLS (ClientHello -> SNI), HTTP (Host, CONNECT target) or neither. The name decides through
+  the policy; without a name, the destination address decides through the names learned from DNS.
   A decided flow is remembered (bounded) so packets already queued behind the deciding one get the
   same verdict, and so a policy reload can find open flows that became blocked.
 - QUIC long-header datagrams, on any UDP port, of undecided flows and of flows already allowed
@@ -19,12 +19,23 @@ Strategy: three kinds of packets arrive (the firewall rules send nothing else):
   judged (and cannot be steered to read the rest under another connection ID). A long header of a
   version netguard cannot read, or one cut short by the queue's copy, gets the fail verdict for
   that datagram alone (DROP when closed), so a client may retry with v1 or v2 on the same socket.
+- Server packets of undecided TCP flows: the SYN-ACK (which SYN the server took, its sequence
+  numbers, whether it signs) and payload. Payload from the server means it speaks first (SSH, SMTP):
+  the name will never come from the client, so the flow is judged by address, unless the reader is
+  in the middle of a protocol that waits for the server (`Reader.waits_for_server`). Data-less
+  client segments never decide anything.
 
-Every limit (undecided flows, bytes per flow, out-of-order pieces, names, idle time) and every
-unreadable input gets the policy's fail verdict: block when fail_mode = "closed", allow when
-"open". Known evasion techniques are blocked in either mode: overlapping segments whose bytes
-differ, and a data packet whose TTL differs from its SYN's (a decoy meant to expire before the
-server). The single place where ParseError becomes a verdict is `handle`.
+The bytes judged are the bytes the server's TCP stack delivers: a client segment the server will
+drop (no ACK flag, a bad checksum, a signature it does not expect, a timestamp PAWS rejects, an
+acknowledgment of bytes before its first, data before its SYN-ACK) is dropped here too, so neither
+side reads it; urgent (out-of-band) bytes are taken out as Linux takes them out (Stream.urgent).
+What the server would do cannot always be known (several urgent pointers, a signing server): then
+the fail verdict. Every limit (undecided flows, bytes per flow, packet bytes per flow including
+retransmitted copies, out-of-order pieces, names, idle time) and every unreadable input gets the
+policy's fail verdict: block when fail_mode = "closed", allow when "open". Known evasion techniques
+are blocked in either mode: overlapping segments whose bytes differ, and a data packet whose TTL
+differs from its SYN's (a decoy meant to expire before the server). The single place where
+ParseError becomes a verdict is `handle`.
 """
 
 from __future__ import annotations
@@ -35,13 +46,32 @@ from dataclasses import dataclass, field
 
 from netguard.engine import classify
 from netguard.engine.names import NameTable
-from netguard.engine.packets import replace_tcp_payload, replace_udp_payload, tcp_packet
+from netguard.engine.packets import (
+    ipv4_header_ok,
+    replace_tcp_payload,
+    replace_udp_payload,
+    tcp_checksum_ok,
+    tcp_packet,
+)
 from netguard.engine.stream import Result, Stream
 from netguard.engine.verdict import ACCEPT, Action, Event, FlowKey, Verdict
 from netguard.policy import Decision, HostError, Policy, decide
 from netguard.wire import dns, quic, tls
 from netguard.wire.errors import ParseError, UnsupportedVersion
-from netguard.wire.ip import ACK, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, TcpSegment, UdpDatagram, parse_packet
+from netguard.wire.ip import (
+    ACK,
+    NO_OPTIONS,
+    PROTO_TCP,
+    PROTO_UDP,
+    RST,
+    SYN,
+    URG,
+    Packet,
+    TcpSegment,
+    UdpDatagram,
+    parse_packet,
+    tcp_options,
+)
 
 # Undecided flows tracked at once. A flow is undecided for one round trip (SYN to first data), so
 # this is the number of connections opened within that time; past it, new flows get the fail verdict.
@@ -50,13 +80,26 @@ MAX_FLOWS = 4096
 # records of at most 16 KiB, each with its 5-byte header, and any HTTP request head fits.
 # Worst case for the whole table: MAX_FLOWS x MAX_FLOW_BYTES, about 70 MB.
 MAX_FLOW_BYTES = 16384 + 4 + 5 * 4 + 1024
-# An undecided flow that has sent nothing for this long is forgotten (its SYN may have been lost).
+# Client packet bytes (IP length: headers and every retransmitted copy count, as the kernel's
+# connbytes counts them) an undecided TCP flow may send before the fail verdict. The firewall queues
+# a flow's client packets only up to its first firewall.TCP_WINDOW_BYTES (128 KiB) and the engine
+# must decide before that, whatever arrives: the rest of the window leaves room for one more write
+# counted whole (a GSO packet of up to 64 KiB). A 517-byte ClientHello in 1-byte IPv6 segments with
+# timestamps is 517 * 73 bytes, 38 KB.
+MAX_FLOW_WIRE_BYTES = 60 * 1024
+# An undecided flow that has sent nothing for this long is forgotten (its SYN may have been lost);
+# where its bytes start is kept, so it is still read from its start.
 FLOW_IDLE = 60.0
-# Data-less client segments before a decision: the server speaks first (SSH, SMTP), so the name
-# will never come from the client; judge by address. With xt u32 the kernel keeps data-less segments
-# only while the server has sent nothing but its SYN-ACK (firewall.py), so the handshake's ACK never
-# arrives here but the client's ACKs of a banner do; a replayed capture shows them all.
-MAX_EMPTY_SEGMENTS = 3
+# An undecided TCP flow that sent some bytes and then nothing for this long gets the fail verdict
+# (what it sent reached the server unjudged, and bytes from the middle of a stream cannot be judged
+# right). A client may send its first bytes slowly, a ClientHello in pieces over minutes: netguard's
+# own timer must not cut it sooner than servers give up on such a client (nginx, Apache, HAProxy
+# after 20-60 s; Go's net/http without ReadHeaderTimeout never). Before this, only table pressure
+# ends such a flow: when MAX_FLOWS are undecided, those idle for FLOW_IDLE go first.
+FLOW_IDLE_DATA = 3600.0
+# Distinct initial sequence numbers one flow's SYNs may carry: a client retries with the same one;
+# more is someone shuffling SYNs to move where netguard reads from.
+MAX_SYNS = 4
 # Decided flows remembered: for packets queued behind the deciding one, and to cut open flows on
 # reload (about 300 bytes each). Evicting the oldest only loses the ability to cut that flow.
 MAX_DECIDED = 32768
@@ -90,6 +133,7 @@ MAX_DNS_TCP_STREAMS = 1024
 MAX_CACHED_DECISIONS = 1024
 
 EDE_PREFIX = "netguard"
+DROP = Verdict(Action.DROP)
 
 
 @dataclass(slots=True)
@@ -98,9 +142,16 @@ class _Flow:
     last: float
     stream: Stream | None = None
     syn_seen: bool = False
-    empty: int = 0
     reader: classify.Reader | None = None
     ttl: int | None = None  # the SYN's TTL / hop limit: every later packet of the flow has the same
+    # What the server's TCP stack knows, for judging which client segments it takes (_refused): the
+    # client's SYNs by ISN with their data (TCP Fast Open), the server's ISN and whether it signs
+    # (from its SYN-ACK), the newest timestamp it accepted in order, and the client packet bytes seen.
+    syns: dict[int, bytes] | None = None
+    server_isn: int | None = None
+    signs: bool = False
+    ts_recent: int | None = None
+    wire: int = 0
 
 
 @dataclass(slots=True)
@@ -145,6 +196,7 @@ class Stats:
     dns_rewritten: int = 0
     fail_verdicts: int = 0
     by_limit: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)  # client segments the server would drop, by why
 
 
 class Engine:
@@ -157,9 +209,18 @@ class Engine:
         self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
         self._decided: OrderedDict[FlowKey, _Remembered] = OrderedDict()
         self._dns_tcp: OrderedDict[FlowKey, _DnsStream] = OrderedDict()
-        # Flows forgotten while idle before any client byte: where their bytes start.
-        self._bases: OrderedDict[FlowKey, int] = OrderedDict()
+        # Flows forgotten while idle before any client byte: where their bytes start, the server's ISN.
+        self._bases: OrderedDict[FlowKey, tuple[int, int | None]] = OrderedDict()
         self.max_flows = MAX_FLOWS
+        self.flow_idle = FLOW_IDLE
+        self.flow_idle_data = FLOW_IDLE_DATA
+        # The firewall queues the server's SYN-ACK of every undecided flow (the daemon's rules): then
+        # client bytes before it cannot be bytes the server took. Off for callers that only have the
+        # client's packets (tests, a capture of one direction).
+        self.sees_replies = False
+        # Checksums are verified where a segment could decide (NFQUEUE hands over complete ones). Off
+        # for a capture taken on the sending host, which shows checksums before the NIC fills them in.
+        self.checks_checksums = True
         # Decisions of self._decisions_policy (a reload, or any new policy, starts afresh).
         self._decisions: OrderedDict[tuple[str, int | None], Decision | None] = OrderedDict()
         self._decisions_policy = policy
@@ -190,9 +251,13 @@ class Engine:
         key = FlowKey(packet.proto, packet.src, l4.sport, packet.dst, l4.dport)
         try:
             if l4.sport == 53 and from_client is not True and not self._client_flow(key, l4):
+                if isinstance(l4, TcpSegment) and l4.flags & (SYN | ACK) == SYN | ACK:
+                    self._dns_synack(packet, l4, key.reply(), now)
                 return self._dns(packet, key, now)
             if isinstance(l4, TcpSegment):
-                return self._tcp(packet, l4, key, now)
+                if from_client is not True and self._is_reply(key, l4, from_client):
+                    return self._tcp_reply(packet, l4, key.reply(), now)
+                return self._tcp(packet, l4, key, now, data, fitted is data)
             return self._udp(l4, key, now, cut=fitted is not data)
         except ParseError as exc:
             # Unreadable input on a flow (the TLS or HTTP parsers, a DNS answer): the fail verdict.
@@ -204,6 +269,18 @@ class Engine:
         if key in self._flows or key in self._decided:
             return True
         return isinstance(l4, TcpSegment) and bool(l4.flags & SYN) and not l4.flags & ACK
+
+    def _is_reply(self, key: FlowKey, seg: TcpSegment, from_client: bool | None) -> bool:
+        """Whether a TCP packet goes from server to client: INPUT queues nothing else but DNS answers;
+        elsewhere (FORWARD, a capture) the flows netguard follows tell, and a SYN-ACK is one."""
+        if from_client is False:
+            return True
+        if key in self._flows or key in self._decided:
+            return False
+        rkey = key.reply()
+        if rkey in self._flows or rkey in self._decided or rkey in self._bases:
+            return True
+        return seg.flags & (SYN | ACK) == SYN | ACK
 
     def reload(self, policy: Policy, now: float) -> list[Event]:
         """Put a new policy in force; return the remembered open flows it now blocks (to be cut)."""
@@ -233,29 +310,17 @@ class Engine:
         """Forget idle undecided flows and DNS-over-TCP buffers, and expired names. Returns the held
         datagrams given up (token, ALLOW or DROP) for the shell to settle.
 
-        An idle flow that already sent bytes gets the fail verdict: those bytes reached the server
-        unjudged, and bytes read later from the middle of the stream could not be judged right (a
-        ClientHello's second half alone names nothing). One that sent nothing is forgotten, but
-        where its bytes start is kept, so its first bytes are still read as the start. A QUIC flow
-        still waiting for the rest of a ClientHello gets the fail verdict too (its held datagrams go
-        or are dropped with it); one whose connections are all judged is forgotten."""
-        while self._flows:
-            key, flow = next(iter(self._flows.items()))
-            if now - flow.last < FLOW_IDLE:
-                break
-            del self._flows[key]
-            if flow.stream is not None and flow.stream.has_data():
-                verdict = self._fail(key, now, f"no name after {FLOW_IDLE:.0f} s idle", limit="idle")
-                remembered = self._decided.get(key)
-                if remembered is not None:
-                    remembered.event = verdict.event
-            elif flow.stream is not None:
-                self._bases[key] = flow.stream.base
-                while len(self._bases) > MAX_DECIDED:
-                    self._bases.popitem(last=False)
+        A TCP flow idle for `flow_idle` that sent nothing is forgotten, but where its bytes start is
+        kept, so its first bytes are still read as the start. One that sent bytes waits
+        `flow_idle_data` (a slow client is no reason to cut a connection), then gets the fail verdict:
+        those bytes reached the server unjudged, and bytes read later from the middle of the stream
+        could not be judged right (a ClientHello's second half alone names nothing). A QUIC flow
+        still waiting for the rest of a ClientHello after FLOW_IDLE gets the fail verdict too (its held
+        datagrams go or are dropped with it); one whose connections are all judged is forgotten."""
+        self._expire_flows(now, self.flow_idle_data)
         while self._dns_tcp:
             key, st = next(iter(self._dns_tcp.items()))
-            if now - st.last < FLOW_IDLE:
+            if now - st.last < self.flow_idle:
                 break
             del self._dns_tcp[key]
         while self._quic:
@@ -274,6 +339,42 @@ class Engine:
         settled, self._settle = self._settle, []
         return settled
 
+    def _expire_flows(self, now: float, data_idle: float) -> None:
+        # Least recently active first: stop at the first flow active within flow_idle.
+        gone: list[_Flow] = []
+        for flow in self._flows.values():
+            idle = now - flow.last
+            if idle < self.flow_idle:
+                break
+            stream_data = flow.stream is not None and flow.stream.has_data()
+            if stream_data and idle < data_idle:
+                continue
+            gone.append(flow)
+        for flow in gone:
+            key = flow.key
+            del self._flows[key]
+            if flow.stream is not None and flow.stream.has_data():
+                verdict = self._fail(key, now, f"no name after {now - flow.last:.0f} s idle", limit="idle")
+                remembered = self._decided.get(key)
+                if remembered is not None:
+                    remembered.event = verdict.event
+            elif flow.stream is not None:
+                self._bases[key] = (flow.stream.base, flow.server_isn)
+                while len(self._bases) > MAX_DECIDED:
+                    self._bases.popitem(last=False)
+
+    def _room(self, now: float) -> bool:
+        """Whether one more undecided TCP flow fits: after expiry, and then (table pressure) after
+        giving up on flows idle for flow_idle even if they sent bytes. (Not self.expire: the QUIC
+        datagrams it gives up must reach the shell, which only expire's caller can do.)"""
+        if len(self._flows) < self.max_flows:
+            return True
+        self._expire_flows(now, self.flow_idle_data)
+        if len(self._flows) < self.max_flows:
+            return True
+        self._expire_flows(now, self.flow_idle)
+        return len(self._flows) < self.max_flows
+
     @property
     def undecided(self) -> int:
         """Flows currently being read."""
@@ -281,7 +382,7 @@ class Engine:
 
     # -- TCP client flows ---------------------------------------------------------------------
 
-    def _tcp(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float) -> Verdict:
+    def _tcp(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float, raw: bytes, whole: bool) -> Verdict:
         known = self._decided.get(key)
         if known is not None and not seg.flags & SYN:
             self._decided.move_to_end(key)
@@ -292,42 +393,70 @@ class Engine:
             # The state stays: a forged reset that the server ignores (out of window) must not make
             # netguard read the rest of a ClientHello as a new stream.
             return ACCEPT
-        if seg.flags & SYN and not seg.flags & ACK:
-            self._decided.pop(key, None)
-            self._bases.pop(key, None)
-            if flow is None or flow.stream is None or flow.stream.base != (seg.seq + 1) & 0xFFFFFFFF:
-                if flow is None and len(self._flows) >= self.max_flows:
-                    self.expire(now)
-                    if len(self._flows) >= self.max_flows:
-                        return self._fail(key, now, f"more than {self.max_flows} undecided flows",
-                                          limit="flows")
-                flow = _Flow(key, now, Stream((seg.seq + 1) & 0xFFFFFFFF, MAX_FLOW_BYTES), syn_seen=True,
-                             ttl=packet.ttl)
-                self._flows[key] = flow
-            flow.last = now
-            if not seg.payload:  # TCP Fast Open carries data in the SYN
-                return ACCEPT
-            return self._tcp_data(packet, seg, flow, now, seg.seq + 1)
+        if seg.flags & SYN:
+            if seg.flags & ACK:
+                return ACCEPT  # a SYN-ACK from the client's side (simultaneous open): nothing to read
+            return self._syn(packet, seg, key, flow, now, raw)
         if flow is None:
             # No SYN seen (netguard started after the flow, or the flow was forgotten): read from here.
-            if len(self._flows) >= self.max_flows:
-                self.expire(now)
-                if len(self._flows) >= self.max_flows:
-                    return self._fail(key, now, f"more than {self.max_flows} undecided flows", limit="flows")
-            base = self._bases.pop(key, None)
-            flow = _Flow(key, now, Stream(seg.seq if base is None else base, MAX_FLOW_BYTES),
-                         syn_seen=base is not None)
+            if not self._room(now):
+                return self._fail(key, now, f"more than {self.max_flows} undecided flows", limit="flows")
+            restored = self._bases.pop(key, None)
+            base, server_isn = restored if restored is not None else (seg.seq, None)
+            flow = _Flow(key, now, Stream(base, MAX_FLOW_BYTES), syn_seen=restored is not None,
+                         server_isn=server_isn)
             self._flows[key] = flow
         flow.last = now
         self._flows.move_to_end(key)
-        if not seg.payload:
-            flow.empty += 1
-            if flow.empty > MAX_EMPTY_SEGMENTS and flow.stream is not None and not flow.stream.prefix:
-                return self._finish(flow, now, *self._decide_address(key, now))
-            return ACCEPT
-        return self._tcp_data(packet, seg, flow, now, seg.seq)
+        flow.wire += _ip_length(raw)
+        if flow.wire > MAX_FLOW_WIRE_BYTES:
+            return self._fail(key, now, f"no name in the first {MAX_FLOW_WIRE_BYTES} bytes of packets "
+                              "(retransmitted copies count)", limit="bytes", packet=packet, seg=seg)
+        if not seg.payload and not seg.flags & URG:
+            return ACCEPT  # data-less: nothing for the server's application, never a decision
+        return self._tcp_data(packet, seg, flow, now, raw, whole)
 
-    def _tcp_data(self, packet: Packet, seg: TcpSegment, flow: _Flow, now: float, seq: int) -> Verdict:
+    def _syn(self, packet: Packet, seg: TcpSegment, key: FlowKey, flow: _Flow | None, now: float,
+             raw: bytes) -> Verdict:
+        self._decided.pop(key, None)
+        self._bases.pop(key, None)
+        isn = seg.seq
+        base = (isn + 1) & 0xFFFFFFFF
+        answered = flow is not None and flow.server_isn is not None
+        if flow is None or flow.stream is None or (flow.stream.base != base and not answered):
+            # A new flow, or a SYN with another ISN before the server answered any: read from it.
+            # (Once the server has answered one, it ignores other SYNs while that connection lives,
+            # RFC 5961, and its next SYN-ACK tells if it took a new one: _synack.)
+            if flow is None and not self._room(now):
+                return self._fail(key, now, f"more than {self.max_flows} undecided flows", limit="flows")
+            syns = flow.syns if flow is not None and flow.syns is not None else {}
+            wire = flow.wire if flow is not None else 0
+            flow = _Flow(key, now, Stream(base, MAX_FLOW_BYTES), syn_seen=True, ttl=packet.ttl, syns=syns, wire=wire)
+            self._flows[key] = flow
+        flow.last = now
+        self._flows.move_to_end(key)
+        flow.wire += _ip_length(raw)
+        syns = flow.syns if flow.syns is not None else {}
+        flow.syns = syns
+        data = seg.payload  # TCP Fast Open: judged once the server's SYN-ACK says it took it
+        held = syns.get(isn)
+        if held is None:
+            if len(syns) >= MAX_SYNS:
+                return self._fail(key, now, f"SYNs with more than {MAX_SYNS} initial sequence numbers",
+                                  evasion="syn", packet=packet, seg=seg)
+            syns[isn] = data
+        elif not (held.startswith(data) or data.startswith(held)):
+            return self._fail(key, now, "SYNs with the same sequence number carry different bytes",
+                              evasion="overlap", packet=packet, seg=seg)
+        elif len(data) > len(held):
+            syns[isn] = data
+        opts = tcp_options(seg.options) if seg.options else NO_OPTIONS
+        if opts.tsval is not None and not answered:
+            flow.ts_recent = opts.tsval  # the server's PAWS starts from the SYN's timestamp
+        return ACCEPT
+
+    def _tcp_data(self, packet: Packet, seg: TcpSegment, flow: _Flow, now: float, raw: bytes,
+                  whole: bool) -> Verdict:
         stream = flow.stream
         if stream is None:  # pragma: no cover - every TCP flow has a stream
             return ACCEPT
@@ -337,16 +466,75 @@ class Engine:
             # bytes the filter should judge instead of the real ones.
             return self._fail(flow.key, now, f"TTL {packet.ttl} where the SYN had {flow.ttl}", evasion="ttl",
                               packet=packet, seg=seg)
-        result = stream.add(seq, seg.payload)
+        why, tsval = self._refused(packet, seg, flow, raw, whole)
+        if why is not None:
+            # The server drops it: so does netguard (then neither reads it), and it decides nothing.
+            self.stats.dropped[why] = self.stats.dropped.get(why, 0) + 1
+            return DROP
+        if flow.signs:
+            return self._fail(flow.key, now, "the server signs its segments (TCP MD5 or AO): netguard cannot "
+                              "tell which ones it accepts", packet=packet, seg=seg)
+        if flow.syns and flow.server_isn is None:
+            # Data in the SYN and no SYN-ACK seen (a capture of one direction): take it as sent.
+            isn = (stream.base - 1) & 0xFFFFFFFF
+            data = flow.syns.get(isn, b"")
+            if data:
+                flow.syns[isn] = b""
+                if stream.add(stream.base, data) is not Result.OK:
+                    return self._fail(flow.key, now, "the SYN's bytes do not fit the stream", evasion="overlap",
+                                      packet=packet, seg=seg)
+        if seg.flags & URG and stream.urgent(seg.seq, seg.urgent) is Result.AMBIGUOUS:
+            return self._fail(flow.key, now, "urgent (out-of-band) data the server may or may not take out of "
+                              "the stream", packet=packet, seg=seg)
+        if not seg.payload:
+            return ACCEPT
+        in_order = (seg.seq - stream.base) & 0xFFFFFFFF <= len(stream.prefix)
+        result = stream.add(seg.seq, seg.payload)
         if result is Result.CONFLICT:
             return self._fail(flow.key, now, "overlapping TCP segments carry different bytes", evasion="overlap",
                               packet=packet, seg=seg)
         if result is Result.LIMIT:
             return self._fail(flow.key, now, f"no name in the first {MAX_FLOW_BYTES} bytes", limit="bytes",
                               packet=packet, seg=seg)
+        if in_order and tsval is not None and (flow.ts_recent is None or not _before(tsval, flow.ts_recent)):
+            flow.ts_recent = tsval  # Linux keeps the newest timestamp of in-order segments
+        return self._read(flow, now, packet, seg)
+
+    def _refused(self, packet: Packet, seg: TcpSegment, flow: _Flow, raw: bytes,
+                 whole: bool) -> tuple[str | None, int | None]:
+        """Why the server's TCP stack drops this client segment (None if it takes it), and the
+        segment's timestamp. The checks Linux makes before it reads a segment's text (tcp_v4_rcv,
+        tcp_validate_incoming, tcp_ack), those netguard can make from what it saw."""
+        if self.sees_replies and flow.syns is not None and flow.server_isn is None:
+            return "data before the server's SYN-ACK", None
+        if not seg.flags & ACK:
+            return "no ACK flag", None  # discarded once past the SYN (RFC 9293 3.10.7.4, fifth)
+        if self.checks_checksums:
+            if packet.version == 4 and not ipv4_header_ok(raw):
+                return "bad IPv4 header checksum", None
+            # A packet cut short by the queue's copy range cannot be checked (loopback, jumbo frames).
+            if whole and not tcp_checksum_ok(raw, packet):
+                return "bad TCP checksum", None
+        opts = tcp_options(seg.options) if seg.options else NO_OPTIONS
+        if opts.signed and not flow.signs:
+            return "a TCP MD5 or AO signature the server does not expect", None
+        if flow.signs and not opts.signed:
+            return "no signature where the server signs", None
+        tsval = opts.tsval
+        if tsval is not None and flow.ts_recent is not None and _before(tsval, (flow.ts_recent - 1) & 0xFFFFFFFF):
+            return "a timestamp older than one the server has (PAWS)", None
+        if flow.server_isn is not None and _before(seg.ack, (flow.server_isn + 1) & 0xFFFFFFFF):
+            return "an acknowledgment of bytes before the server's first", None
+        return None, tsval
+
+    def _read(self, flow: _Flow, now: float, packet: Packet, seg: TcpSegment, reply: bool = False) -> Verdict:
+        """Feed the reader the bytes the server's application reads; decide when it knows."""
+        stream = flow.stream
+        if stream is None:  # pragma: no cover - every TCP flow has a stream
+            return ACCEPT
         if flow.reader is None:
             flow.reader = classify.Reader()
-        found = flow.reader.feed(bytes(stream.prefix))
+        found = flow.reader.feed(stream.delivered())
         if found is None:
             return ACCEPT
         d: Decision | None
@@ -354,7 +542,70 @@ class Engine:
             d, source = self._decide_address(flow.key, now)
         else:
             d, source = self._decide_found(found, flow.key, now)
-        return self._finish(flow, now, d, source, packet=packet, seg=seg)
+        return self._finish(flow, now, d, source, packet=packet, seg=seg, reply=reply)
+
+    # -- TCP server packets -------------------------------------------------------------------
+
+    def _tcp_reply(self, packet: Packet, seg: TcpSegment, ckey: FlowKey, now: float) -> Verdict:
+        """A packet from the server of the client flow `ckey`."""
+        known = self._decided.get(ckey)
+        if known is not None:
+            event, known.event = known.event, None
+            return Verdict(Action.ALLOW if known.allowed else Action.BLOCK, event=event)
+        flow = self._flows.get(ckey)
+        if seg.flags & SYN:
+            if flow is None or not seg.flags & ACK:
+                return ACCEPT
+            try:
+                return self._synack(packet, seg, flow, now)
+            except ParseError as exc:
+                return self._fail(ckey, now, f"unreadable client bytes: {exc}", packet=packet, seg=seg, reply=True)
+        if not seg.payload or seg.flags & RST:
+            return ACCEPT
+        if flow is not None and flow.reader is not None and flow.reader.waits_for_server:
+            flow.last = now  # a protocol in mid-exchange (a proxy's negotiation): its reader goes on
+            return ACCEPT
+        # The server speaks first: the name will not come from the client.
+        if flow is None:
+            self._bases.pop(ckey, None)
+            flow = _Flow(ckey, now)
+        d, source = self._decide_address(ckey, now)
+        return self._finish(flow, now, d, source, packet=packet, seg=seg, reply=True)
+
+    def _dns_synack(self, packet: Packet, seg: TcpSegment, ckey: FlowKey, now: float) -> None:
+        # A DNS server's SYN-ACK is also that of the client flow netguard reads (a query over TCP).
+        flow = self._flows.get(ckey)
+        if flow is not None:
+            self._synack(packet, seg, flow, now)
+
+    def _synack(self, packet: Packet, seg: TcpSegment, flow: _Flow, now: float) -> Verdict:
+        flow.last = now
+        opts = tcp_options(seg.options) if seg.options else NO_OPTIONS
+        flow.server_isn = seg.seq
+        flow.signs = opts.signed
+        syns = flow.syns or {}
+        # The SYN it answers: it acknowledges that SYN and as much of its data as it took.
+        isn: int | None = (seg.ack - 1) & 0xFFFFFFFF
+        if isn not in syns:
+            isn = next((i for i, data in syns.items() if (seg.ack - 1 - i) & 0xFFFFFFFF <= len(data)), None)
+        if isn is None:
+            # A SYN netguard did not see: the server takes client bytes from its acknowledgment on.
+            if flow.stream is None or not flow.stream.has_data():
+                flow.stream, flow.reader = Stream(seg.ack, MAX_FLOW_BYTES), None
+            return ACCEPT
+        base = (isn + 1) & 0xFFFFFFFF
+        if flow.stream is None or flow.stream.base != base:
+            # It took another SYN than the one netguard reads from (the old connection is gone).
+            flow.stream, flow.reader = Stream(base, MAX_FLOW_BYTES), None
+        taken = syns[isn][:(seg.ack - base) & 0xFFFFFFFF]
+        syns[isn] = b""
+        if not taken:
+            return ACCEPT
+        result = flow.stream.add(base, taken)
+        if result is not Result.OK:
+            return self._fail(flow.key, now, "the SYN's bytes do not fit the stream", evasion="overlap",
+                              packet=packet, seg=seg, reply=True)
+        return self._read(flow, now, packet, seg, reply=True)
 
     # -- UDP (QUIC) --------------------------------------------------------------------------
 
@@ -551,9 +802,9 @@ class Engine:
         return next((d for d in decisions if not d.allowed), decisions[0])
 
     def _finish(self, flow: _Flow, now: float, d: Decision | None, source: str, *,
-                packet: Packet | None = None, seg: TcpSegment | None = None) -> Verdict:
+                packet: Packet | None = None, seg: TcpSegment | None = None, reply: bool = False) -> Verdict:
         if d is None:
-            return self._fail(flow.key, now, f"invalid name from {source}", packet=packet, seg=seg)
+            return self._fail(flow.key, now, f"invalid name from {source}", packet=packet, seg=seg, reply=reply)
         self._flows.pop(flow.key, None)
         self._remember(flow.key, d.allowed, d.host, source, d.port)
         event = _event(now, flow.key, d, source)
@@ -561,6 +812,13 @@ class Engine:
             self.stats.allowed += 1
             return Verdict(Action.ALLOW, event=event)
         self.stats.blocked += 1
+        return self._block(packet, seg, reply, event)
+
+    def _block(self, packet: Packet | None, seg: TcpSegment | None, reply: bool, event: Event) -> Verdict:
+        if reply and packet is not None and seg is not None:
+            # A server packet decided it: it reaches the client as a reset instead (the client may
+            # only be reading, so no packet of its own would meet the kernel's REJECT).
+            return Verdict(Action.BLOCK, payload=_reset_toward_client(packet, seg), event=event)
         return Verdict(Action.BLOCK, inject=self._alert(packet, seg), event=event)
 
     def _remember(self, key: FlowKey, allowed: bool, host: str | None, source: str, port: int | None) -> _Remembered:
@@ -579,7 +837,8 @@ class Engine:
         return (alert,)
 
     def _fail(self, key: FlowKey, now: float, why: str, *, limit: str | None = None, evasion: str | None = None,
-              dns_answer: bool = False, packet: Packet | None = None, seg: TcpSegment | None = None) -> Verdict:
+              dns_answer: bool = False, packet: Packet | None = None, seg: TcpSegment | None = None,
+              reply: bool = False) -> Verdict:
         """The fail verdict (fail_mode), or for a known evasion technique a block whatever the mode."""
         self.stats.fail_verdicts += 1
         if limit:
@@ -596,7 +855,7 @@ class Engine:
         if allowed:
             return Verdict(Action.ALLOW, event=event)
         self.stats.blocked += 1
-        return Verdict(Action.BLOCK, inject=self._alert(packet, seg), event=event)
+        return self._block(packet, seg, reply, event)
 
     def _fail_unkeyed(self, why: str) -> Verdict:
         # Without headers there is no flow to mark; DROP is safe on every hook (a repeat is not).
@@ -739,6 +998,25 @@ def _event(now: float, key: FlowKey, d: Decision, source: str, allowed: bool | N
            names: tuple[str, ...] = ()) -> Event:
     return Event(now, key, d.allowed if allowed is None else allowed, d.host, source, d.registry,
                  d.registry_name, d.rule, d.reason, names)
+
+
+def _before(a: int, b: int) -> bool:
+    """Sequence-number order (RFC 1982): a comes before b."""
+    return (a - b) & 0xFFFFFFFF >= 0x80000000
+
+
+def _ip_length(raw: bytes) -> int:
+    """A packet's length as its IP header gives it (the queue may have copied fewer bytes)."""
+    if raw[0] >> 4 == 4:
+        return int.from_bytes(raw[2:4], "big")
+    return 40 + int.from_bytes(raw[4:6], "big")
+
+
+def _reset_toward_client(packet: Packet, seg: TcpSegment) -> bytes:
+    """A server packet turned into a reset (with its addresses, ports and numbers): its sequence
+    number is the one the client expects next, so the client takes the reset."""
+    return tcp_packet(packet.version, packet.src, packet.dst, seg.sport, seg.dport, seg.seq, seg.ack, RST | ACK,
+                      b"", window=0, ttl=packet.ttl)
 
 
 def _blocked_reply(message: bytes, texts: tuple[str, ...], length: int | None) -> bytes | None:

@@ -4,10 +4,11 @@ answer was decided, an event describing the decision.
 Strategy: frozen values only. The shell maps Action to NetfilterQueue calls, always a repeat with a
 mark so the packet goes on through the rest of the chain: ACCEPT -> mark "passed" (this packet
 only); ALLOW -> mark allowed (the rules save it in the connection, the rest of the flow stays in
-the kernel); BLOCK -> mark blocked (the kernel REJECT rule fires); REWRITE -> the packet's bytes
-replaced by `payload`, mark "passed"; DROP -> drop(); HOLD -> no verdict yet: the shell keeps the
-packet under `token` (it stays in the kernel's queue) until a later verdict lists that token in
-`held` with ALLOW (let it go on, before the packet at hand) or DROP, or Engine.expire gives it up.
+the kernel); BLOCK -> mark blocked (the kernel REJECT rule fires; with `payload`, a server packet
+replaced by a reset toward the client); REWRITE -> the packet's bytes replaced by `payload`, mark
+"passed"; DROP -> drop(); HOLD -> no verdict yet: the shell keeps the packet under `token` (it stays
+in the kernel's queue) until a later verdict lists that token in `held` with ALLOW (let it go on,
+before the packet at hand) or DROP, or Engine.expire gives it up.
 """
 
 from __future__ import annotations
@@ -85,10 +86,10 @@ class Event(NamedTuple):
 
 
 class Verdict(NamedTuple):
-    """The action for one packet; `payload` for REWRITE; `inject` packets to send to the client
-    before the verdict (a TLS alert when block_action = "tls-alert"); `event` when something was
-    decided with this packet; `token` for HOLD; `held`: packets held earlier, settled now (token,
-    ALLOW or DROP), to be given their verdicts before this packet's."""
+    """The action for one packet; `payload` for REWRITE (and for BLOCK of a server packet); `inject`
+    packets to send to the client before the verdict (a TLS alert when block_action = "tls-alert");
+    `event` when something was decided with this packet; `token` for HOLD; `held`: packets held
+    earlier, settled now (token, ALLOW or DROP), to be given their verdicts before this packet's."""
 
     action: Action
     payload: bytes | None = None

@@ -424,8 +424,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     failed[s] += bad
             connections = plan.rounds * plan.connections
             per_conn = (queued_packets(ng_lab) - queued0) / connections
-            why = (f"{per_conn:.1f} packets queued per connection (NFQUEUE rule counters: SYN and "
-                   "ClientHello; the handshake's ACK too without xt u32), "
+            why = (f"{per_conn:.1f} packets queued per connection (NFQUEUE rule counters: SYN, the "
+                   "server's SYN-ACK and ClientHello; the handshake's ACK too without xt u32), "
                    f"{1e6 * cpu / connections:.0f} µs of daemon CPU per connection (utime+stime; the floor's "
                    f"consumer: {1e6 * floor_cpu / connections:.0f} µs); {load0} before, {load()} after")
             latency_rows = _latency_rows(samples, failed, plan.connections, why)

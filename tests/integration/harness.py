@@ -23,11 +23,12 @@ class Runner:
 
     def __init__(self, lab: lab_mod.Lab, workdir: Path, policy: str | None = None, name: str = "ng",
                  args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 command: tuple[str, ...] = (NETGUARD,)) -> None:
+                 command: tuple[str, ...] = (NETGUARD,), prelude: str | None = None) -> None:
         self.lab = lab
         self.args = args
         self.command = command  # what runs `run ARGS` (another interpreter line for a patched daemon)
         self.env = env  # the daemon's environment (None: the test's own)
+        self.prelude = prelude  # Python run before the CLI in the daemon's process (a test's smaller constant)
         self.workdir = workdir
         self.policy_path: Path | None = None
         if policy is not None:
@@ -38,7 +39,9 @@ class Runner:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> Runner:
-        argv = [*self.command, "run", *self.args]
+        command = list(self.command) if self.prelude is None else [
+            sys.executable, "-c", f"{self.prelude}\nfrom netguard.cli import main\nmain(prog_name='netguard')"]
+        argv = [*command, "run", *self.args]
         if self.policy_path is not None:
             argv += ["--policy", str(self.policy_path)]
         with self.out_path.open("ab") as out, self.err_path.open("ab") as err:

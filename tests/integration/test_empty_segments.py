@@ -1,6 +1,7 @@
-"""Data-less TCP segments stay in the kernel, data never does: netguard run in a namespace lab, with
-each iptables backend and both families, hand-made segments (segments.py) and the rule counters read
-after each. The same steps against the fallback rule set (no xt u32) show what the test tells apart."""
+"""Data-less TCP segments stay in the kernel, data (and an urgent pointer) never does: netguard run in
+a namespace lab, with each iptables backend and both families, hand-made segments (segments.py) and
+the rule counters read after each. The same steps against the fallback rule set (no xt u32) show what
+the test tells apart."""
 
 from __future__ import annotations
 
@@ -68,11 +69,13 @@ def test_pure_acks_and_fins_stay_in_the_kernel_data_is_queued(lab: lab_mod.Lab, 
 
 
 @pytest.mark.parametrize("family", [4, 6])
-def test_acks_after_the_server_spoke_are_queued(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
-    # Once the server has sent more than its SYN-ACK (here its ACK of our byte; a banner when the
-    # server speaks first), pure ACKs count toward the engine's judging by address again.
+def test_acks_stay_in_the_kernel_after_the_server_spoke_too(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
+    # Data-less client segments decide nothing whatever the server did (its own payload is what
+    # makes netguard judge a flow by address), so they never need the queue; URG ones do (an urgent
+    # pointer changes which bytes the server's application reads).
     got = steps(lab, daemon, family, "S", "A8", "D1/5", "W", "A8", "F")
-    assert got == [("S", 1, 0), ("A8", 0, 1), ("D1/5", 1, 0), ("W", 0, 0), ("A8", 1, 0), ("F", 1, 0)]
+    assert got == [("S", 1, 0), ("A8", 0, 1), ("D1/5", 1, 0), ("W", 0, 0), ("A8", 0, 1), ("F", 0, 1)]
+    assert steps(lab, daemon, family, "S", "A5", "U") == [("S", 1, 0), ("A5", 0, 1), ("U", 1, 0)]
 
 
 # A daemon on a kernel without the xt u32 match: its u32 tests replaced by one the tool cannot parse

@@ -17,10 +17,36 @@ def rules(family: firewall.Family = 4, **kw: object) -> list[str]:
 def test_closed_mode_has_no_bypass_and_open_mode_bypasses_every_queue() -> None:
     closed = [r for r in rules() if "NFQUEUE" in r]
     opened = [r for r in rules(fail_open=True) if "NFQUEUE" in r]
-    # The TCP rule twice (NETGUARD-FLOW and NETGUARD-EMPTY), DNS twice, UDP (GSO guard) and QUIC (4).
-    assert len(closed) == len(opened) == 9
+    # The client TCP rule twice (NETGUARD-FLOW and NETGUARD-EMPTY), two DNS rules, UDP (GSO guard) and
+    # QUIC (4), three for server packets (SYN-ACK, long, the rest after the data-less tests).
+    assert len(closed) == len(opened) == 12
     assert not any("--queue-bypass" in r for r in closed)
     assert all(r.endswith("--queue-num 7413 --queue-bypass") for r in opened)
+
+
+def test_past_the_window_an_undecided_flow_is_rejected_when_closed() -> None:
+    for skip_empty in (True, False):
+        closed = [r for r in rules(skip_empty=skip_empty) if "REJECT" in r and "connbytes" in r]
+        chains = ["NETGUARD-FLOW", "NETGUARD-EMPTY"] if skip_empty else ["NETGUARD-FLOW"]
+        assert [r.split()[1] for r in closed] == chains
+        for r in closed:
+            assert f"--connbytes {firewall.TCP_WINDOW_BYTES + 1} --connbytes-dir original" in r
+            assert "--ctdir ORIGINAL -m connmark --mark 0x0/0x700000" in r and "! --tcp-flags RST RST" in r
+        # Each right after the queue rule it ends.
+        lines = rules(skip_empty=skip_empty)
+        for r in closed:
+            before = lines[lines.index(r) - 1]
+            assert "NFQUEUE" in before and f"--connbytes 0:{firewall.TCP_WINDOW_BYTES}" in before
+    assert not any("REJECT" in r and "connbytes" in r for r in rules(fail_open=True))
+
+
+def test_the_engine_decides_inside_the_window() -> None:
+    from netguard.engine import core
+
+    # Whatever the client sends, the engine's own budget ends before the kernel's window, with room
+    # for one more write counted whole (a GSO packet of 64 KiB).
+    assert core.MAX_FLOW_WIRE_BYTES + 65536 + 1500 <= firewall.TCP_WINDOW_BYTES
+    assert core.MAX_FLOW_BYTES < core.MAX_FLOW_WIRE_BYTES
 
 
 def test_what_is_queued() -> None:
@@ -28,8 +54,15 @@ def test_what_is_queued() -> None:
     dns = [r for r in lines if r.startswith("-A NETGUARD-DNS")]
     # Answers only (reply direction): a client flow from port 53 must meet the flow rules.
     assert dns == ["-A NETGUARD-DNS -m mark --mark 0x300000/0x700000 -j RETURN",
+                   "-A NETGUARD-DNS -m mark ! --mark 0x0/0x700000 -j CONNMARK --save-mark --nfmask 0x700000 "
+                   "--ctmask 0x700000",
+                   "-A NETGUARD-DNS -p tcp --tcp-flags RST RST -m mark --mark 0x200000/0x700000 -j RETURN",
+                   "-A NETGUARD-DNS -p tcp -m mark --mark 0x200000/0x700000 -j DROP",
                    "-A NETGUARD-DNS -p udp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413",
-                   "-A NETGUARD-DNS -p tcp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413"]
+                   "-A NETGUARD-DNS -p tcp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413",
+                   "-A NETGUARD-DNS -p tcp -m conntrack --ctdir REPLY -m connmark --mark 0x0/0x700000 "
+                   f"-m connbytes --connbytes 0:{firewall.REPLY_WINDOW_PACKETS} --connbytes-dir reply "
+                   "--connbytes-mode packets -g NETGUARD-REPLY"]
     tcp = next(r for r in lines if "-p tcp" in r and "NFQUEUE" in r and "NETGUARD-FLOW" in r)
     # Client direction only, undecided connections only, a byte window (GSO: not a packet count).
     assert "--ctdir ORIGINAL" in tcp and "-m connmark --mark 0x0/0x700000" in tcp
@@ -136,7 +169,22 @@ def test_replacement_is_one_transaction_per_table() -> None:
     assert firewall.build_replacement("", None) is None
 
 
-def test_data_less_segments_leave_before_the_queue_and_only_without_syn_or_rst() -> None:
+def test_server_packets_of_undecided_flows() -> None:
+    for family in firewall.FAMILIES:
+        server = [r for r in rules(family) if r.startswith("-A NETGUARD-REPLY")]
+        tests = firewall.empty_segment_tests(family)
+        q = "-j NFQUEUE --queue-num 7413"
+        assert server == ["-A NETGUARD-REPLY -i lo -m addrtype ! --src-type LOCAL -j RETURN",
+                          f"-A NETGUARD-REPLY -p tcp --tcp-flags SYN SYN {q}",
+                          f"-A NETGUARD-REPLY -m u32 ! --u32 {firewall.EMPTY_GATE[family]} {q}",
+                          *(f"-A NETGUARD-REPLY -m u32 --u32 {t} -j RETURN" for t in tests),
+                          f"-A NETGUARD-REPLY {q}"]
+        fallback = [r for r in rules(family, skip_empty=False) if r.startswith("-A NETGUARD-REPLY")]
+        assert fallback == [*server[:2], f"-A NETGUARD-REPLY {q}"]
+        assert ":NETGUARD-REPLY - [0:0]" in rules(family)
+
+
+def test_data_less_segments_leave_before_the_queue_and_only_without_syn_rst_or_urg() -> None:
     for family in firewall.FAMILIES:
         lines = rules(family)
         flow = [r for r in lines if r.startswith("-A NETGUARD-FLOW")]
@@ -146,19 +194,20 @@ def test_data_less_segments_leave_before_the_queue_and_only_without_syn_or_rst()
         # Right after the decided flows leave: one gate, a goto (RETURN there leaves netguard's rules,
         # as a RETURN here would; never ACCEPT, so the rules after netguard's jump still apply).
         gate = flow[decided + 1]
-        assert gate == (f"-A NETGUARD-FLOW -p tcp --tcp-flags SYN,RST NONE -m u32 --u32 {firewall.EMPTY_GATE[family]} "
-                        "-m connbytes --connbytes 0:1 --connbytes-dir reply --connbytes-mode packets "
-                        "-g NETGUARD-EMPTY")
+        assert gate == (f"-A NETGUARD-FLOW -p tcp --tcp-flags SYN,RST,URG NONE -m u32 --u32 "
+                        f"{firewall.EMPTY_GATE[family]} -g NETGUARD-EMPTY")
         assert flow[decided + 2] == queue_tcp
-        # There: the exact tests, then the same queue rule for whatever carries bytes.
+        # There: the exact tests, then the same queue rule (and what follows it) for whatever carries bytes.
         tests = firewall.empty_segment_tests(family)
-        assert empty[:-1] == [f"-A NETGUARD-EMPTY -m u32 --u32 {t} -j RETURN" for t in tests]
-        assert empty[-1] == queue_tcp.replace("NETGUARD-FLOW", "NETGUARD-EMPTY")
+        assert empty[:len(tests)] == [f"-A NETGUARD-EMPTY -m u32 --u32 {t} -j RETURN" for t in tests]
+        after = flow[decided + 2:decided + 4]  # the queue rule and the one past the window
+        assert empty[len(tests):] == [r.replace("NETGUARD-FLOW", "NETGUARD-EMPTY") for r in after]
         assert ":NETGUARD-EMPTY - [0:0]" in lines
         fallback = rules(family, skip_empty=False)
         assert not any(("u32" in r and "-A NETGUARD-UDP" not in r and "-A NETGUARD-QUIC" not in r)
                        or "NETGUARD-EMPTY" in r for r in fallback)
-        assert len(lines) == len(fallback) + 1 + 1 + len(empty)
+        reply_tests = len(tests) + 1  # the long-packet rule and the exact tests in NETGUARD-REPLY
+        assert len(lines) == len(fallback) + 1 + 1 + len(empty) + reply_tests
 
 
 @given(family=st.sampled_from(firewall.FAMILIES), offset=st.sampled_from(list(firewall.TCP_DATA_OFFSETS)))
