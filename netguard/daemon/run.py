@@ -291,7 +291,6 @@ class Daemon:
         watch_fd = None if watch is None else watch.fileno()
         fds = [queue.fileno(), wake.fileno(), status.fileno(), *([] if watch_fd is None else [watch_fd])]
         next_tick = time.monotonic() + TICK
-        fds = [queue.fileno(), wake.fileno(), status.fileno()]
         fleet_fd = self.fleet.fileno() if self.fleet is not None else -1
         if fleet_fd >= 0:
             fds.append(fleet_fd)

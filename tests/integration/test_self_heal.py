@@ -187,7 +187,10 @@ def test_the_breakage_ends_enforcement_while_nobody_heals(lab: lab_mod.Lab, daem
     assert curl(lab, BLOCKED, 4, timeout=CURL_TIMEOUT).code != 0
     daemon.send_signal(signal.SIGSTOP)
     try:
+        # OUTPUT alone is no longer enough: INPUT queues the server's SYN-ACK of an undecided flow,
+        # and a stopped daemon holds it (fail closed). Both hooks flushed open the gap.
         netns.run(lab.client, ["iptables-nft", "-F", "OUTPUT"])
+        netns.run(lab.client, ["iptables-nft", "-F", "INPUT"])
         unguarded = curl(lab, BLOCKED, 4, timeout=CURL_TIMEOUT)
     finally:
         daemon.send_signal(signal.SIGCONT)

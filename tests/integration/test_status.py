@@ -88,7 +88,7 @@ import socket, sys
 addr, flows = sys.argv[1], int(sys.argv[2])
 for _ in range(flows):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.sendto(b"x" * 64, (addr, 443))
+        s.sendto(b"\\xc0\\x00\\x00\\x00\\x01" + b"x" * 59, (addr, 443))  # a QUIC v1 long header: queued
 """
 QUEUE_OVERFLOW = 6000  # datagrams: more than the queue holds (nfqueue.QUEUE_MAXLEN = 4096)
 
