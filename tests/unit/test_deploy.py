@@ -747,7 +747,8 @@ def test_provision_reads_the_test_packages_from_bootstrap() -> None:
     assert result.stdout.split() == match.group(1).split()
 
 
-@pytest.mark.parametrize("script", [PROVISION, INSTALL_SYSTEMD, REPO / "scripts" / "bootstrap"])
+@pytest.mark.parametrize("script", [PROVISION, INSTALL_SYSTEMD, REPO / "scripts" / "bootstrap",
+                                    REPO / "scripts" / "fresh-install-check", REPO / ".ci" / "run"])
 def test_shell_scripts_parse(script: Path) -> None:
     assert run(["bash", "-n", str(script)]).returncode == 0
 
