@@ -7,7 +7,8 @@ call per family installs all of it atomically. Removal reads `iptables-save` and
 jumps and chains that carry the netguard prefix, so stale rules of a crashed run go away too and
 nobody else's rules are touched.
 
-What is queued (DESIGN.md section 3): DNS answers (UDP and TCP from port 53), the SYN and the first
+What is queued (DESIGN.md section 3): DNS answers (UDP and TCP from port 53, and from any other port
+the first replies of a flow that begin with a DNS response header, see below), the SYN and the first
 client bytes of every undecided outbound TCP flow (a byte window via connbytes: with GSO one write is one packet,
 so a packet count would be wrong), and the first datagrams of UDP 443 flows. Once the daemon has
 decided, the verdict is saved in the connection mark and the rest of the flow stays in the kernel.
@@ -35,6 +36,14 @@ eleven. Skipping is a RETURN from the goto'd chain (back to the hook's chain, li
 NETGUARD-FLOW), never ACCEPT, so the rules after netguard's jump still apply. Only undecided flows
 reach these rules. Where the kernel has no u32, `apply_preferred` falls back to the rules without
 them (every segment queued).
+
+DNS answers from other ports (dns_any_port, also needs xt u32): a resolver on a high port (dig -p,
+a forwarder configured with a port, a local resolver on 5353) answers from there. Of every flow's
+first DNS_OTHER_PORT_REPLIES reply packets (connbytes, reply direction), those whose payload begins
+with the header of a response to a standard query are queued: QR set and opcode QUERY, exactly one
+question (RFC 9619), tested by u32 on the UDP payload or after the TCP header's length prefix
+(IPv6: only when UDP/TCP is the first next header). Other traffic pays one failed connbytes test
+per reply packet once a flow has more replies than that, and the u32 test before.
 
 Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32 and REJECT all work there.
 """
@@ -75,6 +84,20 @@ SKIP_REPLY_PACKETS = 1
 # (IPv4 with a 20-byte header: total 40..80; IPv6: payload 20..60). A ClientHello fails it in one
 # rule instead of walking the eleven exact ones.
 EMPTY_GATE = {4: "0&0xFF00FFFF=0x45000028:0x45000050", 6: "4>>16=20:60"}
+# Reply packets per flow from ports other than 53 tested for a DNS response header: a resolver that
+# reuses one socket sends several answers on it, but past this the test would run on every packet of
+# bulk UDP (QUIC downloads) and every TCP ACK stream; later answers of such a flow are not read.
+DNS_OTHER_PORT_REPLIES = 32
+# A response to a standard query: the 32 bits at its flags field, QR=1 and opcode 0 (mask 0xF8 of
+# the first flags byte), any other flag or rcode, QDCOUNT 1. UDP: the payload's bytes 2..5; TCP:
+# 2 bytes further, after the length prefix (the header's data offset found with u32's @).
+DNS_RESPONSE_WORD = "0xF800FFFF=0x80000001"
+DNS_RESPONSE_SHAPE: dict[tuple[str, int], str] = {
+    ("udp", 4): f"0>>22&0x3C@10&{DNS_RESPONSE_WORD}",
+    ("udp", 6): f"6>>24=17&&50&{DNS_RESPONSE_WORD}",
+    ("tcp", 4): f"0>>22&0x3C@12>>26&0x3C@4&{DNS_RESPONSE_WORD}",
+    ("tcp", 6): f"6>>24=6&&52>>26&0x3C@44&{DNS_RESPONSE_WORD}",
+}
 
 Backend = Literal["iptables-nft", "iptables-legacy"]
 BACKENDS: tuple[Backend, ...] = ("iptables-nft", "iptables-legacy")
@@ -121,6 +144,8 @@ class Options:
     untracked_alerts: bool = False
     # Data-less TCP segments of undecided flows stay in the kernel (needs the xt u32 match).
     skip_empty: bool = True
+    # DNS answers from ports other than 53 are queued by their header (needs the xt u32 match).
+    dns_any_port: bool = True
 
 
 def _m(value: int, mask: int) -> str:
@@ -190,6 +215,12 @@ def build_rules(family: Family, opts: Options) -> str:
         ["-p", "udp", "--sport", "53", *reply, *_queue(opts)],
         ["-p", "tcp", "--sport", "53", *reply, *_queue(opts)],
     ]
+    if opts.dns_any_port:
+        # Port 53 went to the queue above; these see every other port.
+        first = ["-m", "connbytes", "--connbytes", f"0:{DNS_OTHER_PORT_REPLIES}", "--connbytes-dir", "reply",
+                 "--connbytes-mode", "packets"]
+        dns += [["-p", proto, *reply, *first, "-m", "u32", "--u32", DNS_RESPONSE_SHAPE[(proto, family)],
+                 *_queue(opts)] for proto in ("udp", "tcp")]
     lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]"]
     lines += [f":{CHAIN_EMPTY} - [0:0]"] if empty else []
     lines += [" ".join(["-A", CHAIN_FLOW, *r]) for r in flow]
@@ -327,17 +358,17 @@ def apply(backend: Backend, opts: Options, ns: str | None = None) -> None:
 
 
 def apply_preferred(backend: Backend, opts: Options, ns: str | None = None) -> tuple[Options, str | None]:
-    """apply(); if the kernel refuses the rules that keep data-less segments out of the queue (no xt
-    u32 match) but takes the set without them, that set. Returns the options in force and, after a
-    fallback, why. Trying in place needs no scratch namespace (a sandboxed service cannot make one),
-    and a refused restore changes nothing."""
+    """apply(); if the kernel refuses the rules that need the xt u32 match (data-less segments kept
+    out of the queue, DNS answers from other ports) but takes the set without them, that set.
+    Returns the options in force and, after a fallback, why. Trying in place needs no scratch
+    namespace (a sandboxed service cannot make one), and a refused restore changes nothing."""
     try:
         apply(backend, opts, ns)
         return opts, None
     except FirewallError as exc:
-        if not opts.skip_empty:
+        if not opts.skip_empty and not opts.dns_any_port:
             raise
-        fallback = replace(opts, skip_empty=False)
+        fallback = replace(opts, skip_empty=False, dns_any_port=False)
         apply(backend, fallback, ns)
         return fallback, str(exc).splitlines()[0]
 

@@ -148,7 +148,8 @@ class Daemon:
                 self._notice(f"replaced stale netguard rules in one step ({', '.join(stale)})")
             enforcing = True
             empty = ("data-less TCP segments stay in the kernel" if no_u32 is None else
-                     f"every TCP segment of an undecided flow is queued, the xt u32 rules failed: {no_u32}")
+                     f"every TCP segment of an undecided flow is queued and DNS answers from ports other "
+                     f"than 53 are not read, the xt u32 rules failed: {no_u32}")
             self._notice(f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
                          f"fail_mode {self.policy.fail_mode}; {empty})")
             self._loop(queue, wake_r, status)
@@ -316,7 +317,8 @@ class Daemon:
 
     def _rules(self, policy: Policy) -> firewall.Options:
         """The rule options for a policy, in the variant (with xt u32 or without) chosen at start."""
-        return dataclasses.replace(firewall_options(policy), skip_empty=self._skip_empty)
+        return dataclasses.replace(firewall_options(policy), skip_empty=self._skip_empty,
+                                   dns_any_port=self._skip_empty)
 
     def _policy_mtime(self) -> float | None:
         if self.policy_path is None:

@@ -163,17 +163,20 @@ class Engine:
                               dns_answer=answer)
 
     def _is_dns_answer(self, key: FlowKey, l4: TcpSegment | UdpDatagram, from_client: bool | None) -> bool:
-        """A DNS answer: from port 53 (not a client flow begun by a SYN), or a UDP reply the DNS
-        rules queued for its DNS response header from any other port (firewall.py): at INPUT
-        (from_client False) nothing else is queued; at FORWARD (None) a client datagram is never
-        shaped so (QUIC long headers have a zero where a response has its QR bit)."""
+        """A DNS answer: from port 53 (not a client flow begun by a SYN), or a reply the DNS rules
+        queued from another port for its DNS response header (firewall.py). At INPUT
+        (from_client False) nothing else is queued. At FORWARD (None) client flows are queued too:
+        the header tells them apart (a QUIC long header has zeros where a response has its QR bit
+        and question count; a TCP client flow begins with a SYN), and UDP to port 443 stays QUIC's."""
         if from_client is True:
             return False
         if l4.sport == 53:
             return not self._client_flow(key, l4)
-        if not isinstance(l4, UdpDatagram):
-            return False
-        return from_client is False or (dns.looks_like_response(l4.payload) and not self._client_flow(key, l4))
+        if from_client is False:
+            return True
+        if isinstance(l4, UdpDatagram):
+            return l4.dport != 443 and dns.looks_like_response(l4.payload) and not self._client_flow(key, l4)
+        return dns.looks_like_response(l4.payload[2:]) and not self._client_flow(key, l4)
 
     def _client_flow(self, key: FlowKey, l4: TcpSegment | UdpDatagram) -> bool:
         if key in self._flows or key in self._decided:
@@ -492,6 +495,14 @@ class Engine:
         return self._dns_tcp_segment(packet, l4, key, now)
 
     def _dns_tcp_segment(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float) -> Verdict:
+        if key.sport != 53:
+            # From another port only segments that begin with a DNS response header are queued, so
+            # each must hold whole messages: the rest of a split one would pass unread.
+            messages, rest = dns.split_tcp_messages(seg.payload)
+            if not messages or rest:
+                return self._fail(key, now, f"a DNS answer over TCP from port {key.sport} split across segments",
+                                  dns_answer=True)
+            return self._dns_tcp_rewrite(packet, seg, messages, key, now, _DnsStream(seg.seq, last=now))
         if seg.flags & (SYN | RST) or not seg.payload:
             if seg.flags & SYN:
                 self._dns_tcp[key] = _DnsStream((seg.seq + 1) & 0xFFFFFFFF, last=now)

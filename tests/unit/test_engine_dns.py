@@ -302,3 +302,30 @@ def test_at_forward_a_quic_initial_is_not_taken_for_a_dns_answer() -> None:
     # Read as the client's flow (whatever the QUIC reader makes of it), not as an answer.
     assert v.action is not Action.REWRITE
     assert v.event is None or (v.event.source != "dns-answer" and "unreadable DNS answer" not in v.event.reason)
+
+
+def tcp_answer(payload: bytes, sport: int = 5353, seq: int = 77) -> bytes:
+    return raw(IP(src="10.0.0.53", dst=C4) / TCP(sport=sport, dport=40000, flags="PA", seq=seq, ack=1) / payload)
+
+
+@pytest.mark.parametrize("from_client", [False, None], ids=["input", "forward"])
+def test_a_dns_over_tcp_answer_from_another_port_is_rewritten_in_place(from_client: bool | None) -> None:
+    engine = Engine(policy())
+    framed = dns.frame_tcp(answer(GHCR, [a(GHCR, GHCR4)]))
+    v = engine.handle(tcp_answer(framed), NOW, from_client=from_client)
+    assert v.action is Action.REWRITE and v.payload is not None
+    payload = bytes(IP(v.payload)[TCP].payload)
+    assert len(payload) == len(framed)
+    [reply], rest = dns.split_tcp_messages(payload)
+    assert rest == b"" and dns.parse_message(reply).rcode == dns.RCODE_NXDOMAIN
+    assert blocked(connect(engine, GHCR4, HUB))
+
+
+@pytest.mark.parametrize("mode, action", [("closed", Action.DROP), ("open", Action.ACCEPT)])
+def test_a_dns_over_tcp_answer_from_another_port_split_across_segments_gets_the_fail_verdict(
+        mode: str, action: Action) -> None:
+    # Only segments that begin with a response header are queued there: the rest would pass unread.
+    engine = Engine(policy(f'fail_mode = "{mode}"\n'))
+    framed = dns.frame_tcp(answer("www.unknown.test", [cname("www.unknown.test", GHCR), a(GHCR, GHCR4)]))
+    v = engine.handle(tcp_answer(framed[:30]), NOW, from_client=False)
+    assert v.action is action and v.event is not None and "split across segments" in v.event.reason

@@ -17,14 +17,15 @@ def rules(family: firewall.Family = 4, **kw: object) -> list[str]:
 def test_closed_mode_has_no_bypass_and_open_mode_bypasses_every_queue() -> None:
     closed = [r for r in rules() if "NFQUEUE" in r]
     opened = [r for r in rules(fail_open=True) if "NFQUEUE" in r]
-    assert len(closed) == len(opened) == 5  # the TCP rule twice: NETGUARD-FLOW and NETGUARD-EMPTY
+    # The TCP rule twice (NETGUARD-FLOW and NETGUARD-EMPTY), DNS from port 53 and from other ports.
+    assert len(closed) == len(opened) == 7
     assert not any("--queue-bypass" in r for r in closed)
     assert all(r.endswith("--queue-num 7413 --queue-bypass") for r in opened)
 
 
 def test_what_is_queued() -> None:
     lines = rules()
-    dns = [r for r in lines if r.startswith("-A NETGUARD-DNS")]
+    dns = [r for r in lines if r.startswith("-A NETGUARD-DNS")][:3]
     # Answers only (reply direction): a client flow from port 53 must meet the flow rules.
     assert dns == ["-A NETGUARD-DNS -m mark --mark 0x300000/0x700000 -j RETURN",
                    "-A NETGUARD-DNS -p udp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413",
@@ -151,9 +152,9 @@ def test_data_less_segments_leave_before_the_queue_and_only_without_syn_or_rst()
         assert empty[:-1] == [f"-A NETGUARD-EMPTY -m u32 --u32 {t} -j RETURN" for t in tests]
         assert empty[-1] == queue_tcp.replace("NETGUARD-FLOW", "NETGUARD-EMPTY")
         assert ":NETGUARD-EMPTY - [0:0]" in lines
-        fallback = rules(family, skip_empty=False)
+        fallback = rules(family, skip_empty=False, dns_any_port=False)
         assert not any("u32" in r or "NETGUARD-EMPTY" in r for r in fallback)
-        assert len(lines) == len(fallback) + 1 + 1 + len(empty)
+        assert len(lines) == len(fallback) + 1 + 1 + len(empty) + 2  # + the two DNS header rules
 
 
 @given(family=st.sampled_from(firewall.FAMILIES), offset=st.sampled_from(list(firewall.TCP_DATA_OFFSETS)))
