@@ -176,7 +176,7 @@ class Engine:
             return True
         if isinstance(l4, UdpDatagram):
             return l4.dport != 443 and dns.looks_like_response(l4.payload) and not self._client_flow(key, l4)
-        return dns.looks_like_response(l4.payload[2:]) and not self._client_flow(key, l4)
+        return dns.looks_like_response(l4.payload, 2) and not self._client_flow(key, l4)
 
     def _client_flow(self, key: FlowKey, l4: TcpSegment | UdpDatagram) -> bool:
         if key in self._flows or key in self._decided:
@@ -375,7 +375,7 @@ class Engine:
         if d is None or not d.allowed:
             return d, source
         chains = self.names.chains(key.dst, now)
-        if not chains:  # the usual case: the address was learned for this name alone, or never
+        if not chains or d.host in chains:  # the usual case: never learned, or for this name alone
             return d, source
         evidence: Decision | None = None
         for chain in chains:

@@ -134,10 +134,10 @@ class NameTable:
         by_address = self._by_address
         held = self._protected if protected else self._count
         limit = self.max_protected if protected else self.max_entries
-        if held + self._new(addresses, chain, protected) > limit:
+        if held + self._new(addresses, chain, protected) * weight > limit:
             self.purge(now)  # which may take pairs this answer refreshes: count again
             held = self._protected if protected else self._count
-            over = held + self._new(addresses, chain, protected) - limit
+            over = held + self._new(addresses, chain, protected) * weight - limit
             if over > 0 and (protected or not self._make_room(over, chain, addresses)):
                 return False
         for a in addresses:
@@ -178,13 +178,13 @@ class NameTable:
     # -- internals ----------------------------------------------------------------------------
 
     def _new(self, addresses: list[bytes], chain: Chain, protected: bool) -> int:
-        """Names learning chain for addresses adds to the tier `protected`."""
+        """Addresses that do not hold chain in the tier `protected` yet."""
         new = 0
         for a in addresses:
             old = _item(self._by_address.get(a), chain)
             if old is None or old[3] != protected:
                 new += 1
-        return new * _weight(chain)
+        return new
 
     def _drop(self, item: _Item) -> bool:
         """Take item out of its address's record if it is still there (else it was refreshed or

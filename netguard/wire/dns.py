@@ -374,10 +374,11 @@ def parse_message(data: bytes) -> DnsMessage:
     return _parse(data)
 
 
-def looks_like_response(payload: bytes) -> bool:
-    """The header of a DNS response to a standard query, as the firewall's u32 test matches it on
-    ports other than 53: QR set, opcode QUERY (0), exactly one question."""
-    return len(payload) >= HEADER_LEN and payload[2] & 0xF8 == 0x80 and payload[4] == 0 and payload[5] == 1
+def looks_like_response(payload: bytes, offset: int = 0) -> bool:
+    """Whether payload[offset:] begins with the header of a DNS response to a standard query, as the
+    firewall's u32 test matches it on ports other than 53: QR set, opcode QUERY (0), one question."""
+    return (len(payload) >= offset + HEADER_LEN and payload[offset + 2] & 0xF8 == 0x80
+            and payload[offset + 4] == 0 and payload[offset + 5] == 1)
 
 
 def split_tcp_messages(buf: bytes) -> tuple[list[bytes], bytes]:
