@@ -42,8 +42,10 @@ a forwarder configured with a port, a local resolver on 5353) answers from there
 first DNS_OTHER_PORT_REPLIES reply packets (connbytes, reply direction), those whose payload begins
 with the header of a response to a standard query are queued: QR set and opcode QUERY, exactly one
 question (RFC 9619), tested by u32 on the UDP payload or after the TCP header's length prefix
-(IPv6: only when UDP/TCP is the first next header). Other traffic pays one failed connbytes test
-per reply packet once a flow has more replies than that, and the u32 test before.
+(IPv6: only when UDP/TCP is the first next header). One rule in NETGUARD-DNS (connbytes first, then
+the direction) goes to NETGUARD-DNS-ANY, which holds the two u32 tests: a packet of a flow past
+that many replies (a download, an ACK stream) pays one failed connbytes test, the first replies of
+a flow the u32 tests too; nothing but a DNS response is queued.
 
 Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32 and REJECT all work there.
 """
@@ -63,6 +65,7 @@ CHAIN_FLOW = "NETGUARD-FLOW"  # verdict enforcement + queueing of new client flo
 CHAIN_DNS = "NETGUARD-DNS"  # DNS answers to the queue (INPUT, FORWARD)
 CHAIN_RAW = "NETGUARD-RAW"  # raw table: injected TLS alerts leave conntrack alone (OUTPUT)
 CHAIN_EMPTY = "NETGUARD-EMPTY"  # data-less segments leave, the rest is queued (goto from NETGUARD-FLOW)
+CHAIN_DNS_ANY = "NETGUARD-DNS-ANY"  # DNS answers from other ports, by their header (goto from NETGUARD-DNS)
 CHAINS = (CHAIN_FLOW, CHAIN_DNS)
 HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DNS,),
                                      "FORWARD": (CHAIN_DNS, CHAIN_FLOW)}
@@ -215,17 +218,21 @@ def build_rules(family: Family, opts: Options) -> str:
         ["-p", "udp", "--sport", "53", *reply, *_queue(opts)],
         ["-p", "tcp", "--sport", "53", *reply, *_queue(opts)],
     ]
+    dns_any: list[list[str]] = []
     if opts.dns_any_port:
-        # Port 53 went to the queue above; these see every other port.
-        first = ["-m", "connbytes", "--connbytes", f"0:{DNS_OTHER_PORT_REPLIES}", "--connbytes-dir", "reply",
-                 "--connbytes-mode", "packets"]
-        dns += [["-p", proto, *reply, *first, "-m", "u32", "--u32", DNS_RESPONSE_SHAPE[(proto, family)],
-                 *_queue(opts)] for proto in ("udp", "tcp")]
+        # Port 53 went to the queue above; this sees every other port. A goto: what the tests there
+        # do not queue leaves netguard's rules, as it would at the end of this chain.
+        dns.append(["-m", "connbytes", "--connbytes", f"0:{DNS_OTHER_PORT_REPLIES}", "--connbytes-dir", "reply",
+                    "--connbytes-mode", "packets", *reply, "-g", CHAIN_DNS_ANY])
+        dns_any = [["-p", proto, "-m", "u32", "--u32", DNS_RESPONSE_SHAPE[(proto, family)], *_queue(opts)]
+                   for proto in ("udp", "tcp")]
     lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]"]
     lines += [f":{CHAIN_EMPTY} - [0:0]"] if empty else []
+    lines += [f":{CHAIN_DNS_ANY} - [0:0]"] if dns_any else []
     lines += [" ".join(["-A", CHAIN_FLOW, *r]) for r in flow]
     lines += [" ".join(["-A", CHAIN_EMPTY, *r]) for r in empty]
     lines += [" ".join(["-A", CHAIN_DNS, *r]) for r in dns]
+    lines += [" ".join(["-A", CHAIN_DNS_ANY, *r]) for r in dns_any]
     for hook, chains in HOOKS.items():
         if hook == "FORWARD" and not opts.forward:
             continue

@@ -7,6 +7,7 @@ judged and whose hints are learned, and DNS answers from a server on port 5353 (
 from __future__ import annotations
 
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,3 +186,66 @@ def test_dns_from_port_5353_is_judged_and_learned(lab: lab_mod.Lab, daemon: Runn
     assert conflict_event(daemon, lab.address(GITLAB, 4), HUB, GITLAB) is not None
     # An allowed name's answer from there passes unchanged.
     assert dig(lab, at, "-p", str(ALT_PORT), transport, "+short", HUB, "A").split() == [lab.address(HUB, 4)]
+
+
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 7777))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+"""
+
+UDP_CLIENT = """
+import socket, sys
+for i in range(50):  # 50 flows, 3 exchanges each
+    s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.connect((sys.argv[1], 7777))
+    for _ in range(3):
+        s.send(bytes(range(200)))
+        assert s.recv(2048) == bytes(range(200))
+    s.close()
+print("ok")
+"""
+
+
+def header_rules(lab: lab_mod.Lab, backend: str) -> dict[str, int]:
+    """Packet counters of the rules that send other ports' DNS answers to the queue: the goto that
+    tests a reply, and each header test, per family."""
+    counts: dict[str, int] = {}
+    for family, tool in ((4, "iptables"), (6, "ip6tables")):
+        kind = "nft" if backend == "iptables-nft" else "legacy"
+        saved = netns.run(lab.client, [f"{tool}-{kind}-save", "-c", "-t", "filter"]).stdout
+        for line in saved.splitlines():
+            if line.startswith("[") and ("-g NETGUARD-DNS-ANY" in line or line.split("] ", 1)[1].startswith(
+                    "-A NETGUARD-DNS-ANY")):
+                which = "goto" if "-g NETGUARD-DNS-ANY" in line else line.split(" -p ")[1].split()[0]
+                counts[f"{which}{family}"] = int(line[1:].split(":")[0])
+    return counts
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_only_dns_responses_are_queued_by_their_header(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
+    backend = daemon.args[1]
+    server = lab.address("www.example.test", family)
+    lab.procs.append(subprocess.Popen(netns.exec_argv(lab.registry, ["python3", "-c", UDP_ECHO, server]),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # killed with the lab
+    time.sleep(0.3)
+    before = header_rules(lab, backend)
+    # TLS, plain HTTP and non-DNS UDP: their replies are tested, and none is queued.
+    _, code, out = curl(lab, HUB, family, pin=False)
+    assert code == 0, out
+    host = f"[{server}]" if family == 6 else server
+    assert netns.run(lab.client, ["curl", "-sS", "-m", "5", f"http://{host}/"], check=False).returncode == 0
+    assert netns.run(lab.client, ["python3", "-c", UDP_CLIENT, server], check=False).stdout.strip() == "ok"
+    after = header_rules(lab, backend)
+    assert after[f"goto{family}"] > before[f"goto{family}"] + 150  # every echo reply was tested ...
+    assert {k: v for k, v in after.items() if not k.startswith("goto")} == \
+        {k: v for k, v in before.items() if not k.startswith("goto")}  # ... and none queued
+    # A DNS answer from port 5353 is.
+    at = "@" + (lab.dns_v4 if family == 4 else lab.dns_v6)
+    assert dig(lab, at, "-p", str(ALT_PORT), "+short", "www.example.test", "A").split() == [lab.address(
+        "www.example.test", 4)]
+    assert header_rules(lab, backend)[f"udp{family}"] == after[f"udp{family}"] + 1

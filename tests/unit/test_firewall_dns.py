@@ -59,18 +59,21 @@ def test_the_model_reads_tcp_payload_with_at() -> None:
 
 def test_where_the_rules_sit() -> None:
     for family in firewall.FAMILIES:
-        lines = [r for r in build_rules(family, Options()).splitlines() if r.startswith("-A NETGUARD-DNS")]
-        # After the port 53 rules (which queue every answer from there), reply direction, the first
-        # replies of a flow only.
-        assert "--sport 53" in lines[1] and "--sport 53" in lines[2]
-        for line, proto in zip(lines[3:], ("udp", "tcp"), strict=True):
-            assert line.startswith(f"-A NETGUARD-DNS -p {proto} -m conntrack --ctdir REPLY")
-            assert (f"--connbytes 0:{firewall.DNS_OTHER_PORT_REPLIES} --connbytes-dir reply "
-                    "--connbytes-mode packets") in line
-            assert f"-m u32 --u32 {DNS_RESPONSE_SHAPE[(proto, family)]} -j NFQUEUE" in line
-        assert len(lines) == 5
-        assert not any("u32" in r for r in build_rules(family, Options(dns_any_port=False)).splitlines()
-                       if r.startswith("-A NETGUARD-DNS"))
+        text = build_rules(family, Options())
+        lines = [r for r in text.splitlines() if r.startswith("-A NETGUARD-DNS ")]
+        # After the port 53 rules (which queue every answer from there): the first replies of a
+        # flow (connbytes first: a flow past them fails there), reply direction, go to the tests.
+        assert "--sport 53" in lines[1] and "--sport 53" in lines[2] and len(lines) == 4
+        assert lines[3] == (f"-A NETGUARD-DNS -m connbytes --connbytes 0:{firewall.DNS_OTHER_PORT_REPLIES} "
+                            "--connbytes-dir reply --connbytes-mode packets -m conntrack --ctdir REPLY "
+                            "-g NETGUARD-DNS-ANY")
+        tests = [r for r in text.splitlines() if r.startswith("-A NETGUARD-DNS-ANY")]
+        assert tests == [f"-A NETGUARD-DNS-ANY -p {proto} -m u32 --u32 {DNS_RESPONSE_SHAPE[(proto, family)]} "
+                         "-j NFQUEUE --queue-num 7413" for proto in ("udp", "tcp")]
+        assert ":NETGUARD-DNS-ANY - [0:0]" in text
+        without = build_rules(family, Options(dns_any_port=False))
+        assert "NETGUARD-DNS-ANY" not in without
+        assert not any("u32" in r for r in without.splitlines() if r.startswith("-A NETGUARD-DNS"))
 
 
 def response(qr: int = 1, opcode: int = 0, questions: int = 1) -> bytes:
