@@ -21,11 +21,11 @@ block a name learned before, `still_protected` (the engine's current judgment of
 before an unprotected entry is evicted: one that is blocked now moves into the protected budget.
 
 Memory is the point of the layout (a full table must fit the daemon's RSS budget): each pair is one
-tuple (expiry, address, chain, protected), and that same tuple is both the address's record in one
-flat dict and the pair's item in its tier's expiry heap. An address with one chain (the usual case)
-maps to its tuple; one with several maps to a dict chain -> tuple. Purging pops the heaps: an item
-no longer in its address's record (refreshed or evicted since) is skipped, so purging costs only
-what expired.
+tuple (expiry, address, chain), and that same tuple is both the address's record in one flat dict
+and the pair's item in its tier's expiry heap; the protected ones are also in a set (a fourth field
+would cost every pair 16 bytes). An address with one chain (the usual case) maps to its tuple; one
+with several maps to a dict chain -> tuple. Purging pops the heaps: an item no longer in its
+address's record (refreshed or evicted since) is skipped, so purging costs only what expired.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ MAX_CHAIN_NAMES = MAX_NAMES_PER_ADDRESS
 SEPARATOR = " "  # joins a chain's names; normalised host names never hold it
 
 Chain = str
-_Item = tuple[float, bytes, Chain, bool]  # (expiry, address, chain, protected)
+_Item = tuple[float, bytes, Chain]  # (expiry, address, chain)
 _Record = _Item | dict[Chain, _Item]
 
 
@@ -77,7 +77,7 @@ def _weight(chain: Chain) -> int:
 class NameTable:
     """Address -> chains of names, TTL- and size-bounded. Times are the caller's clock, in seconds."""
 
-    __slots__ = ("_by_address", "_count", "_heap", "_pheap", "_protected", "max_entries", "max_protected",
+    __slots__ = ("_by_address", "_count", "_heap", "_pheap", "_prot", "_protected", "max_entries", "max_protected",
                  "still_protected")
 
     def __init__(self, max_entries: int = MAX_ENTRIES, max_protected: int = MAX_PROTECTED,
@@ -85,6 +85,7 @@ class NameTable:
         self._by_address: dict[bytes, _Record] = {}
         self._heap: list[_Item] = []  # unprotected items
         self._pheap: list[_Item] = []  # protected items
+        self._prot: set[_Item] = set()  # the live protected items
         self._count = 0  # names in live unprotected pairs
         self._protected = 0  # names in live protected pairs
         self.max_entries = max_entries
@@ -140,23 +141,26 @@ class NameTable:
             over = held + self._new(addresses, chain, protected) * weight - limit
             if over > 0 and (protected or not self._make_room(over, chain, addresses)):
                 return False
+        prot = self._prot
         for a in addresses:
             record = by_address.get(a)
             old = _item(record, chain)
             if old is not None:
-                if old[3] == protected and expiry <= old[0]:
+                if (old in prot) == protected and expiry <= old[0]:
                     continue
                 a = old[1]  # a refresh keeps the address object already held
                 self._uncount(old)
-                item = (max(expiry, old[0]), a, chain, protected)
+                item = (max(expiry, old[0]), a, chain)
             else:
                 if record is not None:  # so does another chain for a known address
                     a = record[1] if isinstance(record, tuple) else next(iter(record.values()))[1]
-                item = (expiry, a, chain, protected)
-            heapq.heappush(self._pheap if protected else self._heap, item)
+                item = (expiry, a, chain)
             if protected:
+                heapq.heappush(self._pheap, item)
+                prot.add(item)
                 self._protected += weight
             else:
+                heapq.heappush(self._heap, item)
                 self._count += weight
             if record is None or record is old:
                 by_address[a] = item  # the usual answer: a new address with one chain
@@ -182,7 +186,7 @@ class NameTable:
         new = 0
         for a in addresses:
             old = _item(self._by_address.get(a), chain)
-            if old is None or old[3] != protected:
+            if old is None or (old in self._prot) != protected:
                 new += 1
         return new
 
@@ -204,7 +208,8 @@ class NameTable:
         return True
 
     def _uncount(self, item: _Item) -> None:
-        if item[3]:
+        if self._prot and item in self._prot:
+            self._prot.discard(item)
             self._protected -= _weight(item[2])
         else:
             self._count -= _weight(item[2])
@@ -228,28 +233,17 @@ class NameTable:
                 if self._protected + _weight(item[2]) > self.max_protected:
                     spared.append(item)
                     break
-                promoted = (item[0], item[1], item[2], True)
-                self._replace(item, promoted)
-                heapq.heappush(self._pheap, promoted)
+                # The same item changes tier: the record keeps it.
+                self._count -= _weight(item[2])
+                self._protected += _weight(item[2])
+                self._prot.add(item)
+                heapq.heappush(self._pheap, item)
             else:
                 self._drop(item)
             needed -= _weight(item[2])
         for item in spared:
             heapq.heappush(heap, item)
         return needed <= 0
-
-    def _replace(self, old: _Item, new: _Item) -> None:
-        a = old[1]
-        record = self._by_address[a]
-        if isinstance(record, dict):
-            record[old[2]] = new
-        else:
-            self._by_address[a] = new
-        self._uncount(old)
-        if new[3]:
-            self._protected += _weight(new[2])
-        else:
-            self._count += _weight(new[2])
 
     def _trim(self, record: dict[Chain, _Item]) -> None:
         """Bring one address's names down to MAX_NAMES_PER_ADDRESS: unblocked chains go first (by the
@@ -259,7 +253,7 @@ class NameTable:
         if held <= MAX_NAMES_PER_ADDRESS:
             return
         judge = self.still_protected
-        blocked = {c: judge(c) if judge is not None else i[3] for c, i in record.items()}
+        blocked = {c: judge(c) if judge is not None else i in self._prot for c, i in record.items()}
         while held > MAX_NAMES_PER_ADDRESS:
             victim = min(record.values(), key=lambda i: (blocked[i[2]], i[0]))
             del record[victim[2]]
@@ -275,7 +269,7 @@ class NameTable:
         pheap: list[_Item] = []
         for record in self._by_address.values():
             for item in (record,) if isinstance(record, tuple) else record.values():
-                (pheap if item[3] else heap).append(item)
+                (pheap if item in self._prot else heap).append(item)
         heapq.heapify(heap)
         heapq.heapify(pheap)
         self._heap, self._pheap = heap, pheap
