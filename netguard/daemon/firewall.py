@@ -7,7 +7,8 @@ call per family installs all of it atomically. Removal reads `iptables-save` and
 jumps and chains that carry the netguard prefix, so stale rules of a crashed run go away too and
 nobody else's rules are touched.
 
-What is queued (DESIGN.md section 3): DNS answers (UDP and TCP from port 53), the SYN and the first
+What is queued (DESIGN.md section 3): DNS answers (UDP and TCP from port 53, and from any other port
+the first replies of a flow that begin with a DNS response header, see below), the SYN and the first
 client bytes of every undecided outbound TCP flow (a byte window via connbytes: with GSO one write is one packet,
 so a packet count would be wrong), and the UDP datagrams that may carry a QUIC Initial (below).
 Once the daemon has decided, the verdict is saved in the connection mark and the rest of the flow
@@ -68,6 +69,16 @@ The byte window ends queueing; in fail_mode = "closed" an undecided flow past it
 kernel (the engine decides long before: engine.core.MAX_FLOW_WIRE_BYTES; only data-less segments,
 which stay in the kernel but count, can carry a flow there undecided). In "open" it passes.
 
+DNS answers from other ports (dns_any_port, also needs xt u32): a resolver on a high port (dig -p,
+a forwarder configured with a port, a local resolver on 5353) answers from there. Of every flow's
+first DNS_OTHER_PORT_REPLIES reply packets (connbytes, reply direction), those whose payload begins
+with the header of a response to a standard query are queued: QR set and opcode QUERY, exactly one
+question (RFC 9619), tested by u32 on the UDP payload or after the TCP header's length prefix
+(IPv6: only when UDP/TCP is the first next header). One rule in NETGUARD-DNS (connbytes first, then
+the direction) goes to NETGUARD-DNS-ANY, which holds the two u32 tests: a packet of a flow past
+that many replies (a download, an ACK stream) pays one failed connbytes test, the first replies of
+a flow the u32 tests too; nothing but a DNS response is queued.
+
 Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32, length, addrtype and REJECT all work
 there.
 
@@ -98,6 +109,7 @@ CHAIN_EMPTY = "NETGUARD-EMPTY"  # data-less segments leave, the rest is queued (
 CHAIN_UDP = "NETGUARD-UDP"  # UDP that may carry a QUIC Initial to the queue (goto from NETGUARD-FLOW)
 CHAIN_QUIC = "NETGUARD-QUIC"  # long headers: which ones are QUIC netguard must read (goto from NETGUARD-UDP)
 CHAIN_REPLY = "NETGUARD-REPLY"  # server packets of undecided TCP flows (goto from NETGUARD-DNS)
+CHAIN_DNS_ANY = "NETGUARD-DNS-ANY"  # DNS answers from other ports, by their header (goto from NETGUARD-DNS)
 CHAINS = (CHAIN_FLOW, CHAIN_DNS)
 HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DNS,),
                                      "FORWARD": (CHAIN_DNS, CHAIN_FLOW)}
@@ -128,6 +140,20 @@ REPLY_WINDOW_PACKETS = 32
 # (IPv4 with a 20-byte header: total 40..80; IPv6: payload 20..60). A ClientHello fails it in one
 # rule instead of walking the eleven exact ones.
 EMPTY_GATE = {4: "0&0xFF00FFFF=0x45000028:0x45000050", 6: "4>>16=20:60"}
+# Reply packets per flow from ports other than 53 tested for a DNS response header: a resolver that
+# reuses one socket sends several answers on it, but past this the test would run on every packet of
+# bulk UDP (QUIC downloads) and every TCP ACK stream; later answers of such a flow are not read.
+DNS_OTHER_PORT_REPLIES = 32
+# A response to a standard query: the 32 bits at its flags field, QR=1 and opcode 0 (mask 0xF8 of
+# the first flags byte), any other flag or rcode, QDCOUNT 1. UDP: the payload's bytes 2..5; TCP:
+# 2 bytes further, after the length prefix (the header's data offset found with u32's @).
+DNS_RESPONSE_WORD = "0xF800FFFF=0x80000001"
+DNS_RESPONSE_SHAPE: dict[tuple[str, int], str] = {
+    ("udp", 4): f"0>>22&0x3C@10&{DNS_RESPONSE_WORD}",
+    ("udp", 6): f"6>>24=17&&50&{DNS_RESPONSE_WORD}",
+    ("tcp", 4): f"0>>22&0x3C@12>>26&0x3C@4&{DNS_RESPONSE_WORD}",
+    ("tcp", 6): f"6>>24=6&&52>>26&0x3C@44&{DNS_RESPONSE_WORD}",
+}
 
 Backend = Literal["iptables-nft", "iptables-legacy"]
 BACKENDS: tuple[Backend, ...] = ("iptables-nft", "iptables-legacy")
@@ -176,6 +202,8 @@ class Options:
     skip_empty: bool = True
     # QUIC Initials are matched by shape on any UDP port (needs the xt u32 match); else UDP 443 whole.
     quic_u32: bool = True
+    # DNS answers from ports other than 53 are queued by their header (needs the xt u32 match).
+    dns_any_port: bool = True
 
 
 def _m(value: int, mask: int) -> str:
@@ -298,16 +326,26 @@ def build_rules(family: Family, opts: Options) -> str:
         server.append(["-m", "u32", "!", "--u32", EMPTY_GATE[family], *_queue(opts)])
         server += [["-m", "u32", "--u32", test, "-j", "RETURN"] for test in empty_segment_tests(family)]
     server.append(_queue(opts))
+    dns_any: list[list[str]] = []
+    if opts.dns_any_port:
+        # Port 53 went to the queue above; this sees every other port. A goto: what the tests there
+        # do not queue leaves netguard's rules, as it would at the end of this chain.
+        dns.append(["-m", "connbytes", "--connbytes", f"0:{DNS_OTHER_PORT_REPLIES}", "--connbytes-dir", "reply",
+                    "--connbytes-mode", "packets", *reply, "-g", CHAIN_DNS_ANY])
+        dns_any = [["-p", proto, "-m", "u32", "--u32", DNS_RESPONSE_SHAPE[(proto, family)], *_queue(opts)]
+                   for proto in ("udp", "tcp")]
     lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]", f":{CHAIN_UDP} - [0:0]",
              f":{CHAIN_REPLY} - [0:0]"]
     lines += [f":{CHAIN_EMPTY} - [0:0]"] if empty else []
     lines += [f":{CHAIN_QUIC} - [0:0]"] if quic else []
+    lines += [f":{CHAIN_DNS_ANY} - [0:0]"] if dns_any else []
     lines += [" ".join(["-A", CHAIN_FLOW, *r]) for r in flow]
     lines += [" ".join(["-A", CHAIN_EMPTY, *r]) for r in empty]
     lines += [" ".join(["-A", CHAIN_UDP, *r]) for r in udp]
     lines += [" ".join(["-A", CHAIN_QUIC, *r]) for r in quic]
     lines += [" ".join(["-A", CHAIN_DNS, *r]) for r in dns]
     lines += [" ".join(["-A", CHAIN_REPLY, *r]) for r in server]
+    lines += [" ".join(["-A", CHAIN_DNS_ANY, *r]) for r in dns_any]
     for hook, chains in HOOKS.items():
         if hook == "FORWARD" and not opts.forward:
             continue
@@ -655,16 +693,16 @@ def restore_family(backend: Backend, family: Family, opts: Options, ns: str | No
 
 def apply_preferred(backend: Backend, opts: Options, ns: str | None = None) -> tuple[Options, str | None]:
     """apply(); if the kernel refuses the rules that need the xt u32 match (data-less segments kept
-    out of the queue, QUIC matched by shape) but takes the set without them, that set. Returns the
-    options in force and, after a fallback, why. Trying in place needs no scratch namespace (a
-    sandboxed service cannot make one), and a refused restore changes nothing."""
+    out of the queue, QUIC matched by shape, DNS answers from other ports) but takes the set without
+    them, that set. Returns the options in force and, after a fallback, why. Trying in place needs no
+    scratch namespace (a sandboxed service cannot make one), and a refused restore changes nothing."""
     try:
         apply(backend, opts, ns)
         return opts, None
     except FirewallError as exc:
-        if not opts.skip_empty and not opts.quic_u32:
+        if not opts.skip_empty and not opts.quic_u32 and not opts.dns_any_port:
             raise
-        fallback = replace(opts, skip_empty=False, quic_u32=False)
+        fallback = replace(opts, skip_empty=False, quic_u32=False, dns_any_port=False)
         apply(backend, fallback, ns)
         return fallback, str(exc).splitlines()[0]
 

@@ -237,8 +237,8 @@ class Daemon:
             enforcing = True
             self._watch = self._start_watch(opts)
             empty = ("data-less TCP segments stay in the kernel" if no_u32 is None else
-                     f"every TCP segment of an undecided flow is queued and QUIC is read on UDP 443 only, "
-                     f"the xt u32 rules failed: {no_u32}")
+                     f"every TCP segment of an undecided flow is queued, QUIC is read on UDP 443 only and DNS "
+                     f"answers from ports other than 53 are not read, the xt u32 rules failed: {no_u32}")
             mode = "; mode monitor: nothing is blocked" if self._monitoring else ""
             summary = (f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
                        f"fail_mode {self.policy.fail_mode}")
@@ -734,7 +734,8 @@ class Daemon:
 
     def _rules(self, policy: Policy) -> firewall.Options:
         """The rule options for a policy, in the variant (with xt u32 or without) chosen at start."""
-        return dataclasses.replace(firewall_options(policy), skip_empty=self._skip_empty, quic_u32=self._skip_empty)
+        return dataclasses.replace(firewall_options(policy), skip_empty=self._skip_empty, quic_u32=self._skip_empty,
+                                   dns_any_port=self._skip_empty)
 
     def _policy_mtime(self) -> float | None:
         if self.policy_path is None:

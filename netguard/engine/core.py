@@ -1,14 +1,20 @@
 """Engine.handle(packet bytes, now) -> Verdict: the per-packet decision, with no I/O.
 
 Strategy: four kinds of packets arrive (the firewall rules send nothing else):
-- DNS answers (from port 53, UDP or TCP). Every name of the answer (question, CNAME chain, owners)
-  is judged; the addresses are learned for all of them (NameTable). If one is blocked and
-  dns_block is on, the answer is replaced by NXDOMAIN carrying an Extended DNS Error. DNS answers
-  only ever get ACCEPT, REWRITE or DROP: a repeat would queue them again.
+- DNS answers (from port 53, UDP or TCP; replies with a DNS response header from any other port).
+  Every name of the answer (question, CNAME and SVCB/HTTPS targets, owners, and the additional
+  records that belong to them) is judged; the addresses (A, AAAA, SVCB hints) are learned for all
+  of them as one chain (NameTable; a chain with a blocked name is evidence that no flood of other
+  names can evict). If one is blocked and dns_block is on, the answer is replaced by NXDOMAIN
+  carrying an Extended DNS Error. DNS answers only ever get ACCEPT, REWRITE or DROP: a repeat would
+  queue them again.
 - Client packets of undecided TCP flows. TCP payload is reassembled by sequence number
   (Stream) from the SYN on; the contiguous prefix, as the server's application will read it, is
   read as TLS (ClientHello -> SNI), HTTP (Host, CONNECT target) or neither. The name decides through
-  the policy; without a name, the destination address decides through the names learned from DNS.
+  the policy, unless it is allowed and DNS gave the destination address only in answers naming a
+  blocked host and never for this name (an address conflict: a hosts-file remap, TLS without
+  verification, domain fronting); without a name, the destination address decides through the
+  names learned from DNS.
   A decided flow is remembered (bounded) so packets already queued behind the deciding one get the
   same verdict, and so a policy reload can find open flows that became blocked.
 - QUIC long-header datagrams, on any UDP port, of undecided flows and of flows already allowed
@@ -45,7 +51,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from netguard.engine import classify
-from netguard.engine.names import NameTable
+from netguard.engine.names import MAX_CHAIN_NAMES, Chain, NameTable, chain_names, chain_of
 from netguard.engine.packets import (
     ipv4_header_ok,
     replace_tcp_payload,
@@ -204,7 +210,7 @@ class Engine:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.names = NameTable()
+        self.names = NameTable(still_protected=self._chain_blocked)
         self.stats = Stats()
         self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
         self._decided: OrderedDict[FlowKey, _Remembered] = OrderedDict()
@@ -249,9 +255,10 @@ class Engine:
             return self._fail_unkeyed("IP fragment or no transport header")
         l4 = packet.l4
         key = FlowKey(packet.proto, packet.src, l4.sport, packet.dst, l4.dport)
+        answer = self._is_dns_answer(key, l4, from_client)
         try:
-            if l4.sport == 53 and from_client is not True and not self._client_flow(key, l4):
-                if isinstance(l4, TcpSegment) and l4.flags & (SYN | ACK) == SYN | ACK:
+            if answer:
+                if isinstance(l4, TcpSegment) and l4.sport == 53 and l4.flags & (SYN | ACK) == SYN | ACK:
                     self._dns_synack(packet, l4, key.reply(), now)
                 return self._dns(packet, key, now)
             if isinstance(l4, TcpSegment):
@@ -262,8 +269,30 @@ class Engine:
         except ParseError as exc:
             # Unreadable input on a flow (the TLS or HTTP parsers, a DNS answer): the fail verdict.
             self._flows.pop(key, None)
-            answer = l4.sport == 53 and from_client is not True and not self._client_flow(key, l4)
-            return self._fail(key, now, f"unreadable {_what(l4)}: {exc}", dns_answer=answer)
+            return self._fail(key, now, f"unreadable {'DNS answer' if answer else _what(l4)}: {exc}",
+                              dns_answer=answer)
+
+    def _is_dns_answer(self, key: FlowKey, l4: TcpSegment | UdpDatagram, from_client: bool | None) -> bool:
+        """A DNS answer: from port 53 (not a client flow begun by a SYN), or a reply the DNS rules
+        queued from another port for its DNS response header (firewall.py). At INPUT (from_client
+        False) the server packets of undecided TCP flows are queued too (NETGUARD-REPLY); at FORWARD
+        (None) client flows as well: the header tells them apart (a QUIC long header has zeros where a
+        response has its QR bit and question count; a TCP client flow begins with a SYN), and UDP to
+        port 443 stays QUIC's."""
+        if from_client is True:
+            return False
+        if l4.sport == 53:
+            return not self._client_flow(key, l4)
+        if isinstance(l4, UdpDatagram):
+            if from_client is False:
+                return True
+            return l4.dport != 443 and dns.looks_like_response(l4.payload) and not self._client_flow(key, l4)
+        # TCP from another port: INPUT also queues the server packets of undecided flows
+        # (NETGUARD-REPLY), a SYN-ACK and payload; those of a flow netguard reads are not answers.
+        rkey = key.reply()
+        if rkey in self._flows or rkey in self._bases or l4.flags & SYN:
+            return False
+        return dns.looks_like_response(l4.payload, 2) and not self._client_flow(key, l4)
 
     def _client_flow(self, key: FlowKey, l4: TcpSegment | UdpDatagram) -> bool:
         if key in self._flows or key in self._decided:
@@ -291,8 +320,7 @@ class Engine:
                 continue
             d: Decision | None
             if r.host is not None and r.source not in ("dns-table", "address"):
-                d = self._decide_name(r.host, r.port)
-                source = r.source
+                d, source = self._decide_host(r.host, r.port, r.source, key, now)
             else:
                 d, source = self._decide_address(key, now)
             if (d is None or d.allowed) and key in self._quic:
@@ -774,14 +802,49 @@ class Engine:
         if _is_address(name.strip("[]")):
             # A name field that holds an address: judge the address the client named.
             return self._decide_address(key, now, ipaddress.ip_address(name.strip("[]")).packed)
+        return self._decide_host(name, port, found.source, key, now)
+
+    def _decide_host(self, name: str, port: int | None, source: str, key: FlowKey,
+                     now: float) -> tuple[Decision | None, str]:
+        """A connection that names `name` (found in `source`) to key.dst: the name decides, unless it
+        is allowed and DNS gave that address only in answers that name a blocked host and never for
+        this name (an address conflict: a hosts-file remap or --resolve, TLS without verification,
+        domain fronting, a CNAME alias of a blocked registry). Where an answer without a blocked
+        name gave the address for this name too (a shared CDN), the name decides."""
         d = self._decide_name(name, port)
-        if d is not None and d.allowed and d.registry is None:
-            # Allowed only because the name is unknown: if the address was learned for a blocked
-            # registry (a CNAME alias, an answer cached before the policy changed), that wins.
-            learned = self._decide_learned(key.dst, key.dport, now)
-            if learned is not None and not learned.allowed and learned.registry is not None:
-                return learned, "dns-table"
-        return d, found.source
+        if d is None or not d.allowed:
+            return d, source
+        chains = self.names.chains(key.dst, now)
+        if not chains or d.host in chains:  # the usual case: never learned, or for this name alone
+            return d, source
+        evidence: Decision | None = None
+        for chain in chains:
+            names = chain_names(chain)
+            blocked = self._blocked_in(names, key.dport)
+            if blocked is None:
+                if d.host in names:
+                    return d, source
+            elif evidence is None:
+                evidence = blocked
+        if evidence is None:
+            return d, source
+        text = str(ipaddress.ip_address(key.dst))
+        return Decision(False, evidence.host, key.dport, evidence.registry, evidence.registry_name, evidence.rule,
+                        f"address conflict: {d.host} ({source}) to {text}, which DNS gave for {evidence.host} "
+                        f"and never for {d.host}; {evidence.reason}"), "dns-table"
+
+    def _blocked_in(self, names: list[str], port: int | None) -> Decision | None:
+        """The first of names (normalised) the policy blocks at port, or None."""
+        for n in names:
+            d = self._decide_name(n, port)
+            if d is not None and not d.allowed:
+                return d
+        return None
+
+    def _chain_blocked(self, chain: Chain) -> bool:
+        # The name table asks before it evicts a chain learned as unblocked (a reload may have
+        # blocked one of its names since).
+        return self._blocked_in(chain_names(chain), None) is not None
 
     def _decide_address(self, key: FlowKey, now: float, address: bytes | None = None) -> tuple[Decision, str]:
         address = key.dst if address is None else address
@@ -881,6 +944,14 @@ class Engine:
         return self._dns_tcp_segment(packet, l4, key, now)
 
     def _dns_tcp_segment(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float) -> Verdict:
+        if key.sport != 53:
+            # From another port only segments that begin with a DNS response header are queued, so
+            # each must hold whole messages: the rest of a split one would pass unread.
+            messages, rest = dns.split_tcp_messages(seg.payload)
+            if not messages or rest:
+                return self._fail(key, now, f"a DNS answer over TCP from port {key.sport} split across segments",
+                                  dns_answer=True)
+            return self._dns_tcp_rewrite(packet, seg, messages, key, now, _DnsStream(seg.seq, last=now))
         if seg.flags & (SYN | RST) or not seg.payload:
             if seg.flags & SYN:
                 self._dns_tcp[key] = _DnsStream((seg.seq + 1) & 0xFFFFFFFF, last=now)
@@ -946,24 +1017,36 @@ class Engine:
         msg = dns.parse_message(data)
         if not msg.is_response:
             return None, None
-        seen: dict[str, None] = {}  # every name once, lower case, in order: question, then answers
+        # Every name once, lower case, in order: question, then answers (owners, CNAME and SVCB
+        # targets: an SVCB/HTTPS record is followed like a CNAME, its "." target being the owner).
+        seen: dict[str, None] = {}
         for q in msg.questions:
             seen[q.name.lower()] = None
         addresses: list[bytes] = []
         ttl: int | None = None
         for rr in msg.answers:
             seen[rr.name.lower()] = None
-            if isinstance(rr.data, str):
-                seen[rr.data.lower()] = None
-            elif isinstance(rr.data, bytes):
-                addresses.append(rr.data)
+            value = rr.data
+            if value is None:
+                continue
+            if isinstance(value, str):
+                seen[value.lower()] = None
+            elif isinstance(value, bytes):
+                addresses.append(value)
                 ttl = rr.ttl if ttl is None else min(ttl, rr.ttl)
+            else:
+                seen[value.target.lower()] = None
+                if value.hints:
+                    addresses += value.hints
+                    ttl = rr.ttl if ttl is None else min(ttl, rr.ttl)
+        if msg.additional:
+            ttl = _follow_additional(msg.additional, seen, addresses, ttl)
         seen.pop("", None)
         names = list(seen)
         decisions: list[Decision] = []
         blocked: Decision | None = None
         for n in names:
-            d = self._decide_name(n, None)
+            d = self._decide_name(_service_host(n), None)
             if d is not None:
                 decisions.append(d)
                 if blocked is None and not d.allowed:
@@ -971,14 +1054,16 @@ class Engine:
         if not decisions:
             return None, None
         client_key = key.reply()
-        judged = tuple(d.host for d in decisions)
-        learned = not addresses or self.names.learn(addresses, judged, ttl or 0, now)
+        judged = tuple(dict.fromkeys(d.host for d in decisions))
+        learned = not addresses or self.names.learn(addresses, chain_of(judged), ttl or 0, now,
+                                                    protected=blocked is not None)
         if not learned:
             self.stats.by_limit["names"] = self.stats.by_limit.get("names", 0) + 1
             self.stats.fail_verdicts += 1
             if self.policy.fail_mode == "closed":
-                why = "the table of names learned from DNS is full"
-                reply = _blocked_reply(data, (f"{EDE_PREFIX}: {why}", EDE_PREFIX, ""),
+                why = (f"a DNS answer with more than {MAX_CHAIN_NAMES} names" if len(judged) > MAX_CHAIN_NAMES
+                       else "the table of names learned from DNS is full")
+                reply = _blocked_reply(data, msg, (f"{EDE_PREFIX}: {why}", EDE_PREFIX, ""),
                                        len(data) if same_length else None)
                 return reply, Event(now, client_key, False, names[0], "none", None, None,
                                     "fail_mode = closed", f"{why}; {self.policy.label} has fail_mode = closed")
@@ -991,7 +1076,48 @@ class Engine:
         texts = (f"{EDE_PREFIX}: {blocked.host} is blocked by {self.policy.label} ({blocked.rule})",
                  f"{EDE_PREFIX}: {blocked.host} is blocked by {self.policy.label}",
                  f"{EDE_PREFIX}: {blocked.host} is blocked", EDE_PREFIX, "")
-        return _blocked_reply(data, texts, len(data) if same_length else None), event
+        return _blocked_reply(data, msg, texts, len(data) if same_length else None), event
+
+
+def _follow_additional(records: tuple[dns.ResourceRecord, ...], seen: dict[str, None], addresses: list[bytes],
+                       ttl: int | None) -> int | None:
+    """Take the additional section's A/AAAA/SVCB records whose owner is a name of the answer (a
+    resolver adds an SVCB target's addresses there, RFC 9460 section 4.2), following SVCB targets
+    from there; records of other owners are not the answer's. Returns the TTL so far."""
+    by_owner: dict[str, list[dns.ResourceRecord]] = {}
+    for rr in records:
+        by_owner.setdefault(rr.name.lower(), []).append(rr)
+    todo = [n for n in seen if n in by_owner]
+    while todo:
+        for rr in by_owner.pop(todo.pop(), ()):
+            value = rr.data
+            if isinstance(value, bytes):
+                addresses.append(value)
+            elif isinstance(value, dns.Svcb):
+                target = value.target.lower()
+                if target not in seen:
+                    seen[target] = None
+                    if target in by_owner:
+                        todo.append(target)
+                if not value.hints:
+                    continue
+                addresses += value.hints
+            else:
+                continue
+            ttl = rr.ttl if ttl is None else min(ttl, rr.ttl)
+    return ttl
+
+
+def _service_host(name: str) -> str:
+    """The host a name serves: "_8443._https.registry.example" (RFC 9460 port prefix; also
+    "_dmarc." and the like) belongs to registry.example; other names are themselves."""
+    if not name.startswith("_"):
+        return name
+    labels = name.split(".")
+    i = 0
+    while i < len(labels) and labels[i].startswith("_"):
+        i += 1
+    return ".".join(labels[i:])
 
 
 def _event(now: float, key: FlowKey, d: Decision, source: str, allowed: bool | None = None,
@@ -1019,18 +1145,19 @@ def _reset_toward_client(packet: Packet, seg: TcpSegment) -> bytes:
                       b"", window=0, ttl=packet.ttl)
 
 
-def _blocked_reply(message: bytes, texts: tuple[str, ...], length: int | None) -> bytes | None:
+def _blocked_reply(message: bytes, parsed: dns.DnsMessage, texts: tuple[str, ...], length: int | None) -> bytes | None:
     """NXDOMAIN with an EDE text; with `length`, exactly that many bytes (a DNS-over-TCP answer
     cannot change size): the longest text that fits, padded with spaces (or, without EDNS, with
     trailing bytes, which DNS parsers skip). None if even the shortest reply is too long."""
     for text in texts:
-        reply = dns.build_blocked_reply(message, rcode="NXDOMAIN", info_code=dns.EDE_BLOCKED, text=text)
+        reply = dns.build_blocked_reply(message, rcode="NXDOMAIN", info_code=dns.EDE_BLOCKED, text=text,
+                                        parsed=parsed)
         if length is None or len(reply) == length:
             return reply
         if len(reply) > length:
             continue
         padded = dns.build_blocked_reply(message, rcode="NXDOMAIN", info_code=dns.EDE_BLOCKED,
-                                         text=text + " " * (length - len(reply)))
+                                         text=text + " " * (length - len(reply)), parsed=parsed)
         if len(padded) > length:
             continue
         return padded + bytes(length - len(padded))

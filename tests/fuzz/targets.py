@@ -43,6 +43,22 @@ def fuzz_dns(data: bytes) -> object:
     return message
 
 
+# A message around one SVCB/HTTPS rdata: the same bytes as an answer (HTTPS) and as an additional
+# record (SVCB), so both readers of the record see every mutation.
+_SVCB_HEAD = struct.pack("!HHHHHH", 0x5353, 0x8180, 1, 1, 0, 1) + b"\x01a\x07example\x00\x00\x41\x00\x01"
+
+
+def fuzz_dns_svcb(rdata: bytes) -> object:
+    record = struct.pack("!HIH", 1, 300, len(rdata) & 0xFFFF) + rdata
+    message = dns.parse_message(_SVCB_HEAD + b"\xc0\x0c\x00\x41" + record + b"\xc0\x0c\x00\x40" + record)
+    answer, extra = message.answers[0].data, message.additional[0].data
+    if not isinstance(answer, dns.Svcb) or answer != extra:
+        raise AssertionError(f"answer {answer!r} and additional record {extra!r} differ")
+    if any(len(h) not in (4, 16) for h in answer.hints):
+        raise AssertionError(f"a hint of the wrong size: {answer.hints!r}")
+    return answer
+
+
 def fuzz_dns_tcp(data: bytes) -> object:
     messages, _rest = dns.split_tcp_messages(data)
     return [dns.parse_message(m) for m in messages]
@@ -125,6 +141,7 @@ TARGETS: dict[str, Target] = {
     "ip": fuzz_ip,
     "dns": fuzz_dns,
     "dns_tcp": fuzz_dns_tcp,
+    "dns_svcb": fuzz_dns_svcb,
     "tls": fuzz_tls,
     "tls_handshake": fuzz_tls_handshake,
     "http": fuzz_http,
@@ -133,6 +150,10 @@ TARGETS: dict[str, Target] = {
     "quic_v2_payload": fuzz_quic_v2_payload,
     "quic_datagram": fuzz_quic_datagram,
 }
+
+
+def _svc_param(key: int, value: bytes) -> bytes:
+    return struct.pack("!HH", key, len(value)) + value
 
 
 def _hex(path: Path) -> bytes:
@@ -163,9 +184,18 @@ def seeds(target: str) -> tuple[bytes, ...]:
     zero_rtt = b"\xd3" + (1).to_bytes(4, "big") + b"\x08" + _FUZZ_DCID + b"\x00\x40\x20" + bytes(32)
     hello = chromium_like_hello()
     half = len(hello) // 2
+    svcb = [
+        b"\x00\x00\x04ghcr\x02io\x00",  # AliasMode
+        b"\x00\x01\x00" + _svc_param(1, b"\x02h2\x02h3") + _svc_param(4, bytes([10, 0, 0, 1, 10, 0, 0, 2]))
+        + _svc_param(5, bytes(40)) + _svc_param(6, bytes(15) + b"\x01"),
+        b"\x00\x02\xc0\x0c" + _svc_param(3, b"\x01\xbb") + _svc_param(4, bytes(4)),  # compressed target
+    ]
+    https_answer = (_SVCB_HEAD[:6] + b"\x00\x01\x00\x00\x00\x00" + _SVCB_HEAD[12:] + b"\xc0\x0c\x00\x41"
+                    + struct.pack("!HIH", 1, 300, len(svcb[1])) + svcb[1])
     by_target = {
         "ip": packets[:40],
-        "dns": dns_udp + [m for s in dns_tcp for m in dns.split_tcp_messages(s)[0]],
+        "dns": dns_udp + [m for s in dns_tcp for m in dns.split_tcp_messages(s)[0]] + [https_answer],
+        "dns_svcb": svcb,
         "dns_tcp": [*dns_tcp, b"".join(dns_tcp)],
         "tls": hellos,
         "tls_handshake": [*(h[5:] for h in single), hello],

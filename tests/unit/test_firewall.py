@@ -17,9 +17,9 @@ def rules(family: firewall.Family = 4, **kw: object) -> list[str]:
 def test_closed_mode_has_no_bypass_and_open_mode_bypasses_every_queue() -> None:
     closed = [r for r in rules() if "NFQUEUE" in r]
     opened = [r for r in rules(fail_open=True) if "NFQUEUE" in r]
-    # The client TCP rule twice (NETGUARD-FLOW and NETGUARD-EMPTY), two DNS rules, UDP (GSO guard) and
-    # QUIC (4), three for server packets (SYN-ACK, long, the rest after the data-less tests).
-    assert len(closed) == len(opened) == 12
+    # The client TCP rule twice (NETGUARD-FLOW and NETGUARD-EMPTY), DNS from port 53 (2) and from other
+    # ports (2), UDP (GSO guard) and QUIC (4), three for server packets (SYN-ACK, long, the rest).
+    assert len(closed) == len(opened) == 14
     assert not any("--queue-bypass" in r for r in closed)
     assert all(r.endswith("--queue-num 7413 --queue-bypass") for r in opened)
 
@@ -51,7 +51,7 @@ def test_the_engine_decides_inside_the_window() -> None:
 
 def test_what_is_queued() -> None:
     lines = rules()
-    dns = [r for r in lines if r.startswith("-A NETGUARD-DNS")]
+    dns = [r for r in lines if r.startswith("-A NETGUARD-DNS ")]
     # Answers only (reply direction): a client flow from port 53 must meet the flow rules.
     assert dns == ["-A NETGUARD-DNS -m mark --mark 0x300000/0x700000 -j RETURN",
                    "-A NETGUARD-DNS -m mark ! --mark 0x0/0x700000 -j CONNMARK --save-mark --nfmask 0x700000 "
@@ -62,7 +62,11 @@ def test_what_is_queued() -> None:
                    "-A NETGUARD-DNS -p tcp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413",
                    "-A NETGUARD-DNS -p tcp -m conntrack --ctdir REPLY -m connmark --mark 0x0/0x700000 "
                    f"-m connbytes --connbytes 0:{firewall.REPLY_WINDOW_PACKETS} --connbytes-dir reply "
-                   "--connbytes-mode packets -g NETGUARD-REPLY"]
+                   "--connbytes-mode packets -g NETGUARD-REPLY",
+                   # then other ports' first replies, for their DNS header (after the server packets of
+                   # undecided flows: a goto's RETURN leaves NETGUARD-DNS)
+                   "-A NETGUARD-DNS -m connbytes --connbytes 0:32 --connbytes-dir reply --connbytes-mode packets "
+                   "-m conntrack --ctdir REPLY -g NETGUARD-DNS-ANY"]
     tcp = next(r for r in lines if "-p tcp" in r and "NFQUEUE" in r and "NETGUARD-FLOW" in r)
     # Client direction only, undecided connections only, a byte window (GSO: not a packet count).
     assert "--ctdir ORIGINAL" in tcp and "-m connmark --mark 0x0/0x700000" in tcp
@@ -203,11 +207,12 @@ def test_data_less_segments_leave_before_the_queue_and_only_without_syn_rst_or_u
         after = flow[decided + 2:decided + 4]  # the queue rule and the one past the window
         assert empty[len(tests):] == [r.replace("NETGUARD-FLOW", "NETGUARD-EMPTY") for r in after]
         assert ":NETGUARD-EMPTY - [0:0]" in lines
-        fallback = rules(family, skip_empty=False)
+        fallback = rules(family, skip_empty=False, dns_any_port=False)
         assert not any(("u32" in r and "-A NETGUARD-UDP" not in r and "-A NETGUARD-QUIC" not in r)
                        or "NETGUARD-EMPTY" in r for r in fallback)
         reply_tests = len(tests) + 1  # the long-packet rule and the exact tests in NETGUARD-REPLY
-        assert len(lines) == len(fallback) + 1 + 1 + len(empty) + reply_tests
+        # + NETGUARD-DNS-ANY (declared, the goto to it, its two header tests)
+        assert len(lines) == len(fallback) + 1 + 1 + len(empty) + reply_tests + 4
 
 
 @given(family=st.sampled_from(firewall.FAMILIES), offset=st.sampled_from(list(firewall.TCP_DATA_OFFSETS)))
