@@ -597,7 +597,7 @@ class Engine:
         decisions: list[Decision] = []
         blocked: Decision | None = None
         for n in names:
-            d = self._decide_name(_service_host(n), None)
+            d = self._decide_name(n if n[:1] != "_" else _service_host(n), None)
             if d is not None:
                 decisions.append(d)
                 if blocked is None and not d.allowed:
@@ -605,7 +605,7 @@ class Engine:
         if not decisions:
             return None, None
         client_key = key.reply()
-        judged = tuple(dict.fromkeys(d.host for d in decisions))
+        judged = (decisions[0].host,) if len(decisions) == 1 else tuple(dict.fromkeys(d.host for d in decisions))
         learned = not addresses or self.names.learn(addresses, chain_of(judged), ttl or 0, now,
                                                     protected=blocked is not None)
         if not learned:
