@@ -149,7 +149,7 @@ class Engine:
             return self._fail_unkeyed("IP fragment or no transport header")
         l4 = packet.l4
         key = FlowKey(packet.proto, packet.src, l4.sport, packet.dst, l4.dport)
-        answer = self._is_dns_answer(key, l4, from_client)
+        answer = from_client is not True and self._is_dns_answer(key, l4, from_client)
         try:
             if answer:
                 return self._dns(packet, key, now)
@@ -168,8 +168,6 @@ class Engine:
         (from_client False) nothing else is queued. At FORWARD (None) client flows are queued too:
         the header tells them apart (a QUIC long header has zeros where a response has its QR bit
         and question count; a TCP client flow begins with a SYN), and UDP to port 443 stays QUIC's."""
-        if from_client is True:
-            return False
         if l4.sport == 53:
             return not self._client_flow(key, l4)
         if from_client is False:
