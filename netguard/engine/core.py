@@ -255,7 +255,7 @@ class Engine:
             return self._fail_unkeyed("IP fragment or no transport header")
         l4 = packet.l4
         key = FlowKey(packet.proto, packet.src, l4.sport, packet.dst, l4.dport)
-        answer = self._is_dns_answer(key, l4, from_client)
+        answer = from_client is not True and self._is_dns_answer(key, l4, from_client)
         try:
             if answer:
                 if isinstance(l4, TcpSegment) and l4.sport == 53 and l4.flags & (SYN | ACK) == SYN | ACK:
@@ -1046,7 +1046,7 @@ class Engine:
         decisions: list[Decision] = []
         blocked: Decision | None = None
         for n in names:
-            d = self._decide_name(_service_host(n), None)
+            d = self._decide_name(n if n[:1] != "_" else _service_host(n), None)
             if d is not None:
                 decisions.append(d)
                 if blocked is None and not d.allowed:
@@ -1054,7 +1054,7 @@ class Engine:
         if not decisions:
             return None, None
         client_key = key.reply()
-        judged = tuple(dict.fromkeys(d.host for d in decisions))
+        judged = (decisions[0].host,) if len(decisions) == 1 else tuple(dict.fromkeys(d.host for d in decisions))
         learned = not addresses or self.names.learn(addresses, chain_of(judged), ttl or 0, now,
                                                     protected=blocked is not None)
         if not learned:

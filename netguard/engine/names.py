@@ -135,7 +135,7 @@ class NameTable:
         by_address = self._by_address
         held = self._protected if protected else self._count
         limit = self.max_protected if protected else self.max_entries
-        if held + self._new(addresses, chain, protected) * weight > limit:
+        if held + len(addresses) * weight > limit and held + self._new(addresses, chain, protected) * weight > limit:
             self.purge(now)  # which may take pairs this answer refreshes: count again
             held = self._protected if protected else self._count
             over = held + self._new(addresses, chain, protected) * weight - limit
@@ -170,7 +170,8 @@ class NameTable:
             record[chain] = item
             self._trim(record)
             by_address[a] = next(iter(record.values())) if len(record) == 1 else record
-        self._compact()
+        if len(self._heap) + len(self._pheap) > 2 * (self._count + self._protected) + 1024:
+            self._compact()
         return True
 
     def purge(self, now: float) -> None:
@@ -261,10 +262,7 @@ class NameTable:
             held -= _weight(victim[2])
 
     def _compact(self) -> None:
-        live = self._count + self._protected
-        if len(self._heap) + len(self._pheap) <= 2 * live + 1024:
-            return
-        # Stale items (refreshed or evicted entries) outnumber live ones: rebuild both heaps.
+        """Stale items (refreshed or evicted entries) outnumber live ones: rebuild both heaps."""
         heap: list[_Item] = []
         pheap: list[_Item] = []
         for record in self._by_address.values():
