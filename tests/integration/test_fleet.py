@@ -441,11 +441,12 @@ def test_a_hanging_policy_server_never_slows_enforcement(
     try:
         puller = lab.client_popen([NETGUARD, "policy", "pull", "--timeout", "30"], stdout=subprocess.DEVNULL)
         until(lambda: "accepted" in log.read_text(), 5)  # the poll is now waiting for the server
-        for _ in range(3):
+        for round_ in range(3):
             ok, blocked = curl(lab, GHCR, 4, timeout=5), curl(lab, HUB, 6, timeout=5)
             assert ok.code == 0 and blocked.code == RESET
             assert ok.seconds < WITHIN and blocked.seconds < WITHIN, (ok, blocked)
-        assert puller.poll() is None  # still waiting: the fetch hangs, enforcement does not
+            if round_ == 0:  # checked early: on a loaded machine three rounds can outlast fetch.TIMEOUT
+                assert puller.poll() is None  # still waiting: the fetch hangs, enforcement does not
         assert puller.wait(timeout=40) == 1
         last = status(lab)["fleet"]["last"]
         assert last["result"] == "error" and "timed out" in last["text"], last
