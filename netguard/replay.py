@@ -3,8 +3,10 @@
 Strategy: a small pcap / pcapng reader (Ethernet, Linux cooked v1/v2, raw IP and BSD loopback link
 types) yields IP packets with their timestamps; a connection-tracking stand-in hands the engine
 only what the firewall rules would queue: DNS answers (from port 53), and the client direction of
-TCP flows and UDP 443 flows until the engine has decided them. Each decision is one line (or one
-JSON object); flows still undecided at the end of the capture are listed as such.
+TCP flows and UDP 443 flows until the engine has decided them, or for as long as it follows them
+(plain HTTP connections; an allowed TLS flow again once its server sent a HelloRetryRequest, as the
+kernel rule sees it). Each flow is one line (or one JSON object) with its last decision; flows still
+undecided at the end of the capture are listed as such.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from netguard.engine import Engine, Event, FlowKey
+from netguard.engine import Action, Engine, Event, FlowKey
 from netguard.policy import Policy
+from netguard.wire import tls
 from netguard.wire.errors import ParseError
 from netguard.wire.ip import ACK, SYN, TcpSegment, UdpDatagram, parse_packet
 
@@ -117,6 +120,8 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
     order: list[FlowKey | int] = []
     client: set[FlowKey] = set()  # keys whose direction is the client's (first SYN or first packet)
     decided: set[FlowKey] = set()
+    allowed: set[FlowKey] = set()  # decided and allowed: a HelloRetryRequest makes them followed again
+    followed: set[FlowKey] = set()
     for ts, ip in read_capture(path):
         try:
             packet = parse_packet(ip)
@@ -137,7 +142,13 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
         if isinstance(l4, UdpDatagram) and l4.dport != 443:
             client.add(key)  # a DNS query (or other UDP): its answers come back the other way
             continue
-        if key.reply() in client or key in decided:
+        if key.reply() in client:
+            if key.reply() in allowed and isinstance(l4, TcpSegment) and tls.is_hello_retry_request(l4.payload):
+                allowed.discard(key.reply())
+                decided.discard(key.reply())
+                followed.add(key.reply())
+            continue
+        if key in decided:
             continue
         if isinstance(l4, TcpSegment) and l4.flags & SYN and l4.flags & ACK:
             client.add(key.reply())
@@ -146,10 +157,16 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
             client.add(key)
             lines[key] = FlowLine(key, None)
             order.append(key)
-        verdict = engine.handle(ip, ts, from_client=True)
+        verdict = engine.handle(ip, ts, from_client=True, followed=key in followed)
         if verdict.event is not None:
             lines[key].event = verdict.event
+        if verdict.action in (Action.ALLOW, Action.BLOCK):
             decided.add(key)
+            followed.discard(key)
+            if verdict.action is Action.ALLOW:
+                allowed.add(key)
+        elif verdict.action is Action.FOLLOW:
+            followed.add(key)
     return [dns_lines[k] if isinstance(k, int) else lines[k] for k in order]
 
 

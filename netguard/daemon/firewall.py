@@ -36,6 +36,17 @@ NETGUARD-FLOW), never ACCEPT, so the rules after netguard's jump still apply. On
 reach these rules. Where the kernel has no u32, `apply_preferred` falls back to the rules without
 them (every segment queued).
 
+Followed flows (a fourth connection mark, "follow"): a plain HTTP connection is allowed request by
+request, so its client data stays queued for its whole life (NETGUARD-FOLLOW: the data-less segments
+leave in the kernel with the same u32 tests, the rest is queued with the packet mark "follow", which
+tells the daemon why it was queued). A packet the daemon gave back with "follow" has a non-zero packet
+mark and does not meet that rule again. A TLS flow is followed again when its server answers with a
+HelloRetryRequest (RFC 8446 §4.1.3): NETGUARD-REPLY (INPUT and FORWARD) matches the HRR's fixed
+random with xt u32 at its fixed place in the first reply packets of an allowed flow (connbytes
+bounds it to the first few, so a download never meets the u32 test) and sets the connection mark to
+"follow", so the client's second ClientHello is queued and judged too. An ordinary TLS connection
+costs nothing more: no packet of it is queued past its first hello.
+
 Only the filter table is used: CONNMARK, connbytes, NFQUEUE, u32 and REJECT all work there.
 """
 
@@ -47,16 +58,19 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from netguard.daemon import netns
-from netguard.policy import passed_mark
+from netguard.policy import follow_mark, passed_mark
+from netguard.wire import tls
 
 CHAIN_PREFIX = "NETGUARD"
 CHAIN_FLOW = "NETGUARD-FLOW"  # verdict enforcement + queueing of new client flows (OUTPUT, FORWARD)
 CHAIN_DNS = "NETGUARD-DNS"  # DNS answers to the queue (INPUT, FORWARD)
 CHAIN_RAW = "NETGUARD-RAW"  # raw table: injected TLS alerts leave conntrack alone (OUTPUT)
 CHAIN_EMPTY = "NETGUARD-EMPTY"  # data-less segments leave, the rest is queued (goto from NETGUARD-FLOW)
+CHAIN_FOLLOW = "NETGUARD-FOLLOW"  # client data of followed flows to the queue (goto from NETGUARD-FLOW)
+CHAIN_REPLY = "NETGUARD-REPLY"  # a HelloRetryRequest makes an allowed TLS flow followed (INPUT, FORWARD)
 CHAINS = (CHAIN_FLOW, CHAIN_DNS)
-HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DNS,),
-                                     "FORWARD": (CHAIN_DNS, CHAIN_FLOW)}
+HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DNS, CHAIN_REPLY),
+                                     "FORWARD": (CHAIN_DNS, CHAIN_REPLY, CHAIN_FLOW)}
 
 # The client bytes (headers included, as connbytes counts them) queued while a TCP flow is
 # undecided. It must exceed the largest single write a client can make before the name is known:
@@ -75,6 +89,14 @@ SKIP_REPLY_PACKETS = 1
 # (IPv4 with a 20-byte header: total 40..80; IPv6: payload 20..60). A ClientHello fails it in one
 # rule instead of walking the eleven exact ones.
 EMPTY_GATE = {4: "0&0xFF00FFFF=0x45000028:0x45000050", 6: "4>>16=20:60"}
+# Reply-direction packets of an allowed flow in which a HelloRetryRequest is looked for: the SYN-ACK,
+# a bare ACK of the hello, SOCKS5's method, authentication and request answers or a CONNECT's 200
+# before a tunnel's hello, then the HRR, and a retransmission.
+HRR_REPLY_PACKETS = 8
+# How u32 reaches the TCP payload: "@" adds the value so far (IPv4: its header length from IHL, then the
+# TCP data offset; IPv6: the data offset) to the position, and the number after it is read from there.
+# So the payload's byte N is at "<jump>N" for IPv4 and "<jump>40+N" (one number) for IPv6.
+PAYLOAD_JUMP = {4: ("0>>22&0x3C@12>>26&0x3C@", 0), 6: ("52>>26&0x3C@", 40)}
 
 Backend = Literal["iptables-nft", "iptables-legacy"]
 BACKENDS: tuple[Backend, ...] = ("iptables-nft", "iptables-legacy")
@@ -106,6 +128,14 @@ class Marks:
             raise ValueError(f"mark mask 0x{self.mask:x} leaves no value besides allowed and blocked")
         return value
 
+    @property
+    def follow(self) -> int:
+        """The connection mark for "allowed so far, keep queueing the client's data" (policy.follow_mark)."""
+        value = follow_mark(self.mask, self.allowed, self.blocked)
+        if value is None:
+            raise ValueError(f"mark mask 0x{self.mask:x} leaves no fourth value for followed connections")
+        return value
+
 
 @dataclass(frozen=True)
 class Options:
@@ -119,8 +149,10 @@ class Options:
     # Toward a masqueraded container an alert matches no direction of the NATed connection's entry,
     # and the new entry it would make clashes with that one and is dropped.
     untracked_alerts: bool = False
-    # Data-less TCP segments of undecided flows stay in the kernel (needs the xt u32 match).
+    # Data-less TCP segments of undecided and followed flows stay in the kernel (needs the xt u32 match).
     skip_empty: bool = True
+    # A HelloRetryRequest makes an allowed TLS flow followed, to judge the second ClientHello (xt u32).
+    reread_hrr: bool = True
 
 
 def _m(value: int, mask: int) -> str:
@@ -143,6 +175,19 @@ def empty_segment_tests(family: Family) -> list[str]:
     return [f"4&0xFFFFFF00=0x{(4 * d) << 16 | 6 << 8:08X}&&52>>28={d}" for d in TCP_DATA_OFFSETS]
 
 
+def hrr_tests(family: Family) -> str:
+    """The u32 expression that matches a TCP segment whose payload begins with a HelloRetryRequest:
+    a handshake record, and the HRR random in eight words at payload offset 11 (IPv6: TCP the first
+    next header). At most 11 tests of 7 locations each: within xt_u32's limits."""
+    jump, first = PAYLOAD_JUMP[family]
+    words = [tls.HRR_RANDOM[i:i + 4] for i in range(0, 32, 4)]
+    tests = [f"{jump}{first}>>24=0x{tls.CONTENT_HANDSHAKE:X}"]
+    tests += [f"{jump}{first + tls.HRR_RANDOM_OFFSET + 4 * i}=0x{w.hex().upper()}" for i, w in enumerate(words)]
+    if family == 6:
+        tests.insert(0, "4>>8&0xFF=6")  # TCP is the first next header
+    return "&&".join(tests)
+
+
 def build_rules(family: Family, opts: Options) -> str:
     """The iptables-restore text that installs netguard's chains and jumps (filter table; raw too
     with untracked_alerts)."""
@@ -163,8 +208,22 @@ def build_rules(family: Family, opts: Options) -> str:
         ["-p", "tcp", *blocked, "-j", "REJECT", "--reject-with", "tcp-reset"],
         ["-p", "udp", *blocked, "-j", "REJECT", "--reject-with", unreach],
         [*blocked, "-j", "DROP"],
+        # A followed flow's client packets, fresh ones only (packet mark 0: a packet the daemon gave
+        # back carries its verdict's mark and goes on).
+        ["-p", "tcp", *original, "-m", "mark", "--mark", _m(0, mk.mask), "-m", "connmark", "--mark",
+         _m(mk.follow, mk.mask), "-g", CHAIN_FOLLOW],
         ["-m", "connmark", "!", "--mark", _m(0, mk.mask), "-j", "RETURN"],
     ]
+    follow: list[list[str]] = []
+    if opts.skip_empty:
+        follow = [["-m", "u32", "--u32", test, "-j", "RETURN"] for test in empty_segment_tests(family)]
+    follow += [["-j", "MARK", "--set-xmark", _m(mk.follow, mk.mask)], _queue(opts)]
+    reply_rules: list[list[str]] = []
+    if opts.reread_hrr:
+        reply_rules = [["-p", "tcp", "-m", "conntrack", "--ctdir", "REPLY", "-m", "connmark", "--mark",
+                        _m(mk.allowed, mk.mask), "-m", "connbytes", "--connbytes", f"0:{HRR_REPLY_PACKETS}",
+                        "--connbytes-dir", "reply", "--connbytes-mode", "packets", "-m", "u32", "--u32",
+                        hrr_tests(family), "-j", "CONNMARK", "--set-xmark", _m(mk.follow, mk.mask)]]
     queue_tcp = ["-p", "tcp", *original, *undecided, "-m", "connbytes", "--connbytes", f"0:{TCP_WINDOW_BYTES}",
                  "--connbytes-dir", "original", "--connbytes-mode", "bytes", *_queue(opts)]
     empty: list[list[str]] = []
@@ -190,16 +249,19 @@ def build_rules(family: Family, opts: Options) -> str:
         ["-p", "udp", "--sport", "53", *reply, *_queue(opts)],
         ["-p", "tcp", "--sport", "53", *reply, *_queue(opts)],
     ]
-    lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]"]
+    lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]", f":{CHAIN_FOLLOW} - [0:0]"]
     lines += [f":{CHAIN_EMPTY} - [0:0]"] if empty else []
+    lines += [f":{CHAIN_REPLY} - [0:0]"] if reply_rules else []
     lines += [" ".join(["-A", CHAIN_FLOW, *r]) for r in flow]
     lines += [" ".join(["-A", CHAIN_EMPTY, *r]) for r in empty]
+    lines += [" ".join(["-A", CHAIN_FOLLOW, *r]) for r in follow]
     lines += [" ".join(["-A", CHAIN_DNS, *r]) for r in dns]
+    lines += [" ".join(["-A", CHAIN_REPLY, *r]) for r in reply_rules]
     for hook, chains in HOOKS.items():
         if hook == "FORWARD" and not opts.forward:
             continue
         # Inserted in reverse so that the first chain listed runs first.
-        lines += [f"-I {hook} 1 -j {chain}" for chain in reversed(chains)]
+        lines += [f"-I {hook} 1 -j {chain}" for chain in reversed(chains) if chain != CHAIN_REPLY or reply_rules]
     lines.append("COMMIT")
     if opts.untracked_alerts:
         lines += ["*raw", f":{CHAIN_RAW} - [0:0]",
@@ -337,7 +399,7 @@ def apply_preferred(backend: Backend, opts: Options, ns: str | None = None) -> t
     except FirewallError as exc:
         if not opts.skip_empty:
             raise
-        fallback = replace(opts, skip_empty=False)
+        fallback = replace(opts, skip_empty=False, reread_hrr=False)
         apply(backend, fallback, ns)
         return fallback, str(exc).splitlines()[0]
 

@@ -47,9 +47,10 @@ FROM_CLIENT = {1: False, HOOK_OUTPUT: True}
 
 
 @functools.lru_cache(maxsize=8)
-def _mark_values(marks: firewall.Marks) -> tuple[int, int, int, int]:
-    """(mask, allowed, blocked, passed) for apply_verdict: Marks.passed is worked out on each use."""
-    return marks.mask, marks.allowed, marks.blocked, marks.passed
+def _mark_values(marks: firewall.Marks) -> tuple[int, int, int, int, int]:
+    """(mask, allowed, blocked, passed, follow) for apply_verdict: Marks.passed and .follow are worked
+    out on each use."""
+    return marks.mask, marks.allowed, marks.blocked, marks.passed, marks.follow
 
 
 class StartError(RuntimeError):
@@ -148,7 +149,8 @@ class Daemon:
                 self._notice(f"replaced stale netguard rules in one step ({', '.join(stale)})")
             enforcing = True
             empty = ("data-less TCP segments stay in the kernel" if no_u32 is None else
-                     f"every TCP segment of an undecided flow is queued, the xt u32 rules failed: {no_u32}")
+                     f"every TCP segment of an undecided or followed flow is queued and a second ClientHello "
+                     f"after a HelloRetryRequest is not read, the xt u32 rules failed: {no_u32}")
             self._notice(f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
                          f"fail_mode {self.policy.fail_mode}; {empty})")
             self._loop(queue, wake_r, status)
@@ -212,12 +214,16 @@ class Daemon:
 
     def _on_packet(self, packet: Packet) -> None:
         data = packet.get_payload()
+        values = _mark_values(self._marks)
+        # NETGUARD-FOLLOW queues a followed flow's packets with the "follow" packet mark.
+        followed = packet.get_mark() & values[0] == values[4]
         try:
-            verdict = self.engine.handle(data, self.clock(), from_client=FROM_CLIENT.get(packet.hook))
+            verdict = self.engine.handle(data, self.clock(), from_client=FROM_CLIENT.get(packet.hook),
+                                         followed=followed)
         except Exception as exc:  # a bug must not take enforcement down
             self._notice(f"internal error on a packet ({type(exc).__name__}: {exc}); fail verdict")
             fail = Verdict(Action.ACCEPT if self.policy.fail_mode == "open" else Action.DROP)
-            apply_verdict(packet, fail, *_mark_values(self._marks))
+            apply_verdict(packet, fail, *values)
             return
         event = verdict.event
         if event is not None and not event.allowed:
@@ -233,7 +239,7 @@ class Daemon:
                 self._injector.send(raw)
             except OSError as exc:
                 self._notice(f"could not send the TLS alert: {exc}")
-        apply_verdict(packet, verdict, *_mark_values(self._marks))
+        apply_verdict(packet, verdict, *values)
 
     def _log(self, event: Event, action: str | None = None, owner: Owner | None = None) -> None:
         record = event.record()
@@ -316,7 +322,8 @@ class Daemon:
 
     def _rules(self, policy: Policy) -> firewall.Options:
         """The rule options for a policy, in the variant (with xt u32 or without) chosen at start."""
-        return dataclasses.replace(firewall_options(policy), skip_empty=self._skip_empty)
+        return dataclasses.replace(firewall_options(policy), skip_empty=self._skip_empty,
+                                   reread_hrr=self._skip_empty)
 
     def _policy_mtime(self) -> float | None:
         if self.policy_path is None:

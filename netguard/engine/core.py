@@ -11,6 +11,14 @@ Strategy: two kinds of packets arrive (the firewall rules send nothing else):
   address decides through the names learned from DNS. UDP 443 is read as QUIC Initial packets.
   A decided flow is remembered (bounded) so packets already queued behind the deciding one get the
   same verdict, and so a policy reload can find open flows that became blocked.
+- Client packets of followed flows (`followed`: the kernel queued them for a flow marked "follow").
+  A plain HTTP connection is read request by request for its whole life (bodies skipped by their
+  framing), so that every request is judged: its flow gets FOLLOW, not ALLOW, and its state moves
+  to a bounded table of followed flows. A CONNECT or SOCKS request keeps its flow undecided until
+  the tunnel's first bytes are read too (a ClientHello, requests or a nested proxy request).
+  An allowed TLS flow is followed again when the kernel saw a HelloRetryRequest come back (its
+  rule marks the flow "follow"): the records after the first ClientHello are read and the second
+  ClientHello is judged; bytes between the two that went by unread are the fail verdict.
 
 Every limit (undecided flows, bytes per flow, out-of-order pieces, names, idle time) and every
 unreadable input gets the policy's fail verdict: block when fail_mode = "closed", allow when
@@ -26,6 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from netguard.engine import classify
+from netguard.engine.classify import DONE
 from netguard.engine.names import NameTable
 from netguard.engine.packets import replace_tcp_payload, replace_udp_payload, tcp_packet
 from netguard.engine.stream import Result, Stream
@@ -52,6 +61,16 @@ MAX_EMPTY_SEGMENTS = 3
 # Decided flows remembered: for packets queued behind the deciding one, and to cut open flows on
 # reload (about 300 bytes each). Evicting the oldest only loses the ability to cut that flow.
 MAX_DECIDED = 32768
+# Followed flows (plain HTTP connections read request by request, TLS flows after a HelloRetryRequest):
+# at most this many at once, about 1 KB each plus a partial request head. Past it the least recently
+# used is forgotten; its next packet is read as the start of a request, or gets the fail verdict.
+MAX_FOLLOWED = 4096
+# A followed flow that sends nothing for this long is forgotten (servers and proxies close idle
+# kept-alive connections well before: nginx 75 s, Squid 2 min, tinyproxy 10 min of any idle time).
+FOLLOW_IDLE = 600.0
+# The window in which a followed flow is reassembled: a request head (wire.http.MAX_HEAD) and the
+# segments a client has in flight behind a missing one (a local client's reach the queue in order).
+MAX_FOLLOW_WINDOW = 65536
 # QUIC datagrams read before judging by address (a ClientHello spans two or three Initials).
 MAX_QUIC_DATAGRAMS = 6
 # DNS-over-TCP answer bytes buffered per connection (a message is at most 65535 + 2 bytes).
@@ -78,6 +97,21 @@ class _Flow:
     ttl: int | None = None  # the SYN's TTL / hop limit: every later packet of the flow has the same
     quic: classify.QuicReader | None = None
     datagrams: int = 0
+    names: list[tuple[str, str, int]] = field(default_factory=list)  # allowed so far: host, source, port
+
+
+@dataclass(slots=True)
+class _Following:
+    """A flow read past its first decision: a kept-alive HTTP connection, or a TLS flow after a
+    HelloRetryRequest. `stream` starts where `reader` stands (both advance as it reads)."""
+
+    key: FlowKey
+    stream: Stream
+    reader: classify.Reader
+    ttl: int | None
+    last: float
+    names: list[tuple[str, str, int]]
+    fresh: bool = False  # nothing read yet: the first bytes must start at the stream's base
 
 
 @dataclass(slots=True)
@@ -87,6 +121,11 @@ class _Remembered:
     source: str
     port: int
     event: Event | None = None  # a decision made without a packet (idle limit): told with the next one
+    more: tuple[tuple[str, str, int], ...] = ()  # names judged before `host` (a CONNECT target)
+    tls_next: int | None = None  # after an allowed ClientHello: where its next record begins (seq)
+    tls_leftover: bytes = b""  # the handshake bytes after the hello in its last record
+    ttl: int | None = None
+    follows: bool = False  # the kernel marks this flow "follow": its state must be in _following
 
 
 @dataclass
@@ -119,6 +158,7 @@ class Engine:
         self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
         self._decided: OrderedDict[FlowKey, _Remembered] = OrderedDict()
         self._dns_tcp: OrderedDict[FlowKey, _DnsStream] = OrderedDict()
+        self._following: OrderedDict[FlowKey, _Following] = OrderedDict()
         # Flows forgotten while idle before any client byte: where their bytes start.
         self._bases: OrderedDict[FlowKey, int] = OrderedDict()
         self.max_flows = MAX_FLOWS
@@ -128,12 +168,14 @@ class Engine:
 
     # -- entry points -------------------------------------------------------------------------
 
-    def handle(self, data: bytes, now: float, from_client: bool | None = None) -> Verdict:
+    def handle(self, data: bytes, now: float, from_client: bool | None = None, followed: bool = False) -> Verdict:
         """Judge one queued packet (raw IP bytes, possibly cut short by the queue's copy range).
 
         `from_client`: True for a packet the firewall queued as a client flow's (OUTPUT), False
         for a DNS answer (INPUT), None when the hook cannot tell (FORWARD, offline replay); then a
-        packet from port 53 is a DNS answer unless it belongs to a client flow begun by a SYN."""
+        packet from port 53 is a DNS answer unless it belongs to a client flow begun by a SYN.
+        `followed`: the kernel queued it because its flow is marked "follow" (an allowed plain HTTP
+        connection, or a TLS flow whose server sent a HelloRetryRequest)."""
         self.stats.packets += 1
         try:
             packet = parse_packet(_fit_lengths(data))
@@ -147,11 +189,16 @@ class Engine:
             if l4.sport == 53 and from_client is not True and not self._client_flow(key, l4):
                 return self._dns(packet, key, now)
             if isinstance(l4, TcpSegment):
+                if followed or self._following:
+                    following = self._follow_state(packet, l4, key, now, followed)
+                    if following is not None:
+                        return following
                 return self._tcp(packet, l4, key, now)
             return self._udp(l4, key, now)
         except ParseError as exc:
-            # Unreadable input on a flow (the TLS or HTTP parsers, a DNS answer): the fail verdict.
+            # Unreadable input on a flow (the TLS, HTTP or SOCKS parsers, a DNS answer): the fail verdict.
             self._flows.pop(key, None)
+            self._following.pop(key, None)
             answer = l4.sport == 53 and from_client is not True and not self._client_flow(key, l4)
             return self._fail(key, now, f"unreadable {_what(l4)}: {exc}", dns_answer=answer)
 
@@ -167,15 +214,17 @@ class Engine:
         for key, r in list(self._decided.items()):
             if not r.allowed:
                 continue
-            d: Decision | None
-            if r.host is not None and r.source not in ("dns-table", "address"):
-                d = self._decide_name(r.host, r.port)
-                source = r.source
-            else:
-                d, source = self._decide_address(key, now)
-            if d is not None and not d.allowed:
-                r.allowed = False
-                cut.append(_event(now, key, d, source))
+            for host, was, port in (*r.more, (r.host, r.source, r.port)):
+                d: Decision | None
+                if host is not None and was not in ("dns-table", "address"):
+                    d, source = self._decide_found(classify.Found(host, was, port), key, now)
+                else:
+                    d, source = self._decide_address(key, now)
+                if d is not None and not d.allowed:
+                    r.allowed = False
+                    self._following.pop(key, None)
+                    cut.append(_event(now, key, d, source))
+                    break
         return cut
 
     def expire(self, now: float) -> None:
@@ -199,6 +248,11 @@ class Engine:
                 self._bases[key] = flow.stream.base
                 while len(self._bases) > MAX_DECIDED:
                     self._bases.popitem(last=False)
+        while self._following:
+            key, following = next(iter(self._following.items()))
+            if now - following.last < FOLLOW_IDLE:
+                break
+            del self._following[key]
         while self._dns_tcp:
             key, st = next(iter(self._dns_tcp.items()))
             if now - st.last < FLOW_IDLE:
@@ -278,15 +332,127 @@ class Engine:
                               packet=packet, seg=seg)
         if flow.reader is None:
             flow.reader = classify.Reader()
-        found = flow.reader.feed(bytes(stream.prefix))
-        if found is None:
+        return self._read(flow, stream, flow.reader, packet, seg, now)
+
+    # -- reading a stream's names ---------------------------------------------------------------
+
+    def _read(self, flow: _Flow | _Following, stream: Stream, reader: classify.Reader, packet: Packet,
+              seg: TcpSegment, now: float) -> Verdict:
+        """Judge every name the reader finds in the stream's prefix; the verdict for this packet."""
+        key = flow.key
+        prefix = bytes(stream.prefix)
+        d: Decision | None = None
+        source = ""
+        event: Event | None = None
+        while True:
+            found = reader.feed(prefix)
+            if found is None or found is DONE:
+                break
+            if found.name is None:
+                d, source = self._decide_address(key, now)
+            else:
+                d, source = self._decide_found(found, key, now)
+            if d is None or not d.allowed:
+                return self._finish(flow, now, d, source, packet=packet, seg=seg)
+            flow.names.append((d.host, source, d.port or key.dport))
+            event = _event(now, key, d, source)
+            if reader.finished:
+                break
+        if reader.finished:
+            if d is None:  # nothing named in what was read last: what was judged before stands
+                if flow.names:
+                    host, source, port = flow.names[-1]
+                    d = self._decide_name(host, port) if source not in ("dns-table", "address") else None
+                if d is None:
+                    d, source = self._decide_address(key, now)
+                if not d.allowed:
+                    return self._finish(flow, now, d, source, packet=packet, seg=seg)
+            tls_next = None
+            if reader.tls_resume is not None:
+                offset, leftover = reader.tls_resume
+                tls_next = ((stream.base + offset) & 0xFFFFFFFF, leftover)
+            if flow.names and flow.names[-1][:2] == (d.host, source):
+                flow.names.pop()
+            return self._finish(flow, now, d, source, packet=packet, seg=seg, tls_next=tls_next)
+        if reader.following:
+            return self._following_verdict(flow, stream, reader, now, event)
+        return ACCEPT if event is None else Verdict(Action.ACCEPT, event=event)
+
+    def _following_verdict(self, flow: _Flow | _Following, stream: Stream, reader: classify.Reader, now: float,
+                           event: Event | None) -> Verdict:
+        """A plain HTTP flow read so far and allowed: it is followed (state moved, window advanced)."""
+        stream.advance(reader.rebase())
+        if isinstance(flow, _Following):
+            return Verdict(Action.FOLLOW, event=event) if event is not None else ACCEPT
+        self._flows.pop(flow.key, None)
+        stream.limit = MAX_FOLLOW_WINDOW
+        self._follow_add(_Following(flow.key, stream, reader, flow.ttl, now, flow.names))
+        host, source, port = flow.names[-1] if flow.names else (None, "address", flow.key.dport)
+        self._remember(flow.key, True, host, source, port, more=tuple(flow.names[:-1]), follows=True,
+                       ttl=flow.ttl)
+        self.stats.allowed += 1
+        return Verdict(Action.FOLLOW, event=event)
+
+    def _follow_add(self, state: _Following) -> None:
+        self._following[state.key] = state
+        self._following.move_to_end(state.key)
+        while len(self._following) > MAX_FOLLOWED:
+            self._following.popitem(last=False)
+            self.stats.by_limit["followed"] = self.stats.by_limit.get("followed", 0) + 1
+
+    def _follow_state(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float,
+                      followed: bool) -> Verdict | None:
+        """The verdict for a packet of a followed flow; None when the flow is not followed."""
+        if seg.flags & SYN and not seg.flags & ACK:
+            self._following.pop(key, None)
+            return None
+        state = self._following.get(key)
+        if state is None:
+            known = self._decided.get(key)
+            if known is not None and not known.allowed:
+                return None
+            if not followed and (known is None or not known.follows):
+                return None
+            if known is not None and not known.follows:
+                if known.tls_next is None:
+                    # Nothing to read after what was judged (a tunnel's target and ClientHello, a
+                    # flow judged by address): the flow stays allowed.
+                    event, known.event = known.event, None
+                    return Verdict(Action.ALLOW, event=event)
+                # The server sent a HelloRetryRequest: read the second ClientHello.
+                seq, leftover = known.tls_next, known.tls_leftover
+                names = [*known.more, *([(known.host, known.source, known.port)] if known.host else [])]
+                state = _Following(key, Stream(seq, MAX_FLOW_BYTES), classify.Reader(after_hello=(leftover, 0)),
+                                   known.ttl, now, names, fresh=True)
+            else:
+                # A followed flow whose state is gone (netguard restarted, or the table was full):
+                # read on from this segment, where only a request may begin.
+                state = _Following(key, Stream(seg.seq, MAX_FOLLOW_WINDOW), classify.Reader(mid_stream=True),
+                                   packet.ttl, now, [])
+            self._follow_add(state)
+        state.last = now
+        self._following.move_to_end(key)
+        if seg.flags & RST or not seg.payload:
             return ACCEPT
-        d: Decision | None
-        if found.name is None:
-            d, source = self._decide_address(flow.key, now)
-        else:
-            d, source = self._decide_found(found, flow.key, now)
-        return self._finish(flow, now, d, source, packet=packet, seg=seg)
+        if state.ttl is not None and packet.ttl != state.ttl:
+            return self._fail(key, now, f"TTL {packet.ttl} where the SYN had {state.ttl}", evasion="ttl",
+                              packet=packet, seg=seg)
+        result = state.stream.add(seg.seq, seg.payload)
+        if result is Result.CONFLICT:
+            return self._fail(key, now, "overlapping TCP segments carry different bytes", evasion="overlap",
+                              packet=packet, seg=seg)
+        if result is Result.LIMIT:
+            return self._fail(key, now, f"a followed flow beyond its {state.stream.limit}-byte window",
+                              limit="bytes", packet=packet, seg=seg)
+        if not state.stream.prefix:
+            if state.fresh and state.stream.has_data():
+                # Bytes between the first ClientHello and this segment left before the kernel
+                # followed the flow again: a second hello among them went by unread.
+                return self._fail(key, now, "bytes after the first ClientHello went by unread", packet=packet,
+                                  seg=seg)
+            return ACCEPT
+        state.fresh = False
+        return self._read(state, state.stream, state.reader, packet, seg, now)
 
     # -- UDP 443 (QUIC) -----------------------------------------------------------------------
 
@@ -337,26 +503,35 @@ class Engine:
     def _decide_found(self, found: classify.Found, key: FlowKey, now: float) -> tuple[Decision | None, str]:
         name = found.name or ""
         port = found.port if found.port is not None else key.dport
-        if _is_address(name.strip("[]")):
-            # A name field that holds an address: judge the address the client named.
-            return self._decide_address(key, now, ipaddress.ip_address(name.strip("[]")).packed)
-        d = self._decide_name(name, port)
+        d: Decision | None
+        address = classify.literal_address(name) if name[:1] in _LITERAL_FIRST or ":" in name else None
+        if address is not None:
+            # A name field that holds an address, in any form a proxy's resolver reads as one: judge
+            # the address the client named, by the names DNS gave for it.
+            d, source = self._decide_address(key, now, address, port)
+            if source == "dns-table":
+                return d, source
+            source = found.source
+        else:
+            d, source = self._decide_name(name, port), found.source
         if d is not None and d.allowed and d.registry is None:
             # Allowed only because the name is unknown: if the address was learned for a blocked
             # registry (a CNAME alias, an answer cached before the policy changed), that wins.
             learned = self._decide_learned(key.dst, key.dport, now)
             if learned is not None and not learned.allowed and learned.registry is not None:
                 return learned, "dns-table"
-        return d, found.source
+        return d, source
 
-    def _decide_address(self, key: FlowKey, now: float, address: bytes | None = None) -> tuple[Decision, str]:
+    def _decide_address(self, key: FlowKey, now: float, address: bytes | None = None,
+                        port: int | None = None) -> tuple[Decision, str]:
         address = key.dst if address is None else address
-        learned = self._decide_learned(address, key.dport, now)
+        port = key.dport if port is None else port
+        learned = self._decide_learned(address, port, now)
         if learned is not None:
             return learned, "dns-table"
         text = str(ipaddress.ip_address(address))
         unknown = self.policy.unknown_hosts
-        return Decision(unknown == "allow", text, key.dport, None, None, f"unknown_hosts = {unknown}",
+        return Decision(unknown == "allow", text, port, None, None, f"unknown_hosts = {unknown}",
                         f"{text} has no name netguard saw (no SNI, Host or DNS answer); "
                         f"{self.policy.label} has unknown_hosts = {unknown}"), "address"
 
@@ -367,12 +542,15 @@ class Engine:
             return None
         return next((d for d in decisions if not d.allowed), decisions[0])
 
-    def _finish(self, flow: _Flow, now: float, d: Decision | None, source: str, *,
-                packet: Packet | None = None, seg: TcpSegment | None = None) -> Verdict:
+    def _finish(self, flow: _Flow | _Following, now: float, d: Decision | None, source: str, *,
+                packet: Packet | None = None, seg: TcpSegment | None = None,
+                tls_next: tuple[int, bytes] | None = None) -> Verdict:
         if d is None:
             return self._fail(flow.key, now, f"invalid name from {source}", packet=packet, seg=seg)
         self._flows.pop(flow.key, None)
-        self._remember(flow.key, d.allowed, d.host, source, d.port)
+        self._following.pop(flow.key, None)
+        self._remember(flow.key, d.allowed, d.host, source, d.port, more=tuple(flow.names), tls_next=tls_next,
+                       ttl=flow.ttl)
         event = _event(now, flow.key, d, source)
         if d.allowed:
             self.stats.allowed += 1
@@ -380,8 +558,13 @@ class Engine:
         self.stats.blocked += 1
         return Verdict(Action.BLOCK, inject=self._alert(packet, seg), event=event)
 
-    def _remember(self, key: FlowKey, allowed: bool, host: str | None, source: str, port: int | None) -> None:
-        self._decided[key] = _Remembered(allowed, host, source, port or key.dport)
+    def _remember(self, key: FlowKey, allowed: bool, host: str | None, source: str, port: int | None, *,
+                  more: tuple[tuple[str, str, int], ...] = (), tls_next: tuple[int, bytes] | None = None,
+                  ttl: int | None = None, follows: bool = False) -> None:
+        r = self._decided[key] = _Remembered(allowed, host, source, port or key.dport, more=more, ttl=ttl,
+                                             follows=follows)
+        if tls_next is not None:
+            r.tls_next, r.tls_leftover = tls_next
         self._decided.move_to_end(key)
         while len(self._decided) > MAX_DECIDED:
             self._decided.popitem(last=False)
@@ -406,6 +589,7 @@ class Engine:
         event = Event(now, client_key, allowed, None, "none", None, None, rule,
                       f"{why}; {self.policy.label} has {rule}" if not evasion else why)
         self._flows.pop(key, None)
+        self._following.pop(key, None)
         if dns_answer:
             return Verdict(Action.ACCEPT if allowed else Action.DROP, event=event)
         self._remember(key, allowed, None, "none", key.dport)
@@ -575,15 +759,9 @@ def _blocked_reply(message: bytes, texts: tuple[str, ...], length: int | None) -
     return None
 
 
-def _is_address(text: str) -> bool:
-    # A host name's last label is never all digits and never holds ':'; skip the slow parse for names.
-    if not text or (":" not in text and not text[-1].isdigit()):
-        return False
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+# An address literal starts with a digit (inet_aton forms) or holds ':' (IPv6): names that start with
+# a letter skip the parse (an IPv6 literal starting with a letter holds ':').
+_LITERAL_FIRST = frozenset("0123456789[")
 
 
 def _what(l4: TcpSegment | UdpDatagram) -> str:

@@ -73,6 +73,17 @@ class Stream:
         self._absorb()
         return Result.OK
 
+    def advance(self, n: int) -> None:
+        """Forget the first n bytes of the prefix (read already): offsets start after them. Used to
+        read a long-lived stream (a kept-alive HTTP connection) in a window of `limit` bytes."""
+        if not 0 <= n <= len(self.prefix):
+            raise ValueError("advance past the prefix")
+        if not n:
+            return
+        self.base = (self.base + n) & 0xFFFFFFFF
+        del self.prefix[:n]
+        self._pieces = {start - n: piece for start, piece in self._pieces.items()}
+
     def _absorb(self) -> None:
         # Move held pieces that now touch the prefix into it.
         moved = True

@@ -110,7 +110,9 @@ def test_any_record_and_segment_split_gives_the_same_hello(record_sizes: list[in
 
 def test_not_tls() -> None:
     assert isinstance(tls.ClientHelloReader().feed(b"GET / HTTP/1.1\r\n"), tls.NotTls)
-    assert isinstance(tls.ClientHelloReader().feed(b"\x16\x02"), tls.NotTls)
+    assert isinstance(tls.ClientHelloReader().feed(b"\x16\x10"), tls.NotTls)  # no server takes 0x10xx
+    assert isinstance(tls.ClientHelloReader().feed(b"\x17\x03"), tls.NotTls)
+    assert tls.ClientHelloReader().feed(b"\x16\x02") == tls.NEED_MORE  # Go takes any version below 0x1000
     assert tls.ClientHelloReader().feed(b"\x16") == tls.NEED_MORE
     assert tls.looks_like_tls(b"\x16\x03\x01")
     assert not tls.looks_like_tls(b"\x16")
@@ -197,15 +199,20 @@ def test_malformed_records() -> None:
     hello = client_hello([sni_extension(b"a.example")])
     with pytest.raises(Malformed):  # an alert record in the middle of the ClientHello
         tls.ClientHelloReader().feed(records(hello[:10]) + b"\x15\x03\x03\x00\x02\x02\x28")
-    with pytest.raises(Malformed):  # a zero-length handshake record
-        tls.ClientHelloReader().feed(b"\x16\x03\x01\x00\x00")
+    with pytest.raises(Malformed):  # more empty handshake records than any server skips
+        tls.ClientHelloReader().feed(b"\x16\x03\x01\x00\x00" * (tls.MAX_EMPTY_RECORDS + 1))
+    with pytest.raises(Malformed):  # a record version no server takes, once the bytes began like TLS
+        tls.ClientHelloReader().feed(records(hello[:10]) + b"\x16\x10\x00\x00\x01\x00")
+    with pytest.raises(Malformed):  # change_cipher_spec inside the first hello
+        tls.ClientHelloReader().feed(records(hello[:10]) + b"\x14\x03\x03\x00\x01\x01" + records(hello[10:]))
+    assert isinstance(tls.ClientHelloReader().feed(b"\x14\x03\x03\x00\x01\x01"), tls.NotTls)  # nobody takes it first
     with pytest.raises(Malformed):  # a ServerHello where a ClientHello belongs
         tls.ClientHelloReader().feed(records(b"\x02" + hello[1:]))
     with pytest.raises(Malformed):  # a ClientHello larger than the bound
         tls.ClientHelloReader().feed(b"\x16\x03\x01\x00\x04\x01\x01\x00\x00")
     reader = tls.ClientHelloReader()
     with pytest.raises(Malformed):
-        reader.feed(b"\x16\x03\x01\x00\x00")
+        reader.feed(b"\x15\x03\x01\x00\x02\x02\x28")  # a fatal alert first
     with pytest.raises(Malformed):  # the error sticks
         reader.feed(records(hello))
 
