@@ -57,7 +57,8 @@ class Reader:
     the next record begins (offset from the base) and the handshake bytes left after the hello, for
     reading a second ClientHello after a HelloRetryRequest."""
 
-    __slots__ = ("_data", "_fed", "_pos", "_skip", "_stage", "_tls", "_tunnel", "following", "tls_resume")
+    __slots__ = ("_data", "_fed", "_pos", "_second", "_skip", "_stage", "_tls", "_tunnel", "following",
+                 "tls_resume")
 
     def __init__(self, *, after_hello: tuple[bytes, int] | None = None, mid_stream: bool = False) -> None:
         """`after_hello` (leftover handshake bytes, offset): read the records after a first
@@ -72,9 +73,10 @@ class Reader:
         self._tunnel = False  # bytes that are not TLS / SOCKS / HTTP end the reading (DONE), no NO_NAME
         self.following = mid_stream
         self.tls_resume: tuple[int, bytes] | None = None
+        self._second = after_hello is not None  # a second hello: TLS allows no third
         if after_hello is not None:
             leftover, self._pos = after_hello
-            self._stage, self._tunnel = _TLS, True
+            self._stage = _TLS
             self._tls = tls.ClientHelloReader(after_hello=True, handshake=leftover)
         elif mid_stream:
             self._stage, self._tunnel = _HTTP, True
@@ -139,9 +141,15 @@ class Reader:
         if socks.looks_like_socks(first):
             self._stage = _SOCKS
             return None
-        if (first in (0x0D, 0x0A) and not self._tunnel) or http.looks_like_http(data[pos : pos + 8]):
+        if first in (0x0D, 0x0A) and not self._tunnel:
             self._stage = _HTTP
             return None
+        known = _known_method(data, pos)
+        if known:
+            self._stage = _HTTP
+            return None
+        if known is None:
+            return _WAIT
         shape = _request_line(data, pos)
         if shape is None:
             return _WAIT
@@ -166,7 +174,8 @@ class Reader:
         if isinstance(result, tls.NotTls):
             return self._end(DONE if self._tunnel else NO_NAME)
         self._stage = _END
-        self.tls_resume = (start + reader.end, reader.leftover)
+        if not self._second:
+            self.tls_resume = (start + reader.end, reader.leftover)
         self._pos = start + reader.end
         found = _hello_name(result, "tunnel-sni" if self._tunnel else "sni")
         return DONE if found is NO_NAME and self._tunnel else found
@@ -255,6 +264,20 @@ class Reader:
         self._pos += trailers
         self._stage = self._next_request()
         return None
+
+
+_METHOD_WORDS = tuple(m + b" " for m in _KNOWN_METHODS)
+
+
+def _known_method(data: bytes, pos: int) -> bool | None:
+    """Whether the bytes at pos begin with a known method and a space; None while they are a proper
+    prefix of one (the next segment decides: the same answer whatever the segmentation)."""
+    head = data[pos : pos + 8]
+    if head.startswith(_METHOD_WORDS):
+        return True
+    if len(head) < 8 and any(word.startswith(head) for word in _METHOD_WORDS):
+        return None
+    return False
 
 
 def _request_line(data: bytes, pos: int) -> bool | None:

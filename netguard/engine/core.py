@@ -408,6 +408,8 @@ class Engine:
             return None
         state = self._following.get(key)
         if state is None:
+            if key in self._flows:  # still undecided: the normal path reads it
+                return None
             known = self._decided.get(key)
             if known is not None and not known.allowed:
                 return None

@@ -5,8 +5,9 @@ domain) that a proxy hands to getaddrinfo is an address, not a name, whenever gl
 numerically. That is more than dotted decimal: `inet_aton` takes one to four parts, each decimal,
 octal (leading 0) or hex (0x), the last part filling the remaining bytes (`10.77.103`, `0x0a4d0067`,
 `012.0115.0.0147`), and `inet_pton` takes IPv6 with an embedded dotted quad and, in getaddrinfo, a
-`%scope` suffix. `parse_address` follows those two functions rule for rule (no more lenient, no less),
-so what it returns None for a proxy also resolves as a name. An IPv4-mapped IPv6 address
+`%scope` suffix. `parse_address` follows those functions rule for rule, so what it returns None for a
+proxy also resolves as a name (one leniency: an interface name as the scope of a link-local address,
+whose existence is the machine's, is taken). An IPv4-mapped IPv6 address
 (`::ffff:a.b.c.d`) is returned as the IPv4 address it reaches: a dual-stack socket connects to it over
 IPv4. Pure string work; the tests check it against the C library's own getaddrinfo.
 """
@@ -30,11 +31,11 @@ def parse_address(text: str) -> bytes | None:
     if not text or len(text) > MAX_LITERAL:
         return None
     if ":" in text:
-        address, _, scope = text.partition("%")
-        if _ and not scope:
-            return None
+        address, percent, scope = text.partition("%")
         v6 = _inet_pton6(address)
-        if v6 is not None and v6.startswith(_MAPPED):
+        if v6 is None or (percent and not _scope_ok(v6, scope)):
+            return None
+        if v6.startswith(_MAPPED):
             return v6[12:]
         return v6
     if text[0] not in _DIGITS:  # every inet_aton part starts with a digit
@@ -45,6 +46,16 @@ def parse_address(text: str) -> bytes | None:
 def is_address(text: str) -> bool:
     """Whether `text` is an address literal (see parse_address)."""
     return parse_address(text) is not None
+
+
+def _scope_ok(address: bytes, scope: str) -> bool:
+    """glibc's scope suffix: a number up to 2^32 - 1, or for a link-local (unicast or multicast) or
+    node-local multicast address an interface name (which interfaces exist is not known here: any)."""
+    if scope and set(scope) <= _DIGITS:
+        return int(scope) <= 0xFFFFFFFF
+    link_local = address[0] == 0xFE and address[1] & 0xC0 == 0x80
+    multicast_local = address[0] == 0xFF and address[1] & 0x0F in (1, 2)
+    return bool(scope) and (link_local or multicast_local)
 
 
 def _number(part: str) -> int | None:
