@@ -132,5 +132,5 @@ def start(lab: lab_mod.Lab) -> None:
     _start(lab, ["tinyproxy", "-d", "-c", str(tiny)], workdir / "tinyproxy.log")
     _start(lab, ["squid", "-N", "-f", str(_squid_conf(workdir, lab))], workdir / "squid.log")
     _ssh_socks(lab, workdir)
-    _wait(lab, [("127.0.0.1", p) for p in (MICROSOCKS, DANTE, MICROSOCKS_AUTH, SSH_SOCKS, TINYPROXY, SQUID,
-                                           HRR_TLS)] + [("::1", p) for p in (MICROSOCKS, SSH_SOCKS, SQUID)])
+    _wait(lab, [("127.0.0.1", p) for p in (MICROSOCKS, DANTE, MICROSOCKS_AUTH, SSH_SOCKS, TINYPROXY, SQUID)]
+          + [("::1", p) for p in (MICROSOCKS, SSH_SOCKS, SQUID)])
