@@ -319,7 +319,8 @@ def _status_text(doc: dict[str, Any]) -> str:
         f"{'stay in the kernel' if doc['empty_segments'] == 'kernel' else 'queued (no xt u32)'}",
         f"  counts     {c['packets']} packets; {c['allowed']} flows allowed, {c['blocked']} blocked; "
         f"{c['dns_rewritten']} DNS answers rewritten; {c['fail_verdicts']} fail verdicts; limits hit: {limits}",
-        f"  state      {doc['undecided_flows']} flows undecided, {doc['names_learned']} names learned from DNS",
+        f"  state      {doc['undecided_flows']} flows undecided, {doc.get('followed_flows', 0)} followed, "
+        f"{doc['names_learned']} names learned from DNS",
     ]
     if "recent_blocks" not in doc:
         lines.append("  recent blocks: run as root to see them")

@@ -314,7 +314,8 @@ class Daemon:
             "counts": {"packets": st.packets, "allowed": st.allowed, "blocked": st.blocked,
                        "dns_rewritten": st.dns_rewritten, "fail_verdicts": st.fail_verdicts,
                        "limits": dict(st.by_limit), "log_failures": self._log_failures},
-            "undecided_flows": self.engine.undecided, "names_learned": len(self.engine.names),
+            "undecided_flows": self.engine.undecided, "followed_flows": self.engine.followed,
+            "names_learned": len(self.engine.names),
         }
         if privileged:
             doc["recent_blocks"] = list(self._recent)

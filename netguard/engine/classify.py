@@ -57,7 +57,7 @@ class Reader:
     the next record begins (offset from the base) and the handshake bytes left after the hello, for
     reading a second ClientHello after a HelloRetryRequest."""
 
-    __slots__ = ("_data", "_fed", "_pos", "_second", "_skip", "_stage", "_tls", "_tunnel", "following",
+    __slots__ = ("_data", "_fed", "_pos", "_second", "_skip", "_stage", "_tls", "_tunnel", "finished", "following",
                  "tls_resume")
 
     def __init__(self, *, after_hello: tuple[bytes, int] | None = None, mid_stream: bool = False) -> None:
@@ -72,6 +72,7 @@ class Reader:
         self._tls: tls.ClientHelloReader | None = None
         self._tunnel = False  # bytes that are not TLS / SOCKS / HTTP end the reading (DONE), no NO_NAME
         self.following = mid_stream
+        self.finished = False  # nothing more to read in this stream (a plain attribute: read per packet)
         self.tls_resume: tuple[int, bytes] | None = None
         self._second = after_hello is not None  # a second hello: TLS allows no third
         if after_hello is not None:
@@ -82,11 +83,6 @@ class Reader:
             self._stage, self._tunnel = _HTTP, True
 
     @property
-    def finished(self) -> bool:
-        """Nothing more to read in this stream."""
-        return self._stage == _END
-
-    @property
     def waits_for_server(self) -> bool:
         """Every byte so far is read, and the client's next ones come only after the server answers."""
         if self._stage == _TUNNEL:
@@ -95,6 +91,14 @@ class Reader:
             result = socks.read_request(self._data[self._pos :])
             return isinstance(result, socks.Pending) and result.waiting
         return False
+
+    def skip_unseen(self, n: int) -> bool:
+        """Whether the next n bytes (which will never be seen) fall inside a body being skipped; if so,
+        they count as skipped."""
+        if self._stage not in (_BODY, _CHUNK_DATA) or n > self._skip or self._pos < len(self._data):
+            return False
+        self._skip -= n
+        return True
 
     def rebase(self) -> int:
         """Forget the bytes before the current stage (read, or body skipped); returns how many."""
@@ -107,6 +111,8 @@ class Reader:
         """The next Found, None while more bytes are needed, DONE when there is nothing more to read.
         Raises ParseError (the engine's fail verdict)."""
         self._data = data
+        if self._stage == _START and data and data[0] in _TLS_FIRST:  # the ordinary TLS connection
+            self._stage, self._tls = _TLS, tls.ClientHelloReader()
         while True:
             stage = self._stage
             if stage == _TLS:  # first: the ordinary TLS connection's path
@@ -159,24 +165,25 @@ class Reader:
         return self._end(DONE if self._tunnel else NO_NAME)
 
     def _end(self, found: Found) -> Found:
-        self._stage = _END
+        self._stage, self.finished = _END, True
         return found
 
     def _read_tls(self) -> Found | None:
         reader = self._tls
         if reader is None:  # pragma: no cover - _TLS is entered with a reader
             raise Malformed("no TLS reader")
-        data, start = self._data, self._pos
-        result = reader.feed(data[start + self._fed :] if self._fed or start else data)
-        self._fed = max(self._fed, len(data) - start)
-        if isinstance(result, tls.NeedMore):
+        data, start, fed = self._data, self._pos, self._fed
+        result = reader.feed(data[start + fed :] if fed or start else data)
+        self._fed = len(data) - start  # the stage's bytes only grow while it lasts
+        if result is tls.NEED_MORE:
             return None
-        if isinstance(result, tls.NotTls):
+        if type(result) is not tls.ClientHello:  # NotTls
             return self._end(DONE if self._tunnel else NO_NAME)
-        self._stage = _END
+        self._stage, self.finished = _END, True
+        end = start + reader.end
         if not self._second:
-            self.tls_resume = (start + reader.end, reader.leftover)
-        self._pos = start + reader.end
+            self.tls_resume = (end, reader.leftover)
+        self._pos = end
         found = _hello_name(result, "tunnel-sni" if self._tunnel else "sni")
         return DONE if found is NO_NAME and self._tunnel else found
 

@@ -61,6 +61,10 @@ MAX_EMPTY_SEGMENTS = 3
 # Decided flows remembered: for packets queued behind the deciding one, and to cut open flows on
 # reload (about 300 bytes each). Evicting the oldest only loses the ability to cut that flow.
 MAX_DECIDED = 32768
+# Names judged on one flow that are kept, for a reload to judge them again: a CONNECT or SOCKS target and
+# the names inside its tunnel; of a kept-alive HTTP connection the last few hosts (its next request
+# is judged under the new policy anyway).
+MAX_JUDGED = 8
 # Followed flows (plain HTTP connections read request by request, TLS flows after a HelloRetryRequest):
 # at most this many at once, about 1 KB each plus a partial request head. Past it the least recently
 # used is forgotten; its next packet is read as the start of a request, or gets the fail verdict.
@@ -97,7 +101,7 @@ class _Flow:
     ttl: int | None = None  # the SYN's TTL / hop limit: every later packet of the flow has the same
     quic: classify.QuicReader | None = None
     datagrams: int = 0
-    names: list[tuple[str, str, int]] = field(default_factory=list)  # allowed so far: host, source, port
+    names: tuple[tuple[str, str, int], ...] = ()  # allowed so far: host, source, port (the last MAX_JUDGED)
 
 
 @dataclass(slots=True)
@@ -110,7 +114,7 @@ class _Following:
     reader: classify.Reader
     ttl: int | None
     last: float
-    names: list[tuple[str, str, int]]
+    names: tuple[tuple[str, str, int], ...]
     fresh: bool = False  # nothing read yet: the first bytes must start at the stream's base
 
 
@@ -177,8 +181,9 @@ class Engine:
         `followed`: the kernel queued it because its flow is marked "follow" (an allowed plain HTTP
         connection, or a TLS flow whose server sent a HelloRetryRequest)."""
         self.stats.packets += 1
+        fitted = _fit_lengths(data)
         try:
-            packet = parse_packet(_fit_lengths(data))
+            packet = parse_packet(fitted)
         except ParseError as exc:
             return self._fail_unkeyed(f"unreadable packet: {exc}")
         if packet.is_fragment or packet.l4 is None:
@@ -189,8 +194,9 @@ class Engine:
             if l4.sport == 53 and from_client is not True and not self._client_flow(key, l4):
                 return self._dns(packet, key, now)
             if isinstance(l4, TcpSegment):
-                if followed or self._following:
-                    following = self._follow_state(packet, l4, key, now, followed)
+                if followed or key in self._following:
+                    following = self._follow_state(packet, l4, key, now, followed,
+                                                   0 if fitted is data else _claimed(data) - len(data))
                     if following is not None:
                         return following
                 return self._tcp(packet, l4, key, now)
@@ -265,11 +271,20 @@ class Engine:
         """Flows currently being read."""
         return len(self._flows)
 
+    @property
+    def followed(self) -> int:
+        """Flows read past their first decision (kept-alive plain HTTP, a second hello after an HRR)."""
+        return len(self._following)
+
     # -- TCP client flows ---------------------------------------------------------------------
 
     def _tcp(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float) -> Verdict:
         known = self._decided.get(key)
         if known is not None and not seg.flags & SYN:
+            if known.follows and known.allowed:  # a followed flow whose state went (the table was full)
+                following = self._follow_state(packet, seg, key, now, True, 0)
+                if following is not None:
+                    return following
             self._decided.move_to_end(key)
             event, known.event = known.event, None
             return Verdict(Action.ALLOW if known.allowed else Action.BLOCK, event=event)
@@ -340,43 +355,40 @@ class Engine:
               seg: TcpSegment, now: float) -> Verdict:
         """Judge every name the reader finds in the stream's prefix; the verdict for this packet."""
         key = flow.key
-        prefix = bytes(stream.prefix)
+        found = reader.feed(bytes(stream.prefix))
+        if found is None:
+            return self._following_verdict(flow, stream, reader, now, None) if reader.following else ACCEPT
         d: Decision | None = None
         source = ""
-        event: Event | None = None
-        while True:
-            found = reader.feed(prefix)
-            if found is None or found is DONE:
-                break
+        while found is not DONE:
             if found.name is None:
                 d, source = self._decide_address(key, now)
             else:
                 d, source = self._decide_found(found, key, now)
-            if d is None or not d.allowed:
-                return self._finish(flow, now, d, source, packet=packet, seg=seg)
-            flow.names.append((d.host, source, d.port or key.dport))
-            event = _event(now, key, d, source)
-            if reader.finished:
-                break
-        if reader.finished:
-            if d is None:  # nothing named in what was read last: what was judged before stands
-                if flow.names:
-                    host, source, port = flow.names[-1]
-                    d = self._decide_name(host, port) if source not in ("dns-table", "address") else None
-                if d is None:
-                    d, source = self._decide_address(key, now)
-                if not d.allowed:
-                    return self._finish(flow, now, d, source, packet=packet, seg=seg)
-            tls_next = None
-            if reader.tls_resume is not None:
-                offset, leftover = reader.tls_resume
-                tls_next = ((stream.base + offset) & 0xFFFFFFFF, leftover)
-            if flow.names and flow.names[-1][:2] == (d.host, source):
-                flow.names.pop()
-            return self._finish(flow, now, d, source, packet=packet, seg=seg, tls_next=tls_next)
-        if reader.following:
-            return self._following_verdict(flow, stream, reader, now, event)
-        return ACCEPT if event is None else Verdict(Action.ACCEPT, event=event)
+            if d is None or not d.allowed or reader.finished:
+                # Blocked or unreadable, or the last name this stream carries (an ordinary TLS flow).
+                resume = reader.tls_resume
+                tls_next = None if resume is None else ((stream.base + resume[0]) & 0xFFFFFFFF, resume[1])
+                return self._finish(flow, now, d, source, packet, seg, tls_next)
+            flow.names = (*flow.names[1 - MAX_JUDGED:], (d.host, source, d.port or key.dport))
+            found = reader.feed(bytes(stream.prefix))
+            if found is None:
+                event = _event(now, key, d, source)
+                if reader.following:
+                    return self._following_verdict(flow, stream, reader, now, event)
+                return Verdict(Action.ACCEPT, event=event)  # more to read: the flow stays undecided
+        # Nothing more to read (a tunnel's bytes are no protocol with names): what was judged stands.
+        if d is None and flow.names:
+            host, source, port = flow.names[-1]
+            if source not in ("dns-table", "address"):
+                d = self._decide_name(host, port)
+        if d is None:
+            d, source = self._decide_address(key, now)
+        if flow.names and flow.names[-1][:2] == (d.host, source):
+            flow.names = flow.names[:-1]
+        resume = reader.tls_resume
+        tls_next = None if resume is None else ((stream.base + resume[0]) & 0xFFFFFFFF, resume[1])
+        return self._finish(flow, now, d, source, packet, seg, tls_next)
 
     def _following_verdict(self, flow: _Flow | _Following, stream: Stream, reader: classify.Reader, now: float,
                            event: Event | None) -> Verdict:
@@ -388,7 +400,7 @@ class Engine:
         stream.limit = MAX_FOLLOW_WINDOW
         self._follow_add(_Following(flow.key, stream, reader, flow.ttl, now, flow.names))
         host, source, port = flow.names[-1] if flow.names else (None, "address", flow.key.dport)
-        self._remember(flow.key, True, host, source, port, more=tuple(flow.names[:-1]), follows=True,
+        self._remember(flow.key, True, host, source, port, more=flow.names[:-1], follows=True,
                        ttl=flow.ttl)
         self.stats.allowed += 1
         return Verdict(Action.FOLLOW, event=event)
@@ -400,9 +412,10 @@ class Engine:
             self._following.popitem(last=False)
             self.stats.by_limit["followed"] = self.stats.by_limit.get("followed", 0) + 1
 
-    def _follow_state(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float,
-                      followed: bool) -> Verdict | None:
-        """The verdict for a packet of a followed flow; None when the flow is not followed."""
+    def _follow_state(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float, followed: bool,
+                      unseen: int) -> Verdict | None:
+        """The verdict for a packet of a followed flow; None when the flow is not followed. `unseen`:
+        payload bytes the queue did not copy (a segment larger than its copy range, on loopback)."""
         if seg.flags & SYN and not seg.flags & ACK:
             self._following.pop(key, None)
             return None
@@ -423,14 +436,14 @@ class Engine:
                     return Verdict(Action.ALLOW, event=event)
                 # The server sent a HelloRetryRequest: read the second ClientHello.
                 seq, leftover = known.tls_next, known.tls_leftover
-                names = [*known.more, *([(known.host, known.source, known.port)] if known.host else [])]
+                names = (*known.more, *([(known.host, known.source, known.port)] if known.host else []))
                 state = _Following(key, Stream(seq, MAX_FLOW_BYTES), classify.Reader(after_hello=(leftover, 0)),
                                    known.ttl, now, names, fresh=True)
             else:
                 # A followed flow whose state is gone (netguard restarted, or the table was full):
                 # read on from this segment, where only a request may begin.
                 state = _Following(key, Stream(seg.seq, MAX_FOLLOW_WINDOW), classify.Reader(mid_stream=True),
-                                   packet.ttl, now, [])
+                                   packet.ttl, now, ())
             self._follow_add(state)
         state.last = now
         self._following.move_to_end(key)
@@ -454,7 +467,14 @@ class Engine:
                                   seg=seg)
             return ACCEPT
         state.fresh = False
-        return self._read(state, state.stream, state.reader, packet, seg, now)
+        verdict = self._read(state, state.stream, state.reader, packet, seg, now)
+        if unseen and key in self._following:
+            # The rest of the segment was not copied: fine inside a body being skipped, else unreadable.
+            if state.stream.prefix or not state.reader.skip_unseen(unseen):
+                return self._fail(key, now, f"{unseen} bytes of a segment not copied where a request may begin",
+                                  packet=packet, seg=seg)
+            state.stream.skip(unseen)
+        return verdict
 
     # -- UDP 443 (QUIC) -----------------------------------------------------------------------
 
@@ -544,15 +564,18 @@ class Engine:
             return None
         return next((d for d in decisions if not d.allowed), decisions[0])
 
-    def _finish(self, flow: _Flow | _Following, now: float, d: Decision | None, source: str, *,
+    def _finish(self, flow: _Flow | _Following, now: float, d: Decision | None, source: str,
                 packet: Packet | None = None, seg: TcpSegment | None = None,
                 tls_next: tuple[int, bytes] | None = None) -> Verdict:
+        """The verdict for a flow decided by d; `tls_next`: where the records after its ClientHello
+        begin (sequence number) and the handshake bytes left after it, from which a second hello after
+        a HelloRetryRequest is read."""
         if d is None:
             return self._fail(flow.key, now, f"invalid name from {source}", packet=packet, seg=seg)
         self._flows.pop(flow.key, None)
-        self._following.pop(flow.key, None)
-        self._remember(flow.key, d.allowed, d.host, source, d.port, more=tuple(flow.names), tls_next=tls_next,
-                       ttl=flow.ttl)
+        if self._following:
+            self._following.pop(flow.key, None)
+        self._remember(flow.key, d.allowed, d.host, source, d.port, flow.names, tls_next, flow.ttl)
         event = _event(now, flow.key, d, source)
         if d.allowed:
             self.stats.allowed += 1
@@ -560,13 +583,15 @@ class Engine:
         self.stats.blocked += 1
         return Verdict(Action.BLOCK, inject=self._alert(packet, seg), event=event)
 
-    def _remember(self, key: FlowKey, allowed: bool, host: str | None, source: str, port: int | None, *,
+    def _remember(self, key: FlowKey, allowed: bool, host: str | None, source: str, port: int | None,
                   more: tuple[tuple[str, str, int], ...] = (), tls_next: tuple[int, bytes] | None = None,
                   ttl: int | None = None, follows: bool = False) -> None:
-        r = self._decided[key] = _Remembered(allowed, host, source, port or key.dport, more=more, ttl=ttl,
-                                             follows=follows)
-        if tls_next is not None:
-            r.tls_next, r.tls_leftover = tls_next
+        if tls_next is None:
+            self._decided[key] = _Remembered(allowed, host, source, port or key.dport, None, more, None, b"", ttl,
+                                             follows)
+        else:
+            self._decided[key] = _Remembered(allowed, host, source, port or key.dport, None, more, tls_next[0],
+                                             tls_next[1], ttl, follows)
         self._decided.move_to_end(key)
         while len(self._decided) > MAX_DECIDED:
             self._decided.popitem(last=False)
@@ -770,6 +795,13 @@ def _what(l4: TcpSegment | UdpDatagram) -> str:
     if l4.sport == 53:
         return "DNS answer"
     return "client bytes" if isinstance(l4, TcpSegment) else "QUIC datagram"
+
+
+def _claimed(data: bytes) -> int:
+    """The packet length its IP header claims (before _fit_lengths)."""
+    if data[0] >> 4 == 4:
+        return int.from_bytes(data[2:4], "big")
+    return 40 + int.from_bytes(data[4:6], "big")
 
 
 def _fit_lengths(data: bytes) -> bytes:

@@ -84,6 +84,17 @@ class Stream:
         del self.prefix[:n]
         self._pieces = {start - n: piece for start, piece in self._pieces.items()}
 
+    def skip(self, n: int) -> None:
+        """Move the start n bytes ahead of an empty prefix: bytes that were sent but never seen."""
+        if self.prefix:
+            raise ValueError("skip with bytes in the prefix")
+        self.base = (self.base + n) & 0xFFFFFFFF
+        self._pieces = {start - n: piece for start, piece in self._pieces.items() if start + len(piece) > n}
+        for start in [s for s in self._pieces if s < 0]:
+            piece = self._pieces.pop(start)
+            self._pieces[0] = piece[-start:]
+        self._absorb()
+
     def _absorb(self) -> None:
         # Move held pieces that now touch the prefix into it.
         moved = True

@@ -186,8 +186,8 @@ class ClientHelloReader:
                 result = self._advance(data)
             else:
                 result = fast
-                self.end = 5 + ((data[3] << 8) | data[4])
-                self.leftover = bytes(data[9 + fast.length : self.end])
+                self.end = end = 5 + ((data[3] << 8) | data[4])
+                self.leftover = data[9 + fast.length : end]
         except Malformed as exc:
             self._error = exc
             raise

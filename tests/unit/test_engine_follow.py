@@ -311,3 +311,30 @@ def test_replay_reads_the_second_hello_after_a_hello_retry_request(tmp_path: Pat
     wrpcap(str(tmp_path / "plain.pcap"), packets[:3] + packets[4:])  # no HRR: the kernel never re-opens
     [line] = replay(tmp_path / "plain.pcap", policy())
     assert line.event is not None and (line.event.host, line.event.allowed) == (ALLOWED, True)
+
+
+def test_segments_larger_than_the_queue_copies_inside_a_body() -> None:
+    # On loopback (MTU 64 KiB) a segment can be larger than what NFQUEUE copies (about 4 KB): its IP
+    # length says so. Inside a body being skipped the rest need not be seen; where a request may
+    # begin it must be, so that is the fail verdict.
+    copy = 3900
+    engine = Engine(policy())
+    c = Conn(dst="127.0.0.1", src="127.0.0.1")
+    body = bytes(30000)
+    head = b"POST http://registry-1.docker.io/ HTTP/1.1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    engine.handle(c.syn(), NOW)
+    assert engine.handle(c.send(head), NOW).action is Action.FOLLOW
+    for i in range(0, len(body), 10000):
+        assert engine.handle(c.send(body[i:i + 10000])[:copy], NOW, followed=True).action is Action.ACCEPT
+    v = engine.handle(c.send(b"GET http://ghcr.io/ HTTP/1.1\r\n\r\n"), NOW, followed=True)
+    assert v.action is Action.BLOCK and v.event is not None and v.event.host == BLOCKED
+    engine = Engine(policy())
+    c = Conn(dst="127.0.0.1", src="127.0.0.1", sport=40001)
+    engine.handle(c.syn(), NOW)
+    engine.handle(c.send(head), NOW)
+    assert engine.handle(c.send(body[:-2000]), NOW, followed=True).action is Action.ACCEPT
+    # The body ends 2000 bytes into a 9000-byte segment; a request head begins there and runs past
+    # what was copied.
+    big = body[-2000:] + b"GET http://registry-1.docker.io/ HTTP/1.1\r\nX-Pad: " + b"a" * 7000
+    v = engine.handle(c.send(big)[:copy], NOW, followed=True)
+    assert v.action is Action.BLOCK and v.event is not None and "not copied" in v.event.reason
