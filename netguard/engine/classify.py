@@ -19,6 +19,7 @@ the reader's base; `rebase` drops what is read (the engine advances its reassemb
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 from netguard.wire import http, quic, socks, tls
@@ -147,16 +148,10 @@ class Reader:
         if socks.looks_like_socks(first):
             self._stage = _SOCKS
             return None
-        if first in (0x0D, 0x0A) and not self._tunnel:
-            self._stage = _HTTP
-            return None
         known = _known_method(data, pos)
-        if known:
-            self._stage = _HTTP
-            return None
         if known is None:
             return _WAIT
-        shape = _request_line(data, pos)
+        shape = known or _request_shape(data, pos)
         if shape is None:
             return _WAIT
         if shape:
@@ -203,12 +198,7 @@ class Reader:
 
     def _read_http(self) -> Found | None:
         start = self._pos
-        try:
-            head = http.parse_request_head(self._data[start:])
-        except Malformed:
-            if start or self._tunnel or self.following or _has_method(self._data):
-                raise
-            return self._end(NO_NAME)  # began like a method, but is not HTTP
+        head = http.parse_request_head(self._data[start:])
         if head is None:
             return _WAIT
         self._pos = start + head.head_length
@@ -287,26 +277,40 @@ def _known_method(data: bytes, pos: int) -> bool | None:
     return False
 
 
-def _request_line(data: bytes, pos: int) -> bool | None:
-    """For bytes that do not begin with a known method: whether they begin with a request line of an
-    extension method (token SP target SP HTTP/...), which servers and proxies take too; None while
-    the line is incomplete."""
-    token_end = data.find(b" ", pos, pos + http.MAX_METHOD + 1)
-    token = data[pos:token_end] if token_end > pos else data[pos : pos + http.MAX_METHOD + 1]
-    if any(b not in _TCHAR for b in token):
+# Whitespace a lenient server splits a request line on (RFC 9112 §3: SP, HTAB, VT, FF, bare CR; Squid
+# does), and skips before it (tinyproxy a leading HTAB; CR and LF: RFC 9112 §2.2).
+_WHITESPACE = b" \t\x0b\x0c\r"
+_LINE_END = re.compile(rb"[\r\n]")
+_WORDS = re.compile(rb"[ \t\x0b\x0c]+")
+
+
+def _request_shape(data: bytes, pos: int) -> bool | None:
+    """Whether the bytes at pos are a request some lenient server or proxy takes (so that a strict
+    parse that fails is the fail verdict, never "no name"): after any leading whitespace, a token,
+    then either more words ending in an HTTP version (any case), or one word that is a path or an
+    absolute URI (an HTTP/0.9 request line), the line ended by CR or LF. None while the first line
+    is incomplete (bounded: a longer one is no request)."""
+    start = pos
+    while start < len(data) and data[start] in _WHITESPACE + b"\n":
+        start += 1
+    if start - pos > http.MAX_HEAD:
         return False
-    if token_end < 0:
-        return None if len(data) - pos <= http.MAX_METHOD else False
-    line_end = data.find(b"\n", pos, pos + http.MAX_HEAD)
-    if line_end < 0:
-        return None if len(data) - pos <= http.MAX_HEAD else False
-    parts = data[pos:line_end].rstrip(b"\r").split(b" ")
-    return len(parts) == 3 and bool(parts[1]) and parts[2].startswith(b"HTTP/")
-
-
-def _has_method(prefix: bytes) -> bool:
-    space = prefix.find(b" ", 0, http.MAX_METHOD + 1)
-    return space > 0 and prefix[:space] in _KNOWN_METHODS
+    token_end = start
+    while token_end < len(data) and data[token_end] in _TCHAR:
+        token_end += 1
+    if token_end - start > http.MAX_METHOD:
+        return False
+    if token_end == len(data):
+        return None
+    if token_end == start or data[token_end] not in _WHITESPACE[:4]:
+        return False
+    end = _LINE_END.search(data, token_end, token_end + http.MAX_HEAD)
+    if end is None:
+        return None if len(data) - token_end < http.MAX_HEAD else False
+    words = _WORDS.split(data[start : end.start()].strip(_WHITESPACE))
+    if len(words) >= 3:
+        return words[-1].upper().startswith(b"HTTP/")
+    return len(words) == 2 and (words[1].startswith(b"/") or b"://" in words[1])
 
 
 def _address_text(address: bytes) -> str:

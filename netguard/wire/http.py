@@ -95,7 +95,7 @@ def parse_request_head(data: bytes) -> RequestHead | None:
     host: str | None = None
     port: int | None = None
     connect: tuple[str, int] | None = None
-    if method == b"CONNECT":
+    if method.upper() == b"CONNECT":  # Squid takes the method in any case
         host, connect_port = _authority(target, port_required=True)
         if connect_port is None:
             raise Malformed("CONNECT target without port")

@@ -244,6 +244,7 @@ def seeds(target: str) -> tuple[bytes, ...]:
             b"CONNECT a.test:443 HTTP/1.1\r\n\r\n" + single[0] if single else b"CONNECT a:1 HTTP/1.1\r\n\r\n",
             b"\x05\x02\x00\x02\x01\x01u\x01p\x05\x01\x00\x03\x01a\x00\x50GET / HTTP/1.1\r\nHost: x\r\n\r\n",
             b"\x15\x03\x03\x00\x02\x01\x5a" + hellos[-1],
+            b"\r\n\tget\thttp://a.test/\rHost: b\r\n\r\nSSH-2.0-x y\r\n",
         ],
         "addr": [b"10.77.0.103", b"0x0a4d0067", b"012.0115.0147", b"::ffff:10.77.0.103", b"fe80::1%1",
                  b"1:2:3:4:5:6:7.8.9.10", b"4294967295"],

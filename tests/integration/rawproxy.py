@@ -3,6 +3,7 @@ odd IPv4 forms such as 0x0a4d0067 to dotted decimal before a proxy sees them).
 
     python rawproxy.py ADDRESS PORT http TARGET      GET http://TARGET/ through an HTTP proxy
     python rawproxy.py ADDRESS PORT socks5 TARGET    SOCKS5 CONNECT to the name TARGET, port 80, then GET /
+    python rawproxy.py ADDRESS PORT hex BYTES        send bytes.fromhex(BYTES) as they are
 
 Prints the answer's last line ("hello from ..." from the lab server), or "reset", "closed" or
 "refused 0xNN" (the SOCKS5 reply code)."""
@@ -38,6 +39,8 @@ def main(address: str, port: int, mode: str, target: str) -> str:
                 return f"refused 0x{reply[1]:02x}"
             recv_exact(sock, {1: 4, 4: 16}.get(reply[3], 0) + 2)
             sock.sendall(f"GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode())
+        elif mode == "hex":
+            sock.sendall(bytes.fromhex(target))
         else:
             sock.sendall(f"GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode())
         data = b""

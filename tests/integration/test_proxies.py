@@ -31,6 +31,15 @@ FAST = 2.0  # seconds: a blocked client fails at once (a reset), not by a timeou
 HRRCLIENT = str(Path(__file__).with_name("hrrclient.py"))
 RAWPROXY = str(Path(__file__).with_name("rawproxy.py"))
 AUTH = f"{proxies.USER}:{proxies.PASSWORD}@"
+# Requests that real proxies take although a strict parser does not (seen in the lab: each reaches
+# ghcr.io): (proxy port, bytes).
+LENIENT = [
+    (proxies.SQUID, b"GET\thttp://ghcr.io/\tHTTP/1.1\r\n\r\n"),
+    (proxies.SQUID, b"GET http://ghcr.io/\r\n\r\n"),
+    (proxies.SQUID, b"Connect ghcr.io:80 HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nHost: ghcr.io\r\n\r\n"),
+    (proxies.TINYPROXY, b"\tGET http://ghcr.io/ HTTP/1.1\r\n\r\n"),
+    (proxies.TINYPROXY, b"GET http://ghcr.io/ http/1.1\r\n\r\n"),
+]
 # ghcr.io's lab address, 10.77.0.103, as inet_aton and a proxy's getaddrinfo read it.
 LITERALS = ["0x0a4d0067", "172818535", "10.77.103", "012.0115.0.0147", "[::ffff:10.77.0.103]"]
 
@@ -73,6 +82,8 @@ def control(lab: lab_mod.Lab) -> None:
                  ["-x", f"http://{proxy(6, proxies.TINYPROXY)}", blocked]):
         _, code, out = curl(lab, *args)
         assert code == 0 and "hello from" in out, (args, out)
+    for port, data in LENIENT:
+        assert raw(lab, port, "hex", data.hex())[2] == f"hello from {BLOCKED}", data
     for literal in LITERALS:  # the proxies' getaddrinfo reads every form as ghcr.io's address
         assert raw(lab, proxies.TINYPROXY, "http", literal)[2] == f"hello from {literal}", literal
         if not literal.startswith("["):
@@ -213,6 +224,17 @@ def test_address_literals_through_a_proxy(plab: lab_mod.Lab, daemon: Runner, lit
     if not literal.startswith("["):  # a SOCKS5 name field holds no brackets
         start = time.time()
         assert_blocked(daemon, raw(plab, proxies.MICROSOCKS, "socks5", literal), start, "dns-table")
+
+
+@pytest.mark.parametrize("port, data", LENIENT, ids=lambda v: v.hex()[:16] if isinstance(v, bytes) else str(v))
+def test_requests_only_lenient_proxies_take(plab: lab_mod.Lab, daemon: Runner, port: int, data: bytes) -> None:
+    start = time.time()
+    took, code, out = raw(plab, port, "hex", data.hex())
+    assert code != 0 and out in ("reset", "closed") and took < FAST, out
+    events = [e for e in daemon.events() if e["time"] >= start - 1 and e["verdict"] == "block"]
+    assert events and events[-1]["dport"] == port, daemon.events()[-3:]
+    # Unreadable (fail_mode closed) or, where netguard does read it, the name.
+    assert events[-1]["source"] in ("none", "http-connect", "http-host"), events[-1]
 
 
 # -- TLS: the second ClientHello after a HelloRetryRequest -------------------------------------------

@@ -162,3 +162,39 @@ def test_after_hello_reader_reads_the_second_hello() -> None:
     stream = first + b"\x14\x03\x03\x00\x01\x01" + HELLO
     reader = Reader(after_hello=(b"", len(first)))
     assert reader.feed(stream) == Found("ghcr.io", "sni") and reader.finished
+
+
+# What real proxies were seen to take (Squid 5.7, tinyproxy 1.11 in the lab: each reached the host
+# named): a strict parse of these fails, and that is the fail verdict, never "no name".
+LENIENT = [
+    b"GET\thttp://ghcr.io/\tHTTP/1.1\r\n\r\n",  # Squid: HTAB between the words
+    b"GET\x0bhttp://ghcr.io/ HTTP/1.1\r\n\r\n",  # Squid: VT
+    b"\tGET http://ghcr.io/ HTTP/1.1\r\n\r\n",  # tinyproxy: a leading HTAB
+    b"GET http://ghcr.io/\r\n\r\n",  # both: HTTP/0.9, no version
+    b"get\thttp://ghcr.io/\rHost: x\r\n\r\n",  # a lower-case method, HTAB, a bare CR ending the line
+    b"GET http://ghcr.io/ http/1.1\r\n\r\n",  # both: a lower-case version
+    b"GET http://ghcr.io/ HTTP/1.5\r\n\r\n",  # both: any HTTP/1.x
+    b"GET http://ghcr.io/ HTTP/1.1 \r\n\r\n",  # both: a space after the version
+    b"GET http://ghcr.io/ HTTP/1.1\r\nHost : x\r\n\r\n",  # tinyproxy: a space before the colon
+]
+
+
+@pytest.mark.parametrize("data", LENIENT)
+@pytest.mark.parametrize("step", [0, 1])
+def test_requests_lenient_proxies_take_are_never_no_name(data: bytes, step: int) -> None:
+    with pytest.raises(Malformed):
+        names(data, step)
+    with pytest.raises(Malformed):  # after an allowed request on the same connection too
+        names(b"GET http://a.test/ HTTP/1.1\r\n\r\n" + data, step)
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"connect ghcr.io:443 HTTP/1.1\r\n\r\n", [("ghcr.io", "http-connect")]),  # Squid: any case
+    (b"Connect ghcr.io:443 HTTP/1.1\r\n\r\n", [("ghcr.io", "http-connect")]),
+    (b"FOO http://ghcr.io/ HTTP/1.1\r\n\r\n", [("ghcr.io", "http-host")]),  # an extension method
+    (b"get foo\r\n", [NO_NAME[:2]]),  # memcached's text protocol: no request
+    (b"HELO mail.example\r\n", [NO_NAME[:2]]),
+    (b"a001 LOGIN user secret\r\n", [NO_NAME[:2]]),
+])
+def test_other_first_lines(data: bytes, expected: list[tuple[str | None, str]]) -> None:
+    assert names(data) == expected and names(data, 1) == expected
