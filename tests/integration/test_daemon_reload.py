@@ -106,8 +106,9 @@ def test_reload_to_fail_open_changes_the_rules_and_the_queue(lab: lab_mod.Lab, t
         runner.send_signal(signal.SIGHUP)
         runner.wait_for("reloaded (SIGHUP)", timeout=WITHIN)
         saved = lab.client_run(["iptables-save", "-t", "filter"]).stdout
-        # Every queue rule bypasses: DNS (UDP, TCP), UDP 443, TCP in NETGUARD-FLOW and NETGUARD-EMPTY.
-        assert saved.count("--queue-bypass") == saved.count("-j NFQUEUE") == 5
+        # Every queue rule bypasses: DNS (UDP, TCP), UDP 443, TCP in NETGUARD-FLOW and NETGUARD-EMPTY,
+        # followed flows in NETGUARD-FOLLOW.
+        assert saved.count("--queue-bypass") == saved.count("-j NFQUEUE") == 6
         assert saved.count("-A OUTPUT -j NETGUARD-FLOW") == 1
         assert curl(lab, BLOCKED, 4, timeout=5).code == 35  # still enforcing
     finally:
