@@ -6,8 +6,12 @@ Strategy: a `Reader` walks one TCP client stream through stages, the way the ser
 end reads it. `feed` gets the stream's bytes from the reader's base (the whole contiguous prefix
 each time it grows) and returns the next name to judge (a Found), None while more bytes are needed,
 or DONE when nothing more needs reading. The first bytes pick the stage: a TLS record (handshake or
-alert: 0x16, 0x15), a SOCKS version byte (4, 5), an HTTP request (a method token, after any empty
-lines a server skips), or neither (NO_NAME: judge by address). After a CONNECT or SOCKS request the
+alert: 0x16, 0x15), a SOCKS version byte (4, 5), an HTTP request, or neither (NO_NAME: judge by
+address). A stream is HTTP when its first line is one that some lenient server or proxy takes as a
+request (Squid splits on HTAB and VT and takes HTTP/0.9 and any-case methods; tinyproxy skips a
+leading HTAB; RFC 9112 lets servers skip empty lines): an uppercase method and a space, or a token,
+whitespace and either a version-ended line or a path / URI; so that the strict parser's Malformed on
+such a line is the fail verdict, never "no name". After a CONNECT or SOCKS request the
 tunnel's first bytes are read too (a ClientHello, requests, or a nested proxy request): a proxy
 connects wherever its client names, so the name inside the tunnel is judged as well as the tunnel's
 target. After any other request, the body is skipped by its framing (Content-Length, chunked) to the
@@ -15,6 +19,12 @@ next request head (`following`: the connection stays under watch for its whole l
 Malformed propagates to the engine, which turns it into the fail verdict; only the very first bytes
 may show that a stream is not TLS, SOCKS or HTTP after all (NO_NAME). Stage positions are offsets from
 the reader's base; `rebase` drops what is read (the engine advances its reassembly by as much).
+
+`Reader.waits_for_server` is for the engine's "server speaks first" rule (client segments without
+data after the server's first bytes mean the name will not come from the client): it is True while
+every byte sent is read and the client's next bytes only follow the server's answer (SOCKS5 after its
+method list and after its authentication; before a SOCKS or CONNECT tunnel's first bytes), when a
+silent client is no sign of a server-first protocol and the flow must stay undecided.
 """
 
 from __future__ import annotations

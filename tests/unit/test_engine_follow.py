@@ -338,3 +338,13 @@ def test_segments_larger_than_the_queue_copies_inside_a_body() -> None:
     big = body[-2000:] + b"GET http://registry-1.docker.io/ HTTP/1.1\r\nX-Pad: " + b"a" * 7000
     v = engine.handle(c.send(big)[:copy], NOW, followed=True)
     assert v.action is Action.BLOCK and v.event is not None and "not copied" in v.event.reason
+
+
+def test_an_unknown_address_literal_to_a_learned_blocked_destination() -> None:
+    # Straight to ghcr.io's address (learned from DNS), naming an address DNS never gave in Host:
+    # the destination decides, as for an unknown name.
+    engine = Engine(policy())
+    learn(engine, BLOCKED, GHCR4)
+    c = Conn(dst=GHCR4, dport=80)
+    v = [engine.handle(c.syn(), NOW), engine.handle(c.send(b"GET / HTTP/1.1\r\nHost: 0x7f000001\r\n\r\n"), NOW)][-1]
+    assert v.action is Action.BLOCK and v.event is not None and (v.event.host, v.event.source) == (BLOCKED, "dns-table")
