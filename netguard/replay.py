@@ -2,11 +2,14 @@
 
 Strategy: a small pcap / pcapng reader (Ethernet, Linux cooked v1/v2, raw IP and BSD loopback link
 types) yields IP packets with their timestamps; a connection-tracking stand-in hands the engine
-only what the firewall rules would queue: DNS answers (from port 53), and the client direction of
-TCP flows and UDP 443 flows until the engine has decided them, or for as long as it follows them
-(plain HTTP connections; an allowed TLS flow again once its server sent a HelloRetryRequest, as the
-kernel rule sees it). Each flow is one line (or one JSON object) with its last decision; flows still
-undecided at the end of the capture are listed as such.
+only what the firewall rules would queue: DNS answers (from port 53), the client direction of TCP
+flows until the engine has decided them or for as long as it follows them (plain HTTP connections;
+an allowed TLS flow again once its server sent a HelloRetryRequest, as the kernel rule sees it), the
+server's packets of undecided TCP flows, and the client direction of every UDP flow (the engine
+reads QUIC long headers on any port, also after a decision: each new QUIC connection is judged).
+Each flow is one line (or one JSON object) with its last decision (for a UDP flow the block if one
+came, else the first decision); TCP flows still undecided at the end of the capture are listed as
+such.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ class FlowLine:
 def replay(path: Path, policy: Policy) -> list[FlowLine]:
     """Run the engine over the capture; one FlowLine per flow, in order of first packet."""
     engine = Engine(policy)
+    engine.checks_checksums = False  # a capture on the client shows checksums its NIC filled in later
     lines: dict[FlowKey, FlowLine] = {}
     dns_lines: list[FlowLine] = []
     order: list[FlowKey | int] = []
@@ -139,19 +143,37 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
                 order.append(len(dns_lines))
                 dns_lines.append(FlowLine(key.reply(), verdict.event))
             continue
-        if isinstance(l4, UdpDatagram) and l4.dport != 443:
-            client.add(key)  # a DNS query (or other UDP): its answers come back the other way
+        if isinstance(l4, UdpDatagram):
+            if key.reply() in client:
+                continue  # the server's side
+            client.add(key)  # a DNS query's answers come back the other way
+            verdict = engine.handle(ip, ts, from_client=True)
+            if verdict.event is not None:
+                if key not in lines:
+                    lines[key] = FlowLine(key, None)
+                    order.append(key)
+                if lines[key].event is None or not verdict.event.allowed:
+                    lines[key].event = verdict.event
             continue
-        if key.reply() in client:
-            if key.reply() in allowed and isinstance(l4, TcpSegment) and tls.is_hello_retry_request(l4.payload):
-                allowed.discard(key.reply())
-                decided.discard(key.reply())
-                followed.add(key.reply())
+        rkey = key.reply()
+        if isinstance(l4, TcpSegment) and l4.flags & SYN and l4.flags & ACK and key not in client:
+            client.add(rkey)
+        if rkey in client:
+            if rkey in allowed and tls.is_hello_retry_request(l4.payload):
+                allowed.discard(rkey)
+                decided.discard(rkey)
+                followed.add(rkey)
+            elif rkey not in decided and rkey not in followed:
+                # The server's packets: its SYN-ACK, and its payload when it speaks first (as the daemon queues).
+                verdict = engine.handle(ip, ts, from_client=False)
+                if verdict.event is not None:
+                    if rkey not in lines:
+                        lines[rkey] = FlowLine(rkey, None)
+                        order.append(rkey)
+                    lines[rkey].event = verdict.event
+                _note(rkey, verdict.action, decided, allowed, followed)
             continue
         if key in decided:
-            continue
-        if isinstance(l4, TcpSegment) and l4.flags & SYN and l4.flags & ACK:
-            client.add(key.reply())
             continue
         if key not in client:
             client.add(key)
@@ -160,14 +182,19 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
         verdict = engine.handle(ip, ts, from_client=True, followed=key in followed)
         if verdict.event is not None:
             lines[key].event = verdict.event
-        if verdict.action in (Action.ALLOW, Action.BLOCK):
-            decided.add(key)
-            followed.discard(key)
-            if verdict.action is Action.ALLOW:
-                allowed.add(key)
-        elif verdict.action is Action.FOLLOW:
-            followed.add(key)
+        _note(key, verdict.action, decided, allowed, followed)
     return [dns_lines[k] if isinstance(k, int) else lines[k] for k in order]
+
+
+def _note(key: FlowKey, action: Action, decided: set[FlowKey], allowed: set[FlowKey], followed: set[FlowKey]) -> None:
+    """What the connection mark of a TCP flow becomes after a verdict."""
+    if action in (Action.ALLOW, Action.BLOCK):
+        decided.add(key)
+        followed.discard(key)
+        if action is Action.ALLOW:
+            allowed.add(key)
+    elif action is Action.FOLLOW:
+        followed.add(key)
 
 
 def render(line: FlowLine) -> str:

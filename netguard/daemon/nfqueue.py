@@ -81,6 +81,15 @@ class Queue:
     def fileno(self) -> int:
         return int(self._nfq.get_fd())
 
+    def portid(self) -> int:
+        """The netlink port id of the queue's socket: /proc/net/netfilter/nfnetlink_queue shows it
+        as the queue's peer, so `netguard status` can tell that this daemon holds the queue."""
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER, fileno=os.dup(self.fileno()))
+        try:
+            return int(sock.getsockname()[0])
+        finally:
+            sock.close()
+
     def pump(self) -> None:
         """Handle the packets waiting now."""
         self._nfq.run(block=False)
@@ -94,13 +103,16 @@ def apply_verdict(packet: Packet, verdict: Verdict, mask: int, allowed: int, blo
     """Give the kernel the engine's verdict for one packet. Everything but a drop is a repeat with a
     mark, so the packet goes on through the rest of the chain (see firewall.py)."""
     action = verdict.action
-    if action is Action.DROP or (action is Action.REWRITE and verdict.payload is None):
+    # HOLD is settled by the run loop; one that reaches here (no token) must not pass.
+    if action in (Action.DROP, Action.HOLD) or (action is Action.REWRITE and verdict.payload is None):
         packet.drop()
         return
     if action is Action.ALLOW:
         mark = allowed
     elif action is Action.BLOCK:
         mark = blocked
+        if verdict.payload is not None:
+            packet.set_payload(verdict.payload)  # a server packet made a reset toward the client
     elif action is Action.FOLLOW:
         mark = follow
     else:

@@ -7,6 +7,7 @@ the pure parser, so a bad file raises PolicyError before anything is replaced.
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -28,7 +29,17 @@ def load_catalog() -> Catalog:
 
 def load_policy(path: str | Path | None) -> Policy:
     """The policy in `path`, or the embedded default policy when path is None."""
+    return load_policy_digest(path)[0]
+
+
+def load_policy_digest(path: str | Path | None) -> tuple[Policy, str]:
+    """load_policy, and the SHA-256 of the text it was parsed from (read once, so the digest is of
+    the policy in force even when the file changes meanwhile)."""
     if path is None:
-        return parse_policy(_rules_text("default.toml"), EMBEDDED, load_catalog(), "default policy")
-    p = Path(path)
-    return parse_policy(p.read_text(encoding="utf-8"), str(p), load_catalog(), p.stem)
+        text = _rules_text("default.toml")
+        policy = parse_policy(text, EMBEDDED, load_catalog(), "default policy")
+    else:
+        p = Path(path)
+        text = p.read_text(encoding="utf-8")
+        policy = parse_policy(text, str(p), load_catalog(), p.stem)
+    return policy, hashlib.sha256(text.encode()).hexdigest()

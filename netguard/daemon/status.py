@@ -8,6 +8,10 @@ The daemon answers each connection with one JSON document and closes it, from it
 without blocking: the document is small next to a unix socket's send buffer. Who asks is read from
 SO_PEERCRED: recent blocks (hosts and addresses of other users' connections) go only to root and to
 the daemon's own user; the counters go to anyone.
+
+`kernel_checks` is the other half of `netguard status`: it does not take the daemon's word. It reads
+the kernel itself (iptables-save for both families, /proc/net/netfilter/nfnetlink_queue) and
+compares with what the daemon says it installed and what the policy asks for.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ import os
 import socket
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from netguard.daemon import firewall
 
 NAME = b"\0netguard-status"
 # Blocks kept for status: enough to see what just happened, few enough to send in one write.
@@ -91,6 +99,11 @@ def query(name: bytes = NAME, timeout: float = QUERY_TIMEOUT) -> dict[str, Any] 
     return doc
 
 
+def peer_pid(name: bytes = NAME) -> int | None:
+    """The pid of the process holding the status socket (None if nobody does)."""
+    return _peer_pid(name)
+
+
 def _peer_pid(name: bytes) -> int | None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(QUERY_TIMEOUT)
@@ -100,3 +113,127 @@ def _peer_pid(name: bytes) -> int | None:
             return None
         pid: int = _CRED.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))[0]
         return pid or None
+
+
+# -- what `netguard status` checks in the kernel ---------------------------------------------------
+
+QUEUE_TABLE = Path("/proc/net/netfilter/nfnetlink_queue")
+# Queue drops this recent make `status` fail: long enough that a check every few minutes sees
+# them, short enough that one old burst does not mark the machine broken until a restart.
+RECENT_DROPS = 300.0
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """One line of /proc/net/netfilter/nfnetlink_queue (this network namespace's queues)."""
+
+    queue_num: int
+    portid: int  # the netlink port id of the socket that bound it
+    waiting: int  # packets queued, not yet given a verdict
+    dropped: int  # queue_dropped: the queue was full (fail_mode closed: dropped; open: accepted)
+    user_dropped: int  # the daemon's netlink socket buffer was full
+
+
+def queue_state(queue_num: int, table: Path = QUEUE_TABLE) -> QueueState | None:
+    """The kernel's view of queue `queue_num`; None if nobody has bound it. OSError if the table
+    cannot be read (it is root's only)."""
+    for line in table.read_text().splitlines():
+        f = line.split()
+        if len(f) >= 7 and f[0] == str(queue_num):
+            return QueueState(int(f[0]), int(f[1]), int(f[2]), int(f[5]), int(f[6]))
+    return None
+
+
+@dataclass(frozen=True)
+class Check:
+    """One thing `netguard status` verified: ok True/False, or None when it could not be checked."""
+
+    name: str
+    ok: bool | None
+    text: str
+
+
+def rule_options(doc: dict[str, Any]) -> firewall.Options:
+    """The firewall options the daemon installed its rules with (its status document)."""
+    o = doc["rules"]["options"]
+    return firewall.Options(queue_num=o["queue_num"], marks=firewall.Marks(o["mark_mask"], o["mark_allowed"],
+                                                                            o["mark_blocked"]),
+                            fail_open=o["fail_open"], forward=o["forward"], untracked_alerts=o["untracked_alerts"],
+                            skip_empty=o["skip_empty"])
+
+
+def kernel_checks(doc: dict[str, Any], now: float, privileged: bool) -> list[Check]:
+    """Verify in the kernel what the daemon's status document claims: its rules in both families
+    (exactly as installed, and with the shape build_rules gives for its options), the queue bound
+    by its socket, the fail-open setting the policy asks for, and the queue's drop counters.
+    Without privilege (the rules and the queue table are root's) those checks say so (ok None)."""
+    checks = [Check("daemon", True, f"answers (pid {doc['pid']})")]
+    rules = doc["rules"]
+    if rules.get("failing"):
+        checks.append(Check("self-heal", False, f"the daemon cannot restore its rules: {rules['failing']}"))
+    if not privileged:
+        return [*checks, *(Check(n, None, "not checked: run as root to read the kernel's rules and queues")
+                           for n in ("rules", "queue", "fail-open", "queue drops"))]
+    backend: firewall.Backend = doc["backend"]
+    opts = rule_options(doc)
+    problems: list[str] = []
+    bypass: set[bool] = set()
+    for family in firewall.FAMILIES:
+        text = firewall.build_rules(family, opts)
+        tables = firewall.tables_of(text)
+        saved = firewall.save(backend, family, tables=tables)
+        now_layout = firewall.layout(saved, tables)
+        expected = firewall.Layout.parse_lines(rules["expected"].get(str(family), []))
+        found = firewall.differences(expected, now_layout, family)
+        found += [p for p in firewall.shape_differences(firewall.shape(text), now_layout, family) if p not in found]
+        problems += found
+        bypass |= {"--queue-bypass" in r for rs in now_layout.chains.values() for r in rs if "-j NFQUEUE" in r}
+    restored = f"; restored {rules['restored']} time(s) since start" if rules["restored"] else ""
+    checks.append(Check("rules", not problems, "; ".join(problems) if problems else
+                        f"installed as expected in IPv4 and IPv6 ({backend}{restored})"))
+    try:
+        q = queue_state(doc["queue_num"])
+    except OSError as exc:
+        checks.append(Check("queue", None, f"cannot read {QUEUE_TABLE}: {exc.strerror}"))
+        q = None
+    else:
+        portid = doc["queue"]["portid"]
+        if q is None:
+            checks.append(Check("queue", False, f"queue {doc['queue_num']} is not bound: queued packets "
+                                f"{'pass' if doc['fail_mode'] == 'open' else 'are dropped'}"))
+        elif q.portid != portid:
+            checks.append(Check("queue", False, f"queue {q.queue_num} is bound by another socket (port id "
+                                f"{q.portid}, the daemon's is {portid})"))
+        else:
+            checks.append(Check("queue", True, f"queue {q.queue_num} bound by the daemon (port id {q.portid}), "
+                                f"{q.waiting} packets waiting"))
+    want_open = doc["fail_mode"] == "open"
+    flag = doc["queue"]["fail_open"]
+    wrong = [f"queue rules {'with' if b else 'without'} --queue-bypass" for b in sorted(bypass) if b != want_open]
+    if flag != want_open:
+        wrong.append(f"queue flag NFQA_CFG_F_FAIL_OPEN {'set' if flag else 'not set'}")
+    setting = "on" if want_open else "off"
+    checks.append(Check("fail-open", not wrong, f"{'; '.join(wrong)}, but fail_mode is {doc['fail_mode']}" if wrong
+                        else f"{setting}, as fail_mode {doc['fail_mode']} says (queue rules "
+                             f"{'with' if want_open else 'without'} --queue-bypass; the queue's fail-open flag "
+                             + ("set by the daemon and acknowledged by the kernel, which does not show it back)"
+                                if flag else "left off)")))
+    if q is not None:
+        drops = doc["queue"]["drops"]
+        last = drops.get("last_increase")
+        newer = q.dropped > drops.get("queue_dropped", 0) or q.user_dropped > drops.get("user_dropped", 0)
+        recent = newer or (last is not None and now - last < RECENT_DROPS)
+        text = f"queue_dropped {q.dropped} (queue full), user_dropped {q.user_dropped} (socket buffer full)"
+        if recent:
+            text += f" since the daemon bound it, the last within {int(RECENT_DROPS)} s"
+        elif q.dropped or q.user_dropped:
+            text += f" since the daemon bound it, none in the last {int(RECENT_DROPS)} s"
+        checks.append(Check("queue drops", not recent, text))
+    return checks
+
+
+def exit_code(checks: list[Check]) -> int:
+    """0 every check passed, 1 one failed, 4 some could not be checked (not root)."""
+    if any(c.ok is False for c in checks):
+        return 1
+    return 4 if any(c.ok is None for c in checks) else 0

@@ -20,11 +20,11 @@ Malformed propagates to the engine, which turns it into the fail verdict; only t
 may show that a stream is not TLS, SOCKS or HTTP after all (NO_NAME). Stage positions are offsets from
 the reader's base; `rebase` drops what is read (the engine advances its reassembly by as much).
 
-`Reader.waits_for_server` is for the engine's "server speaks first" rule (client segments without
-data after the server's first bytes mean the name will not come from the client): it is True while
+`Reader.waits_for_server` is for the engine's "server speaks first" rule (payload from the server
+of an undecided flow means the name will not come from the client): it is True while
 every byte sent is read and the client's next bytes only follow the server's answer (SOCKS5 after its
 method list and after its authentication; before a SOCKS or CONNECT tunnel's first bytes), when a
-silent client is no sign of a server-first protocol and the flow must stay undecided.
+server's answer is no sign of a server-first protocol and the flow must stay undecided.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 from netguard.wire import http, quic, socks, tls
 from netguard.wire.addr import parse_address
-from netguard.wire.errors import Malformed, ParseError, UnsupportedVersion
+from netguard.wire.errors import Malformed
 
 
 class Found(NamedTuple):
@@ -63,8 +63,8 @@ class Reader:
     `following` (a plain HTTP request: every later request must be read too) or neither (more names
     may follow before the flow can be decided, e.g. inside a tunnel). `waits_for_server`: every byte
     sent so far is read and the client's next bytes come only after the server answers (SOCKS5 after
-    its method list and its authentication, before a SOCKS or CONNECT tunnel's first bytes), so a
-    silent client is no sign that the server speaks first. `tls_resume`: after a ClientHello, where
+    its method list and its authentication, before a SOCKS or CONNECT tunnel's first bytes), so the
+    server's answer is no sign that the server speaks first. `tls_resume`: after a ClientHello, where
     the next record begins (offset from the base) and the handshake bytes left after the hello, for
     reading a second ClientHello after a HelloRetryRequest."""
 
@@ -330,32 +330,126 @@ def _address_text(address: bytes) -> str:
     return "[" + ":".join(groups) + "]"
 
 
-class QuicReader:
-    """Reads the Initial datagrams of one UDP 443 flow until the ClientHello is whole."""
+# QUIC connections followed per UDP flow (5-tuple). QUIC multiplexes connections over one socket,
+# so one flow may open several; each is judged. A client opens one (two after a Retry); beyond
+# this, the oldest judged one is forgotten, and with none judged the flow gets the fail verdict.
+MAX_QUIC_CONNECTIONS = 16
 
-    __slots__ = ("_crypto",)
+
+class QuicRead(NamedTuple):
+    """What one datagram did to a flow's QUIC connections."""
+
+    complete: tuple[tuple[bytes, Found], ...]  # connections whose ClientHello became whole: id, name
+    pending: frozenset[bytes]  # connections it fed that are not judged yet (hold the datagram)
+
+
+NOTHING = QuicRead((), frozenset())
+
+
+class _Connection:
+    __slots__ = ("crypto", "found", "judged")
 
     def __init__(self) -> None:
-        self._crypto = quic.CryptoAssembler()
+        self.crypto = quic.CryptoAssembler()
+        self.found: Found | None = None
+        self.judged = False
 
-    def feed(self, datagram: bytes) -> Found | None:
-        """Return the Found once known, None while more Initials are needed. Raises ParseError for
-        CRYPTO frames that contradict each other and for QUIC versions other than 1."""
-        if not quic.looks_like_quic_initial(datagram):
-            return NO_NAME
-        try:
-            initial = quic.parse_initial(datagram)
-        except UnsupportedVersion:
-            # An Initial netguard cannot read (QUIC v2, a draft): a server may; unreadable input.
-            raise
-        except ParseError:
-            # Not a client Initial that decrypts with the v1 keys of its DCID: a server derives the
-            # same keys, so it would drop it too. Nothing to read here.
-            return NO_NAME
-        message = self._crypto.add(initial.crypto)
-        if message is None:
-            return None
-        return _hello_name(tls.parse_handshake(message), "quic-sni")
+
+class QuicReader:
+    """The QUIC connections of one UDP flow, each known by the DCID its Initial keys come from.
+
+    For each Initial packet of a datagram (every coalesced packet, RFC 9000 §12.2) the keys a server
+    might use are tried: the packet's own DCID (a server opens a new connection with those), the
+    DCID of the datagram's first packet (a server hands the whole datagram to the connection that
+    one names), and those of the connections this flow already opened (a client's later Initials
+    carry the server's connection ID but keep the first keys, RFC 9001 §5.2). A packet that
+    decrypts with none of them opens nothing and feeds no connection a server could have. The
+    CRYPTO frames go to that connection's assembler; a connection is judged once its ClientHello
+    is whole, and what comes later for it must agree with what was judged.
+    """
+
+    __slots__ = ("_conns",)
+
+    def __init__(self) -> None:
+        self._conns: dict[bytes, _Connection] = {}
+
+    @property
+    def size(self) -> int:
+        """Bytes held for this flow's connections."""
+        return sum(c.crypto.size for c in self._conns.values())
+
+    @property
+    def unjudged(self) -> bool:
+        """True while some connection of the flow waits for the rest of its ClientHello."""
+        return any(not c.judged for c in self._conns.values())
+
+    def found(self) -> list[Found]:
+        """The names of the connections judged so far (to judge them again under a new policy)."""
+        return [c.found for c in self._conns.values() if c.judged and c.found is not None]
+
+    def allow(self, cid: bytes) -> None:
+        """Record that the engine judged connection `cid` and let it pass."""
+        conn = self._conns.get(cid)
+        if conn is not None:
+            conn.judged = True
+
+    def forget_judged(self) -> bool:
+        """Forget the oldest judged connection (to make room); False if there is none."""
+        for cid, conn in self._conns.items():
+            if conn.judged:
+                del self._conns[cid]
+                return True
+        return False
+
+    def feed(self, datagram: bytes) -> QuicRead:
+        """Read every Initial packet of a datagram. Raises UnsupportedVersion (a long header of a
+        version netguard cannot read), CryptoConflict, and Malformed (bad frames, a ClientHello
+        that does not parse, the limits of quic.CryptoAssembler and MAX_QUIC_CONNECTIONS)."""
+        headers = quic.long_headers(datagram)
+        first = headers[0].dcid if headers else b""
+        complete: list[tuple[bytes, Found]] = []
+        pending: set[bytes] = set()
+        for header in headers:
+            if header.kind != quic.INITIAL:
+                continue  # 0-RTT and Handshake packets open no connection; Retry is a server's
+            cid, initial = self._decrypt(datagram, header, first)
+            if initial is None:
+                continue
+            conn = self._conns.get(cid)
+            if conn is None:
+                conn = self._open(cid)
+            was_complete = conn.crypto.complete
+            message = conn.crypto.add(initial.crypto)
+            if was_complete:
+                continue  # agreed with what was judged (a disagreement raised CryptoConflict)
+            if message is None:
+                pending.add(cid)
+                continue
+            found = _hello_name(tls.parse_handshake(message), "quic-sni")
+            conn.found = found
+            complete.append((cid, found))
+            pending.discard(cid)
+        return QuicRead(tuple(complete), frozenset(pending)) if complete or pending else NOTHING
+
+    def _decrypt(self, datagram: bytes, header: quic.LongHeader, first: bytes) -> tuple[bytes, quic.QuicInitial | None]:
+        tried = {header.dcid}
+        initial = quic.decrypt_initial(datagram, header)
+        if initial is not None:
+            return header.dcid, initial
+        for cid in (first, *self._conns):
+            if cid in tried:
+                continue
+            tried.add(cid)
+            initial = quic.decrypt_initial(datagram, header, cid)
+            if initial is not None:
+                return cid, initial
+        return b"", None
+
+    def _open(self, cid: bytes) -> _Connection:
+        if len(self._conns) >= MAX_QUIC_CONNECTIONS and not self.forget_judged():
+            raise Malformed(f"more than {MAX_QUIC_CONNECTIONS} QUIC connections on one flow")
+        conn = self._conns[cid] = _Connection()
+        return conn
 
 
 def _hello_name(hello: tls.ClientHello, source: str) -> Found:

@@ -1,8 +1,11 @@
 """Building the few packets netguard writes: a DNS answer with a new payload, a TCP segment toward
-the client (the TLS alert of block_action = "tls-alert").
+the client (the TLS alert of block_action = "tls-alert", a reset); and checking the checksums of a
+packet read, as its receiver will.
 
 Strategy: fresh headers with correct lengths and checksums; IPv4 keeps the original header's
 identification and TTL, IPv6 gets a plain 40-byte header (extension headers are not carried over).
+A checksum is verified over the raw bytes: the TCP header and payload sit at the end of the packet
+(as long as its IP length says), so their place follows from the parsed lengths.
 """
 
 from __future__ import annotations
@@ -63,6 +66,30 @@ def tcp_packet(version: int, src: bytes, dst: bytes, sport: int, dport: int, seq
     csum = checksum(_pseudo(version, src, dst, PROTO_TCP, len(header) + len(payload)) + header + payload)
     header = header[:16] + struct.pack("!H", csum) + header[18:]
     return _ip(version, src, dst, PROTO_TCP, header + payload, ttl, 0)
+
+
+def ipv4_header_ok(data: bytes) -> bool:
+    """Whether an IPv4 header's checksum is right (the one's-complement sum of its words is 0xFFFF)."""
+    size = (data[0] & 0x0F) * 4
+    return len(data) >= size and checksum(data[:size]) == 0
+
+
+def tcp_checksum_ok(data: bytes, packet: Packet) -> bool:
+    """Whether a whole TCP packet's checksum is right (the pseudo-header uses the packet's addresses:
+    an IPv6 routing header that would change the final destination makes it fail, which is safe)."""
+    seg = packet.l4
+    if not isinstance(seg, TcpSegment):
+        return False
+    end = int.from_bytes(data[2:4], "big") if packet.version == 4 else 40 + int.from_bytes(data[4:6], "big")
+    size = 20 + len(seg.options) + len(seg.payload)
+    if end > len(data) or end < size:
+        return False
+    # The sum of words is the number mod 0xFFFF (see checksum): summed in two parts, the segment not
+    # copied. An odd-length segment is padded with a zero byte (one more factor of 256).
+    pseudo = int.from_bytes(_pseudo(packet.version, packet.src, packet.dst, PROTO_TCP, size), "big")
+    number = int.from_bytes(memoryview(data)[end - size:end], "big") * (256 if size % 2 else 1)
+    total = (pseudo + number) % 0xFFFF  # pseudo-header words come first, each 2**16 = 1 mod 0xFFFF
+    return total == 0 and (pseudo or number) != 0
 
 
 def replace_udp_payload(packet: Packet, payload: bytes) -> bytes:

@@ -6,8 +6,11 @@ mark so the packet goes on through the rest of the chain: ACCEPT -> mark "passed
 only); ALLOW -> mark allowed (the rules save it in the connection, the rest of the flow stays in
 the kernel); FOLLOW -> mark "follow" (allowed so far, saved in the connection: the client's data
 keeps coming to the queue, for a plain HTTP connection whose every request is judged); BLOCK ->
-mark blocked (the kernel REJECT rule fires); REWRITE -> the packet's bytes replaced by `payload`,
-mark "passed"; DROP -> drop().
+mark blocked (the kernel REJECT rule fires; with `payload`, a server packet replaced by a reset
+toward the client); REWRITE -> the packet's bytes replaced by `payload`, mark "passed"; DROP ->
+drop(); HOLD -> no verdict yet: the shell keeps the packet under `token` (it stays in the kernel's
+queue) until a later verdict lists that token in `held` with ALLOW (let it go on, before the packet
+at hand) or DROP, or Engine.expire gives it up.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class Action(enum.Enum):
     BLOCK = "block"
     DROP = "drop"
     REWRITE = "rewrite"
+    HOLD = "hold"  # keep the packet in the queue; a later verdict settles it by its token
 
 
 class FlowKey(NamedTuple):
@@ -87,14 +91,17 @@ class Event(NamedTuple):
 
 
 class Verdict(NamedTuple):
-    """The action for one packet; `payload` for REWRITE; `inject` packets to send to the client
-    before the verdict (a TLS alert when block_action = "tls-alert"); `event` when something was
-    decided with this packet."""
+    """The action for one packet; `payload` for REWRITE (and for BLOCK of a server packet); `inject`
+    packets to send to the client before the verdict (a TLS alert when block_action = "tls-alert");
+    `event` when something was decided with this packet; `token` for HOLD; `held`: packets held
+    earlier, settled now (token, ALLOW or DROP), to be given their verdicts before this packet's."""
 
     action: Action
     payload: bytes | None = None
     inject: tuple[bytes, ...] = ()
     event: Event | None = None
+    token: int | None = None
+    held: tuple[tuple[int, Action], ...] = ()
 
 
 ACCEPT = Verdict(Action.ACCEPT)

@@ -4,9 +4,11 @@ Strategy: four namespaces made with `netns.create` under unique names: a bridge 
 br0 and one veth end per host, and client / dns / registry namespaces holding the other ends. No
 default route anywhere, nothing in the caller's namespace, so a lab is safe on any machine and any
 number of labs can run at once. The DNS namespace runs dnsmasq with `host-record`s for the lab
-names (and a CNAME alias of a blocked one); the registry namespace runs `lab.server` (HTTPS on 443
-with a certificate from a CA made here, plain HTTP on 80) on one address per name, so that an
-address identifies a name. The client namespace resolves through /etc/netns/CLIENT/resolv.conf.
+names (and a CNAME alias of a blocked one; optionally names sharing another name's addresses, raw
+records such as HTTPS/SVCB via `dns-rr`, and a second dnsmasq answering the same on another port);
+the registry namespace runs `lab.server` (HTTPS on 443 with a certificate from a CA made here,
+plain HTTP on 80) on one address per name, so that an address identifies a name (unless shared).
+The client namespace resolves through /etc/netns/CLIENT/resolv.conf.
 `Lab.close()` (or leaving `build()`) kills what it started and deletes the namespaces, always.
 Used by the integration tests, the benchmarks and `netguard demo`.
 """
@@ -74,6 +76,9 @@ class Lab:
     cnames: tuple[tuple[str, str], ...]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     containers: list[str] = field(default_factory=list)
+    shared: tuple[tuple[str, str], ...] = ()  # (name, lab host whose addresses DNS also gives for it)
+    dns_rr: tuple[tuple[str, int, bytes], ...] = ()  # (owner, RR type, rdata) served as they are
+    alt_dns_port: int | None = None  # a second dnsmasq with the same records on this port
 
     @property
     def client_v4(self) -> str:
@@ -160,6 +165,16 @@ def add_container(lab: Lab) -> str:
     return ns
 
 
+def add_host(lab: Lab, v4: str, v6: str) -> str:
+    """Another host namespace on the lab's bridge, with one address per family (inside NET4 / NET6,
+    not used by the lab's hosts), to run a server of a test's own. Deleted with the lab."""
+    ns = netns.unique_name("host")
+    netns.create(ns)
+    lab.containers.append(ns)
+    _wire(lab.bridge, ns, f"h{len(lab.containers)}", [v4], [v6])
+    return ns
+
+
 def _ip(ns: str, *args: str) -> None:
     subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, text=True)
 
@@ -240,14 +255,18 @@ def _start(ns: str, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
 
 @contextlib.contextmanager
 def build(hosts: Sequence[Host] = DEFAULT_HOSTS, cnames: Sequence[tuple[str, str]] = DEFAULT_CNAMES,
-          workdir: Path | None = None) -> Iterator[Lab]:
-    """Build a lab, yield it, and tear it down whatever happens."""
+          workdir: Path | None = None, *, shared: Sequence[tuple[str, str]] = (),
+          dns_rr: Sequence[tuple[str, int, bytes]] = (), alt_dns_port: int | None = None) -> Iterator[Lab]:
+    """Build a lab, yield it, and tear it down whatever happens. `shared`: (name, host) pairs, DNS
+    gives name the host's addresses; `dns_rr`: raw records (owner, type, rdata); `alt_dns_port`: a
+    second DNS server on that port."""
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="ng-lab-")
         workdir = Path(tmp.name)
     lab = Lab(bridge=netns.unique_name("br"), client=netns.unique_name("cli"), dns=netns.unique_name("dns"),
-              registry=netns.unique_name("reg"), workdir=workdir, hosts=tuple(hosts), cnames=tuple(cnames))
+              registry=netns.unique_name("reg"), workdir=workdir, hosts=tuple(hosts), cnames=tuple(cnames),
+              shared=tuple(shared), dns_rr=tuple(dns_rr), alt_dns_port=alt_dns_port)
     try:
         _setup(lab)
         yield lab
@@ -266,7 +285,7 @@ def _setup(lab: Lab) -> None:
     _wire(lab.bridge, lab.dns, "d0", [lab.dns_v4], [lab.dns_v6])
     _wire(lab.bridge, lab.registry, "r0", [h.v4 for h in lab.hosts], [h.v6 for h in lab.hosts])
 
-    names = [h.name for h in lab.hosts] + [alias for alias, _ in lab.cnames]
+    names = [h.name for h in lab.hosts] + [alias for alias, _ in lab.cnames] + [name for name, _ in lab.shared]
     cert, key = make_certificates(lab.workdir, names, [a for h in lab.hosts for a in (h.v4, h.v6)])
     server = _start(lab.registry, [sys.executable, "-m", "netguard.lab.server", str(cert), str(key)],
                     lab.workdir / "server.log")
@@ -277,10 +296,18 @@ def _setup(lab: Lab) -> None:
              f"listen-address={lab.dns_v4},{lab.dns_v6}", "log-queries", f"pid-file={lab.workdir}/dnsmasq.pid"]
     lines += [f"host-record={h.name},{h.v4},{h.v6}" for h in lab.hosts]
     lines += [f"cname={alias},{target}" for alias, target in lab.cnames]
+    lines += [f"host-record={name},{lab.host(host).v4},{lab.host(host).v6}" for name, host in lab.shared]
+    lines += [f"dns-rr={owner},{rtype},{rdata.hex()}" for owner, rtype, rdata in lab.dns_rr]
     conf.write_text("\n".join(lines) + "\n")
     dns = _start(lab.dns, ["/usr/sbin/dnsmasq", "--keep-in-foreground", f"--conf-file={conf}", "--log-facility=-"],
                  lab.workdir / "dnsmasq.log")
     lab.procs.append(dns)
+    if lab.alt_dns_port is not None:
+        alt = lab.workdir / "dnsmasq-alt.conf"
+        alt.write_text("\n".join(line.replace("dnsmasq.pid", "dnsmasq-alt.pid") for line in lines)
+                       + f"\nport={lab.alt_dns_port}\n")
+        lab.procs.append(_start(lab.dns, ["/usr/sbin/dnsmasq", "--keep-in-foreground", f"--conf-file={alt}",
+                                          "--log-facility=-"], lab.workdir / "dnsmasq-alt.log"))
 
     etc = Path("/etc/netns") / lab.client
     etc.mkdir(parents=True, exist_ok=True)
@@ -288,9 +315,9 @@ def _setup(lab: Lab) -> None:
 
     first = lab.hosts[0]
 
-    def dns_ready() -> bool:
-        r = netns.run(lab.client, ["dig", "+short", "+time=1", "+tries=1", first.name, f"@{lab.dns_v4}"],
-                      check=False)
+    def dns_ready(port: int = 53) -> bool:
+        r = netns.run(lab.client, ["dig", "+short", "+time=1", "+tries=1", "-p", str(port), first.name,
+                                   f"@{lab.dns_v4}"], check=False)
         return first.v4 in r.stdout.split()
 
     def server_ready() -> bool:
@@ -299,6 +326,9 @@ def _setup(lab: Lab) -> None:
         return r.stdout == "200"
 
     _until(dns_ready, "dnsmasq")
+    if lab.alt_dns_port is not None:
+        port = lab.alt_dns_port
+        _until(lambda: dns_ready(port), f"dnsmasq on port {port}")
     _until(server_ready, "lab server")
 
 

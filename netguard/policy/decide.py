@@ -29,8 +29,13 @@ def decide(host: str, port: int | None, policy: Policy) -> Decision:
         what = f"{name} is not a known registry; {policy.label} has {rule}"
         return Decision(allowed, name, port, None, None, rule, what)
     pattern, r = hit
-    who = f"{r.registry_name} ({r.registry})" if r.registry else f"a registry host ({pattern})"
+    if r.registry:
+        who = f"{r.registry_name} ({r.registry})"
+    else:
+        who = "the organisation's policy server" if r.origin == "policy-url" else f"a registry host ({pattern})"
     verb = "allowed" if r.allowed else "blocked"
     text = r.text(pattern)
+    # Under an organisation policy, an entry may come from the local file (policy.compose).
+    where = f" (from {r.document})" if r.document and r.document != policy.source else ""
     return Decision(r.allowed, name, port, r.registry, r.registry_name, text,
-                    f"{name} is {who}: {verb} by {policy.label}, rule {text!r}")
+                    f"{name} is {who}: {verb} by {policy.label}, rule {text!r}{where}")

@@ -31,15 +31,18 @@ DEFAULT_MARK_BLOCKED = 0x00200000
 UnknownHosts = Literal["allow", "deny"]
 FailMode = Literal["closed", "open"]
 BlockAction = Literal["reset", "tls-alert"]
-Origin = Literal["catalog", "allow", "block"]
+Mode = Literal["enforce", "monitor"]
+# "policy-url": the host an organisation policy is fetched from, always allowed (policy.compose).
+Origin = Literal["catalog", "allow", "block", "policy-url"]
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "unknown_hosts": ("allow", "deny"),
     "fail_mode": ("closed", "open"),
     "block_action": ("reset", "tls-alert"),
+    "mode": ("enforce", "monitor"),
 }
-_KEYS = {"name", "allow", "block", "dns_block", "queue_num", "mark_mask", "mark_allowed", "mark_blocked",
-         *_CHOICES}
+_FLAGS = ("dns_block", "local_allow")
+_KEYS = {"name", "allow", "block", "queue_num", "mark_mask", "mark_allowed", "mark_blocked", *_FLAGS, *_CHOICES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +54,12 @@ class Rule:
     registry: str | None  # catalog id, or None for a policy pattern outside the catalog
     registry_name: str | None
     origin: Origin
+    document: str = ""  # where the entry was written: the policy's source (a file, the policy URL)
 
     def text(self, pattern: Pattern) -> str:
         """The rule as a person would find it: "allow = ghcr", "block = *.corp.example"."""
+        if self.origin == "policy-url":
+            return f"policy server {pattern}"
         if self.origin != "catalog":
             return f"{self.origin} = {pattern}"
         return f"allow = {self.registry}" if self.allowed else f"{self.registry} is not in allow"
@@ -74,7 +80,10 @@ class Policy:
     mark_mask: int = DEFAULT_MARK_MASK
     mark_allowed: int = DEFAULT_MARK_ALLOWED
     mark_blocked: int = DEFAULT_MARK_BLOCKED
+    mode: Mode = "enforce"  # "monitor": judge and log everything, block nothing (the daemon's apply point)
+    local_allow: bool = False  # under an organisation policy: may a local file's allow entries count?
     warnings: tuple[str, ...] = ()
+    keys: frozenset[str] = frozenset()  # the top-level keys the document sets (policy.compose reports them)
 
     @property
     def label(self) -> str:
@@ -104,7 +113,7 @@ def parse_policy(text: str, source: str, catalog: Catalog, default_name: str = "
     # needs no second copy of its patterns during the load, whose peak is the daemon's peak memory.
     # Catalog entries go in as blocked and are switched once the allow list's ids are known.
     table: PatternTable[Rule] = PatternTable()
-    blocked = {reg.id: Rule(False, reg.id, reg.name, "catalog") for reg in catalog.registries.values()}
+    blocked = {reg.id: Rule(False, reg.id, reg.name, "catalog", source) for reg in catalog.registries.values()}
     for reg in catalog.registries.values():
         for p in reg.patterns:
             table.put(p, blocked[reg.id])
@@ -120,12 +129,12 @@ def parse_policy(text: str, source: str, catalog: Catalog, default_name: str = "
         raise PolicyError(problems)
     for reg in catalog.registries.values():
         if reg.id in allow_ids:
-            allowed = Rule(True, reg.id, reg.name, "catalog")
+            allowed = Rule(True, reg.id, reg.name, "catalog", source)
             for p in reg.patterns:
                 if table.get(p) is blocked[reg.id]:
                     table.put(p, allowed)
     return Policy(name=name, source=source, catalog=catalog, allow_ids=frozenset(allow_ids), table=table,
-                  warnings=tuple(warnings), **settings)
+                  warnings=tuple(warnings), keys=frozenset(doc), **settings)
 
 
 def _settings(doc: dict[str, Any], problem: Callable[[str, str], None]) -> dict[str, Any]:
@@ -141,11 +150,12 @@ def _settings(doc: dict[str, Any], problem: Callable[[str, str], None]) -> dict[
                 settings[key] = doc[key]
             else:
                 problem(key, f"{key} = {doc[key]!r}: expected " + " or ".join(f'"{c}"' for c in choices))
-    if "dns_block" in doc:
-        if isinstance(doc["dns_block"], bool):
-            settings["dns_block"] = doc["dns_block"]
-        else:
-            problem("dns_block", "dns_block: expected true or false")
+    for key in _FLAGS:
+        if key in doc:
+            if isinstance(doc[key], bool):
+                settings[key] = doc[key]
+            else:
+                problem(key, f"{key}: expected true or false")
     for key, limit in (("queue_num", 0xFFFF), ("mark_mask", 0xFFFFFFFF), ("mark_allowed", 0xFFFFFFFF),
                        ("mark_blocked", 0xFFFFFFFF)):
         if key in doc:
@@ -227,7 +237,7 @@ def _patterns(doc: dict[str, Any], key: str, text: str, source: str, catalog: Ca
             both[pattern] = written
         else:
             u = u or _hit(table.lookup(pattern.name, pattern.port))
-            rule = Rule(ids is not None, u.registry if u else None, u.registry_name if u else None, origin)
+            rule = Rule(ids is not None, u.registry if u else None, u.registry_name if u else None, origin, source)
             table.put(pattern, rules.setdefault(rule, rule))
         if earlier is not None:
             earlier[pattern] = written

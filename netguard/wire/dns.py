@@ -4,16 +4,23 @@ Everything is read with the `Reader` discipline: names through the cursor, the f
 questions and records inline in `_parse` (check, then one unpack_from; see reader.py). Names:
 labels of at most 63 bytes, names of at most 255 wire bytes, and compression pointers that must
 point strictly before the previous jump target (dnspython's rule), so a hostile message cannot loop.
-Answers keep A, AAAA (rdata length checked) and CNAME (rdata fenced) data and step over every other
-type by its rdata length. The authority section is stepped over; the additional section is read
-for the EDNS OPT record.
+Answers keep A, AAAA (rdata length checked), CNAME (rdata fenced) and SVCB/HTTPS (RFC 9460: the
+TargetName and the ipv4hint/ipv6hint addresses, the rest fenced and stepped over) data, and step
+over every other type by its rdata length. The authority section is stepped over; the additional
+section is read for the EDNS OPT record and for the address-carrying records (A, AAAA, SVCB,
+HTTPS) a resolver adds there (RFC 9460 §4.2: the target's addresses), which a client may use.
 
 Values are NamedTuples (immutable, and three times cheaper to build than frozen dataclasses; a
 response builds several). Names are returned as on the wire, ASCII, without the trailing dot (the
 root is ""); a byte outside printable ASCII, a '.' or a '\\' inside a label is written as `\\DDD`
 (dnspython's escape), so a label can never masquerade as several labels. A/AAAA data is the raw
 4/16 address bytes (the same form as `ip.Packet.src`/`dst`, so the engine matches them without
-conversion); CNAME data is the target name; any other type has data None.
+conversion); CNAME data is the target name; SVCB/HTTPS data is an `Svcb`; any other type has data
+None. SVCB rules: a TargetName is read like any name (RFC 9460 forbids compressing it; a pointer is
+followed all the same, as dnspython does, so a name cannot hide behind one); SvcParams must each
+fit the rdata and a hint's length must be a multiple of its address size (else Malformed); keys
+out of order or repeated are not refused (every hint is kept): what a lax client might use is
+seen.
 
 `build_blocked_reply` answers a query (or replaces a response) with NXDOMAIN or REFUSED carrying an
 RFC 8914 Extended DNS Error when the client sent EDNS (an OPT record may only go to a client that
@@ -32,6 +39,10 @@ TYPE_A = 1
 TYPE_CNAME = 5
 TYPE_AAAA = 28
 TYPE_OPT = 41
+TYPE_SVCB = 64  # RFC 9460
+TYPE_HTTPS = 65
+SVC_IPV4HINT = 4  # SvcParamKeys (RFC 9460 §14.3.2)
+SVC_IPV6HINT = 6
 RCODE_NOERROR = 0
 RCODE_NXDOMAIN = 3
 RCODE_REFUSED = 5
@@ -61,6 +72,7 @@ _HEADER = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
 _RR_FIXED = _RR.unpack_from
 _Q_FIXED = struct.Struct("!HH").unpack_from
+_U16_AT = struct.Struct("!H").unpack_from
 # A NamedTuple's own __new__ is a Python function; building through tuple.__new__ skips it.
 _new = tuple.__new__
 _LEN = struct.Struct("!H")
@@ -81,18 +93,30 @@ class Question(NamedTuple):
     qclass: int
 
 
+class Svcb(NamedTuple):
+    """SVCB/HTTPS rdata (RFC 9460): priority (0: AliasMode), TargetName ("" for the root, "."),
+    and every ipv4hint/ipv6hint address (raw 4/16 bytes), in wire order."""
+
+    priority: int
+    target: str
+    hints: tuple[bytes, ...]
+
+
 class ResourceRecord(NamedTuple):
-    """One answer record. `data`: 4/16 raw bytes for A/AAAA, a name for CNAME, else None."""
+    """One record. `data`: 4/16 raw bytes for A/AAAA, a name for CNAME, an Svcb for SVCB/HTTPS,
+    else None."""
 
     name: str
     rtype: int
     rclass: int
     ttl: int
-    data: bytes | str | None
+    data: bytes | str | Svcb | None
 
 
 class DnsMessage(NamedTuple):
-    """A parsed DNS message (header, questions, answers and whether an OPT record is present)."""
+    """A parsed DNS message: header, questions, answers, whether an OPT record is present, the
+    A/AAAA/SVCB/HTTPS records of the additional section, and for `build_blocked_reply` where the
+    question section ends and the OPT record's TTL field (-1 without one)."""
 
     id: int
     flags: int
@@ -103,6 +127,9 @@ class DnsMessage(NamedTuple):
     questions: tuple[Question, ...]
     answers: tuple[ResourceRecord, ...]
     has_edns: bool
+    additional: tuple[ResourceRecord, ...] = ()
+    question_end: int = HEADER_LEN
+    opt_ttl: int = -1
 
 
 # Per message: offset -> (name bytes, label count, wire length, name) of names already decoded there.
@@ -199,11 +226,11 @@ def _escape(label: bytes) -> str:
     return "".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in label)
 
 
-def _parse(data: bytes) -> tuple[DnsMessage, int, int]:
-    """Parse a message; also return where the question section ends and the OPT TTL field (or -1).
+def _parse(data: bytes) -> DnsMessage:
+    """Parse a message.
 
     The fixed-size fields are read inline (check against the end, then one unpack_from call); names
-    go through `_read_name` with the cursor `r`, whose position is kept in step. Outside a CNAME's
+    go through `_read_name` with the cursor `r`, whose position is kept in step. Outside a record's
     rdata no fence is set, so an overrun here is Truncated."""
     end = len(data)
     if end < HEADER_LEN:
@@ -231,7 +258,7 @@ def _parse(data: bytes) -> tuple[DnsMessage, int, int]:
         rtype, rclass, ttl, rdlength = _RR_FIXED(data, pos)
         pos += 10
         stop = pos + rdlength
-        rdata: bytes | str | None = None
+        rdata: bytes | str | Svcb | None = None
         # A and AAAA lengths are judged before the bounds (a wrong length is Malformed even when cut).
         if rtype == TYPE_A and rclass == 1 and rdlength != 4:
             raise Malformed(f"A record of {rdlength} bytes")
@@ -251,26 +278,40 @@ def _parse(data: bytes) -> tuple[DnsMessage, int, int]:
             r.fences = 0
             if r.pos != stop:
                 raise Malformed(f"block ends at {stop} but its contents end at {r.pos}")
+        elif rtype in (TYPE_HTTPS, TYPE_SVCB):
+            rdata = _read_svcb(r, seen, pos, stop)
         r.pos = stop
         answers.append(_new(ResourceRecord, (name, rtype, rclass, ttl, rdata)))
     opt_ttl = -1
-    # Authority records are only stepped over; an additional record may be the OPT record.
+    additional: list[ResourceRecord] = []
+    # Authority records are only stepped over; an additional record may be the OPT record or carry
+    # addresses.
     for i in range(nscount + arcount):
         name = _read_name(r, seen)
         pos = r.pos
         if pos + 10 > end:
             raise _short(10, pos, end)
-        rtype, _rclass, ttl, rdlength = _RR_FIXED(data, pos)
+        rtype, rclass, ttl, rdlength = _RR_FIXED(data, pos)
         pos += 10
-        if pos + rdlength > end:
+        stop = pos + rdlength
+        if stop > end:
             raise _short(rdlength, pos, end)
-        r.pos = pos + rdlength
-        if rtype == TYPE_OPT and i >= nscount:
+        r.pos = stop
+        if i < nscount:
+            continue
+        if rtype == TYPE_OPT:
             if opt_ttl >= 0 or name:
                 raise Malformed("second OPT record or OPT not at the root")
             opt_ttl = ttl
+        elif rclass == 1 and rtype in (TYPE_A, TYPE_AAAA):
+            if rdlength != (4 if rtype == TYPE_A else 16):
+                raise Malformed(f"{'A' if rtype == TYPE_A else 'AAAA'} record of {rdlength} bytes")
+            additional.append(_new(ResourceRecord, (name, rtype, rclass, ttl, data[pos:stop])))
+        elif rtype in (TYPE_HTTPS, TYPE_SVCB):
+            additional.append(_new(ResourceRecord, (name, rtype, rclass, ttl, _read_svcb(r, seen, pos, stop))))
+            r.pos = stop
     # Trailing bytes after the last record are ignored, as resolvers do.
-    message = _new(
+    return _new(
         DnsMessage,
         (
             ident,
@@ -282,9 +323,46 @@ def _parse(data: bytes) -> tuple[DnsMessage, int, int]:
             tuple(questions),
             tuple(answers),
             opt_ttl >= 0,
+            tuple(additional) if additional else (),
+            question_end,
+            opt_ttl,
         ),
     )
-    return message, question_end, opt_ttl
+
+
+def _read_svcb(r: Reader, seen: NameCache, pos: int, stop: int) -> Svcb:
+    """SVCB/HTTPS rdata in data[pos:stop] (already checked to lie inside the message): priority,
+    TargetName (fenced by the rdata), then SvcParams, each key, length and value inside the rdata;
+    ipv4hint/ipv6hint values are lists of 4/16-byte addresses."""
+    data = r.data
+    if pos + 2 > stop:
+        raise Malformed(f"SVCB record of {stop - pos} bytes")
+    priority = (data[pos] << 8) | data[pos + 1]
+    end = r.end
+    r.pos = pos + 2
+    r.end = stop
+    r.fences = 1
+    target = _read_name(r, seen)
+    r.end = end
+    r.fences = 0
+    pos = r.pos
+    hints: list[bytes] = []
+    while pos < stop:
+        if pos + 4 > stop:
+            raise Malformed(f"SvcParam header runs past the record at offset {pos}")
+        key = (data[pos] << 8) | data[pos + 1]
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        pos += 4
+        value_end = pos + length
+        if value_end > stop:
+            raise Malformed(f"SvcParam {key} of {length} bytes runs past the record")
+        if key in (SVC_IPV4HINT, SVC_IPV6HINT):
+            size = 4 if key == SVC_IPV4HINT else 16
+            if length % size:
+                raise Malformed(f"{'ipv4hint' if size == 4 else 'ipv6hint'} of {length} bytes")
+            hints += [data[a : a + size] for a in range(pos, value_end, size)]
+        pos = value_end
+    return _new(Svcb, (priority, target, tuple(hints)))
 
 
 def _short(need: int, pos: int, end: int) -> Truncated:
@@ -293,7 +371,14 @@ def _short(need: int, pos: int, end: int) -> Truncated:
 
 def parse_message(data: bytes) -> DnsMessage:
     """Parse a DNS message (UDP payload, or one message taken out of a TCP stream). Raises ParseError."""
-    return _parse(data)[0]
+    return _parse(data)
+
+
+def looks_like_response(payload: bytes, offset: int = 0) -> bool:
+    """Whether payload[offset:] begins with the header of a DNS response to a standard query, as the
+    firewall's u32 test matches it on ports other than 53: QR set, opcode QUERY (0), one question."""
+    return (len(payload) >= offset + HEADER_LEN and payload[offset + 2] & 0xF8 == 0x80
+            and payload[offset + 4] == 0 and payload[offset + 5] == 1)
 
 
 def split_tcp_messages(buf: bytes) -> tuple[list[bytes], bytes]:
@@ -322,19 +407,23 @@ def frame_tcp(message: bytes) -> bytes:
 _RCODES = {"NXDOMAIN": RCODE_NXDOMAIN, "REFUSED": RCODE_REFUSED}
 
 
-def build_blocked_reply(message: bytes, *, rcode: str, info_code: int, text: str) -> bytes:
+def build_blocked_reply(message: bytes, *, rcode: str, info_code: int, text: str,
+                        parsed: DnsMessage | None = None) -> bytes:
     """Build an NXDOMAIN or REFUSED reply to `message` (a query or the response being replaced).
 
     Keeps the ID, opcode, RD bit and the question section. When the client used EDNS, the reply
     carries an OPT record with an Extended DNS Error (`info_code`, e.g. EDE_BLOCKED or
-    EDE_PROHIBITED) whose EXTRA-TEXT is `text` (UTF-8, cut to MAX_EXTRA_TEXT bytes).
+    EDE_PROHIBITED) whose EXTRA-TEXT is `text` (UTF-8, cut to MAX_EXTRA_TEXT bytes). `parsed`:
+    `parse_message(message)` when the caller has it already (it is not parsed again).
     Raises ParseError if `message` cannot be parsed, ValueError for a bad rcode or info code.
     """
     if rcode not in _RCODES:
         raise ValueError(f"rcode must be NXDOMAIN or REFUSED, not {rcode!r}")
     if not 0 <= info_code <= 0xFFFF:
         raise ValueError(f"info code {info_code} out of range")
-    parsed, question_end, opt_ttl = _parse(message)
+    if parsed is None:
+        parsed = _parse(message)
+    question_end, opt_ttl = parsed.question_end, parsed.opt_ttl
     flags = _FLAG_QR | _FLAG_RA | (parsed.flags & (0x7800 | _FLAG_RD)) | _RCODES[rcode]
     header = _HEADER.pack(parsed.id, flags, len(parsed.questions), 0, 0, 1 if parsed.has_edns else 0)
     out = header + message[HEADER_LEN:question_end]

@@ -8,15 +8,17 @@ packet: trailing bytes past it are ignored, a packet shorter than it is `Truncat
 extension-header chain (hop-by-hop, routing, fragment, destination options, AH) is walked up to a
 named limit. A fragment (IPv4 MF or offset, IPv6 fragment header with M or offset) is reported as
 such with `l4 = None`: its transport header is either absent or incomplete, so it is never parsed
-as if it were whole. Checksums are not verified: the kernel has already checked incoming packets,
-and outgoing ones carry offloaded (partial) checksums.
+as if it were whole. Checksums are not verified here (most packets never need it); the engine
+verifies them only on the segments that can decide a flow. `tcp_options` reads the few TCP options a
+receiver's verdict depends on (timestamps, MD5 / AO signatures) the way Linux's tcp_parse_options
+walks them: a malformed option ends the walk.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from netguard.wire.errors import Malformed, Truncated
 
@@ -73,6 +75,7 @@ class TcpSegment:
     window: int
     options: bytes
     payload: bytes
+    urgent: int = 0  # the urgent pointer field (meaningful with the URG flag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +120,11 @@ _PACKET_SLOTS = tuple(Packet.__dict__[f.name].__set__ for f in fields(Packet))
 
 
 def _tcp_segment(
-    sport: int, dport: int, seq: int, ack: int, flags: int, window: int, options: bytes, payload: bytes
+    sport: int, dport: int, seq: int, ack: int, flags: int, window: int, options: bytes, payload: bytes, urgent: int
 ) -> TcpSegment:
     """Same as TcpSegment(...) (see _TCP_SLOTS)."""
     segment: TcpSegment = _new_object(TcpSegment)
-    s_sport, s_dport, s_seq, s_ack, s_flags, s_window, s_options, s_payload = _TCP_SLOTS
+    s_sport, s_dport, s_seq, s_ack, s_flags, s_window, s_options, s_payload, s_urgent = _TCP_SLOTS
     s_sport(segment, sport)
     s_dport(segment, dport)
     s_seq(segment, seq)
@@ -130,6 +133,7 @@ def _tcp_segment(
     s_window(segment, window)
     s_options(segment, options)
     s_payload(segment, payload)
+    s_urgent(segment, urgent)
     return segment
 
 
@@ -261,14 +265,14 @@ def _parse_l4(data: bytes, pos: int, end: int, proto: int) -> TcpSegment | UdpDa
     if proto == PROTO_TCP:
         if pos + 20 > end:
             raise _overrun(20, pos)
-        sport, dport, seq, ack, off, flags, window, _csum, _urg = _TCP(data, pos)
+        sport, dport, seq, ack, off, flags, window, _csum, urgent = _TCP(data, pos)
         header_len = (off >> 4) * 4
         if header_len < 20:
             raise Malformed(f"TCP data offset {header_len}")
         if pos + header_len > end:
             raise _overrun(header_len - 20, pos + 20)
         options = data[pos + 20 : pos + header_len] if header_len > 20 else b""
-        return _tcp_segment(sport, dport, seq, ack, flags, window, options, data[pos + header_len : end])
+        return _tcp_segment(sport, dport, seq, ack, flags, window, options, data[pos + header_len : end], urgent)
     if proto == PROTO_UDP:
         if pos + 8 > end:
             raise _overrun(8, pos)
@@ -279,3 +283,55 @@ def _parse_l4(data: bytes, pos: int, end: int, proto: int) -> TcpSegment | UdpDa
             raise _overrun(length - 8, pos + 8)
         return _udp_datagram(sport, dport, data[pos + 8 : pos + length])
     return None
+
+
+# TCP option kinds (RFC 9293 §3.2, RFC 7323, RFC 2385, RFC 5925).
+OPT_END = 0
+OPT_NOP = 1
+OPT_TIMESTAMP = 8
+OPT_MD5 = 19
+OPT_AO = 29
+
+
+class TcpOptions(NamedTuple):
+    """What a receiver's verdict on a segment depends on: its timestamp value (None without a
+    timestamp option) and whether it carries a signature (MD5, RFC 2385, or TCP-AO, RFC 5925).
+    (A NamedTuple: one is read for most segments that can decide a flow.)"""
+
+    tsval: int | None
+    signed: bool
+
+
+NO_OPTIONS = TcpOptions(None, False)
+# The options of nearly every segment after the SYN: NOP, NOP, timestamp (RFC 7323 appendix A).
+_ALIGNED_TIMESTAMP = b"\x01\x01\x08\x0a"
+
+
+def tcp_options(options: bytes) -> TcpOptions:
+    """Walk the options as Linux's tcp_parse_options does: END stops, NOP is one byte, any other
+    kind has a length byte; a length below 2 or past the end stops the walk (the rest is not read)."""
+    if len(options) == 12 and options.startswith(_ALIGNED_TIMESTAMP):
+        return TcpOptions(int.from_bytes(options[4:8], "big"), False)
+    if OPT_TIMESTAMP not in options and OPT_MD5 not in options and OPT_AO not in options:
+        return NO_OPTIONS  # none of the kinds that matter can be there
+    tsval: int | None = None
+    signed = False
+    pos, end = 0, len(options)
+    while pos < end:
+        kind = options[pos]
+        if kind == OPT_END:
+            break
+        if kind == OPT_NOP:
+            pos += 1
+            continue
+        if pos + 2 > end:
+            break
+        size = options[pos + 1]
+        if size < 2 or pos + size > end:
+            break
+        if kind == OPT_TIMESTAMP and size == 10:
+            tsval = int.from_bytes(options[pos + 2 : pos + 6], "big")
+        elif kind in (OPT_MD5, OPT_AO):
+            signed = True
+        pos += size
+    return TcpOptions(tsval, signed)

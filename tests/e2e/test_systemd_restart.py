@@ -1,4 +1,4 @@
-"""Restart=always after kill -9, under a real systemd, in a namespace lab.
+"""Restart=always after kill -9, and the watchdog after SIGSTOP, under a real systemd, in a namespace lab.
 
 Strategy: this machine's PID 1 need not be systemd, so the test boots one: `systemd-nspawn --boot`
 with a volatile root (host /usr), sharing the lab's client network namespace and nothing else of the
@@ -12,6 +12,13 @@ away (fail-closed, and the restart replaces stale rules in one transaction), and
 blocked registry started in the gap must not get through. The container is stopped by the PID of the
 nspawn process this test started (SIGKILL to both it and the container's PID 1 if it does not stop),
 before the lab deletes its namespaces.
+
+The watchdog test stops the daemon with SIGSTOP instead (a daemon that no longer drains its queue:
+it still holds the queue, so the queue stays bound): the unit's watchdog must fire one WatchdogSec
+after the loop's last ping (the journal's time), and a new daemon's socket (another port id in the
+queue table) must hold the queue within the restart budget of the kill -9 test after that; meanwhile
+the same fail-closed checks hold. The total is printed as WatchdogSec + x s. The unit is Type=notify: when
+`systemctl start` returns, the queue is bound and the rules are in, with no waiting.
 """
 
 from __future__ import annotations
@@ -26,16 +33,22 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from netguard.daemon import netns
+from netguard.daemon.sdnotify import PINGS_PER_INTERVAL
 from netguard.lab import lab as lab_mod
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUE_NUM = 7413  # the default policy's queue
 RESTORE_LIMIT = 2.0  # seconds; the acceptance asks for "about a second" (RestartSec=200ms + start)
+# The watchdog fires WatchdogSec after the last ping, which came from the loop at most a ping
+# interval (WatchdogSec / sdnotify.PINGS_PER_INTERVAL) before the stop; systemd's timer slack on top.
+WATCHDOG_SLACK = 0.25
+WATCH_PACE = 0.05  # seconds between two reads of the rules while the watchdog test waits
 BOOT_TIMEOUT = 15.0  # seconds for the container's systemd to take commands; ~1 s here
 START_TIMEOUT = 15.0  # seconds for the service to bind its queue after `systemctl start`
 STOP_TIMEOUT = 10.0  # seconds for the container to power off after SIGTERM to nspawn
@@ -71,8 +84,9 @@ class Container:
 
     def journal(self) -> str:
         """The service's journal in the container, for failure messages."""
-        return subprocess.run(["nsenter", "-t", str(self.init_pid), "-a", "journalctl", "-q", "--no-pager",
-                               "-u", "netguard.service"], capture_output=True, text=True, timeout=20).stdout
+        return subprocess.run(["nsenter", "-t", str(self.init_pid), "-a", "journalctl", "-q", "--no-pager", "-o",
+                               "short-precise", "-u", "netguard.service"], capture_output=True, text=True,
+                              timeout=20).stdout
 
     def host_pid(self, pid: int) -> int:
         """The host PID of the container's process `pid`."""
@@ -90,10 +104,17 @@ class Container:
 
     def queue_bound(self) -> bool:
         """Whether a program in the container's network namespace has bound QUEUE_NUM."""
+        return self.queue_portid() is not None
+
+    def queue_portid(self) -> int | None:
+        """The netlink port id of the socket holding QUEUE_NUM in the container's namespace (None: unbound)."""
         with contextlib.suppress(OSError):
             table = Path(f"/proc/{self.init_pid}/net/netfilter/nfnetlink_queue").read_text()
-            return any(line.split()[:1] == [str(QUEUE_NUM)] for line in table.splitlines())
-        return False
+            for line in table.splitlines():
+                fields = line.split()
+                if fields[:1] == [str(QUEUE_NUM)]:
+                    return int(fields[1])
+        return None
 
 
 def _children(pid: int) -> list[int]:
@@ -258,6 +279,95 @@ def test_restart_always_restores_enforcement_after_kill_9(lab: lab_mod.Lab, tmp_
         assert gap_allowed.returncode == 0 and allowed_code == "200", (allowed_out, allowed_err)
         after = lab.client_run(_curl(lab, blocked), timeout=15)
         assert after.returncode in CURL_RESET and _result(after.stdout)[0] == "000", (after.returncode, after.stderr)
+
+        stopped = box.systemctl("stop", "netguard.service")
+        assert stopped.returncode == 0, stopped.stderr
+        assert _nfqueue_rules(lab) == 0, "systemctl stop left NFQUEUE rules"
+
+
+def _journal_time(journal: str, text: str) -> float:
+    """The Unix time of the first journal line (journalctl -o short-precise) that holds text."""
+    line = next(line for line in journal.splitlines() if text in line)
+    stamp = " ".join(line.split()[:3])  # e.g. "Dec 07 12:18:28.774736", local time of this machine
+    parsed = datetime.strptime(f"{datetime.now().year} {stamp}", "%Y %b %d %H:%M:%S.%f")
+    return parsed.timestamp()
+
+
+def _watchdog_seconds() -> float:
+    unit = subprocess.run([str(REPO / "scripts" / "install-systemd"), "--print-unit"], check=True,
+                          capture_output=True, text=True).stdout
+    value = next(line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("WatchdogSec="))
+    assert value.endswith("s") and value[:-1].isdigit(), value
+    return float(value[:-1])
+
+
+def test_watchdog_restarts_a_daemon_that_stops_draining_its_queue(lab: lab_mod.Lab, tmp_path: Path) -> None:
+    allowed, blocked = "registry-1.docker.io", "ghcr.io"
+    watchdog = _watchdog_seconds()
+    with boot(lab, tmp_path) as box:
+        started = box.systemctl("start", "netguard.service")
+        assert started.returncode == 0, started.stderr + box.journal()
+        # Type=notify: start returns after READY=1, which comes once the queue is bound and the rules are in.
+        assert box.queue_bound() and _nfqueue_rules(lab) > 0, box.journal()
+        rules_before = _nfqueue_rules(lab)
+        old_port = box.queue_portid()
+        main_pid = int(box.systemctl("show", "-p", "MainPID", "--value", "netguard.service").stdout)
+        victim = box.host_pid(main_pid)
+
+        timeline: list[tuple[float, int]] = []
+        stop_watch = threading.Event()
+        stopped_at = time.monotonic()
+
+        def watch_rules() -> None:
+            # Paced: back-to-back iptables-nft-save runs would take a core from the restart being timed.
+            while not stop_watch.wait(WATCH_PACE):
+                timeline.append((time.monotonic() - stopped_at, _nfqueue_rules(lab)))
+
+        watcher = threading.Thread(target=watch_rules)
+        watcher.start()
+        try:
+            stopped_at = time.monotonic()
+            stopped_wall = time.time()
+            os.kill(victim, signal.SIGSTOP)
+            # A stuck daemon: its queue stays bound, packets wait in it and nothing judges them.
+            gap_blocked = lab.client_popen(_curl(lab, blocked), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            gap_allowed = lab.client_popen(_curl(lab, allowed), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            gap_started = time.monotonic() - stopped_at
+            _until(lambda: box.queue_portid() not in (None, old_port), "a new daemon bound the queue",
+                   watchdog + 10.0, POLL)
+            restored = time.monotonic() - stopped_at
+            time.sleep(AFTER_BIND)
+        finally:
+            stop_watch.set()
+            watcher.join()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)  # if systemd did not take it away, let it be stopped normally
+
+        blocked_out, blocked_err = gap_blocked.communicate(timeout=15)
+        allowed_out, allowed_err = gap_allowed.communicate(timeout=15)
+        blocked_code, _, blocked_reset = _result(blocked_out.decode())
+        allowed_code, allowed_connect, _ = _result(allowed_out.decode())
+        counts = [n for _, n in timeline]
+        changes = [f"{n} at {t:.3f} s" for i, (t, n) in enumerate(timeline) if i == 0 or n != timeline[i - 1][1]]
+        new_pid = int(box.systemctl("show", "-p", "MainPID", "--value", "netguard.service").stdout)
+        journal = box.journal()
+        fired = _journal_time(journal, "Watchdog timeout") - stopped_wall
+        print(f"\nSIGSTOP of main PID {main_pid}: the watchdog fired after {fired:.3f} s (WatchdogSec {watchdog:g} s), "
+              f"a new daemon (PID {new_pid}) held queue {QUEUE_NUM} after {restored:.3f} s (WatchdogSec + "
+              f"{restored - watchdog:.3f} s; {restored - fired:.3f} s after the watchdog fired); NFQUEUE rules before "
+              f"{rules_before}, during the gap min {min(counts)} max {max(counts)} over {len(counts)} reads; gap flow "
+              f"to {blocked} reset after {blocked_reset:.3f} s (code {blocked_code}), to {allowed} connected after "
+              f"{allowed_connect:.3f} s (code {allowed_code})")
+        assert new_pid not in (0, main_pid)
+        assert "Failed with result 'watchdog'" in journal and "Fatal Python error: Aborted" in journal, journal
+        assert gap_started < restored
+        # The ping stopped with the loop: the watchdog fired one WatchdogSec after the last one.
+        assert watchdog * (1 - 1 / PINGS_PER_INTERVAL) - WATCHDOG_SLACK <= fired <= watchdog + WATCHDOG_SLACK, journal
+        # Then the restart takes what a restart after kill -9 takes.
+        assert restored - fired < RESTORE_LIMIT, f"replaced {restored - fired:.3f} s after the watchdog\n{journal}"
+        assert counts and min(counts) == rules_before, f"NFQUEUE rules went away meanwhile: {changes}"
+        assert gap_blocked.returncode in CURL_RESET and blocked_code == "000", (gap_blocked.returncode, blocked_err)
+        assert gap_allowed.returncode == 0 and allowed_code == "200", (allowed_out, allowed_err)
 
         stopped = box.systemctl("stop", "netguard.service")
         assert stopped.returncode == 0, stopped.stderr

@@ -26,6 +26,7 @@ from wirecorpus import (
     records,
 )
 
+from netguard.engine import classify
 from netguard.engine.classify import DONE, Reader
 from netguard.wire import dns, http, ip, quic, socks, tls
 from netguard.wire.addr import parse_address
@@ -44,6 +45,22 @@ def fuzz_dns(data: bytes) -> object:
     reply = dns.build_blocked_reply(data, rcode="NXDOMAIN", info_code=dns.EDE_BLOCKED, text="fuzz")
     dns.parse_message(reply)
     return message
+
+
+# A message around one SVCB/HTTPS rdata: the same bytes as an answer (HTTPS) and as an additional
+# record (SVCB), so both readers of the record see every mutation.
+_SVCB_HEAD = struct.pack("!HHHHHH", 0x5353, 0x8180, 1, 1, 0, 1) + b"\x01a\x07example\x00\x00\x41\x00\x01"
+
+
+def fuzz_dns_svcb(rdata: bytes) -> object:
+    record = struct.pack("!HIH", 1, 300, len(rdata) & 0xFFFF) + rdata
+    message = dns.parse_message(_SVCB_HEAD + b"\xc0\x0c\x00\x41" + record + b"\xc0\x0c\x00\x40" + record)
+    answer, extra = message.answers[0].data, message.additional[0].data
+    if not isinstance(answer, dns.Svcb) or answer != extra:
+        raise AssertionError(f"answer {answer!r} and additional record {extra!r} differ")
+    if any(len(h) not in (4, 16) for h in answer.hints):
+        raise AssertionError(f"a hint of the wrong size: {answer.hints!r}")
+    return answer
 
 
 def fuzz_dns_tcp(data: bytes) -> object:
@@ -178,12 +195,26 @@ def fuzz_addr(data: bytes) -> object:
         if ours != theirs:
             raise AssertionError(f"{text!r}: netguard {ours!r}, libc {theirs!r}")
     return ours
+def fuzz_quic_v2_payload(data: bytes) -> object:
+    # The v2 path end to end: a v1 Initial coalesced with a v2 one whose plaintext is the input, read
+    # as a datagram (walk, v2 keys and types, frames, assembler, ClientHello).
+    v1 = protect_initial(_FUZZ_DCID, crypto_frame(0, b"\x01\x00"), pad_to=0)
+    v2 = protect_initial(_FUZZ_DCID[::-1], data, version=quic.VERSION_2, pad_to=0)
+    return classify.QuicReader().feed(v1 + v2)
+
+
+def fuzz_quic_datagram(data: bytes) -> object:
+    # A whole datagram as the engine reads it; the input is fed twice, as a client may resend it.
+    reader = classify.QuicReader()
+    reader.feed(data)
+    return reader.feed(data)
 
 
 TARGETS: dict[str, Target] = {
     "ip": fuzz_ip,
     "dns": fuzz_dns,
     "dns_tcp": fuzz_dns_tcp,
+    "dns_svcb": fuzz_dns_svcb,
     "tls": fuzz_tls,
     "tls_handshake": fuzz_tls_handshake,
     "http": fuzz_http,
@@ -192,7 +223,13 @@ TARGETS: dict[str, Target] = {
     "addr": fuzz_addr,
     "quic": fuzz_quic,
     "quic_payload": fuzz_quic_payload,
+    "quic_v2_payload": fuzz_quic_v2_payload,
+    "quic_datagram": fuzz_quic_datagram,
 }
+
+
+def _svc_param(key: int, value: bytes) -> bytes:
+    return struct.pack("!HH", key, len(value)) + value
 
 
 def _hex(path: Path) -> bytes:
@@ -219,10 +256,22 @@ def seeds(target: str) -> tuple[bytes, ...]:
     dns_tcp = _payloads(DATA / "corpus" / "dns-cname-tcp.pcap")
     rfc_packet = _hex(DATA / "rfc9001" / "a2-client-initial-protected.hex")
     rfc_payload = _hex(DATA / "rfc9001" / "a2-client-initial-payload.hex")
+    rfc_v2 = _hex(DATA / "rfc9369" / "a2-client-initial-protected.hex")
+    zero_rtt = b"\xd3" + (1).to_bytes(4, "big") + b"\x08" + _FUZZ_DCID + b"\x00\x40\x20" + bytes(32)
     hello = chromium_like_hello()
+    half = len(hello) // 2
+    svcb = [
+        b"\x00\x00\x04ghcr\x02io\x00",  # AliasMode
+        b"\x00\x01\x00" + _svc_param(1, b"\x02h2\x02h3") + _svc_param(4, bytes([10, 0, 0, 1, 10, 0, 0, 2]))
+        + _svc_param(5, bytes(40)) + _svc_param(6, bytes(15) + b"\x01"),
+        b"\x00\x02\xc0\x0c" + _svc_param(3, b"\x01\xbb") + _svc_param(4, bytes(4)),  # compressed target
+    ]
+    https_answer = (_SVCB_HEAD[:6] + b"\x00\x01\x00\x00\x00\x00" + _SVCB_HEAD[12:] + b"\xc0\x0c\x00\x41"
+                    + struct.pack("!HIH", 1, 300, len(svcb[1])) + svcb[1])
     by_target = {
         "ip": packets[:40],
-        "dns": dns_udp + [m for s in dns_tcp for m in dns.split_tcp_messages(s)[0]],
+        "dns": dns_udp + [m for s in dns_tcp for m in dns.split_tcp_messages(s)[0]] + [https_answer],
+        "dns_svcb": svcb,
         "dns_tcp": [*dns_tcp, b"".join(dns_tcp)],
         "tls": hellos,
         "tls_handshake": [*(h[5:] for h in single), hello],
@@ -253,6 +302,15 @@ def seeds(target: str) -> tuple[bytes, ...]:
             protect_initial(_FUZZ_DCID, crypto_frame(900, hello[900:]) + crypto_frame(0, hello[:900])),
         ],
         "quic_payload": [rfc_payload[:300], b"\x02\x05\x00\x01\x00\x01\x01\x01" + crypto_frame(0, b"\x01\x00\x00\x10")],
+        "quic_v2_payload": [rfc_payload[:300],
+                            crypto_frame(half, hello[half:]) + b"\x01" + crypto_frame(0, hello[:half])],
+        "quic_datagram": [
+            rfc_packet,
+            rfc_v2,
+            protect_initial(_FUZZ_DCID, crypto_frame(0, hello[:half]), pad_to=0) + zero_rtt
+            + protect_initial(b"S" * 8, crypto_frame(half, hello[half:]), key_dcid=_FUZZ_DCID, pad_to=0)
+            + protect_initial(_FUZZ_DCID[::-1], crypto_frame(0, hello), version=quic.VERSION_2, pad_to=0),
+        ],
     }
     return tuple(by_target[target])
 

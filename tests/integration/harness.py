@@ -22,9 +22,13 @@ class Runner:
     """One `netguard run` in the lab's client namespace, with its stdout/stderr in files."""
 
     def __init__(self, lab: lab_mod.Lab, workdir: Path, policy: str | None = None, name: str = "ng",
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 command: tuple[str, ...] = (NETGUARD,), prelude: str | None = None) -> None:
         self.lab = lab
         self.args = args
+        self.command = command  # what runs `run ARGS` (another interpreter line for a patched daemon)
+        self.env = env  # the daemon's environment (None: the test's own)
+        self.prelude = prelude  # Python run before the CLI in the daemon's process (a test's smaller constant)
         self.workdir = workdir
         self.policy_path: Path | None = None
         if policy is not None:
@@ -35,11 +39,13 @@ class Runner:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> Runner:
-        argv = [NETGUARD, "run", *self.args]
+        command = list(self.command) if self.prelude is None else [
+            sys.executable, "-c", f"{self.prelude}\nfrom netguard.cli import main\nmain(prog_name='netguard')"]
+        argv = [*command, "run", *self.args]
         if self.policy_path is not None:
             argv += ["--policy", str(self.policy_path)]
         with self.out_path.open("ab") as out, self.err_path.open("ab") as err:
-            self.proc = self.lab.client_popen(argv, stdout=out, stderr=err)
+            self.proc = self.lab.client_popen(argv, stdout=out, stderr=err, env=self.env)
         if wait:
             self.wait_for("enforcing")
         return self
@@ -57,9 +63,18 @@ class Runner:
     def stderr(self) -> str:
         return self.err_path.read_text() if self.err_path.exists() else ""
 
-    def events(self) -> list[dict[str, Any]]:
+    def records(self) -> list[dict[str, Any]]:
+        """Every JSON line of the log: verdicts and the daemon's own events ("event": ...)."""
         text = self.out_path.read_text() if self.out_path.exists() else ""
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def events(self) -> list[dict[str, Any]]:
+        """The verdict lines of the log (blocks, cuts)."""
+        return [r for r in self.records() if "verdict" in r]
+
+    def daemon_events(self, kind: str) -> list[dict[str, Any]]:
+        """The daemon's own log lines of one kind, e.g. "rules-restored"."""
+        return [r for r in self.records() if r.get("event") == kind]
 
     def send_signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -5,7 +5,8 @@ the lab's UDP echo answered. Run inside the client namespace:
     python quicsend.py ADDRESS NAME
 
 Prints a JSON list: for each datagram sent (the second half first, then the first half twice),
-"echo" if the echo answered, else the name of the error (TimeoutError, PermissionError, ...).
+"echo" if an echo came back before the next send, else the name of the error (TimeoutError,
+PermissionError, ...). More QUIC senders: quicpeer.py.
 The ClientHello comes from Python's ssl module; protection follows RFC 9001 section 5.
 """
 

@@ -5,8 +5,9 @@ namespace:
     python segments.py BACKEND SOURCE ADDRESS STEP...
 
 Steps: S (the SYN), A<offset> (a pure ACK with a TCP data offset of 5..15, padded with NOPs),
-D<bytes>/<offset> (that many bytes of a real ClientHello, in order), F (a FIN without data), W (wait
-until the server has sent something after its SYN-ACK: its ACK of our data). Prints one JSON list:
+D<bytes>/<offset> (that many bytes of a real ClientHello, in order), F (a FIN without data), U (a pure
+ACK with the URG flag, urgent pointer 1), W (wait until the server has sent something after its
+SYN-ACK: its ACK of our data). Prints one JSON list:
 per step [step, queued, skipped], read from the rule counters of the client namespace's filter table
 (BACKEND-save -c): a raw socket's send runs the OUTPUT hook in the sending call, so the counters are
 final when it returns. The kernel answers the server's SYN-ACK with a reset (it knows no such socket):
@@ -93,6 +94,8 @@ def main() -> None:
             wait_for(2)
         elif step == "F":
             send(TCP(sport=sport, dport=PORT, flags="FA", seq=seq, ack=server_seq))
+        elif step == "U":
+            send(TCP(sport=sport, dport=PORT, flags="AU", seq=seq, ack=server_seq, urgptr=1))
         elif step.startswith("A"):
             options = [("NOP", None)] * (4 * (int(step[1:]) - 5))
             send(TCP(sport=sport, dport=PORT, flags="A", seq=seq, ack=server_seq, options=options))

@@ -1,8 +1,9 @@
 """A server that speaks first (SMTP, SSH banners) to a client that never sends a byte: netguard run in
-a namespace lab with unknown_hosts = "deny". The client's ACKs of the banners are still queued (the
-kernel keeps data-less segments only while the server has sent nothing but its SYN-ACK), so the engine
-judges the flow by address after a few of them instead of letting it run undecided. A module of its
-own: one daemon per namespace, and test_empty_segments keeps one running per module."""
+a namespace lab with unknown_hosts = "deny". The server's payload on an undecided flow is queued
+(NETGUARD-REPLY), and the engine judges the flow by address on its first banner instead of letting
+it run undecided; the blocked banner reaches the client as a reset. The client's ACKs decide nothing
+and stay in the kernel. A module of its own: one daemon per namespace, and test_empty_segments keeps
+one running per module."""
 
 from __future__ import annotations
 
@@ -42,12 +43,13 @@ while True:
     c, _ = s.accept()
     threading.Thread(target=talk, args=(c,), daemon=True).start()
 """
-# Connects and only reads (its kernel ACKs the banners), for at most 3 s; prints bytes and reset.
+# Connects and only reads (its kernel ACKs the banners), for at most 3 s; prints bytes and reset (the
+# reset may come before connect() returns: the first banner arrives as soon as the handshake ends).
 BANNER_CLIENT = """
 import json, socket, sys, time
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
 got, reset, end = 0, False, time.monotonic() + 3
 try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
     while time.monotonic() < end:
         data = c.recv(4096)
         if not data:
@@ -72,19 +74,34 @@ def banner_server(lab: lab_mod.Lab) -> Iterator[None]:
         lab_mod.stop(proc)
 
 
+@pytest.mark.parametrize("unknown, blocked", [("deny", True), ("allow", False)])
+@pytest.mark.parametrize("where", ["host", "container"])
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_server_that_speaks_first_is_judged_by_address(lab: lab_mod.Lab, tmp_path: Path, banner_server: None,
-                                                         family: int) -> None:
-    # The client never sends a byte; its ACKs of the banners still reach the engine, which judges
-    # the address after a few of them (unknown here, so denied) instead of letting the flow run.
-    runner = Runner(lab, tmp_path, policy='allow = ["dockerhub"]\nunknown_hosts = "deny"\n').start()
+                                                         family: int, where: str, unknown: str,
+                                                         blocked: bool) -> None:
+    # The client never sends a byte; the server's first banner reaches the engine (from INPUT, or
+    # FORWARD for a container behind the host), which judges the address: unknown here, so denied
+    # (the banner becomes a reset: no banner byte arrives) or allowed (every banner arrives).
+    if where == "container" and not lab.containers:
+        lab_mod.add_container(lab)
+    ns = lab.containers[0] if where == "container" else None
+    runner = Runner(lab, tmp_path, policy=f'allow = ["dockerhub"]\nunknown_hosts = "{unknown}"\n').start()
     try:
         host = lab.host("www.example.test")
         address = host.v4 if family == 4 else host.v6
-        r = lab.client_run([sys.executable, "-c", BANNER_CLIENT, address, str(BANNER_PORT)], timeout=10)
+        argv = [sys.executable, "-c", BANNER_CLIENT, address, str(BANNER_PORT)]
+        r = lab.client_run(argv, timeout=10) if ns is None else netns.run(ns, argv, check=False, timeout=10)
+        assert r.returncode == 0, r.stderr
         got = json.loads(r.stdout)
-        assert got["reset"] and got["bytes"] < 20 * 32, got
+        if blocked:
+            assert got["reset"] and got["bytes"] == 0, got
+        else:
+            assert not got["reset"] and got["bytes"] > 20 * 32, got
         events = [e for e in runner.events() if e["dst"] == address and e["dport"] == BANNER_PORT]
-        assert events and events[-1]["source"] == "address" and events[-1]["rule"] == "unknown_hosts = deny"
+        if blocked:
+            assert events and events[-1]["source"] == "address" and events[-1]["rule"] == "unknown_hosts = deny"
+        else:
+            assert not events  # an allowed flow is not logged
     finally:
         assert runner.stop() == 0

@@ -79,3 +79,59 @@ def test_status_of_a_running_daemon(lab: lab_mod.Lab, tmp_path: Path) -> None:
     assert lab.client_run([NETGUARD, "rules", "remove"]).returncode == 0
     code, out = status(lab)
     assert code == 3 and "rules are installed" not in out, out
+
+
+# Opens FLOWS UDP flows to ADDR:443 from the client namespace, one datagram each: every one is the
+# first of a new flow, so netguard's rules queue it.
+UDP_FLOWS = """
+import socket, sys
+addr, flows = sys.argv[1], int(sys.argv[2])
+for _ in range(flows):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"\\xc0\\x00\\x00\\x00\\x01" + b"x" * 59, (addr, 443))  # a QUIC v1 long header: queued
+"""
+QUEUE_OVERFLOW = 6000  # datagrams: more than the queue holds (nfqueue.QUEUE_MAXLEN = 4096)
+
+
+def test_status_checks_the_kernel(lab: lab_mod.Lab, tmp_path: Path) -> None:
+    """Exit 0 with every check named; a stopped daemon (it holds its socket but answers nothing):
+    exit 1, "does not answer"; packets dropped at the full queue meanwhile: exit 1, "queue drops"."""
+    import sys
+    import time
+
+    from netguard.daemon.nfqueue import QUEUE_MAXLEN
+
+    assert QUEUE_OVERFLOW > QUEUE_MAXLEN
+    runner = Runner(lab, tmp_path, name="checks").start()
+    try:
+        code, out = status(lab)
+        assert code == 0, out
+        for check in ("daemon: answers", "rules: installed as expected in IPv4 and IPv6 (iptables-nft)",
+                      "queue: queue 7413 bound by the daemon", "fail-open: off, as fail_mode closed says",
+                      "queue drops: queue_dropped 0 (queue full), user_dropped 0"):
+            assert f"ok         {check}" in out, out
+        code, out = status(lab, "--json")
+        doc = json.loads(out)
+        assert code == 0 and doc["ok"] and doc["exit"] == 0 and all(c["ok"] for c in doc["checks"])
+
+        runner.send_signal(signal.SIGSTOP)
+        try:
+            r = lab.client_run([sys.executable, "-c", UDP_FLOWS, lab.address("www.example.test", 4),
+                                str(QUEUE_OVERFLOW)], timeout=60)
+            assert r.returncode == 0, r.stderr
+            code, out = status(lab)
+            assert code == 1 and "does not answer" in out and f"pid {runner.proc.pid}" in out, out  # type: ignore[union-attr]
+        finally:
+            runner.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while (code := status(lab)[0]) not in (0, 1) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        code, out = status(lab)
+        assert code == 1, out
+        drops = next(line for line in out.splitlines() if "queue drops:" in line)
+        assert drops.lstrip().startswith("FAIL") and "the last within 300 s" in drops, out
+        dropped = int(drops.split("queue_dropped ")[1].split()[0])
+        assert dropped >= QUEUE_OVERFLOW - QUEUE_MAXLEN - 100, drops  # (a few may be judged before the stop)
+        assert "ok         rules:" in out and "ok         queue: queue 7413" in out, out
+    finally:
+        runner.stop()

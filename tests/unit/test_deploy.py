@@ -49,6 +49,8 @@ VAGRANT_DIR = REPO / "vagrant"
 PROVISION = VAGRANT_DIR / "provision.sh"
 # The restart budget of the acceptance criterion ("restoring enforcement ... within about a second").
 RESTART_BUDGET_S = 1.0
+# A stuck daemon holds new connections (fail-closed) until the watchdog notices: a few seconds at most.
+WATCHDOG_MAX_S = 5.0
 DOCKER_RUN = ("docker run -d --name netguard --restart=always --net=host "
               "--cap-add NET_ADMIN --cap-add NET_RAW")
 
@@ -139,7 +141,11 @@ def test_unit_restarts_fast_forever_with_network_capabilities_only() -> None:
     unit = unit_entries(text)
     service = "Service"
     assert one(unit, "Unit", "StartLimitIntervalSec") == "0"  # no rate limit: repeated kills never stop it
-    assert one(unit, service, "Type") == "simple"
+    # READY=1 from the daemon once its rules are in and its queue is bound; a watchdog whose ping
+    # comes from the queue loop (a stuck daemon is restarted), no core dump of a stuck one.
+    assert one(unit, service, "Type") == "notify" and one(unit, service, "NotifyAccess") == "main"
+    assert 1 <= seconds(one(unit, service, "WatchdogSec")) <= WATCHDOG_MAX_S
+    assert one(unit, service, "LimitCORE") == "0"
     assert one(unit, service, "Restart") == "always"
     assert seconds(one(unit, service, "RestartSec")) <= RESTART_BUDGET_S / 2
     netguard = str(REPO / ".venv" / "bin" / "netguard")
@@ -286,6 +292,35 @@ def test_install_policy_goes_to_etc_and_into_the_run_options(doctor_says: tuple[
     policy.write_text('unknown_hosts = "allow"\n')
     again = install_offline(root, env, "--policy", str(policy))
     assert f"wrote {root}/etc/netguard/policy.toml" in again.stdout
+
+
+def test_install_writes_the_organisation_policy_source(doctor_says: tuple[Path, dict[str, str]],
+                                                       tmp_path: Path) -> None:
+    from netguard.fleet.source import parse_config
+
+    root, env = doctor_says
+    key = tmp_path / "org.pub"
+    key.write_text("untrusted comment: minisign public key 1\n"
+                   "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\n")
+    ca = tmp_path / "corp-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    args = ("--policy-url", "https://config.corp.example/netguard/policy.toml", "--trusted-key", str(key),
+            "--trusted-key", "RWQnextkeyline", "--policy-ca", str(ca), "--poll-interval", "30")
+    result = install_offline(root, env, *args)
+    assert result.returncode == 0, result.stderr
+    source = (root / "etc/netguard/source.toml").read_text()
+    assert parse_config(source, "source.toml") == {
+        "policy_url": "https://config.corp.example/netguard/policy.toml",
+        "trusted_keys": ["/etc/netguard/trusted-keys/1.pub", "RWQnextkeyline"],
+        "policy_ca": "/etc/netguard/policy-ca.pem", "poll_interval": 30.0}
+    assert (root / "etc/netguard/trusted-keys/1.pub").read_text() == key.read_text()
+    assert (root / "etc/netguard/policy-ca.pem").read_text() == ca.read_text()
+    assert "wrote" not in install_offline(root, env, *args).stdout
+    for bad, message in ((("--policy-url", "http://x.example/p.toml", "--trusted-key", "RWQx"), "https://"),
+                         (("--policy-url", "https://x.example/p.toml"), "at least one --trusted-key"),
+                         (("--policy-url", 'https://x.example/"p', "--trusted-key", "RWQx"), "quotes")):
+        r = install_offline(root, env, *bad)
+        assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
 def test_install_refuses_without_a_backend_run_accepts(doctor_says: tuple[Path, dict[str, str]]) -> None:
@@ -712,7 +747,8 @@ def test_provision_reads_the_test_packages_from_bootstrap() -> None:
     assert result.stdout.split() == match.group(1).split()
 
 
-@pytest.mark.parametrize("script", [PROVISION, INSTALL_SYSTEMD, REPO / "scripts" / "bootstrap"])
+@pytest.mark.parametrize("script", [PROVISION, INSTALL_SYSTEMD, REPO / "scripts" / "bootstrap",
+                                    REPO / "scripts" / "fresh-install-check", REPO / ".ci" / "run"])
 def test_shell_scripts_parse(script: Path) -> None:
     assert run(["bash", "-n", str(script)]).returncode == 0
 
@@ -741,3 +777,24 @@ def test_network_capabilities_suffice_for_rules_and_queue() -> None:
         # What the unit's sandbox rules out: making namespaces (doctor's probes) needs CAP_SYS_ADMIN.
         made = netns.run(ns, [*CAPS_ONLY, "unshare", "--net", "true"], check=False)
         assert made.returncode != 0
+
+
+def test_install_metrics_options_and_the_textfile_directory(doctor_says: tuple[Path, dict[str, str]]) -> None:
+    root, env = doctor_says
+    textfile = "/var/lib/prometheus/node-exporter/netguard.prom"
+    done = install_offline(root, env, "--metrics", "127.0.0.1:9151", "--metrics-textfile", textfile)
+    assert done.returncode == 0, done.stderr
+    defaults = (root / "etc/default/netguard").read_text().splitlines()
+    assert f'NETGUARD_OPTS="--backend iptables-legacy --metrics 127.0.0.1:9151 --metrics-textfile {textfile}"' \
+        in defaults
+    dropin = root / "etc/systemd/system/netguard.service.d/metrics-textfile.conf"
+    assert unit_entries(dropin.read_text())["Service"] == [("ReadWritePaths", "/var/lib/prometheus/node-exporter")]
+    assert "wrote" not in install_offline(root, env, "--metrics", "127.0.0.1:9151", "--metrics-textfile",
+                                          textfile).stdout
+    off = install_offline(root, env)
+    assert off.returncode == 0 and f"removed {dropin}" in off.stdout and not dropin.exists()
+    assert 'NETGUARD_OPTS="--backend iptables-legacy"' in (root / "etc/default/netguard").read_text().splitlines()
+    for bad in (("--metrics", "9151; rm -rf /"), ("--metrics-textfile", "relative.prom"),
+                ("--metrics-textfile", "/var/lib/a b.prom")):
+        refused = install_offline(root, env, *bad)
+        assert refused.returncode == 2 and bad[1] in refused.stderr

@@ -12,6 +12,7 @@ from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, IPv6, raw  # type: ignore
 from netguard.daemon.policyfiles import load_catalog
 from netguard.engine import Action, Engine, Verdict, core, packets
 from netguard.engine.names import MAX_TTL
+from netguard.engine.verdict import FlowKey
 from netguard.lab.lab import python_client_hello
 from netguard.policy import Policy, parse_policy
 from netguard.wire import dns
@@ -261,10 +262,15 @@ def test_decided_flow_keeps_its_verdict_and_reload_finds_flows_to_cut() -> None:
 
 
 def test_server_speaks_first_flow_is_decided_by_address() -> None:
+    # Data-less client segments decide nothing, however many; the server's first bytes do.
     c = Conn(dport=22)
-    verdicts = run(Engine(policy()), [c.syn()] + [c.ack() for _ in range(core.MAX_EMPTY_SEGMENTS + 1)])
-    assert verdicts[-1].action is Action.ALLOW and verdicts[-1].event is not None
-    assert verdicts[-1].event.source == "address"
+    engine = Engine(policy())
+    assert {v.action for v in run(engine, [c.syn()] + [c.ack() for _ in range(10)])} == {Action.ACCEPT}
+    banner = raw(IP(src=S4, dst=C4) / TCP(sport=22, dport=40000, flags="PA", seq=5000, ack=c.isn + 1)
+                 / b"SSH-2.0-OpenSSH_9.2\r\n")
+    v = engine.handle(banner, NOW, from_client=False)
+    assert v.action is Action.ALLOW and v.event is not None and v.event.source == "address"
+    assert v.event.key == FlowKey(6, bytes([10, 0, 0, 10]), 40000, bytes([10, 0, 0, 102]), 22)
 
 
 def test_tls_alert_is_built_toward_the_client() -> None:
@@ -326,10 +332,12 @@ def test_idle_flow_that_sent_bytes_gets_the_fail_verdict(mode: str, action: Acti
     c = Conn()
     engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
     run(engine, [c.syn(), c.data(0, hello[:100])])
-    engine.expire(NOW + core.FLOW_IDLE + 1)
+    engine.expire(NOW + core.FLOW_IDLE_DATA - 1)  # a slow client: no verdict of netguard's own
+    assert engine.stats.by_limit == {} and engine.undecided == 1
+    engine.expire(NOW + core.FLOW_IDLE_DATA + 1)
     assert engine.stats.by_limit == {"idle": 1}
     # The rest alone would name nothing (not a TLS start): the flow keeps the fail verdict.
-    v = engine.handle(c.data(100, hello[100:]), NOW + core.FLOW_IDLE + 2)
+    v = engine.handle(c.data(100, hello[100:]), NOW + core.FLOW_IDLE_DATA + 2)
     assert v.action is action and v.event is not None and v.event.source == "none"
     assert "idle" in v.event.reason
 
@@ -365,14 +373,15 @@ def _quic_initial(version: int) -> bytes:
     return bytes((0xC3,)) + version.to_bytes(4, "big") + b"\x08" + bytes(8) + b"\x00" + bytes(1200)
 
 
-@pytest.mark.parametrize("mode, action", [("closed", Action.BLOCK), ("open", Action.ALLOW)])
+@pytest.mark.parametrize("mode, action", [("closed", Action.DROP), ("open", Action.ACCEPT)])
 def test_quic_of_another_version_gets_the_fail_verdict(mode: str, action: Action) -> None:
+    # For that datagram (the flow stays undecided): more in test_engine_quic.py.
     engine = Engine(policy(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n'))
-    v = engine.handle(raw(IP(src=C4, dst=S4) / UDP(sport=5000, dport=443) / _quic_initial(0x6B3343CF)), NOW)
+    v = engine.handle(raw(IP(src=C4, dst=S4) / UDP(sport=5000, dport=443) / _quic_initial(0xFF00001D)), NOW)
     assert v.action is action and v.event is not None and v.event.source == "none"
-    # Not QUIC at all (say, DTLS on 443): judged by address.
+    # Not QUIC at all (say, DTLS on 443): nothing to read, nothing decided.
     other = engine.handle(raw(IP(src=C4, dst=S4) / UDP(sport=5001, dport=443) / (b"\x16\xfe\xfd" + bytes(60))), NOW)
-    assert other.action is Action.ALLOW and other.event is not None and other.event.source == "address"
+    assert other.action is Action.ACCEPT and other.event is None
 
 
 def test_a_name_seen_before_is_decided_by_the_policy_in_force() -> None:

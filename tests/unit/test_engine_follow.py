@@ -300,9 +300,9 @@ def test_replay_reads_the_second_hello_after_a_hello_retry_request(tmp_path: Pat
     assert tls.is_hello_retry_request(hrr)
     packets = [
         IP(c.syn()),
-        server / TCP(sport=443, dport=40000, flags="SA", seq=5000, ack=1001),
+        server / TCP(sport=443, dport=40000, flags="SA", seq=4999, ack=1001),  # the client acknowledges 5000
         IP(c.send(python_client_hello(ALLOWED))),
-        server / TCP(sport=443, dport=40000, flags="PA", seq=5001, ack=1001 + c.sent) / hrr,
+        server / TCP(sport=443, dport=40000, flags="PA", seq=5000, ack=1001 + c.sent) / hrr,
         IP(c.send(CCS + python_client_hello(BLOCKED))),
     ]
     wrpcap(str(tmp_path / "hrr.pcap"), packets)

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netguard.engine.names import MAX_NAMES_PER_ADDRESS, MIN_TTL, NameTable
+from netguard.engine.names import MAX_NAMES_PER_ADDRESS, MIN_TTL, NameTable, chain_of
 from netguard.engine.stream import MAX_PIECES, Result, Stream
 
 
@@ -59,13 +59,15 @@ def test_limits() -> None:
 
 def test_name_table_bounds() -> None:
     t = NameTable(max_entries=4)
-    assert t.learn([b"\x01\x02\x03\x04"], ["a.test", "b.test"], 0, now=0)
+    assert t.learn([b"\x01\x02\x03\x04"], chain_of(["a.test", "b.test"]), 0, now=0)
     assert sorted(t.names(b"\x01\x02\x03\x04", now=MIN_TTL - 1)) == ["a.test", "b.test"]
     assert t.names(b"\x01\x02\x03\x04", now=MIN_TTL + 1) == []  # TTL 0 is kept MIN_TTL seconds
-    assert not t.learn([b"\x05\x06\x07\x08"], ["c.test", "d.test", "e.test"], 60, now=1)  # full
-    assert t.learn([b"\x05\x06\x07\x08"], ["c.test", "d.test", "e.test"], 60, now=MIN_TTL + 1)  # purged first
+    # Full: the entry expiring first gives way (unblocked names are evicted, not refused).
+    assert t.learn([b"\x05\x06\x07\x08"], chain_of(["c.test", "d.test", "e.test"]), 60, now=1)
+    assert t.names(b"\x01\x02\x03\x04", now=2) == [] and len(t) == 3
     many = NameTable()
-    many.learn([b"\x09\x09\x09\x09"], [f"n{i}.test" for i in range(MAX_NAMES_PER_ADDRESS + 5)], 60, now=0)
+    for i in range(MAX_NAMES_PER_ADDRESS + 5):
+        many.learn([b"\x09\x09\x09\x09"], f"n{i}.test", 60, now=0)
     assert len(many.names(b"\x09\x09\x09\x09", now=1)) == MAX_NAMES_PER_ADDRESS
 
 
@@ -111,9 +113,9 @@ def test_the_engine_never_raises(packets: list[bytes]) -> None:
 def test_name_table_purge_keeps_refreshed_entries_and_the_count_right() -> None:
     t = NameTable(max_entries=100)
     a, b = b"\x01\x01\x01\x01", b"\x02\x02\x02\x02"
-    t.learn([a], ["x.test"], 60, now=0)
-    t.learn([a], ["x.test"], 600, now=30)  # refreshed: lives until 630
-    t.learn([b], ["y.test"], 60, now=0)
+    t.learn([a], "x.test", 60, now=0)
+    t.learn([a], "x.test", 600, now=30)  # refreshed: lives until 630
+    t.learn([b], "y.test", 60, now=0)
     t.purge(100)
     assert t.names(a, 100) == ["x.test"] and t.names(b, 100) == [] and len(t) == 1
     t.purge(700)
@@ -126,6 +128,6 @@ def test_name_table_flood_is_linear() -> None:
     t = NameTable(max_entries=5000)
     start = time.perf_counter()
     for i in range(20000):  # four times the table: most answers meet a full table
-        t.learn([i.to_bytes(4, "big")], [f"n{i}.test"], 60, now=i * 0.001)
+        t.learn([i.to_bytes(4, "big")], f"n{i}.test", 60, now=i * 0.001)
     assert len(t) == 5000
-    assert time.perf_counter() - start < 2.0  # a walk per refused answer would take minutes
+    assert time.perf_counter() - start < 2.0  # a walk per evicted entry would take minutes

@@ -17,30 +17,71 @@ def rules(family: firewall.Family = 4, **kw: object) -> list[str]:
 def test_closed_mode_has_no_bypass_and_open_mode_bypasses_every_queue() -> None:
     closed = [r for r in rules() if "NFQUEUE" in r]
     opened = [r for r in rules(fail_open=True) if "NFQUEUE" in r]
-    # The TCP rule twice (NETGUARD-FLOW and NETGUARD-EMPTY), UDP, followed flows, DNS over UDP and TCP.
-    assert len(closed) == len(opened) == 6
+    # The client TCP rule twice (NETGUARD-FLOW and NETGUARD-EMPTY), followed flows, DNS from port 53 (2)
+    # and from other ports (2), UDP (GSO guard) and QUIC (4), three for server packets (SYN-ACK, long,
+    # the rest).
+    assert len(closed) == len(opened) == 15
     assert not any("--queue-bypass" in r for r in closed)
     assert all(r.endswith("--queue-num 7413 --queue-bypass") for r in opened)
 
 
+def test_past_the_window_an_undecided_flow_is_rejected_when_closed() -> None:
+    for skip_empty in (True, False):
+        closed = [r for r in rules(skip_empty=skip_empty) if "REJECT" in r and "connbytes" in r]
+        chains = ["NETGUARD-FLOW", "NETGUARD-EMPTY"] if skip_empty else ["NETGUARD-FLOW"]
+        assert [r.split()[1] for r in closed] == chains
+        for r in closed:
+            assert f"--connbytes {firewall.TCP_WINDOW_BYTES + 1} --connbytes-dir original" in r
+            assert "--ctdir ORIGINAL -m connmark --mark 0x0/0x700000" in r and "! --tcp-flags RST RST" in r
+        # Each right after the queue rule it ends.
+        lines = rules(skip_empty=skip_empty)
+        for r in closed:
+            before = lines[lines.index(r) - 1]
+            assert "NFQUEUE" in before and f"--connbytes 0:{firewall.TCP_WINDOW_BYTES}" in before
+    assert not any("REJECT" in r and "connbytes" in r for r in rules(fail_open=True))
+
+
+def test_the_engine_decides_inside_the_window() -> None:
+    from netguard.engine import core
+
+    # Whatever the client sends, the engine's own budget ends before the kernel's window, with room
+    # for one more write counted whole (a GSO packet of 64 KiB).
+    assert core.MAX_FLOW_WIRE_BYTES + 65536 + 1500 <= firewall.TCP_WINDOW_BYTES
+    assert core.MAX_FLOW_BYTES < core.MAX_FLOW_WIRE_BYTES
+
+
 def test_what_is_queued() -> None:
     lines = rules()
-    dns = [r for r in lines if r.startswith("-A NETGUARD-DNS")]
+    dns = [r for r in lines if r.startswith("-A NETGUARD-DNS ")]
     # Answers only (reply direction): a client flow from port 53 must meet the flow rules.
     assert dns == ["-A NETGUARD-DNS -m mark --mark 0x300000/0x700000 -j RETURN",
+                   "-A NETGUARD-DNS -m mark ! --mark 0x0/0x700000 -j CONNMARK --save-mark --nfmask 0x700000 "
+                   "--ctmask 0x700000",
+                   "-A NETGUARD-DNS -p tcp --tcp-flags RST RST -m mark --mark 0x200000/0x700000 -j RETURN",
+                   "-A NETGUARD-DNS -p tcp -m mark --mark 0x200000/0x700000 -j DROP",
                    "-A NETGUARD-DNS -p udp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413",
-                   "-A NETGUARD-DNS -p tcp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413"]
+                   "-A NETGUARD-DNS -p tcp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413",
+                   "-A NETGUARD-DNS -p tcp -m conntrack --ctdir REPLY -m connmark --mark 0x0/0x700000 "
+                   f"-m connbytes --connbytes 0:{firewall.REPLY_WINDOW_PACKETS} --connbytes-dir reply "
+                   "--connbytes-mode packets -g NETGUARD-REPLY",
+                   # then other ports' first replies, for their DNS header (after the server packets of
+                   # undecided flows: a goto's RETURN leaves NETGUARD-DNS)
+                   "-A NETGUARD-DNS -m connbytes --connbytes 0:32 --connbytes-dir reply --connbytes-mode packets "
+                   "-m conntrack --ctdir REPLY -g NETGUARD-DNS-ANY"]
     tcp = next(r for r in lines if "-p tcp" in r and "NFQUEUE" in r and "NETGUARD-FLOW" in r)
     # Client direction only, undecided connections only, a byte window (GSO: not a packet count).
     assert "--ctdir ORIGINAL" in tcp and "-m connmark --mark 0x0/0x700000" in tcp
     assert f"--connbytes 0:{firewall.TCP_WINDOW_BYTES}" in tcp and "--connbytes-mode bytes" in tcp
-    udp = next(r for r in lines if "-p udp --dport 443" in r)
-    assert "NFQUEUE" in udp and f"--connbytes 0:{firewall.UDP_WINDOW_BYTES}" in udp
+    # UDP of every flow not blocked goes to NETGUARD-UDP (QUIC by shape: test_firewall_quic.py).
+    udp = next(r for r in lines if r.startswith("-A NETGUARD-FLOW -p udp -m mark"))
+    assert udp.endswith("-m conntrack --ctdir ORIGINAL -g NETGUARD-UDP")
 
 
 def test_enforcement_order_and_marks() -> None:
     lines = [r for r in rules(6, marks=Marks(0xF0, 0x10, 0x20)) if r.startswith("-A NETGUARD-FLOW")]
-    passed, save, rst, reject_tcp, reject_udp, drop, follow, decided = lines[:8]
+    passed, save, rst, reject_tcp, reject_udp, drop, follow, udp, decided = lines[:9]
+    # UDP of allowed flows too (a new QUIC connection on the pair), but not a verdict's repeat.
+    assert "-p udp -m mark --mark 0x0/0xf0" in udp and udp.endswith("-g NETGUARD-UDP")
     # A packet the daemon let go on (repeat + "passed") leaves at once, its mark never saved.
     assert passed == "-A NETGUARD-FLOW -m mark --mark 0x30/0xf0 -j RETURN"
     assert "--save-mark --nfmask 0xf0 --ctmask 0xf0" in save and "! --mark 0x0/0xf0" in save
@@ -137,7 +178,22 @@ def test_replacement_is_one_transaction_per_table() -> None:
     assert firewall.build_replacement("", None) is None
 
 
-def test_data_less_segments_leave_before_the_queue_and_only_without_syn_or_rst() -> None:
+def test_server_packets_of_undecided_flows() -> None:
+    for family in firewall.FAMILIES:
+        server = [r for r in rules(family) if r.startswith("-A NETGUARD-REPLY")]
+        tests = firewall.empty_segment_tests(family)
+        q = "-j NFQUEUE --queue-num 7413"
+        assert server == ["-A NETGUARD-REPLY -i lo -m addrtype ! --src-type LOCAL -j RETURN",
+                          f"-A NETGUARD-REPLY -p tcp --tcp-flags SYN SYN {q}",
+                          f"-A NETGUARD-REPLY -m u32 ! --u32 {firewall.EMPTY_GATE[family]} {q}",
+                          *(f"-A NETGUARD-REPLY -m u32 --u32 {t} -j RETURN" for t in tests),
+                          f"-A NETGUARD-REPLY {q}"]
+        fallback = [r for r in rules(family, skip_empty=False) if r.startswith("-A NETGUARD-REPLY")]
+        assert fallback == [*server[:2], f"-A NETGUARD-REPLY {q}"]
+        assert ":NETGUARD-REPLY - [0:0]" in rules(family)
+
+
+def test_data_less_segments_leave_before_the_queue_and_only_without_syn_rst_or_urg() -> None:
     for family in firewall.FAMILIES:
         lines = rules(family)
         flow = [r for r in lines if r.startswith("-A NETGUARD-FLOW")]
@@ -147,19 +203,22 @@ def test_data_less_segments_leave_before_the_queue_and_only_without_syn_or_rst()
         # Right after the decided flows leave: one gate, a goto (RETURN there leaves netguard's rules,
         # as a RETURN here would; never ACCEPT, so the rules after netguard's jump still apply).
         gate = flow[decided + 1]
-        assert gate == (f"-A NETGUARD-FLOW -p tcp --tcp-flags SYN,RST NONE -m u32 --u32 {firewall.EMPTY_GATE[family]} "
-                        "-m connbytes --connbytes 0:1 --connbytes-dir reply --connbytes-mode packets "
-                        "-g NETGUARD-EMPTY")
+        assert gate == (f"-A NETGUARD-FLOW -p tcp --tcp-flags SYN,RST,URG NONE -m u32 --u32 "
+                        f"{firewall.EMPTY_GATE[family]} -g NETGUARD-EMPTY")
         assert flow[decided + 2] == queue_tcp
-        # There: the exact tests, then the same queue rule for whatever carries bytes.
+        # There: the exact tests, then the same queue rule (and what follows it) for whatever carries bytes.
         tests = firewall.empty_segment_tests(family)
-        assert empty[:-1] == [f"-A NETGUARD-EMPTY -m u32 --u32 {t} -j RETURN" for t in tests]
-        assert empty[-1] == queue_tcp.replace("NETGUARD-FLOW", "NETGUARD-EMPTY")
+        assert empty[:len(tests)] == [f"-A NETGUARD-EMPTY -m u32 --u32 {t} -j RETURN" for t in tests]
+        after = flow[decided + 2:decided + 4]  # the queue rule and the one past the window
+        assert empty[len(tests):] == [r.replace("NETGUARD-FLOW", "NETGUARD-EMPTY") for r in after]
         assert ":NETGUARD-EMPTY - [0:0]" in lines
-        fallback = rules(family, skip_empty=False, reread_hrr=False)
-        assert not any("u32" in r or "NETGUARD-EMPTY" in r or "NETGUARD-REPLY" in r for r in fallback)
-        # gate, chain, its rules; the same tests in NETGUARD-FOLLOW; the HRR chain, its rule, two jumps.
-        assert len(lines) == len(fallback) + 1 + 1 + len(empty) + len(tests) + 4
+        fallback = rules(family, skip_empty=False, dns_any_port=False, reread_hrr=False)
+        assert not any(("u32" in r and "-A NETGUARD-UDP" not in r and "-A NETGUARD-QUIC" not in r)
+                       or "NETGUARD-EMPTY" in r or "NETGUARD-HRR" in r for r in fallback)
+        reply_tests = len(tests) + 1  # the long-packet rule and the exact tests in NETGUARD-REPLY
+        # + NETGUARD-DNS-ANY (declared, the goto to it, its two header tests); the same exact tests in
+        # NETGUARD-FOLLOW; NETGUARD-HRR (declared, its rule, the jumps from INPUT and FORWARD)
+        assert len(lines) == len(fallback) + 1 + 1 + len(empty) + reply_tests + 4 + len(tests) + 4
 
 
 @given(family=st.sampled_from(firewall.FAMILIES), offset=st.sampled_from(list(firewall.TCP_DATA_OFFSETS)))
@@ -237,8 +296,10 @@ def test_followed_flows_queue_their_data_with_the_follow_mark() -> None:
     for family in firewall.FAMILIES:
         follow = [r for r in rules(family) if r.startswith("-A NETGUARD-FOLLOW")]
         tests = firewall.empty_segment_tests(family)
-        # Data-less segments leave (a download's ACKs never reach the queue); data is queued marked.
-        assert follow[:-2] == [f"-A NETGUARD-FOLLOW -m u32 --u32 {t} -j RETURN" for t in tests]
+        # Data-less segments leave (a download's ACKs never reach the queue), except those with URG (an
+        # urgent pointer changes which bytes the server reads); data is queued marked.
+        assert follow[:-2] == [f"-A NETGUARD-FOLLOW -p tcp --tcp-flags URG NONE -m u32 --u32 {t} -j RETURN"
+                               for t in tests]
         assert follow[-2:] == ["-A NETGUARD-FOLLOW -j MARK --set-xmark 0x400000/0x700000",
                                "-A NETGUARD-FOLLOW -j NFQUEUE --queue-num 7413"]
         # Without u32 every packet of a followed flow is queued.
@@ -287,11 +348,16 @@ def test_the_hrr_rule_matches_a_hello_retry_request_and_nothing_else(family: fir
 def test_the_hrr_rule_marks_allowed_flows_followed_in_their_first_reply_packets() -> None:
     for family in firewall.FAMILIES:
         lines = rules(family)
-        [rule] = [r for r in lines if r.startswith("-A NETGUARD-REPLY")]
-        assert rule.startswith("-A NETGUARD-REPLY -p tcp -m conntrack --ctdir REPLY -m connmark --mark "
+        [rule] = [r for r in lines if r.startswith("-A NETGUARD-HRR")]
+        assert rule.startswith("-A NETGUARD-HRR -p tcp -m conntrack --ctdir REPLY -m connmark --mark "
                                "0x100000/0x700000 -m connbytes --connbytes 0:8 --connbytes-dir reply "
                                "--connbytes-mode packets -m u32 --u32 ")
         assert rule.endswith(" -j CONNMARK --set-xmark 0x400000/0x700000")
         assert len(firewall.hrr_tests(family).split("&&")) <= 11  # xt_u32: at most 11 tests
-        assert "-I INPUT 1 -j NETGUARD-REPLY" in lines and "-I FORWARD 1 -j NETGUARD-REPLY" in lines
-        assert not any("NETGUARD-REPLY" in r for r in rules(family, reread_hrr=False))
+        # Its own chain, jumped to after NETGUARD-DNS (whose goto to NETGUARD-REPLY queues the server
+        # packets of undecided flows: connection mark 0, never "allowed").
+        shape = firewall.shape("\n".join(lines))
+        assert shape.heads[("filter", "INPUT")] == ("NETGUARD-DNS", "NETGUARD-HRR")
+        assert shape.heads[("filter", "FORWARD")] == ("NETGUARD-DNS", "NETGUARD-HRR", "NETGUARD-FLOW")
+        assert not any("NETGUARD-HRR" in r for r in rules(family, reread_hrr=False))
+        assert any(r.startswith("-A NETGUARD-REPLY") for r in rules(family, reread_hrr=False))

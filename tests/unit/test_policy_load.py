@@ -103,7 +103,7 @@ def test_learned_pairs_stay_small() -> None:
     tracemalloc.start()
     try:
         for i in range(n):
-            table.learn([addresses[i]], [names[i]], 300, 1000.0 + i)
+            table.learn([addresses[i]], names[i], 300, 1000.0 + i)
         used, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

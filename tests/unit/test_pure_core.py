@@ -96,10 +96,22 @@ def test_checker_allows(source: str) -> None:
     assert violations(source) == []
 
 
+# The pure halves of netguard/fleet: verification and parsing (checked like the core).
+FLEET_PURE = ("minisign.py", "document.py")
+
+
+@pytest.mark.parametrize("name", FLEET_PURE)
+def test_fleet_verification_does_no_io(name: str) -> None:
+    path = ROOT / "fleet" / name
+    found = violations(path.read_text(), str(path))
+    assert [v for v in found if not v.split(": ", 1)[1].startswith("from netguard.fleet.minisign ")] == []
+
+
 def test_daemon_does_not_import_the_lab() -> None:
-    """The enforcing process must not depend on test scaffolding (netguard/lab)."""
+    """The enforcing process (netguard/daemon and the fleet code it runs) must not depend on test
+    scaffolding (netguard/lab)."""
     found = []
-    for path in sorted((ROOT / "daemon").rglob("*.py")):
+    for path in sorted([*(ROOT / "daemon").rglob("*.py"), *(ROOT / "fleet").rglob("*.py")]):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 modules = [a.name for a in node.names]

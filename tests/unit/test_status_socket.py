@@ -6,6 +6,8 @@ import os
 import select
 import socket
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +81,35 @@ def test_status_text() -> None:
     assert owned.endswith("ghcr is not in allow  by ? (pid ?, uid 1000)")
     assert "run as root to see them" in _status_text(DOC)
     assert "recent blocks: none" in _status_text({**DOC, "recent_blocks": []})
+
+
+def test_exit_codes_of_the_checks() -> None:
+    from netguard.daemon.status import Check, exit_code, kernel_checks
+
+    ok = Check("rules", True, "fine")
+    assert exit_code([ok]) == 0
+    assert exit_code([ok, Check("queue", None, "not checked")]) == 4
+    assert exit_code([ok, Check("queue", None, "x"), Check("fail-open", False, "wrong")]) == 1
+    rules: dict[str, Any] = {"failing": None, "restored": 0, "restore_failures": 0, "last_restored": None,
+                             "watch": "netlink", "expected": {}, "options": {}}
+    doc = {**DOC, "rules": rules, "queue": {"portid": 1, "fail_open": False, "drops": {}}}
+    unverified = kernel_checks(doc, 1000.0, privileged=False)
+    assert exit_code(unverified) == 4
+    assert [c.name for c in unverified if c.ok is None] == ["rules", "queue", "fail-open", "queue drops"]
+    failing = kernel_checks({**doc, "rules": {**rules, "failing": "IPv4: xtables lock"}}, 1000.0, False)
+    assert exit_code(failing) == 1
+    assert any(c.name == "self-heal" and "xtables lock" in c.text for c in failing)
+    text = _status_text(doc, failing, 1)
+    assert "NOT ENFORCING as it should" in text and "FAIL       self-heal: the daemon cannot restore" in text
+    assert "--         rules: not checked: run as root" in text
+
+
+def test_queue_table(tmp_path: Path) -> None:
+    from netguard.daemon.status import queue_state
+
+    table = tmp_path / "nfnetlink_queue"
+    table.write_text(" 7413   4242     3 2 65531     17     5        9  1\n"
+                     "    9   1000     0 2 65531     0     0   0  1\n")
+    q = queue_state(7413, table)
+    assert q is not None and (q.portid, q.waiting, q.dropped, q.user_dropped) == (4242, 3, 17, 5)
+    assert queue_state(1, table) is None

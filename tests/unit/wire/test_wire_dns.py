@@ -336,3 +336,171 @@ def test_names_reusing_earlier_names() -> None:
     answer = b"\x01z" + b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 5, 4) + bytes(4)
     with pytest.raises(Malformed):
         dns.parse_message(header(an=1) + long_q + b"\x00\x01\x00\x01" + answer)
+
+
+# --- SVCB / HTTPS (RFC 9460): scapy's DNSRRSVCB and DNSRRHTTPS are the oracle ---
+
+_v4 = st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
+_v6 = st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n)))
+
+
+@st.composite
+def _svc_params(draw: st.DrawFn) -> list[Any]:
+    s = scapy_dns()
+    params = []
+    # Keys in any order and repeated: RFC 9460 clients call that malformed, but a lax one may not,
+    # so every hint must be seen whatever the order.
+    for _ in range(draw(st.integers(0, 6))):
+        key = draw(st.sampled_from([0, 1, 3, 4, 5, 6, 7, 9]))
+        if key == 4:
+            value: object = draw(st.lists(_v4, min_size=1, max_size=4))
+        elif key == 6:
+            value = draw(st.lists(_v6, min_size=1, max_size=3))
+        elif key == 1:
+            value = [b"h2", b"h3"][: draw(st.integers(1, 2))]
+        elif key == 3:
+            value = draw(st.integers(0, 0xFFFF))
+        elif key == 0:
+            value = [1, 4]
+        else:
+            value = draw(st.binary(max_size=40))
+        params.append(s.SvcParam(key=key, value=value))
+    return params
+
+
+@st.composite
+def scapy_svcb_responses(draw: st.DrawFn) -> bytes:
+    s = scapy_dns()
+
+    def svcb(owner: str) -> Any:
+        cls = draw(st.sampled_from([s.DNSRRSVCB, s.DNSRRHTTPS]))
+        return cls(rrname=owner, ttl=draw(st.integers(0, 2**31 - 1)),
+                   svc_priority=draw(st.sampled_from([0, 1, 2, 65535])),
+                   target_name=draw(st.one_of(st.just("."), _names)), svc_params=draw(_svc_params()))
+
+    qname = draw(_names)
+    answers = [svcb(draw(st.one_of(st.just(qname), _names))) for _ in range(draw(st.integers(1, 4)))]
+    extra = [svcb(draw(_names)) for _ in range(draw(st.integers(0, 2)))]
+    extra += [s.DNSRR(rrname=draw(_names), type="A", rdata=draw(_v4)) for _ in range(draw(st.integers(0, 2)))]
+    extra += [s.DNSRR(rrname=draw(_names), type="AAAA", rdata=draw(_v6)) for _ in range(draw(st.integers(0, 1)))]
+    extra += [s.DNSRR(rrname=draw(_names), type="TXT", rdata=[b"x"]) for _ in range(draw(st.integers(0, 1)))]
+    extra = draw(st.permutations(extra))
+    if draw(st.booleans()):
+        extra.insert(draw(st.integers(0, len(extra))), s.DNSRROPT(rclass=1232))
+    packet = s.DNS(id=draw(st.integers(0, 0xFFFF)), qr=1, rd=1, ra=1, qd=[s.DNSQR(qname=qname, qtype=65)],
+                   an=answers, ar=extra)
+    plain = bytes(packet)
+    if not draw(st.booleans()):
+        return plain
+    compressed = bytes(s.dns_compress(packet))  # scapy compresses owners and TargetNames alike
+    try:
+        same = [r.target_name for r in s.DNS(compressed).an] == [r.target_name for r in s.DNS(plain).an]
+    except Exception:
+        same = False
+    return compressed if same else plain
+
+
+def _svcb_from_scapy(rr: Any) -> dns.Svcb:
+    target = rr.target_name.decode().rstrip(".")
+    hints: list[bytes] = []
+    for p in rr.svc_params:
+        if p.key in (4, 6):
+            hints += [ipaddress.ip_address(a).packed for a in p.value]
+    return dns.Svcb(rr.svc_priority, target, tuple(hints))
+
+
+@given(scapy_svcb_responses())
+def test_svcb_and_https_records_match_scapy(wire: bytes) -> None:
+    s = scapy_dns()
+    theirs = s.DNS(wire)
+    ours = dns.parse_message(wire)
+    assert len(ours.answers) == len(theirs.an)
+    for mine, rr in zip(ours.answers, theirs.an, strict=True):
+        assert (mine.name + ".", mine.rtype, mine.ttl) == (rr.rrname.decode(), rr.type, rr.ttl)
+        assert mine.data == _svcb_from_scapy(rr)
+    kept = [rr for rr in theirs.ar if rr.type in (1, 28, 64, 65)]
+    assert len(ours.additional) == len(kept)
+    for mine, rr in zip(ours.additional, kept, strict=True):
+        assert (mine.name + ".", mine.rtype) == (rr.rrname.decode(), rr.type)
+        if rr.type in (64, 65):
+            assert mine.data == _svcb_from_scapy(rr)
+        else:
+            assert mine.data == ipaddress.ip_address(rr.rdata).packed
+    assert ours.has_edns == any(isinstance(r, s.DNSRROPT) for r in theirs.ar)
+    for cut in range(0, len(wire), 7):
+        with pytest.raises(Truncated):
+            dns.parse_message(wire[:cut])
+
+
+def svcb_record(rdata: bytes, rtype: int = 65, owner: bytes = b"\xc0\x0c") -> bytes:
+    return owner + struct.pack("!HHIH", rtype, 1, 300, len(rdata)) + rdata
+
+
+def param(key: int, value: bytes) -> bytes:
+    return struct.pack("!HH", key, len(value)) + value
+
+
+HTTPS_QUESTION = name(b"a", b"example") + b"\x00\x41\x00\x01"
+
+
+def test_svcb_target_root_and_alias_mode() -> None:
+    alias = svcb_record(b"\x00\x00" + name(b"ghcr", b"io"))
+    service_self = svcb_record(b"\x00\x01\x00" + param(4, bytes([10, 0, 0, 1])))
+    message = dns.parse_message(header(an=2) + HTTPS_QUESTION + alias + service_self)
+    assert [a.data for a in message.answers] == [dns.Svcb(0, "ghcr.io", ()),
+                                                 dns.Svcb(1, "", (bytes([10, 0, 0, 1]),))]
+
+
+def test_svcb_target_name_pointer_is_followed() -> None:
+    # RFC 9460 forbids compressing TargetName; a pointer is read anyway, so no name hides behind one.
+    rdata = b"\x00\x01" + b"\xc0\x0c" + param(6, bytes(15) + b"\x01")
+    message = dns.parse_message(header(an=1) + HTTPS_QUESTION + svcb_record(rdata))
+    assert message.answers[0].data == dns.Svcb(1, "a.example", (bytes(15) + b"\x01",))
+
+
+@pytest.mark.parametrize("rdata", [
+    b"\x00",  # no room for the priority
+    b"\x00\x01" + b"\x04ghcr",  # TargetName runs past the record
+    b"\x00\x01\x00" + b"\x00\x04\x00",  # SvcParam header cut
+    b"\x00\x01\x00" + struct.pack("!HH", 4, 8) + bytes(4),  # value runs past the record
+    b"\x00\x01\x00" + param(4, bytes(6)),  # ipv4hint not a multiple of 4 bytes
+    b"\x00\x01\x00" + param(6, bytes(20)),  # ipv6hint not a multiple of 16 bytes
+])
+def test_bad_svcb_rdata_is_malformed(rdata: bytes) -> None:
+    for section in ("an", "ar"):
+        counts = {"an": 1} if section == "an" else {"ar": 1}
+        with pytest.raises(Malformed):
+            dns.parse_message(header(**counts) + HTTPS_QUESTION + svcb_record(rdata))
+        # ... and with bytes after it, still Malformed (the rdata length is complete)
+        with pytest.raises(Malformed):
+            dns.parse_message(header(**counts) + HTTPS_QUESTION + svcb_record(rdata) + bytes(40))
+
+
+def test_additional_address_records_are_kept_and_checked() -> None:
+    a = svcb_record(bytes([1, 2, 3, 4]), rtype=1)
+    aaaa = svcb_record(bytes(16), rtype=28)
+    other = svcb_record(b"\x02hi", rtype=16)
+    message = dns.parse_message(header(ar=3) + HTTPS_QUESTION + a + other + aaaa)
+    assert [(r.rtype, r.data) for r in message.additional] == [(1, bytes([1, 2, 3, 4])), (28, bytes(16))]
+    # Authority records are not additional ones.
+    assert dns.parse_message(header(ns=1) + HTTPS_QUESTION + a).additional == ()
+    with pytest.raises(Malformed):
+        dns.parse_message(header(ar=1) + HTTPS_QUESTION + svcb_record(bytes(5), rtype=1))
+
+
+def test_blocked_reply_from_the_parsed_message_is_the_same() -> None:
+    for path in DNS_FILES:
+        for original in corpus_messages(path):
+            parsed = dns.parse_message(original)
+            for text in ("", "netguard: x is blocked"):
+                kw: dict[str, Any] = {"rcode": "NXDOMAIN", "info_code": dns.EDE_BLOCKED, "text": text}
+                assert dns.build_blocked_reply(original, **kw, parsed=parsed) == dns.build_blocked_reply(original, **kw)
+
+
+@given(st.binary(min_size=0, max_size=20))
+def test_looks_like_response_is_the_header_shape(data: bytes) -> None:
+    expected = len(data) >= 12 and data[2] >> 3 == 0x10 and data[4:6] == b"\x00\x01"
+    assert dns.looks_like_response(data) == expected
+    response = header(qd=1, flags=0x8180) + QUESTION
+    assert dns.looks_like_response(response) and not dns.looks_like_response(header(qd=1, flags=0x0100))
+    assert not dns.looks_like_response(header(qd=2, flags=0x8180))

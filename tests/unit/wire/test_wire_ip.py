@@ -214,3 +214,29 @@ def test_random_bytes_raise_only_parse_errors(data: bytes) -> None:
     for prefix in (b"\x45", b"\x60"):
         with contextlib.suppress(ParseError):
             ip.parse_packet(prefix + data)
+
+
+@given(urgent=st.integers(0, 0xFFFF), tsval=st.one_of(st.none(), st.integers(0, 2**32 - 1)),
+       signature=st.sampled_from([None, 19, 29]), nops=st.integers(0, 3))
+def test_urgent_pointer_and_the_options_a_receiver_reads(urgent: int, tsval: int | None, signature: int | None,
+                                                          nops: int) -> None:
+    options: list[tuple[object, object]] = [("NOP", None)] * nops
+    if tsval is not None:
+        options.append(("Timestamp", (tsval, 0)))
+    if signature is not None:
+        options.append((signature, b"\x00" * 16))
+    raw = bytes(IP(src="192.0.2.1", dst="192.0.2.2") / TCP(flags="PAU", urgptr=urgent, options=options) / b"x")
+    seg = ip.parse_packet(raw).l4
+    assert isinstance(seg, ip.TcpSegment) and seg.urgent == urgent
+    assert ip.tcp_options(seg.options) == ip.TcpOptions(tsval, signature is not None)
+
+
+def test_a_malformed_option_ends_the_walk_as_in_linux() -> None:
+    ts = bytes([8, 10]) + (7).to_bytes(4, "big") + bytes(4)
+    assert ip.tcp_options(ts).tsval == 7
+    assert ip.tcp_options(bytes([1, 1]) + ts).tsval == 7  # NOPs
+    assert ip.tcp_options(bytes([0]) + ts).tsval is None  # END
+    assert ip.tcp_options(bytes([3, 1]) + ts).tsval is None  # a length below 2
+    assert ip.tcp_options(bytes([3, 40]) + ts).tsval is None  # past the end
+    assert ip.tcp_options(bytes([8, 9]) + ts[2:]) == ip.NO_OPTIONS  # a timestamp of the wrong size
+    assert ip.tcp_options(bytes([19, 18]) + bytes(16)).signed

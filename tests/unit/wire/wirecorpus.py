@@ -162,16 +162,22 @@ def crypto_frame(offset: int, data: bytes) -> bytes:
 
 
 def protect_initial(dcid: bytes, payload: bytes, *, pn: int = 0, scid: bytes = b"\x01\x02\x03\x04",
-                    version: int = 1, pad_to: int = 1200) -> bytes:
-    """Build and protect a client Initial packet (RFC 9001 §5), padded so the datagram is `pad_to`."""
+                    version: int = 1, pad_to: int = 1200, key_dcid: bytes | None = None, token: bytes = b"",
+                    first: int | None = None) -> bytes:
+    """Build and protect a client Initial packet (RFC 9001 §5; v2: RFC 9369), padded so the datagram
+    is `pad_to`. `key_dcid`: protect with the keys of another DCID (as a client does once the server
+    chose its connection ID); `first`: the first byte before header protection (default: the
+    version's Initial type with a 4-byte packet number)."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     from netguard.wire.quic import client_initial_keys
 
-    keys = client_initial_keys(dcid)
+    keys = client_initial_keys(key_dcid if key_dcid is not None else dcid, version)
     pn_bytes = struct.pack("!I", pn)
-    head = b"\xc3" + struct.pack("!I", version) + u8(dcid) + u8(scid) + varint(0)
+    if first is None:
+        first = 0xD3 if version == 0x6B3343CF else 0xC3
+    head = bytes((first,)) + struct.pack("!I", version) + u8(dcid) + u8(scid) + varint(len(token)) + token
     overhead = len(head) + 2 + len(pn_bytes) + 16
     if len(payload) + overhead < pad_to:
         payload += bytes(pad_to - overhead - len(payload))

@@ -1,0 +1,468 @@
+"""The bytes the engine judges are the bytes the server's TCP stack delivers (issue 10, classes 2, 4
+and 8): urgent data, segments the server drops, SYNs and SYN-ACKs, budgets that count every copy,
+server data, slow clients. Segments are built with scapy (the independent oracle); each decoy the
+server would drop carries a hello that the real one after it contradicts, both ways round, so a test
+tells "ignored" from "blocked because odd"."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Sequence
+
+import pytest
+from scapy.all import IP, TCP, IPv6, raw  # type: ignore[attr-defined]
+
+from netguard.daemon.policyfiles import load_catalog
+from netguard.engine import Action, Engine, Verdict, classify, core
+from netguard.engine.stream import Result, Stream
+from netguard.lab.lab import python_client_hello
+from netguard.policy import Policy, parse_policy
+
+C4, S4, C6, S6 = "10.0.0.10", "10.0.0.102", "fd00::10", "fd00::102"
+NOW = 1000.0
+ALLOWED, BLOCKED = "registry-1.docker.io", "ghcr.io"
+SERVER_ISN = 777_000
+
+
+def policy(text: str = 'allow = ["dockerhub"]\n') -> Policy:
+    return parse_policy(text, "test.toml", load_catalog())
+
+
+class Conn:
+    """One TCP connection as both ends send it: the client's segments and the server's."""
+
+    def __init__(self, family: int = 4, sport: int = 40000, dport: int = 443, isn: int = 1000,
+                 ts: int | None = None) -> None:
+        self.client, self.server = (C4, S4) if family == 4 else (C6, S6)
+        self.ip = IP if family == 4 else IPv6
+        self.sport, self.dport, self.isn, self.ts = sport, dport, isn, ts
+
+    def _opts(self, tsval: int | None) -> list[tuple[object, object]]:
+        return [("Timestamp", (tsval, 0))] if tsval is not None else []
+
+    def syn(self, isn: int | None = None, payload: bytes = b"", options: Sequence[tuple[object, object]] | None = None
+            ) -> bytes:
+        opts = self._opts(self.ts) + list(options or [])
+        return raw(self.ip(src=self.client, dst=self.server)
+                   / TCP(sport=self.sport, dport=self.dport, flags="S", seq=self.isn if isn is None else isn,
+                         options=opts) / payload)
+
+    def synack(self, acked: int = 0, options: Sequence[tuple[object, object]] | None = None, isn: int | None = None
+               ) -> bytes:
+        """The server's SYN-ACK: it takes the SYN with ISN `isn` (ours by default) and `acked` bytes of its data."""
+        opts = self._opts(5) if self.ts is not None else []
+        return raw(self.ip(src=self.server, dst=self.client)
+                   / TCP(sport=self.dport, dport=self.sport, flags="SA", seq=SERVER_ISN,
+                         ack=(self.isn if isn is None else isn) + 1 + acked, options=opts + list(options or [])))
+
+    def data(self, offset: int, payload: bytes, flags: str = "PA", ack: int | None = None,
+             tsval: int | None = None, options: Sequence[tuple[object, object]] | None = None, urgent: int = 0,
+             **fields: object) -> bytes:
+        tcp = TCP(sport=self.sport, dport=self.dport, flags=flags, seq=self.isn + 1 + offset,
+                  ack=SERVER_ISN + 1 if ack is None else ack, urgptr=urgent,
+                  options=self._opts(tsval if tsval is not None else self.ts) + list(options or []), **fields)
+        return raw(self.ip(src=self.client, dst=self.server) / tcp / payload)
+
+    def server_data(self, payload: bytes, offset: int = 0) -> bytes:
+        return raw(self.ip(src=self.server, dst=self.client)
+                   / TCP(sport=self.dport, dport=self.sport, flags="PA", seq=SERVER_ISN + 1 + offset,
+                         ack=self.isn + 1) / payload)
+
+
+def engine_for(text: str = 'allow = ["dockerhub"]\n') -> Engine:
+    engine = Engine(policy(text))
+    engine.sees_replies = True  # as the daemon's rules make it
+    return engine
+
+
+def opened(engine: Engine, c: Conn) -> None:
+    """SYN, then the server's SYN-ACK (queued from INPUT: from_client False)."""
+    assert engine.handle(c.syn(), NOW, from_client=True).action is Action.ACCEPT
+    assert engine.handle(c.synack(), NOW, from_client=False).action is Action.ACCEPT
+
+
+def send(engine: Engine, packet: bytes, at: float = NOW) -> Verdict:
+    return engine.handle(packet, at, from_client=True)
+
+
+def decided(v: Verdict, action: Action, host: str | None) -> bool:
+    return v.action is action and v.event is not None and v.event.host == host
+
+
+# -- urgent (out-of-band) data ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_urgent_byte_before_the_client_hello_is_not_read(family: int) -> None:
+    # send(b"X", MSG_OOB) then the hello: the server's application reads the hello from its first
+    # byte (Linux takes the urgent byte out). Read as the first byte, it made the stream "not TLS".
+    c, engine = Conn(family), engine_for()
+    opened(engine, c)
+    hello = python_client_hello(BLOCKED)
+    assert send(engine, c.data(0, b"X", flags="PAU", urgent=1)).action is Action.ACCEPT
+    v = send(engine, c.data(1, hello))
+    assert decided(v, Action.BLOCK, BLOCKED) and v.event is not None and v.event.source == "sni"
+
+
+@pytest.mark.parametrize("at", [0, 1, 5, 43, 100, 200, 300, 516, 517])
+def test_an_urgent_byte_anywhere_in_the_hello_is_taken_out(at: int) -> None:
+    # One segment carrying the hello with a byte inserted at `at`, the urgent pointer on it (BSD
+    # style, one past the byte): the server's application reads the hello as it was.
+    hello = python_client_hello(BLOCKED)
+    c, engine = Conn(), engine_for()
+    opened(engine, c)
+    v = send(engine, c.data(0, hello[:at] + b"\x00" + hello[at:], flags="PAU", urgent=at + 1))
+    assert decided(v, Action.BLOCK, BLOCKED), v
+
+
+def test_an_urgent_pointer_ahead_of_the_bytes_takes_out_the_byte_when_it_comes() -> None:
+    # A data-less segment (URG, pointer 0: Linux takes seq itself) marks the next byte urgent; the
+    # hello then arrives behind a stray first byte.
+    hello = python_client_hello(BLOCKED)
+    c, engine = Conn(), engine_for()
+    opened(engine, c)
+    assert send(engine, c.data(0, b"", flags="AU", urgent=0)).action is Action.ACCEPT
+    assert decided(send(engine, c.data(0, b"\x17" + hello)), Action.BLOCK, BLOCKED)
+    # The same with a pointer into a later segment.
+    c, engine = Conn(sport=40001), engine_for()
+    opened(engine, c)
+    assert send(engine, c.data(0, hello[:10], flags="PAU", urgent=11)).action is Action.ACCEPT
+    assert decided(send(engine, c.data(10, b"\x00" + hello[10:])), Action.BLOCK, BLOCKED)
+
+
+def test_the_same_urgent_pointer_again_and_an_older_one_change_nothing() -> None:
+    # Linux's sender repeats the pointer on every segment until it is acknowledged; a pointer at or
+    # before the one the receiver holds is ignored.
+    hello = python_client_hello(BLOCKED)
+    c, engine = Conn(), engine_for()
+    opened(engine, c)
+    first = c.data(0, hello[:50] + b"X" + hello[50:100], flags="PAU", urgent=51)
+    assert send(engine, first).action is Action.ACCEPT
+    assert send(engine, first).action is Action.ACCEPT  # a retransmission: the same pointer
+    older = c.data(0, hello[:50] + b"X" + hello[50:100], flags="PAU", urgent=1)
+    assert send(engine, older).action is Action.ACCEPT
+    assert decided(send(engine, c.data(101, hello[100:])), Action.BLOCK, BLOCKED)
+
+
+def test_a_second_urgent_byte_gets_the_fail_verdict() -> None:
+    # Whether the first urgent byte stays in the stream then depends on how far the server's
+    # application has read: netguard cannot know.
+    hello = python_client_hello(ALLOWED)
+    for mode, action in (("closed", Action.BLOCK), ("open", Action.ALLOW)):
+        c, engine = Conn(), engine_for(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n')
+        opened(engine, c)
+        assert send(engine, c.data(0, b"X" + hello[:50], flags="PAU", urgent=1)).action is Action.ACCEPT
+        v = send(engine, c.data(51, b"Y" + hello[50:], flags="PAU", urgent=1))
+        assert v.action is action and v.event is not None and "urgent" in v.event.reason
+
+
+def test_an_urgent_pointer_to_a_byte_already_sent_gets_the_fail_verdict() -> None:
+    # The server ignores it if it has that byte in order, takes it out if the first copy was lost.
+    hello = python_client_hello(ALLOWED)
+    c, engine = Conn(), engine_for()
+    opened(engine, c)
+    assert send(engine, c.data(0, hello[:100])).action is Action.ACCEPT
+    v = send(engine, c.data(0, hello[:100], flags="PAU", urgent=5))
+    assert v.action is Action.BLOCK and v.event is not None and "urgent" in v.event.reason
+
+
+def test_urgent_on_a_segment_the_server_drops_is_ignored() -> None:
+    hello = python_client_hello(BLOCKED)
+    c, engine = Conn(), engine_for()
+    opened(engine, c)
+    assert send(engine, c.data(0, b"", flags="AU", urgent=1, chksum=0x1234)).action is Action.DROP
+    assert decided(send(engine, c.data(0, hello)), Action.BLOCK, BLOCKED)
+
+
+def test_stream_delivered_property() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(2, 80)))
+        at = rng.randrange(len(data))
+        s = Stream(1000, 4096)
+        cuts = sorted({0, len(data), *(rng.randrange(len(data)) for _ in range(4))})
+        pieces = list(itertools.pairwise(cuts))
+        rng.shuffle(pieces)
+        # The segment holding the urgent byte carries the pointer; order of arrival is random.
+        for a, b in pieces:
+            if a <= at < b:
+                assert s.urgent(1000 + a, at - a + 1) is Result.OK
+            assert s.add(1000 + a, data[a:b]) is Result.OK
+        assert s.delivered() == data[:at] + data[at + 1:]
+
+
+# -- segments the server drops ------------------------------------------------------------------
+
+
+def decoys(c: Conn) -> dict[str, object]:
+    """Each defect, as keyword arguments to Conn.data: the server drops such a segment."""
+    return {
+        "bad TCP checksum": {"chksum": 0x1234},
+        "no ACK flag": {"flags": "P"},
+        "MD5 signature": {"options": [(19, b"\x00" * 16)]},
+        "TCP-AO signature": {"options": [(29, b"\x01\x01" + b"\x00" * 12)]},
+        "old acknowledgment": {"ack": SERVER_ISN},
+        "PAWS-old timestamp": {"tsval": 99},
+    }
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("defect", list(decoys(Conn())))
+@pytest.mark.parametrize("decoy_name, real_name, action", [(ALLOWED, BLOCKED, Action.BLOCK),
+                                                           (BLOCKED, ALLOWED, Action.ALLOW)])
+def test_a_decoy_the_server_drops_decides_nothing(family: int, defect: str, decoy_name: str, real_name: str,
+                                                  action: Action) -> None:
+    c = Conn(family, ts=1000)
+    engine = engine_for()
+    opened(engine, c)
+    fields = decoys(c)[defect]
+    assert isinstance(fields, dict)
+    v = send(engine, c.data(0, python_client_hello(decoy_name), **fields))
+    assert v.action is Action.DROP and v.event is None
+    assert engine.stats.dropped and engine.undecided == 1
+    assert decided(send(engine, c.data(0, python_client_hello(real_name))), action, real_name)
+
+
+def test_a_bad_ipv4_header_checksum_is_dropped() -> None:
+    c, engine = Conn(), engine_for()
+    opened(engine, c)
+    packet = bytearray(c.data(0, python_client_hello(ALLOWED)))
+    packet[10] ^= 0xFF
+    assert send(engine, bytes(packet)).action is Action.DROP
+    assert engine.stats.dropped == {"bad IPv4 header checksum": 1}
+    assert decided(send(engine, c.data(0, python_client_hello(BLOCKED))), Action.BLOCK, BLOCKED)
+
+
+def test_paws_follows_the_newest_timestamp_of_in_order_segments() -> None:
+    hello = python_client_hello(BLOCKED)
+    c, engine = Conn(ts=1000), engine_for()
+    opened(engine, c)
+    assert send(engine, c.data(0, hello[:100], tsval=5000)).action is Action.ACCEPT
+    # Newer than the SYN's, older than the last in-order segment's: the server drops it.
+    assert send(engine, c.data(100, python_client_hello(ALLOWED)[100:], tsval=3000)).action is Action.DROP
+    assert decided(send(engine, c.data(100, hello[100:], tsval=5001)), Action.BLOCK, BLOCKED)
+
+
+def test_data_before_the_servers_syn_ack_is_dropped() -> None:
+    # The server cannot have taken it (it had not answered the SYN): only the daemon, which queues
+    # every SYN-ACK, knows it.
+    c, engine = Conn(), engine_for()
+    assert send(engine, c.syn()).action is Action.ACCEPT
+    assert send(engine, c.data(0, python_client_hello(ALLOWED), ack=123)).action is Action.DROP
+    assert engine.handle(c.synack(), NOW, from_client=False).action is Action.ACCEPT
+    assert decided(send(engine, c.data(0, python_client_hello(BLOCKED))), Action.BLOCK, BLOCKED)
+
+
+def test_a_server_that_signs_its_segments_gets_the_fail_verdict() -> None:
+    # The server checks MD5 signatures netguard cannot check: which segment it takes is unknowable.
+    c, engine = Conn(), engine_for()
+    md5 = [(19, b"\x00" * 16)]
+    send(engine, c.syn(options=md5))
+    engine.handle(c.synack(options=md5), NOW, from_client=False)
+    assert send(engine, c.data(0, b"hello")).action is Action.DROP  # unsigned: the server drops it
+    v = send(engine, c.data(0, python_client_hello(ALLOWED), options=md5))
+    assert v.action is Action.BLOCK and v.event is not None and "MD5" in v.event.reason
+
+
+# -- SYNs and the server's SYN-ACK --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shift", [1, 5, -1])
+def test_a_syn_with_another_isn_after_the_syn_ack_does_not_move_the_stream(shift: int) -> None:
+    # The server ignores a SYN on a live connection (RFC 5961): netguard must keep reading from the
+    # SYN it answered, or the real hello is read a byte off (not TLS, judged by address).
+    c, engine = Conn(), engine_for()
+    opened(engine, c)
+    assert send(engine, c.syn(isn=c.isn + shift)).action is Action.ACCEPT
+    assert decided(send(engine, c.data(0, python_client_hello(BLOCKED))), Action.BLOCK, BLOCKED)
+
+
+def test_a_syn_ack_for_another_syn_moves_the_stream_to_it() -> None:
+    c, engine = Conn(), engine_for()
+    send(engine, c.syn())
+    send(engine, c.syn(isn=50_000))
+    engine.handle(c.synack(isn=c.isn), NOW, from_client=False)  # the server took the first
+    assert decided(send(engine, c.data(0, python_client_hello(BLOCKED))), Action.BLOCK, BLOCKED)
+
+
+def test_more_syns_than_max_syns_are_an_evasion() -> None:
+    c, engine = Conn(), engine_for('allow = ["dockerhub"]\nfail_mode = "open"\n')
+    opened(engine, c)
+    verdicts = [send(engine, c.syn(isn=5000 + i)) for i in range(core.MAX_SYNS)]
+    assert verdicts[-1].action is Action.BLOCK and verdicts[-1].event is not None
+    assert verdicts[-1].event.rule == "syn"
+
+
+def test_fast_open_data_counts_only_once_the_server_takes_it() -> None:
+    blocked, allowed = python_client_hello(BLOCKED), python_client_hello(ALLOWED)
+    # Taken (the SYN-ACK acknowledges it): decided at the SYN-ACK, which becomes a reset.
+    c, engine = Conn(), engine_for()
+    assert send(engine, c.syn(payload=blocked)).action is Action.ACCEPT
+    v = engine.handle(c.synack(acked=len(blocked)), NOW, from_client=False)
+    assert decided(v, Action.BLOCK, BLOCKED) and v.payload is not None
+    rst = IP(v.payload)
+    assert rst[TCP].flags == "RA" and rst.src == S4 and rst.dst == C4 and rst[TCP].ack == c.isn + 1 + len(blocked)
+    # Not taken (a server without Fast Open acknowledges only the SYN): the bytes sent after count.
+    c, engine = Conn(sport=40001), engine_for()
+    send(engine, c.syn(payload=allowed))
+    assert engine.handle(c.synack(), NOW, from_client=False).action is Action.ACCEPT
+    assert decided(send(engine, c.data(0, blocked)), Action.BLOCK, BLOCKED)
+
+
+# -- budgets ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, action", [("closed", Action.BLOCK), ("open", Action.ALLOW)])
+def test_a_flood_of_retransmissions_ends_in_the_fail_verdict(mode: str, action: Action) -> None:
+    hello = python_client_hello(ALLOWED)
+    c, engine = Conn(6), engine_for(f'allow = ["dockerhub"]\nfail_mode = "{mode}"\n')
+    opened(engine, c)
+    copy = c.data(0, hello[:200])
+    verdicts = []
+    for _ in range(core.MAX_FLOW_WIRE_BYTES // len(copy) + 2):
+        verdicts.append(send(engine, copy))
+        if verdicts[-1].action is not Action.ACCEPT:
+            break
+    sent = len(verdicts) * len(copy)
+    assert verdicts[-1].action is action and verdicts[-1].event is not None
+    assert sent <= core.MAX_FLOW_WIRE_BYTES + len(copy) and engine.stats.by_limit == {"bytes": 1}
+
+
+def test_a_flood_of_dropped_decoys_ends_in_the_fail_verdict_too() -> None:
+    c, engine = Conn(), engine_for()
+    opened(engine, c)
+    decoy = c.data(0, python_client_hello(ALLOWED), chksum=1)
+    actions = {send(engine, decoy).action for _ in range(core.MAX_FLOW_WIRE_BYTES // len(decoy) + 2)}
+    assert actions == {Action.DROP, Action.BLOCK}
+
+
+def test_a_hello_in_one_byte_segments_fits_the_budget() -> None:
+    hello = python_client_hello(BLOCKED)
+    c, engine = Conn(6, ts=1000), engine_for()
+    opened(engine, c)
+    verdicts = [send(engine, c.data(i, hello[i:i + 1])) for i in range(len(hello))]
+    assert {v.action for v in verdicts[:-1]} == {Action.ACCEPT}
+    assert decided(verdicts[-1], Action.BLOCK, BLOCKED)
+
+
+# -- the server speaks first, and only then ---------------------------------------------------
+
+
+def test_keepalives_and_acks_never_decide() -> None:
+    # TCP keepalive probes (seq one before the next byte, no data) and plain ACKs, however many:
+    # the flow stays undecided and the hello that follows decides by its name.
+    c, engine = Conn(), engine_for('allow = ["dockerhub"]\nunknown_hosts = "allow"\n')
+    opened(engine, c)
+    probe = raw(c.ip(src=c.client, dst=c.server) / TCP(sport=c.sport, dport=c.dport, flags="A", seq=c.isn,
+                                                      ack=SERVER_ISN + 1))
+    for i in range(50):
+        assert send(engine, probe, NOW + i).action is Action.ACCEPT
+        assert engine.handle(raw(c.ip(src=c.server, dst=c.client) / TCP(sport=c.dport, dport=c.sport, flags="A",
+                                                                        seq=SERVER_ISN + 1, ack=c.isn + 1)),
+                             NOW + i, from_client=False).action is Action.ACCEPT
+    assert decided(send(engine, c.data(0, python_client_hello(BLOCKED)), NOW + 60), Action.BLOCK, BLOCKED)
+
+
+@pytest.mark.parametrize("unknown, action", [("allow", Action.ALLOW), ("deny", Action.BLOCK)])
+def test_server_data_decides_by_address(unknown: str, action: Action) -> None:
+    c, engine = Conn(dport=22), engine_for(f'allow = ["dockerhub"]\nunknown_hosts = "{unknown}"\n')
+    opened(engine, c)
+    v = engine.handle(c.server_data(b"SSH-2.0-OpenSSH_9.2\r\n"), NOW, from_client=False)
+    assert v.action is action and v.event is not None and v.event.source == "address"
+    assert v.event.key.text()["src"] == C4 and v.event.key.dport == 22
+    if action is Action.BLOCK:
+        # The server's packet reaches the client as a reset it takes (the next byte it expects).
+        assert v.payload is not None
+        rst = IP(v.payload)
+        assert rst[TCP].flags == "RA" and rst[TCP].seq == SERVER_ISN + 1 and rst.dst == C4
+        assert rst[TCP].chksum == IP(raw(IP(v.payload)))[TCP].chksum
+    # The client's packets now get the flow's verdict.
+    assert send(engine, c.data(0, b"SSH-2.0-x\r\n")).action is action
+
+
+def test_server_data_in_the_forward_hook_is_known_by_its_flow() -> None:
+    # FORWARD cannot tell the direction (from_client None): the flow the engine follows does.
+    c, engine = Conn(dport=25), engine_for('allow = ["dockerhub"]\nunknown_hosts = "deny"\n')
+    assert engine.handle(c.syn(), NOW).action is Action.ACCEPT
+    assert engine.handle(c.synack(), NOW).action is Action.ACCEPT
+    v = engine.handle(c.server_data(b"220 mail ESMTP\r\n"), NOW)
+    assert v.action is Action.BLOCK and v.event is not None and v.event.key.dport == 25
+
+
+def _constant(value: bool) -> Callable[[classify.Reader], bool]:
+    return lambda _reader: value
+
+
+def test_a_reader_that_waits_for_the_server_is_not_cut_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A reader in mid-exchange (a proxy's negotiation: the client waits for the server's answer)
+    # says so; then server data lets it read on instead of judging the flow by address.
+    hello = python_client_hello(BLOCKED)
+    for waits, action in ((True, Action.ACCEPT), (False, Action.ALLOW)):
+        monkeypatch.setattr(classify.Reader, "waits_for_server", property(_constant(waits)))
+        c, engine = Conn(), engine_for()
+        opened(engine, c)
+        assert send(engine, c.data(0, hello[:50])).action is Action.ACCEPT
+        assert engine.handle(c.server_data(b"answer"), NOW, from_client=False).action is action
+        assert engine.undecided == (1 if waits else 0)
+    c, engine = Conn(sport=40001), engine_for()
+    monkeypatch.setattr(classify.Reader, "waits_for_server", property(_constant(True)))
+    opened(engine, c)
+    send(engine, c.data(0, hello[:50]))
+    engine.handle(c.server_data(b"answer"), NOW, from_client=False)
+    assert decided(send(engine, c.data(50, hello[50:])), Action.BLOCK, BLOCKED)
+
+
+def test_server_data_of_a_flow_netguard_does_not_follow_is_judged_by_address() -> None:
+    # netguard started after the flow began: the first packet it sees is the server's.
+    c, engine = Conn(dport=22), engine_for('allow = ["dockerhub"]\nunknown_hosts = "deny"\n')
+    v = engine.handle(c.server_data(b"SSH-2.0-x\r\n"), NOW, from_client=False)
+    assert v.action is Action.BLOCK and v.event is not None and v.event.key.text()["dst"] == S4
+
+
+# -- slow clients -------------------------------------------------------------------------------
+
+
+def test_a_slow_hello_is_not_cut_by_netguards_timers() -> None:
+    # Pieces two idle minutes apart (FLOW_IDLE is one): no verdict of netguard's own on the way.
+    hello = python_client_hello(BLOCKED)
+    c, engine = Conn(), engine_for()
+    opened(engine, c)
+    t = NOW
+    pieces = [(i, hello[i:i + 100]) for i in range(0, len(hello), 100)]
+    for i, piece in pieces[:-1]:
+        assert send(engine, c.data(i, piece), t).action is Action.ACCEPT
+        t += core.FLOW_IDLE * 2
+        engine.expire(t)
+    assert engine.stats.by_limit == {} and t - NOW >= 10 * 60
+    assert decided(send(engine, c.data(*pieces[-1]), t), Action.BLOCK, BLOCKED)
+
+
+def test_under_table_pressure_idle_flows_with_bytes_go_first() -> None:
+    engine = engine_for()
+    engine.max_flows = 3
+    hello = python_client_hello(ALLOWED)
+    conns = [Conn(sport=41000 + i) for i in range(3)]
+    for c in conns:
+        opened(engine, c)
+        send(engine, c.data(0, hello[:50]))
+    # Full of flows active within FLOW_IDLE: the newcomer gets the fail verdict.
+    fresh = Conn(sport=42000)
+    assert send(engine, fresh.syn(), NOW + 1).action is Action.BLOCK
+    # Later, idle for FLOW_IDLE: they give way (fail verdicts of their own), the newcomer fits.
+    later = NOW + core.FLOW_IDLE + 1
+    other = Conn(sport=42001)
+    assert send(engine, other.syn(), later).action is Action.ACCEPT
+    assert engine.stats.by_limit == {"flows": 1, "idle": 3}
+    assert send(engine, conns[0].data(50, hello[50:]), later).action is Action.BLOCK
+
+
+def test_a_query_over_tcp_to_port_53_is_read_after_the_dns_servers_syn_ack() -> None:
+    # The DNS server's SYN-ACK comes through the DNS answer rules; it answers the client flow too.
+    c, engine = Conn(dport=53), engine_for()
+    assert send(engine, c.syn()).action is Action.ACCEPT
+    assert engine.handle(c.synack(), NOW, from_client=False).action is Action.ACCEPT
+    query = b"\x00\x1c" + bytes(28)
+    v = send(engine, c.data(0, query))
+    assert v.action is Action.ALLOW and v.event is not None and v.event.source == "address"
+    assert engine.stats.dropped == {}
