@@ -702,7 +702,8 @@ class Daemon:
             policy_name=p.name, policy_version=str(getattr(p, "version", None) or ""),
             policy_sha256=self._policy_sha256, policy_loaded=self._loaded, reloads=dict(self._reloads),
             last_reload_ok=self._last_reload is None or bool(self._last_reload["ok"]),
-            names_learned=len(self.engine.names), undecided_flows=self.engine.undecided)
+            names_learned=len(self.engine.names), undecided_flows=self.engine.undecided,
+            followed_flows=self.engine.followed)
 
     def _start_metrics(self) -> Any:
         """The metrics registry, and the HTTP server if asked for (None without one). A metrics
