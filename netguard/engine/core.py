@@ -37,7 +37,9 @@ Strategy: five kinds of packets arrive (the firewall rules send nothing else):
   the tunnel's first bytes are read too (a ClientHello, requests or a nested proxy request).
   An allowed TLS flow is followed again when the kernel saw a HelloRetryRequest come back (its
   rule marks the flow "follow"): the records after the first ClientHello are read and the second
-  ClientHello is judged; bytes between the two that went by unread are the fail verdict.
+  ClientHello is judged; bytes between the two that went by unread are the fail verdict. A followed
+  flow's segments meet the same checks as an undecided flow's (below: what the server drops is
+  dropped, urgent bytes are taken out), with what its SYN-ACK told where netguard saw it.
 
 The bytes judged are the bytes the server's TCP stack delivers: a client segment the server will
 drop (no ACK flag, a bad checksum, a signature it does not expect, a timestamp PAWS rejects, an
