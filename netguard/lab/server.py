@@ -20,8 +20,9 @@ import threading
 
 HEAD_LIMIT = 16384  # a request head longer than this is not a test client's
 # TLS that takes only P-256 key shares: a client that offers X25519 first (most do) gets a
-# HelloRetryRequest and sends a second ClientHello.
-HRR_PORT = 8443
+# HelloRetryRequest and sends a second ClientHello. (8443 in the same namespace is the policy
+# server's, netguard.lab.policyserver, and the benchmark's.)
+HRR_PORT = 9443
 
 
 class _Buffered:
