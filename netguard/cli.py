@@ -260,10 +260,26 @@ def run(policy_path: str | None, backend: str | None) -> None:
     try:
         chosen = daemon.choose_backend(backend)
         d = daemon.Daemon(Path(policy_path) if policy_path else None, chosen)
-        sys.exit(d.run())
+        code = d.run()
     except daemon.StartError as e:
         click.echo(f"netguard run: {e}", err=True)
         sys.exit(2)
+    _drop_unreadable_log()
+    sys.exit(code)
+
+
+def _drop_unreadable_log() -> None:
+    """The block log's reader may have gone (a closed pipe): what stays buffered would make the
+    interpreter's exit flush fail and turn a clean stop into exit status 120, depending on whether
+    stdout is buffered (PYTHONUNBUFFERED). Flush now; if nobody reads, send the rest to /dev/null."""
+    import os
+
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 @main.command()
