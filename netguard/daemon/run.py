@@ -80,8 +80,11 @@ def choose_backend(requested: str | None) -> firewall.Backend:
     for backend in report.backends:
         if backend in firewall.BACKENDS:
             return backend
-    raise StartError("no firewall backend netguard can use here (doctor found: "
-                     f"{', '.join(report.backends) or 'none'}); " + "; ".join(report.reasons))
+    # doctor's verdict already counts only the backends run supports: this is a safety net, and
+    # never ends in an empty reason.
+    found = ", ".join(report.backends) or "none"
+    raise StartError(f"no firewall backend netguard can use here (doctor found: {found}; this netguard's run "
+                     f"supports {', '.join(firewall.BACKENDS)})" + "".join(f"; {r}" for r in report.reasons))
 
 
 @dataclass

@@ -13,7 +13,7 @@ from netguard.daemon import netns
 pytestmark = pytest.mark.root
 
 SCRIPT = """
-import socket, subprocess, sys
+import os, socket, subprocess, sys
 from netfilterqueue import NetfilterQueue
 from netguard.daemon.nfqueue import set_fail_open
 q = NetfilterQueue()
@@ -24,7 +24,7 @@ subprocess.run(["iptables", "-A", "OUTPUT", "-p", "udp", "--dport", "5555", "-j"
                check=True)
 rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 rx.bind(("127.0.0.1", 5555))
-rx.settimeout(0.5)
+rx.settimeout(0.5 * float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1))  # harness.scaled()
 tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(4):
     tx.sendto(b"x", ("127.0.0.1", 5555))

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import Runner
+from harness import Runner, scaled
 
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
@@ -33,10 +33,10 @@ def test_block_log_names_process_and_user(lab: lab_mod.Lab, tmp_path: Path, fami
     runner = Runner(lab, tmp_path, name=f"owner{family}").start()
     try:
         as_root = lab.client_popen(curl_argv(lab, family))
-        as_root.wait(timeout=15)
+        as_root.wait(timeout=scaled(15))
         as_nobody = lab.client_popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                                       *curl_argv(lab, family)])
-        as_nobody.wait(timeout=15)
+        as_nobody.wait(timeout=scaled(15))
         assert as_root.returncode != 0 and as_nobody.returncode != 0
         events = runner.events()  # no waiting: a block is logged before the client sees its reset
         owners = [(e["host"], e.get("uid"), e.get("pid"), e.get("process")) for e in events]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import NETGUARD
+from harness import NETGUARD, scaled
 from scapy.all import TCP, rdpcap, wrpcapng  # type: ignore[attr-defined]
 
 from netguard.daemon import netns
@@ -74,11 +74,11 @@ def test_two_segment_client_hello_capture(lab: lab_mod.Lab, tmp_path: Path) -> N
     try:
         dump = lab.client_popen(["tcpdump", "-i", "eth0", "-w", str(capture), "--immediate-mode", "-U",
                                  "tcp port 443"], stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        time.sleep(scaled(0.5))
         r = lab.client_run(["curl", "-sS", "-4", "--cacert", str(lab.ca_file), "--resolve",
                             f"ghcr.io:443:{lab.host('ghcr.io').v4}", "https://ghcr.io/"])
         assert r.returncode == 0, r.stderr  # no netguard running: the capture is of a real pull
-        time.sleep(0.3)
+        time.sleep(scaled(0.3))
         lab_mod.stop(dump)
     finally:
         netns.run(lab.client, ["ip", "route", "replace", "10.77.0.0/24", "dev", "eth0"])

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Runner
+from harness import Runner, scaled
 
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
@@ -81,7 +81,7 @@ def test_a_server_that_speaks_first_is_judged_by_address(lab: lab_mod.Lab, tmp_p
     try:
         host = lab.host("www.example.test")
         address = host.v4 if family == 4 else host.v6
-        r = lab.client_run([sys.executable, "-c", BANNER_CLIENT, address, str(BANNER_PORT)], timeout=10)
+        r = lab.client_run([sys.executable, "-c", BANNER_CLIENT, address, str(BANNER_PORT)], timeout=scaled(10))
         got = json.loads(r.stdout)
         assert got["reset"] and got["bytes"] < 20 * 32, got
         events = [e for e in runner.events() if e["dst"] == address and e["dport"] == BANNER_PORT]
