@@ -56,6 +56,20 @@ class StartError(RuntimeError):
     """netguard cannot enforce here; the message says why."""
 
 
+def _apply_fitting(backend: firewall.Backend,
+                   opts: firewall.Options) -> tuple[firewall.Options, str | None, str | None]:
+    """firewall.apply_preferred; where the kernel refuses the IPv6 set (no IPv6 netfilter or no
+    IPv6 REJECT: doctor says "degraded"), IPv4 alone rather than no enforcement at all. Returns the
+    options in force, why u32 fell back, and why IPv6 did (None: it did not)."""
+    try:
+        return (*firewall.apply_preferred(backend, opts), None)
+    except firewall.FirewallError as exc:
+        if not str(exc).startswith("ip6tables") or opts.families != firewall.FAMILIES:
+            raise
+        v4, no_u32 = firewall.apply_preferred(backend, dataclasses.replace(opts, families=(4,)))
+        return v4, no_u32, str(exc).splitlines()[0]
+
+
 def firewall_options(policy: Policy) -> firewall.Options:
     """The rule options a policy asks for."""
     marks = firewall.Marks(policy.mark_mask, policy.mark_allowed, policy.mark_blocked)
@@ -110,6 +124,7 @@ class Daemon:
         self._injector = Injector(self._marks.passed)
         self._log_failures = 0
         self._skip_empty = True  # until apply_preferred finds the kernel without xt u32
+        self._families = firewall.FAMILIES  # until the kernel refuses the IPv6 rules
         self._started = self._loaded = self.clock()
         self._last_reload: dict[str, Any] | None = None
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
@@ -145,13 +160,16 @@ class Daemon:
             if opts.fail_open:
                 set_fail_open(queue.fileno(), opts.queue_num)
             stale = [f"{self.backend} IPv{f}" for f in firewall.FAMILIES if firewall.installed(self.backend, f)]
-            opts, no_u32 = firewall.apply_preferred(self.backend, opts)
-            self._skip_empty = opts.skip_empty
+            opts, no_u32, no_ipv6 = _apply_fitting(self.backend, opts)
+            self._skip_empty, self._families = opts.skip_empty, opts.families
             if stale:
                 self._notice(f"replaced stale netguard rules in one step ({', '.join(stale)})")
             enforcing = True
             empty = ("data-less TCP segments stay in the kernel" if no_u32 is None else
                      f"every TCP segment of an undecided flow is queued, the xt u32 rules failed: {no_u32}")
+            if no_ipv6 is not None:
+                empty += (f"; IPv4 only: the kernel refused the IPv6 rules ({no_ipv6}), so IPv6 connections are "
+                          "NOT filtered (disable IPv6, or see `netguard doctor`)")
             self._notice(f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
                          f"fail_mode {self.policy.fail_mode}; {empty})")
             self._loop(queue, wake_r, status)
@@ -318,8 +336,8 @@ class Daemon:
         return doc
 
     def _rules(self, policy: Policy) -> firewall.Options:
-        """The rule options for a policy, in the variant (with xt u32 or without) chosen at start."""
-        return dataclasses.replace(firewall_options(policy), skip_empty=self._skip_empty)
+        """The rule options for a policy, in the variant (with xt u32 or without, families) chosen at start."""
+        return dataclasses.replace(firewall_options(policy), skip_empty=self._skip_empty, families=self._families)
 
     def _policy_mtime(self) -> float | None:
         if self.policy_path is None:

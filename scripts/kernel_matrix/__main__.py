@@ -6,7 +6,7 @@ Debian packages fetched with `apt-get download` and unpacked with `dpkg -x`; var
 in for kernels we cannot get (stock WSL 2 5.15 cannot queue) are the same image with modules
 deleted from its tree and its config edited to match. Each kernel boots in software emulation
 (this machine's /dev/kvm runs only PVM guests) with the host's root file system read-only over 9p
-and this checkout as a writable overlay; inside, kernel_matrix.guest runs the steps and writes
+and a copy of this checkout as a writable overlay; inside, kernel_matrix.guest runs the steps and writes
 result.json to a shared directory. The host then checks doctor's answer against the kernel's own
 files (kernel_matrix.facts) and the expected verdict, and prints one table. One VM at a time: TCG
 takes both cores. The work dir (under /var/tmp) is removed at the end unless --keep.
@@ -34,9 +34,11 @@ from kernel_matrix import facts
 REPO = Path(__file__).resolve().parents[2]
 VIRTME_NG = "virtme-ng==1.42"
 APT_TOOLS = ("qemu-system-x86", "busybox-static", "udev")
-# virtme-ng mounts these over the shared root in the guest (tmpfs): a checkout below one of them
-# is not visible there and is shared as a directory of its own instead.
-GUEST_TMPFS = ("/var/tmp", "/var/log", "/var/cache", "/var/lib/apt", "/run", "/dev")
+# The VMs run a copy of the checkout (with its .venv), taken when the matrix starts, so that the
+# checkout can change while they run. It lives in /tmp, which the guest sees through the shared
+# root (with its page cache; /var/tmp is a tmpfs there), and is mounted over the checkout's own path
+# inside the guest (the .venv's editable install points there), with a writable layer on top.
+SNAPSHOT_DIR = "/tmp"
 VM_CPUS = "2"
 VM_MEMORY = "4G"  # the namespace lab, pytest and a registry; 2G was enough for doctor alone
 # Waits in the tests are multiplied by this under emulation (tests/integration/harness.py).
@@ -207,23 +209,21 @@ def dropped(drop: tuple[str, ...], modules_dep: str) -> set[str]:
 
 # ---------------------------------------------------------------- one VM
 
-def boot(kernel: Kernel, work: Path, bin_dir: Path, tests: list[str], factor: float, verbose: bool) -> dict[str, Any]:
+def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[str], factor: float,
+         verbose: bool) -> dict[str, Any]:
     """Boot the kernel, run its steps inside, return the guest's result (plus the boot's timing)."""
     out = work / "out" / kernel.spec.name
     out.mkdir(parents=True)
     steps = [s for s in kernel.spec.steps if s != "tests" or tests]
-    hidden = any(str(REPO).startswith(d + "/") for d in GUEST_TMPFS)
-    repo_share = ["--rodir", str(REPO)] if hidden else ["--overlay-rwdir", str(REPO)]
-    # A checkout under a guest tmpfs comes in read-only on its own: give it a writable layer there.
-    overlay = (f"mkdir -p /run/ngrepo/u /run/ngrepo/w && mount -t overlay -o lowerdir={REPO},"
-               f"upperdir=/run/ngrepo/u,workdir=/run/ngrepo/w ngrepo {REPO} && " if hidden else "")
-    guest = (f"{overlay}cd {REPO} && export CI=true HOME=/root PYTHONDONTWRITEBYTECODE=1 "
+    overlay = (f"mkdir -p {REPO} /run/ngrepo/u /run/ngrepo/w && mount -t overlay -o lowerdir={snapshot},"
+               f"upperdir=/run/ngrepo/u,workdir=/run/ngrepo/w ngrepo {REPO}")
+    guest = (f"{overlay} && cd {REPO} && export CI=true HOME=/root PYTHONDONTWRITEBYTECODE=1 "
              f"NETGUARD_TEST_TIME_FACTOR={factor:g} PYTHONPATH=scripts && "
              f"exec .venv/bin/python -m kernel_matrix.guest --out {out} --steps {','.join(steps)} "
              f"--tests '{' '.join(tests)}'")
     argv = [str(bin_dir / "vng"), "--disable-kvm", "--run", str(kernel.tree / f"boot/vmlinuz-{kernel.release}"),
             "--user", "root", "--cpus", VM_CPUS, "--memory", VM_MEMORY,
-            "--overlay-rwdir", "/root", *repo_share,
+            "--overlay-rwdir", "/root",
             "--rodir", f"/boot={kernel.tree / 'boot'}",  # doctor reads /boot/config-RELEASE
             "--rodir", str(kernel.tree),  # the modules tree, linked from /lib/modules/RELEASE
             "--rwdir", str(out), "--append", "mitigations=off", "--exec", guest]
@@ -351,15 +351,16 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def doc_block(rows: list[Row], tests: list[str]) -> str:
+def doc_block(rows: list[Row]) -> str:
     """The block for docs/deploy.md: kernel, doctor's verdict, what was run there, result, date."""
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    which = ("all of tests/integration" if tests == ["tests/integration"] else
-             "the kernel-dependent integration tests" if tests == list(KERNEL_TESTS) else " ".join(tests))
     lines = [DOC_BEGIN, "", "| kernel | doctor's verdict | what was run there | result | date |",
              "|---|---|---|---|---|"]
     for row in rows:
         spec = row.kernel.spec
+        selection = row.result.get("steps", {}).get("tests", {}).get("selection", [])
+        which = ("all of tests/integration" if selection == ["tests/integration"] else
+                 "the kernel-dependent integration tests" if selection == list(KERNEL_TESTS) else " ".join(selection))
         ran = ", ".join({"doctor": "`netguard doctor`", "demo": "`netguard demo`", "tests": which,
                          "refuse": "`netguard run` and `scripts/install-systemd --root`",
                          "ipv4": "`netguard run`"}[s] for s in row.result.get("steps", {}) if s != "refuse-run")
@@ -392,6 +393,9 @@ def main() -> int:
     parser.add_argument("--tests", choices=("all", "kernel", "none"), default="all",
                         help="integration tests in the VMs that run tests: all of tests/integration, the "
                              "kernel-dependent files (about half the time), or none")
+    parser.add_argument("--tests-on", metavar="KERNELS",
+                        help="run the tests only on these kernels (comma-separated; default: every kernel "
+                             "whose steps include tests); the others run doctor and demo")
     parser.add_argument("--time-factor", type=float, default=DEFAULT_TIME_FACTOR,
                         help="NETGUARD_TEST_TIME_FACTOR inside the VM (emulation is slow)")
     parser.add_argument("--workdir", type=Path, help="work dir (default: a new one under /var/tmp)")
@@ -411,13 +415,17 @@ def main() -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ng-kernels-", dir="/var/tmp"))
     start = time.monotonic()
     rows: list[Row] = []
+    snapshot_dir = Path(tempfile.mkdtemp(prefix="ng-kernels-repo-", dir=SNAPSHOT_DIR))
+    snapshot = snapshot_dir / "repo"
     try:
+        sh(["cp", "-a", str(REPO), str(snapshot)])
         bin_dir = install_tools(work)
         say(f"rig ready in {time.monotonic() - start:.0f} s ({VIRTME_NG}, work dir {work})")
         cache: dict[str, tuple[Path, str, str]] = {}
         for name in names:
             kernel = fetch(SPECS[name], work, cache)
-            row = judge(kernel, boot(kernel, work, bin_dir, tests, args.time_factor, args.verbose))
+            here = tests if args.tests_on is None or name in args.tests_on.split(",") else []
+            row = judge(kernel, boot(kernel, work, snapshot, bin_dir, here, args.time_factor, args.verbose))
             rows.append(row)
             say(f"{name}: {'as expected' if not row.problems else 'FAILED'} in {seconds(row.result['seconds'])}")
             for problem in row.problems:
@@ -425,12 +433,13 @@ def main() -> int:
     finally:
         if rows:
             print(table(rows), flush=True)
+        shutil.rmtree(snapshot_dir, ignore_errors=True)
         if args.keep or args.workdir:
             say(f"work dir kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
     if args.doc is not None:
-        rewrite_doc(args.doc, doc_block(rows, tests))
+        rewrite_doc(args.doc, doc_block(rows))
         say(f"{args.doc}: kernels block rewritten")
     failed = [r.kernel.spec.name for r in rows if r.problems]
     say(f"{len(rows) - len(failed)} of {len(rows)} kernels as expected in {seconds(time.monotonic() - start)}"
