@@ -578,7 +578,7 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
             tried = [f"{label}{_detail(probes, name)}" for b, (label, name) in ways.items() if b in supported]
             cannot.append("no way to send packets to netguard: " + ", ".join(tried[:-1])
                           + (" and " if len(tried) > 1 else "") + tried[-1]
-                          + (" are all unavailable" if len(tried) > 1 else " is unavailable")
+                          + {1: " is unavailable", 2: " are both unavailable"}.get(len(tried), " are all unavailable")
                           + (f"; {', '.join(usable)} works here, but this netguard's `run` cannot use it yet"
                              if usable else ""))
             kernel_fix += QUEUE_SYMBOLS
@@ -638,7 +638,8 @@ def _ip6_fix(probes: Mapping[str, Probe], kernel: KernelFiles) -> str:
     disable = "disable IPv6 (sysctl net.ipv6.conf.all.disable_ipv6=1)"
     if "not installed" in _detail(probes, "ip6tables"):
         return f"{disable} or install ip6tables (apt install iptables)"
-    symbols = ("CONFIG_IP6_NF_IPTABLES", "CONFIG_IP6_NF_TARGET_REJECT", "CONFIG_NF_REJECT_IPV6")
+    symbols = ("CONFIG_NETFILTER_XT_TARGET_NFQUEUE", "CONFIG_IP6_NF_IPTABLES", "CONFIG_IP6_NF_TARGET_REJECT",
+               "CONFIG_NF_REJECT_IPV6")
     if kernel.config is not None:
         unset = [s for s in symbols if kernel.config.get(s, "n") not in ("y", "m")]
         absent = [MODULE_OF[s] for s in symbols if kernel.config.get(s) == "m" and kernel.modules is not None

@@ -162,6 +162,7 @@ def fetch(spec: Spec, work: Path, cache: dict[str, tuple[Path, str, str]]) -> Ke
         sh(["dpkg", "-x", str(deb), str(tree)])
         deb.unlink()
         release = next((tree / "boot").glob("vmlinuz-*")).name.removeprefix("vmlinuz-")
+        sh(["depmod", "-a", "-b", str(tree), release])  # modules.dep is made by the package's postinst
         cache[package] = (tree, version, release)
     base, version, release = cache[package]
     tree = base if not spec.drop else variant(spec, base, release, work)

@@ -166,7 +166,7 @@ def test_a_kernel_with_only_nft_queue_cannot_enforce_with_this_run() -> None:
     verdict, reasons, backend = decide(LINUX, (), probes, supported=("iptables-nft", "iptables-legacy"))
     assert (verdict, backend) == ("cannot", None)
     assert reasons[0] == ("no way to send packets to netguard: xt NFQUEUE via iptables-nft and xt NFQUEUE via "
-                          "iptables-legacy are all unavailable; nft-queue works here, but this netguard's `run` "
+                          "iptables-legacy are both unavailable; nft-queue works here, but this netguard's `run` "
                           "cannot use it yet")
     assert all(r.strip() for r in reasons) and fixes(reasons)
     assert decide(LINUX, (), probes, supported=probe.BACKENDS)[:3:2] == ("ok", "nft-queue")
