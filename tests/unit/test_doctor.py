@@ -443,3 +443,22 @@ def test_u32_row_needs_both_families_and_only_adds_a_note() -> None:
     report = assess(Path("/nonexistent"), {}, probes=without, probe_source="test")
     assert "no xt u32: pure ACKs of undecided flows are queued too" in render(report)
     assert "no xt u32" not in render(assess(Path("/nonexistent"), {}, probes=with_u32, probe_source="test"))
+
+
+def test_a_slow_command_gets_a_second_longer_try_and_a_stuck_one_is_unknown() -> None:
+    """A first module load can outlast the first limit (seen in emulation): the retry waits for it;
+    a command that outlasts both is "could not tell", never "absent"."""
+    slow = probe._patiently(["sh", "-c", "sleep 0.3; echo done"], None, 0.05, 10.0)
+    assert slow is not None and slow.returncode == 0 and slow.stdout == "done\n"
+    assert probe._patiently(["sleep", "5"], None, 0.05, 0.1) is None
+
+
+def test_timed_out_queue_probes_are_unknown_and_doctor_does_not_call_them_missing() -> None:
+    timed_out = Probe(None, "iptables-nft timed out twice (after 2 s, then 30 s)")
+    probes = {**with_(nft_queue=False), "xt_nfqueue_nft": timed_out, "xt_nfqueue_legacy": timed_out,
+              "nft_queue": timed_out}
+    verdict, reasons, backend = decide(LINUX, (), probes)
+    assert (verdict, backend) == ("cannot", None)
+    assert reasons[0].startswith("could not check xt NFQUEUE via iptables-nft, xt NFQUEUE via iptables-legacy, "
+                                 "nft queue (iptables-nft timed out twice")
+    assert not any("missing" in r or "unavailable" in r for r in reasons)
