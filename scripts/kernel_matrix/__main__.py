@@ -131,11 +131,16 @@ def install_tools(work: Path) -> Path:
 
 
 def newest_package(pattern: str) -> str:
-    names = sh(["apt-cache", "pkgnames", "linux-image-"]).stdout.split()
-    found = [(tuple(int(g) for g in m.groups()), n) for n in names if (m := re.fullmatch(pattern, n))]
-    if not found:
-        raise SystemExit(f"kernels: no package matches {pattern} (apt-get update?)")
-    return max(found)[1]
+    """The newest kernel package whose name matches pattern (apt's lists are updated once if none does)."""
+    for attempt in range(2):
+        names = sh(["apt-cache", "pkgnames", "linux-image-"]).stdout.split()
+        found = [(tuple(int(g) for g in m.groups()), n) for n in names if (m := re.fullmatch(pattern, n))]
+        if found:
+            return max(found)[1]
+        if attempt == 0:
+            subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-q"], check=False,
+                           capture_output=True)
+    raise SystemExit(f"kernels: no package matches {pattern}, even after apt-get update")
 
 
 @dataclass
