@@ -220,6 +220,8 @@ def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[
     """Boot the kernel, run its steps inside, return the guest's result (plus the boot's timing)."""
     out = work / "out" / kernel.spec.name
     out.mkdir(parents=True)
+    (out / "kernel.json").write_text(json.dumps({"package": kernel.package, "version": kernel.version,
+                                                 "release": kernel.release, "tree": str(kernel.tree)}))
     steps = [s for s in kernel.spec.steps if s != "tests" or tests]
     overlay = (f"mkdir -p {REPO} /run/ngrepo/u /run/ngrepo/w && mount -t overlay -o lowerdir={snapshot},"
                f"upperdir=/run/ngrepo/u,workdir=/run/ngrepo/w ngrepo {REPO}")
@@ -263,7 +265,34 @@ def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[
     result["seconds"] = total
     inside = sum(float(s.get("seconds", 0)) for s in result["steps"].values())
     result["boot_seconds"] = total - inside
+    result["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    (out / "host.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def reload(spec: Spec, work: Path) -> tuple[Kernel, dict[str, Any]] | None:
+    """A kernel and its result from a kept work dir (--from-workdir), or None if it did not run there."""
+    out = work / "out" / spec.name
+    try:
+        result: dict[str, Any] = json.loads(((out / "host.json") if (out / "host.json").exists()
+                                             else (out / "result.json")).read_text())
+    except (OSError, ValueError):
+        return None
+    result.setdefault("date", datetime.datetime.fromtimestamp((out / "result.json").stat().st_mtime, datetime.UTC)
+                      .strftime("%Y-%m-%d"))
+    try:
+        meta = json.loads((out / "kernel.json").read_text())
+    except OSError:  # a work dir from before kernel.json: the package is the newest, as when it ran
+        package = newest_package(spec.package)
+        show = sh(["apt-cache", "show", "--no-all-versions", package]).stdout
+        version = next(line.split(": ", 1)[1] for line in show.splitlines() if line.startswith("Version: "))
+        base = work / "k" / package.removeprefix("linux-image-")
+        tree = base.with_name(f"{base.name}-{spec.name}") if spec.drop else base
+        release = next((tree / "boot").glob("vmlinuz-*")).name.removeprefix("vmlinuz-")
+        meta = {"package": package, "version": version, "release": release, "tree": str(tree)}
+    kernel = Kernel(spec, meta["package"], meta["version"], Path(meta["tree"]), meta["release"])
+    kernel.facts = facts.read_tree(kernel.tree)
+    return kernel, result
 
 
 # ---------------------------------------------------------------- judging
@@ -359,7 +388,6 @@ def table(rows: list[Row]) -> str:
 
 def doc_block(rows: list[Row]) -> str:
     """The block for docs/deploy.md: kernel, doctor's verdict, what was run there, result, date."""
-    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     lines = [DOC_BEGIN, "", "| kernel | doctor's verdict | what was run there | result | date |",
              "|---|---|---|---|---|"]
     for row in rows:
@@ -370,10 +398,11 @@ def doc_block(rows: list[Row]) -> str:
         ran = ", ".join({"doctor": "`netguard doctor`", "demo": "`netguard demo`", "tests": which,
                          "refuse": "`netguard run` and `scripts/install-systemd --root`",
                          "ipv4": "`netguard run`"}[s] for s in row.result.get("steps", {}) if s != "refuse-run")
-        outcome = "; ".join(v for k, v in row.cells.items() if k not in ("doctor",)) or "-"
+        outcome = "; ".join("doctor's probes match the kernel's config and modules" if v == "agree" else v
+                            for k, v in row.cells.items() if k != "doctor") or "-"
         result = ("as expected: " if not row.problems else f"FAILED ({len(row.problems)} problems): ") + outcome
-        lines.append(f"| {spec.about}: {row.kernel.release} | {row.cells.get('doctor', '-')} | {ran} | {result} | "
-                     f"{today} |")
+        lines.append(f"| {spec.about}: {row.kernel.release} ({row.kernel.version}) | {row.cells.get('doctor', '-')} | {ran} | {result} | "
+                     f"{row.result.get('date', '-')} |")
     lines += ["", "Booted under QEMU (software emulation, virtme-ng) by `scripts/kernels`; \"doctor vs kernel files\" "
               "compares each probed feature with the kernel's config and modules tree.", "", DOC_END]
     return "\n".join(lines)
@@ -408,6 +437,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (kernels, logs, results)")
     parser.add_argument("--doc", type=Path, metavar="FILE", help="rewrite the marked kernels block of FILE")
     parser.add_argument("--verbose", action="store_true", help="show the VMs' consoles")
+    parser.add_argument("--from-workdir", type=Path, metavar="DIR",
+                        help="boot nothing: judge again, print and --doc the results kept in DIR (--keep)")
     args = parser.parse_args()
     names = [n for n in args.kernels.split(",") if n]
     unknown = [n for n in names if n not in SPECS]
@@ -416,6 +447,16 @@ def main() -> int:
     if os.geteuid() != 0:
         parser.error("run as root (apt, dpkg -x of kernel trees, and the namespaces inside the VM)")
     tests = {"all": ["tests/integration"], "kernel": list(KERNEL_TESTS), "none": []}[args.tests]
+    if args.from_workdir is not None:
+        kept = [judge(*found) for name in names if (found := reload(SPECS[name], args.from_workdir))]
+        print(table(kept))
+        for row in kept:
+            for problem in row.problems:
+                say(f"{row.kernel.spec.name}: {problem}")
+        if args.doc is not None:
+            rewrite_doc(args.doc, doc_block(kept))
+            say(f"{args.doc}: kernels block rewritten")
+        return 1 if any(r.problems for r in kept) or not kept else 0
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ng-kernels-", dir="/var/tmp"))
