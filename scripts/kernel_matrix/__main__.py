@@ -401,10 +401,10 @@ def doc_block(rows: list[Row]) -> str:
         outcome = "; ".join("doctor's probes match the kernel's config and modules" if v == "agree" else v
                             for k, v in row.cells.items() if k != "doctor") or "-"
         result = ("as expected: " if not row.problems else f"FAILED ({len(row.problems)} problems): ") + outcome
-        lines.append(f"| {spec.about}: {row.kernel.release} ({row.kernel.version}) | {row.cells.get('doctor', '-')} | {ran} | {result} | "
-                     f"{row.result.get('date', '-')} |")
-    lines += ["", "Booted under QEMU (software emulation, virtme-ng) by `scripts/kernels`; \"doctor vs kernel files\" "
-              "compares each probed feature with the kernel's config and modules tree.", "", DOC_END]
+        kernel = f"{spec.about}: {row.kernel.release} ({row.kernel.version})"
+        lines.append(f"| {kernel} | {row.cells.get('doctor', '-')} | {ran} | {result} | {row.result.get('date', '-')} |")
+    lines += ["", "Booted under QEMU (software emulation, virtme-ng) by `scripts/kernels`, which also checks each "
+              "feature doctor probed against the kernel's own config and modules tree.", "", DOC_END]
     return "\n".join(lines)
 
 
