@@ -402,7 +402,8 @@ def doc_block(rows: list[Row]) -> str:
                             for k, v in row.cells.items() if k != "doctor") or "-"
         result = ("as expected: " if not row.problems else f"FAILED ({len(row.problems)} problems): ") + outcome
         kernel = f"{spec.about}: {row.kernel.release} ({row.kernel.version})"
-        lines.append(f"| {kernel} | {row.cells.get('doctor', '-')} | {ran} | {result} | {row.result.get('date', '-')} |")
+        verdict, date = row.cells.get("doctor", "-"), row.result.get("date", "-")
+        lines.append(f"| {kernel} | {verdict} | {ran} | {result} | {date} |")
     lines += ["", "Booted under QEMU (software emulation, virtme-ng) by `scripts/kernels`, which also checks each "
               "feature doctor probed against the kernel's own config and modules tree.", "", DOC_END]
     return "\n".join(lines)
