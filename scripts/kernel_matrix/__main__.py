@@ -79,7 +79,7 @@ SPECS = {s.name: s for s in (
     Spec("6.1", r"linux-image-6\.1\.0-(\d+)-amd64", "ok", ("doctor", "demo", "tests"),
          "Debian 12's kernel"),
     Spec("6.12", r"linux-image-6\.12\.(\d+)\+deb12-amd64", "ok", ("doctor", "demo", "tests"),
-         "Debian 12 backports"),
+         "Debian 12's 6.12 (+deb12)"),
     Spec("6.1-noqueue", r"linux-image-6\.1\.0-(\d+)-amd64", "cannot", ("doctor", "refuse"),
          "6.1 without NFQUEUE target, nft queue, connmark, connbytes (as stock WSL 2 5.15)",
          drop=("xt_NFQUEUE", "nft_queue", "xt_connmark", "xt_connbytes"),
@@ -92,7 +92,7 @@ SPECS = {s.name: s for s in (
                 "CONFIG_IP6_NF_FILTER", "CONFIG_IP6_NF_MANGLE", "CONFIG_IP6_NF_RAW", "CONFIG_IP6_NF_NAT",
                 "CONFIG_NFT_REJECT_IPV6")),
 )}
-DEFAULT_KERNELS = "6.1,6.1-noqueue,6.12"
+DEFAULT_KERNELS = "6.1,6.1-noqueue,6.1-noip6,6.12"
 
 
 def say(text: str) -> None:
