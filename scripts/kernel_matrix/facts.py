@@ -23,6 +23,8 @@ FEATURE_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
     "xt_nfqueue_legacy": (("CONFIG_NETFILTER_XT_TARGET_NFQUEUE", "xt_NFQUEUE"),
                           ("CONFIG_IP_NF_IPTABLES", "ip_tables"), ("CONFIG_IP_NF_FILTER", "iptable_filter")),
     "nft_queue": (("CONFIG_NFT_QUEUE", "nft_queue"),),
+    "nft_ct_reject": (("CONFIG_NFT_CT", "nft_ct"), ("CONFIG_NFT_REJECT_INET", "nft_reject_inet"),
+                      ("CONFIG_NF_REJECT_IPV6", "nf_reject_ipv6")),  # nft_reject_inet needs it
     "connmark": (("CONFIG_NETFILTER_XT_CONNMARK", "xt_connmark"),),
     "connbytes": (("CONFIG_NETFILTER_XT_MATCH_CONNBYTES", "xt_connbytes"),),
     "conntrack": (("CONFIG_NETFILTER_XT_MATCH_CONNTRACK", "xt_conntrack"),),
