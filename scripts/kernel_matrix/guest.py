@@ -56,16 +56,21 @@ class Steps:
             log: bool = True) -> tuple[int | None, str, str, float]:
         """argv with a time limit; (exit status or None on timeout, stdout, stderr, seconds)."""
         start = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env, start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=limit)
-            code: int | None = proc.returncode
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # our own child's group, started above
-            out, err = proc.communicate()
-            code = None
+        # Output goes to files in the shared directory as it comes: the host can follow a long step.
+        out_path, err_path = self.out / f"{name}.out", self.out / f"{name}.err"
+        with out_path.open("w") as out_file, err_path.open("w") as err_file:
+            proc = subprocess.Popen(argv, stdout=out_file, stderr=err_file, text=True, env=env,
+                                    start_new_session=True)
+            try:
+                code: int | None = proc.wait(timeout=limit)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # our own child's group, started above
+                proc.wait()
+                code = None
         seconds = time.monotonic() - start
+        out, err = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
+        out_path.unlink()
+        err_path.unlink()
         if log:
             (self.out / f"{name}.log").write_text(f"$ {' '.join(argv)}\n# exit {code}, {seconds:.1f} s\n"
                                                   f"{out}\n# stderr\n{err}")
