@@ -426,9 +426,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/kernels", description=(__doc__ or "").split("\n\n")[0],
                                      epilog="Kernels: " + "; ".join(f"{s.name}: {s.about}" for s in SPECS.values()))
     parser.add_argument("--kernels", default=DEFAULT_KERNELS, help=f"comma-separated (default {DEFAULT_KERNELS})")
-    parser.add_argument("--tests", choices=("all", "kernel", "none"), default="all",
+    parser.add_argument("--tests", default="all", metavar="all|kernel|none|FILES",
                         help="integration tests in the VMs that run tests: all of tests/integration, the "
-                             "kernel-dependent files (about half the time), or none")
+                             "kernel-dependent files (about half the time), none, or these (comma-separated "
+                             "pytest arguments)")
     parser.add_argument("--tests-on", metavar="KERNELS",
                         help="run the tests only on these kernels (comma-separated; default: every kernel "
                              "whose steps include tests); the others run doctor and demo")
@@ -447,7 +448,8 @@ def main() -> int:
         parser.error(f"unknown kernel(s) {', '.join(unknown)}; known: {', '.join(SPECS)}")
     if os.geteuid() != 0:
         parser.error("run as root (apt, dpkg -x of kernel trees, and the namespaces inside the VM)")
-    tests = {"all": ["tests/integration"], "kernel": list(KERNEL_TESTS), "none": []}[args.tests]
+    tests = {"all": ["tests/integration"], "kernel": list(KERNEL_TESTS), "none": []}.get(
+        args.tests, [t for t in args.tests.split(",") if t])
     if args.from_workdir is not None:
         kept = [judge(*found) for name in names if (found := reload(SPECS[name], args.from_workdir))]
         print(table(kept))
