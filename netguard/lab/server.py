@@ -16,6 +16,9 @@ import sys
 import threading
 
 HEAD_LIMIT = 16384  # a request head longer than this is not a test client's
+# Seconds a client may take over its TLS handshake: tests send a ClientHello a byte at a time, which
+# takes minutes in an emulated VM (scripts/kernels); it only bounds the thread of a stuck client.
+CLIENT_TIMEOUT = 600.0
 
 
 def _read_head(conn: socket.socket) -> bytes | None:
@@ -59,7 +62,7 @@ def _tls_client(raw: socket.socket, ctx: ssl.SSLContext) -> None:
 
     ctx.sni_callback = on_sni
     try:
-        raw.settimeout(30)
+        raw.settimeout(CLIENT_TIMEOUT)
         conn = ctx.wrap_socket(raw, server_side=True)
     except (OSError, ssl.SSLError):
         raw.close()

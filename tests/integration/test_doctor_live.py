@@ -32,13 +32,13 @@ def root_rules() -> dict[str, str]:
     """The root namespace's rule sets, read only, without the timestamp comments."""
     out: dict[str, str] = {}
     for argv in (["iptables-save"], ["ip6tables-save"], ["iptables-legacy-save"], ["nft", "list", "ruleset"]):
-        text = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+        text = subprocess.run(argv, capture_output=True, text=True, timeout=scaled(10)).stdout
         out[argv[0]] = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     return out
 
 
 def namespaces() -> set[str]:
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=scaled(10)).stdout
     return {line.split()[0] for line in listing.splitlines() if line.strip()}
 
 
@@ -51,14 +51,19 @@ class KernelFacts:
         subprocess.run(["ip", "netns", "add", ns], check=True, timeout=scaled(10))
         try:
             def takes(argv: list[str], stdin: str | None = None) -> bool:
-                return subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True,
-                                      text=True, timeout=scaled(30)).returncode == 0
+                done = subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True,
+                                      text=True, timeout=scaled(30))
+                # A refusal must be the kernel's "not there", never a mistake in the rule itself.
+                assert done.returncode == 0 or any(
+                    why in done.stderr for why in ("No such file or directory", "not supported", "by that name")
+                ), done.stderr
+                return done.returncode == 0
 
             rule = ["-A", "OUTPUT", "-d", "192.0.2.7", "-p", "udp", "-j", "NFQUEUE", "--queue-num", "3"]
             self.xt_nft = takes(["iptables-nft", *rule])
             self.xt_legacy = takes(["iptables-legacy", "-w", "5", *rule])
-            self.nft_queue = takes(["nft", "-f", "-"], "table ip kfacts { chain o { type filter hook output "
-                                                       "priority 0; ip daddr 192.0.2.7 queue num 3; } }")
+            self.nft_queue = takes(["nft", "-f", "-"], "table ip kfacts {\n chain o {\n  type filter hook output "
+                                                       "priority 0;\n  ip daddr 192.0.2.7 queue num 3\n }\n}\n")
         finally:
             subprocess.run(["ip", "netns", "del", ns], check=False, timeout=scaled(10))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+from harness import scaled
 
 from netguard.daemon import netns
 
@@ -42,7 +43,7 @@ print(got)
 @pytest.mark.parametrize("mode, replies", [("open", 3), ("closed", 0)])
 def test_fail_open_flag(mode: str, replies: int) -> None:
     with netns.scratch("nfq") as ns:
-        r = netns.run(ns, [sys.executable, "-c", SCRIPT, mode], check=False, timeout=60)
+        r = netns.run(ns, [sys.executable, "-c", SCRIPT, mode], check=False, timeout=scaled(60))
         assert r.returncode == 0, r.stderr
         # The first datagram waits in the queue (length 1) forever; the next three find it full.
         assert int(r.stdout.strip()) == replies
