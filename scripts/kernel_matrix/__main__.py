@@ -124,7 +124,7 @@ def install_tools(work: Path) -> Path:
     for init in venv.glob("lib/python3*/site-packages/virtme/mkinitramfs.py"):
         text = init.read_text()
         patched = text.replace("msize=524288 /dev/root /newroot/", "msize=524288,cache=loose /dev/root /newroot/")
-        if patched == text:
+        if patched == text and "cache=loose /dev/root" not in text:
             say(f"note: {init.name} changed upstream: the root is mounted without cache=loose (slower)")
         init.write_text(patched)
     return venv / "bin"
