@@ -40,13 +40,7 @@ def main() -> None:
 
 def _load(policy_path: str | None) -> Policy:
     """Load a policy for a command; its problems (FILE:LINE:COL) go to stderr with exit status 2."""
-    try:
-        return load_policy(policy_path)
-    except PolicyError as e:
-        click.echo(str(e), err=True)
-    except OSError as e:
-        click.echo(f"{policy_path}: cannot read policy: {e.strerror}", err=True)
-    sys.exit(2)
+    return _load_digest(policy_path)[0]
 
 
 def _load_digest(policy_path: str | None) -> tuple[Policy, str]:

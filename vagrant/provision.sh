@@ -114,7 +114,7 @@ if ! scripts/bootstrap --test; then
     scripts/bootstrap
     have=() missing=()
     for p in $(test_packages); do
-        # the whole output first: `apt-cache | grep -q` under pipefail can fail by SIGPIPE
+        # the whole output first: apt-cache piped into a quiet grep under pipefail can die of SIGPIPE
         if [[ "$(apt-cache policy "$p" 2>/dev/null || true)" =~ Candidate:\ [0-9] ]]; then have+=("$p"); else missing+=("$p"); fi
     done
     [ "${#have[@]}" = 0 ] || apt_install "${have[@]}"
