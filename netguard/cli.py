@@ -530,7 +530,8 @@ def _status_text(doc: dict[str, Any], checks: list[Any] | None = None, code: int
         f"  counts     {c['packets']} packets; {c['allowed']} flows allowed, {c['blocked']} "
         f"{'judged blocked, let through (monitor)' if doc.get('mode') == 'monitor' else 'blocked'}; "
         f"{c['dns_rewritten']} DNS answers rewritten; {c['fail_verdicts']} fail verdicts; limits hit: {limits}",
-        f"  state      {doc['undecided_flows']} flows undecided, {doc['names_learned']} names learned from DNS",
+        f"  state      {doc['undecided_flows']} flows undecided, {doc.get('followed_flows', 0)} followed, "
+        f"{doc['names_learned']} names learned from DNS",
     ]
     rules = doc.get("rules")
     if rules is not None:

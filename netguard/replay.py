@@ -3,10 +3,13 @@
 Strategy: a small pcap / pcapng reader (Ethernet, Linux cooked v1/v2, raw IP and BSD loopback link
 types) yields IP packets with their timestamps; a connection-tracking stand-in hands the engine
 only what the firewall rules would queue: DNS answers (from port 53), the client direction of TCP
-flows until the engine has decided them, and the client direction of every UDP flow (the engine
+flows until the engine has decided them or for as long as it follows them (plain HTTP connections;
+an allowed TLS flow again once its server sent a HelloRetryRequest, as the kernel rule sees it), the
+server's packets of undecided TCP flows, and the client direction of every UDP flow (the engine
 reads QUIC long headers on any port, also after a decision: each new QUIC connection is judged).
-Each decision is one line (or one JSON object; for a UDP flow the block if one came, else the first
-decision); TCP flows still undecided at the end of the capture are listed as such.
+Each flow is one line (or one JSON object) with its last decision (for a UDP flow the block if one
+came, else the first decision); TCP flows still undecided at the end of the capture are listed as
+such.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from netguard.engine import Engine, Event, FlowKey
+from netguard.engine import Action, Engine, Event, FlowKey
 from netguard.policy import Policy
+from netguard.wire import tls
 from netguard.wire.errors import ParseError
 from netguard.wire.ip import ACK, SYN, TcpSegment, UdpDatagram, parse_packet
 
@@ -120,6 +124,8 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
     order: list[FlowKey | int] = []
     client: set[FlowKey] = set()  # keys whose direction is the client's (first SYN or first packet)
     decided: set[FlowKey] = set()
+    allowed: set[FlowKey] = set()  # decided and allowed: a HelloRetryRequest makes them followed again
+    followed: set[FlowKey] = set()
     for ts, ip in read_capture(path):
         try:
             packet = parse_packet(ip)
@@ -153,15 +159,19 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
         if isinstance(l4, TcpSegment) and l4.flags & SYN and l4.flags & ACK and key not in client:
             client.add(rkey)
         if rkey in client:
-            # The server's packets: its SYN-ACK, and its payload when it speaks first (as the daemon queues).
-            if isinstance(l4, TcpSegment) and rkey not in decided:
+            if rkey in allowed and tls.is_hello_retry_request(l4.payload):
+                allowed.discard(rkey)
+                decided.discard(rkey)
+                followed.add(rkey)
+            elif rkey not in decided and rkey not in followed:
+                # The server's packets: its SYN-ACK, and its payload when it speaks first (as the daemon queues).
                 verdict = engine.handle(ip, ts, from_client=False)
                 if verdict.event is not None:
                     if rkey not in lines:
                         lines[rkey] = FlowLine(rkey, None)
                         order.append(rkey)
                     lines[rkey].event = verdict.event
-                    decided.add(rkey)
+                _note(rkey, verdict.action, decided, allowed, followed)
             continue
         if key in decided:
             continue
@@ -169,11 +179,22 @@ def replay(path: Path, policy: Policy) -> list[FlowLine]:
             client.add(key)
             lines[key] = FlowLine(key, None)
             order.append(key)
-        verdict = engine.handle(ip, ts, from_client=True)
+        verdict = engine.handle(ip, ts, from_client=True, followed=key in followed)
         if verdict.event is not None:
             lines[key].event = verdict.event
-            decided.add(key)
+        _note(key, verdict.action, decided, allowed, followed)
     return [dns_lines[k] if isinstance(k, int) else lines[k] for k in order]
+
+
+def _note(key: FlowKey, action: Action, decided: set[FlowKey], allowed: set[FlowKey], followed: set[FlowKey]) -> None:
+    """What the connection mark of a TCP flow becomes after a verdict."""
+    if action in (Action.ALLOW, Action.BLOCK):
+        decided.add(key)
+        followed.discard(key)
+        if action is Action.ALLOW:
+            allowed.add(key)
+    elif action is Action.FOLLOW:
+        followed.add(key)
 
 
 def render(line: FlowLine) -> str:

@@ -65,6 +65,20 @@ server) and is never queued. A verdict on a server packet is saved in the connec
 a block turns the packet into a reset toward the client (the packet mark says so: it passes, any
 other packet of a blocked flow that was already queued is dropped).
 
+Followed flows (a fourth connection mark, "follow"): a plain HTTP connection is allowed request by
+request, so its client data stays queued for its whole life (NETGUARD-FOLLOW: the data-less segments
+leave in the kernel with the same u32 tests, the rest is queued with the packet mark "follow", which
+tells the daemon why it was queued). A packet the daemon gave back with "follow" has a non-zero packet
+mark and does not meet that rule again. A TLS flow is followed again when its server answers with a
+HelloRetryRequest (RFC 8446 §4.1.3): NETGUARD-HRR (INPUT and FORWARD, after NETGUARD-DNS) matches
+the HRR's fixed random with xt u32 at its fixed place in the first reply packets of an allowed flow
+(connbytes bounds it to the first few, so a download never meets the u32 test) and sets the
+connection mark to "follow", so the client's second ClientHello is queued and judged too. An
+ordinary TLS connection costs nothing more: no packet of it is queued past its first hello. (This
+is not NETGUARD-REPLY above, which queues the server packets of undecided flows: the HRR rule sees
+only flows already allowed, and queues nothing.) Segments with the URG flag of a followed flow are
+queued even without data (an urgent pointer changes which bytes the server reads).
+
 The byte window ends queueing; in fail_mode = "closed" an undecided flow past it is rejected in the
 kernel (the engine decides long before: engine.core.MAX_FLOW_WIRE_BYTES; only data-less segments,
 which stay in the kernel but count, can carry a flow there undecided). In "open" it passes.
@@ -99,7 +113,8 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from netguard.daemon import netns
-from netguard.policy import passed_mark
+from netguard.policy import follow_mark, passed_mark
+from netguard.wire import tls
 
 CHAIN_PREFIX = "NETGUARD"
 CHAIN_FLOW = "NETGUARD-FLOW"  # verdict enforcement + queueing of new client flows (OUTPUT, FORWARD)
@@ -110,9 +125,11 @@ CHAIN_UDP = "NETGUARD-UDP"  # UDP that may carry a QUIC Initial to the queue (go
 CHAIN_QUIC = "NETGUARD-QUIC"  # long headers: which ones are QUIC netguard must read (goto from NETGUARD-UDP)
 CHAIN_REPLY = "NETGUARD-REPLY"  # server packets of undecided TCP flows (goto from NETGUARD-DNS)
 CHAIN_DNS_ANY = "NETGUARD-DNS-ANY"  # DNS answers from other ports, by their header (goto from NETGUARD-DNS)
+CHAIN_FOLLOW = "NETGUARD-FOLLOW"  # client data of followed flows to the queue (goto from NETGUARD-FLOW)
+CHAIN_HRR = "NETGUARD-HRR"  # a HelloRetryRequest makes an allowed TLS flow followed (INPUT, FORWARD)
 CHAINS = (CHAIN_FLOW, CHAIN_DNS)
-HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DNS,),
-                                     "FORWARD": (CHAIN_DNS, CHAIN_FLOW)}
+HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DNS, CHAIN_HRR),
+                                     "FORWARD": (CHAIN_DNS, CHAIN_HRR, CHAIN_FLOW)}
 
 # The client bytes (headers included, as connbytes counts them) queued while a TCP flow is
 # undecided. It must exceed the largest single write a client can make before the name is known:
@@ -154,6 +171,14 @@ DNS_RESPONSE_SHAPE: dict[tuple[str, int], str] = {
     ("tcp", 4): f"0>>22&0x3C@12>>26&0x3C@4&{DNS_RESPONSE_WORD}",
     ("tcp", 6): f"6>>24=6&&52>>26&0x3C@44&{DNS_RESPONSE_WORD}",
 }
+# Reply-direction packets of an allowed flow in which a HelloRetryRequest is looked for: the SYN-ACK,
+# a bare ACK of the hello, SOCKS5's method, authentication and request answers or a CONNECT's 200
+# before a tunnel's hello, then the HRR, and a retransmission.
+HRR_REPLY_PACKETS = 8
+# How u32 reaches the TCP payload: "@" adds the value so far (IPv4: its header length from IHL, then the
+# TCP data offset; IPv6: the data offset) to the position, and the number after it is read from there.
+# So the payload's byte N is at "<jump>N" for IPv4 and "<jump>40+N" (one number) for IPv6.
+PAYLOAD_JUMP = {4: ("0>>22&0x3C@12>>26&0x3C@", 0), 6: ("52>>26&0x3C@", 40)}
 
 Backend = Literal["iptables-nft", "iptables-legacy"]
 BACKENDS: tuple[Backend, ...] = ("iptables-nft", "iptables-legacy")
@@ -185,6 +210,14 @@ class Marks:
             raise ValueError(f"mark mask 0x{self.mask:x} leaves no value besides allowed and blocked")
         return value
 
+    @property
+    def follow(self) -> int:
+        """The connection mark for "allowed so far, keep queueing the client's data" (policy.follow_mark)."""
+        value = follow_mark(self.mask, self.allowed, self.blocked)
+        if value is None:
+            raise ValueError(f"mark mask 0x{self.mask:x} leaves no fourth value for followed connections")
+        return value
+
 
 @dataclass(frozen=True)
 class Options:
@@ -198,12 +231,14 @@ class Options:
     # Toward a masqueraded container an alert matches no direction of the NATed connection's entry,
     # and the new entry it would make clashes with that one and is dropped.
     untracked_alerts: bool = False
-    # Data-less TCP segments of undecided flows stay in the kernel (needs the xt u32 match).
+    # Data-less TCP segments of undecided and followed flows stay in the kernel (needs the xt u32 match).
     skip_empty: bool = True
     # QUIC Initials are matched by shape on any UDP port (needs the xt u32 match); else UDP 443 whole.
     quic_u32: bool = True
     # DNS answers from ports other than 53 are queued by their header (needs the xt u32 match).
     dns_any_port: bool = True
+    # A HelloRetryRequest makes an allowed TLS flow followed, to judge the second ClientHello (xt u32).
+    reread_hrr: bool = True
 
 
 def _m(value: int, mask: int) -> str:
@@ -224,6 +259,19 @@ def empty_segment_tests(family: Family) -> list[str]:
     if family == 4:
         return [f"0&0xFF00FFFF=0x{0x45000000 + 20 + 4 * d:08X}&&4&0x3FFF=0&&32>>28={d}" for d in TCP_DATA_OFFSETS]
     return [f"4&0xFFFFFF00=0x{(4 * d) << 16 | 6 << 8:08X}&&52>>28={d}" for d in TCP_DATA_OFFSETS]
+
+
+def hrr_tests(family: Family) -> str:
+    """The u32 expression that matches a TCP segment whose payload begins with a HelloRetryRequest:
+    a handshake record, and the HRR random in eight words at payload offset 11 (IPv6: TCP the first
+    next header). At most 11 tests of 7 locations each: within xt_u32's limits."""
+    jump, first = PAYLOAD_JUMP[family]
+    words = [tls.HRR_RANDOM[i:i + 4] for i in range(0, 32, 4)]
+    tests = [f"{jump}{first}>>24=0x{tls.CONTENT_HANDSHAKE:X}"]
+    tests += [f"{jump}{first + tls.HRR_RANDOM_OFFSET + 4 * i}=0x{w.hex().upper()}" for i, w in enumerate(words)]
+    if family == 6:
+        tests.insert(0, "4>>8&0xFF=6")  # TCP is the first next header
+    return "&&".join(tests)
 
 
 def quic_tests(family: Family) -> dict[str, str]:
@@ -279,11 +327,27 @@ def build_rules(family: Family, opts: Options) -> str:
         ["-p", "tcp", *blocked, "-j", "REJECT", "--reject-with", "tcp-reset"],
         ["-p", "udp", *blocked, "-j", "REJECT", "--reject-with", unreach],
         [*blocked, "-j", "DROP"],
+        # A followed flow's client packets, fresh ones only (packet mark 0: a packet the daemon gave
+        # back carries its verdict's mark and goes on).
+        ["-p", "tcp", *original, "-m", "mark", "--mark", _m(0, mk.mask), "-m", "connmark", "--mark",
+         _m(mk.follow, mk.mask), "-g", CHAIN_FOLLOW],
         # UDP of flows not blocked, not yet marked on this pass (a verdict's repeat must not queue it
         # again): NETGUARD-UDP queues what may carry a QUIC Initial, even on an allowed flow.
         ["-p", "udp", "-m", "mark", "--mark", _m(0, mk.mask), *original, "-g", CHAIN_UDP],
         ["-m", "connmark", "!", "--mark", _m(0, mk.mask), "-j", "RETURN"],
     ]
+    follow: list[list[str]] = []
+    if opts.skip_empty:
+        # Data-less segments leave, but not those with URG: an urgent pointer may name a byte to come.
+        follow = [["-p", "tcp", "--tcp-flags", "URG", "NONE", "-m", "u32", "--u32", test, "-j", "RETURN"]
+                  for test in empty_segment_tests(family)]
+    follow += [["-j", "MARK", "--set-xmark", _m(mk.follow, mk.mask)], _queue(opts)]
+    hrr: list[list[str]] = []
+    if opts.reread_hrr:
+        hrr = [["-p", "tcp", "-m", "conntrack", "--ctdir", "REPLY", "-m", "connmark", "--mark",
+                _m(mk.allowed, mk.mask), "-m", "connbytes", "--connbytes", f"0:{HRR_REPLY_PACKETS}",
+                "--connbytes-dir", "reply", "--connbytes-mode", "packets", "-m", "u32", "--u32",
+                hrr_tests(family), "-j", "CONNMARK", "--set-xmark", _m(mk.follow, mk.mask)]]
     queue_tcp = ["-p", "tcp", *original, *undecided, "-m", "connbytes", "--connbytes", f"0:{TCP_WINDOW_BYTES}",
                  "--connbytes-dir", "original", "--connbytes-mode", "bytes", *_queue(opts)]
     # Past the window, closed mode: the fail verdict in the kernel (resets pass, as ever).
@@ -335,22 +399,25 @@ def build_rules(family: Family, opts: Options) -> str:
         dns_any = [["-p", proto, "-m", "u32", "--u32", DNS_RESPONSE_SHAPE[(proto, family)], *_queue(opts)]
                    for proto in ("udp", "tcp")]
     lines = ["*filter", f":{CHAIN_FLOW} - [0:0]", f":{CHAIN_DNS} - [0:0]", f":{CHAIN_UDP} - [0:0]",
-             f":{CHAIN_REPLY} - [0:0]"]
+             f":{CHAIN_REPLY} - [0:0]", f":{CHAIN_FOLLOW} - [0:0]"]
     lines += [f":{CHAIN_EMPTY} - [0:0]"] if empty else []
     lines += [f":{CHAIN_QUIC} - [0:0]"] if quic else []
     lines += [f":{CHAIN_DNS_ANY} - [0:0]"] if dns_any else []
+    lines += [f":{CHAIN_HRR} - [0:0]"] if hrr else []
     lines += [" ".join(["-A", CHAIN_FLOW, *r]) for r in flow]
     lines += [" ".join(["-A", CHAIN_EMPTY, *r]) for r in empty]
+    lines += [" ".join(["-A", CHAIN_FOLLOW, *r]) for r in follow]
     lines += [" ".join(["-A", CHAIN_UDP, *r]) for r in udp]
     lines += [" ".join(["-A", CHAIN_QUIC, *r]) for r in quic]
     lines += [" ".join(["-A", CHAIN_DNS, *r]) for r in dns]
     lines += [" ".join(["-A", CHAIN_REPLY, *r]) for r in server]
     lines += [" ".join(["-A", CHAIN_DNS_ANY, *r]) for r in dns_any]
+    lines += [" ".join(["-A", CHAIN_HRR, *r]) for r in hrr]
     for hook, chains in HOOKS.items():
         if hook == "FORWARD" and not opts.forward:
             continue
         # Inserted in reverse so that the first chain listed runs first.
-        lines += [f"-I {hook} 1 -j {chain}" for chain in reversed(chains)]
+        lines += [f"-I {hook} 1 -j {chain}" for chain in reversed(chains) if chain != CHAIN_HRR or hrr]
     lines.append("COMMIT")
     if opts.untracked_alerts:
         lines += ["*raw", f":{CHAIN_RAW} - [0:0]",
@@ -700,9 +767,9 @@ def apply_preferred(backend: Backend, opts: Options, ns: str | None = None) -> t
         apply(backend, opts, ns)
         return opts, None
     except FirewallError as exc:
-        if not opts.skip_empty and not opts.quic_u32 and not opts.dns_any_port:
+        if not (opts.skip_empty or opts.quic_u32 or opts.dns_any_port or opts.reread_hrr):
             raise
-        fallback = replace(opts, skip_empty=False, quic_u32=False, dns_any_port=False)
+        fallback = replace(opts, skip_empty=False, quic_u32=False, dns_any_port=False, reread_hrr=False)
         apply(backend, fallback, ns)
         return fallback, str(exc).splitlines()[0]
 

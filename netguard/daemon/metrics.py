@@ -65,6 +65,7 @@ class Sample:
     last_reload_ok: bool = True
     names_learned: int = 0
     undecided_flows: int = 0
+    followed_flows: int = 0
 
 
 def registry_label(registry: str | None, catalog: frozenset[str]) -> str:
@@ -139,6 +140,8 @@ class NetguardCollector(Collector):
                                 value=0 if s.queue_dropped is None else 1)
         yield GaugeMetricFamily("netguard_names_learned", "Names held from DNS answers.", value=s.names_learned)
         yield GaugeMetricFamily("netguard_undecided_flows", "Connections waiting for a name.", value=s.undecided_flows)
+        yield GaugeMetricFamily("netguard_followed_flows", "Connections read request by request (plain HTTP), or "
+                                "again after a HelloRetryRequest.", value=s.followed_flows)
 
 
 def registry_for(sample: Callable[[], Sample]) -> CollectorRegistry:

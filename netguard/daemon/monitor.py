@@ -6,7 +6,11 @@ would do, for a roll-out); `let_pass` then turns each verdict that would stop so
 one that lets it pass: a blocked flow gets the *allowed* mark (so the kernel's REJECT rule never
 fires and the rest of the flow stays in the kernel), a rewritten or dropped DNS answer (or an
 unreadable packet) goes on unchanged, and no TLS alert is sent. The blocking events are logged with
-`"verdict": "would-block"`.
+`"verdict": "would-block"`. FOLLOW (a plain HTTP connection read request by request, a TLS flow
+re-read after a HelloRetryRequest) already lets its packet pass and goes on unchanged, so its later
+requests are judged and logged as under enforcement; the first request enforcement would block
+turns the flow allowed (enforcement would have cut it there, so the log shows one would-block per
+connection, as for any other flow), and the flow is remembered to be cut like the others.
 
 Flows let through are remembered (bounded), so that switching the same machine to enforcement
 cuts the open ones the new policy blocks, as a reload cuts newly blocked flows: `to_cut` judges
@@ -24,7 +28,8 @@ from netguard.policy import HostError, Policy, decide
 # (about 300 bytes); the oldest are forgotten first, and are the likeliest to have closed anyway.
 MAX_LET_THROUGH = 4096
 # Where a name came from; any other source (address, none) was decided by a setting or an evasion.
-_NAMED = frozenset({"sni", "quic-sni", "http-host", "http-connect", "dns-table"})
+_NAMED = frozenset({"sni", "quic-sni", "http-host", "http-connect", "socks4", "socks5", "tunnel-sni",
+                    "dns-table"})
 _EVASIONS = frozenset({"ttl", "overlap"})
 
 
@@ -49,6 +54,7 @@ class Monitor:
             return Verdict(Action.ALLOW, event=event, held=held)
         if action is Action.DROP or action is Action.REWRITE:
             return Verdict(Action.ACCEPT, event=event, held=held)
+        # ACCEPT, ALLOW, FOLLOW and HOLD stop nothing: as they are.
         return verdict._replace(held=held) if held != verdict.held else verdict
 
     def remember(self, event: Event) -> None:
@@ -72,7 +78,7 @@ def blocks(event: Event, policy: Policy) -> bool:
         try:
             return not decide(event.host, event.key.dport, policy).allowed
         except HostError:
-            return False
+            pass  # an address literal in a name field (a SOCKS target): judged by unknown_hosts below
     if event.rule in _EVASIONS:
         return True
     if event.rule.startswith("unknown_hosts"):

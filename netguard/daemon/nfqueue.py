@@ -98,7 +98,8 @@ class Queue:
         self._nfq.unbind()
 
 
-def apply_verdict(packet: Packet, verdict: Verdict, mask: int, allowed: int, blocked: int, passed: int) -> None:
+def apply_verdict(packet: Packet, verdict: Verdict, mask: int, allowed: int, blocked: int, passed: int,
+                  follow: int) -> None:
     """Give the kernel the engine's verdict for one packet. Everything but a drop is a repeat with a
     mark, so the packet goes on through the rest of the chain (see firewall.py)."""
     action = verdict.action
@@ -112,6 +113,8 @@ def apply_verdict(packet: Packet, verdict: Verdict, mask: int, allowed: int, blo
         mark = blocked
         if verdict.payload is not None:
             packet.set_payload(verdict.payload)  # a server packet made a reset toward the client
+    elif action is Action.FOLLOW:
+        mark = follow
     else:
         mark = passed
         if action is Action.REWRITE and verdict.payload is not None:

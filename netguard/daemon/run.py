@@ -83,9 +83,10 @@ DROPS_SAMPLE = 1.0
 
 
 @functools.lru_cache(maxsize=8)
-def _mark_values(marks: firewall.Marks) -> tuple[int, int, int, int]:
-    """(mask, allowed, blocked, passed) for apply_verdict: Marks.passed is worked out on each use."""
-    return marks.mask, marks.allowed, marks.blocked, marks.passed
+def _mark_values(marks: firewall.Marks) -> tuple[int, int, int, int, int]:
+    """(mask, allowed, blocked, passed, follow) for apply_verdict: Marks.passed and .follow are worked
+    out on each use."""
+    return marks.mask, marks.allowed, marks.blocked, marks.passed, marks.follow
 
 
 class StartError(RuntimeError):
@@ -237,8 +238,9 @@ class Daemon:
             enforcing = True
             self._watch = self._start_watch(opts)
             empty = ("data-less TCP segments stay in the kernel" if no_u32 is None else
-                     f"every TCP segment of an undecided flow is queued, QUIC is read on UDP 443 only and DNS "
-                     f"answers from ports other than 53 are not read, the xt u32 rules failed: {no_u32}")
+                     f"every TCP segment of an undecided or followed flow is queued, QUIC is read on UDP 443 only, "
+                     f"DNS answers from ports other than 53 and a second ClientHello after a HelloRetryRequest "
+                     f"are not read, the xt u32 rules failed: {no_u32}")
             mode = "; mode monitor: nothing is blocked" if self._monitoring else ""
             summary = (f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
                        f"fail_mode {self.policy.fail_mode}")
@@ -344,12 +346,16 @@ class Daemon:
 
     def _on_packet(self, packet: Packet) -> None:
         data = packet.get_payload()
+        values = _mark_values(self._marks)
+        # NETGUARD-FOLLOW queues a followed flow's packets with the "follow" packet mark.
+        followed = packet.get_mark() & values[0] == values[4]
         try:
-            verdict = self.engine.handle(data, self.clock(), from_client=FROM_CLIENT.get(packet.hook))
+            verdict = self.engine.handle(data, self.clock(), from_client=FROM_CLIENT.get(packet.hook),
+                                         followed=followed)
         except Exception as exc:  # a bug must not take enforcement down
             self._notice(f"internal error on a packet ({type(exc).__name__}: {exc}); fail verdict")
             fail = Verdict(Action.ACCEPT if self.policy.fail_mode == "open" or self._monitoring else Action.DROP)
-            apply_verdict(packet, fail, *_mark_values(self._marks))
+            apply_verdict(packet, fail, *values)
             return
         event = verdict.event
         if self._monitoring:
@@ -376,7 +382,7 @@ class Daemon:
         if verdict.action is Action.HOLD and verdict.token is not None:
             self._held[verdict.token] = packet  # its verdict comes later; it waits in the kernel
             return
-        apply_verdict(packet, verdict, *_mark_values(self._marks))
+        apply_verdict(packet, verdict, *values)
 
     def _settle(self, token: int, action: Action) -> None:
         packet = self._held.pop(token, None)
@@ -486,7 +492,8 @@ class Daemon:
                        "dns_rewritten": st.dns_rewritten, "fail_verdicts": st.fail_verdicts,
                        "limits": dict(st.by_limit), "dropped": dict(st.dropped),
                        "log_failures": self._log_failures},
-            "undecided_flows": self.engine.undecided, "names_learned": len(self.engine.names),
+            "undecided_flows": self.engine.undecided, "followed_flows": self.engine.followed,
+            "names_learned": len(self.engine.names),
             "rules": self._rules_status(),
             "queue": {"portid": self._portid, "fail_open": self._queue_fail_open, "drops": dict(self._drops)},
             "policy_sha256": self._policy_sha256,
@@ -695,7 +702,8 @@ class Daemon:
             policy_name=p.name, policy_version=str(getattr(p, "version", None) or ""),
             policy_sha256=self._policy_sha256, policy_loaded=self._loaded, reloads=dict(self._reloads),
             last_reload_ok=self._last_reload is None or bool(self._last_reload["ok"]),
-            names_learned=len(self.engine.names), undecided_flows=self.engine.undecided)
+            names_learned=len(self.engine.names), undecided_flows=self.engine.undecided,
+            followed_flows=self.engine.followed)
 
     def _start_metrics(self) -> Any:
         """The metrics registry, and the HTTP server if asked for (None without one). A metrics
@@ -734,8 +742,9 @@ class Daemon:
 
     def _rules(self, policy: Policy) -> firewall.Options:
         """The rule options for a policy, in the variant (with xt u32 or without) chosen at start."""
-        return dataclasses.replace(firewall_options(policy), skip_empty=self._skip_empty, quic_u32=self._skip_empty,
-                                   dns_any_port=self._skip_empty)
+        u32 = self._skip_empty
+        return dataclasses.replace(firewall_options(policy), skip_empty=u32, quic_u32=u32, dns_any_port=u32,
+                                   reread_hrr=u32)
 
     def _policy_mtime(self) -> float | None:
         if self.policy_path is None:

@@ -1,18 +1,39 @@
-"""Finding the name in a flow's first bytes: TLS SNI, HTTP Host / CONNECT target, QUIC Initial SNI.
+"""Finding the names in a client's byte stream: TLS SNI, HTTP Host / CONNECT target, SOCKS target,
+the SNI or requests inside a proxy tunnel, every request of a kept-alive HTTP connection, and QUIC
+Initial SNI.
 
-Strategy: `Reader.feed` gets the contiguous client prefix each time it grows and returns None
-while more bytes are needed, a Found with the name (or with name None when the flow carries no
-name: not TLS, not HTTP, a ClientHello without SNI). The first bytes pick the reader: 0x16 is a
-TLS handshake record, an HTTP method token is HTTP, anything else has no name. A parser's Malformed
-propagates to the engine, which turns it into the fail verdict, except where the bytes only showed
-that the stream is not HTTP after all.
+Strategy: a `Reader` walks one TCP client stream through stages, the way the server at the other
+end reads it. `feed` gets the stream's bytes from the reader's base (the whole contiguous prefix
+each time it grows) and returns the next name to judge (a Found), None while more bytes are needed,
+or DONE when nothing more needs reading. The first bytes pick the stage: a TLS record (handshake or
+alert: 0x16, 0x15), a SOCKS version byte (4, 5), an HTTP request, or neither (NO_NAME: judge by
+address). A stream is HTTP when its first line is one that some lenient server or proxy takes as a
+request (Squid splits on HTAB and VT and takes HTTP/0.9 and any-case methods; tinyproxy skips a
+leading HTAB; RFC 9112 lets servers skip empty lines): an uppercase method and a space, or a token,
+whitespace and either a version-ended line or a path / URI; so that the strict parser's Malformed on
+such a line is the fail verdict, never "no name". After a CONNECT or SOCKS request the
+tunnel's first bytes are read too (a ClientHello, requests, or a nested proxy request): a proxy
+connects wherever its client names, so the name inside the tunnel is judged as well as the tunnel's
+target. After any other request, the body is skipped by its framing (Content-Length, chunked) to the
+next request head (`following`: the connection stays under watch for its whole life). A parser's
+Malformed propagates to the engine, which turns it into the fail verdict; only the very first bytes
+may show that a stream is not TLS, SOCKS or HTTP after all (NO_NAME). Stage positions are offsets from
+the reader's base; `rebase` drops what is read (the engine advances its reassembly by as much).
+
+`Reader.waits_for_server` is for the engine's "server speaks first" rule (payload from the server
+of an undecided flow means the name will not come from the client): it is True while
+every byte sent is read and the client's next bytes only follow the server's answer (SOCKS5 after its
+method list and after its authentication; before a SOCKS or CONNECT tunnel's first bytes), when a
+server's answer is no sign of a server-first protocol and the flow must stay undecided.
 """
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
-from netguard.wire import http, quic, tls
+from netguard.wire import http, quic, socks, tls
+from netguard.wire.addr import parse_address
 from netguard.wire.errors import Malformed
 
 
@@ -25,66 +46,288 @@ class Found(NamedTuple):
 
 
 NO_NAME = Found(None, "address")
+DONE = Found(None, "done")  # nothing more to read: what was judged stands
+
+# Stages of a Reader.
+_START, _TLS, _SOCKS, _HTTP, _BODY, _CHUNK_LINE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _TUNNEL, _END = range(11)
+_KNOWN_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH", b"PRI")
+_TLS_FIRST = (tls.CONTENT_HANDSHAKE, tls.CONTENT_ALERT)
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_WAIT = Found(None, "wait")  # internal: more bytes needed
 
 
 class Reader:
-    """Reads one TCP client prefix; feed it the whole prefix each time it grows."""
+    """Reads one TCP client stream; feed it the stream from the reader's base each time it grows.
 
-    __slots__ = ("_fed", "_kind", "_tls")
+    After feed returned a Found the reader stands past it: `finished` (nothing more to read),
+    `following` (a plain HTTP request: every later request must be read too) or neither (more names
+    may follow before the flow can be decided, e.g. inside a tunnel). `waits_for_server`: every byte
+    sent so far is read and the client's next bytes come only after the server answers (SOCKS5 after
+    its method list and its authentication, before a SOCKS or CONNECT tunnel's first bytes), so the
+    server's answer is no sign that the server speaks first. `tls_resume`: after a ClientHello, where
+    the next record begins (offset from the base) and the handshake bytes left after the hello, for
+    reading a second ClientHello after a HelloRetryRequest."""
 
-    def __init__(self) -> None:
-        self._kind: str | None = None
+    __slots__ = ("_data", "_fed", "_pos", "_second", "_skip", "_stage", "_tls", "_tunnel", "finished", "following",
+                 "tls_resume")
+
+    def __init__(self, *, after_hello: tuple[bytes, int] | None = None, mid_stream: bool = False) -> None:
+        """`after_hello` (leftover handshake bytes, offset): read the records after a first
+        ClientHello from that offset on. `mid_stream`: the base is where a request may begin in a
+        followed flow whose state was lost (only an HTTP request may come)."""
+        self._data = b""
+        self._pos = 0  # where the current stage begins (or, skipping a body, how far it is skipped)
+        self._fed = 0  # bytes of the current stage given to the TLS reader
+        self._skip = 0  # body or chunk bytes still to skip
+        self._stage = _START
         self._tls: tls.ClientHelloReader | None = None
-        self._fed = 0
+        self._tunnel = False  # bytes that are not TLS / SOCKS / HTTP end the reading (DONE), no NO_NAME
+        self.following = mid_stream
+        self.finished = False  # nothing more to read in this stream (a plain attribute: read per packet)
+        self.tls_resume: tuple[int, bytes] | None = None
+        self._second = after_hello is not None  # a second hello: TLS allows no third
+        if after_hello is not None:
+            leftover, self._pos = after_hello
+            self._stage = _TLS
+            self._tls = tls.ClientHelloReader(after_hello=True, handshake=leftover)
+        elif mid_stream:
+            self._stage, self._tunnel = _HTTP, True
 
     @property
     def waits_for_server(self) -> bool:
-        """Whether the protocol read so far now waits for the server's answer (a proxy's
-        negotiation): then server data does not make the engine judge the flow by address."""
+        """Every byte so far is read, and the client's next ones come only after the server answers."""
+        if self._stage == _TUNNEL:
+            return len(self._data) <= self._pos
+        if self._stage == _SOCKS:
+            result = socks.read_request(self._data[self._pos :])
+            return isinstance(result, socks.Pending) and result.waiting
         return False
 
-    def feed(self, prefix: bytes) -> Found | None:
-        """Return the Found once known, None while more bytes are needed. Raises ParseError."""
-        if not prefix:
-            return None
-        if self._kind is None:
-            if prefix[0] == tls.CONTENT_HANDSHAKE:
-                self._kind, self._tls = "tls", tls.ClientHelloReader()
-            elif http.looks_like_http(prefix[:8]):
-                self._kind = "http"
-            else:
-                return NO_NAME
-        if self._kind == "tls" and self._tls is not None:
-            result = self._tls.feed(prefix[self._fed:])
-            self._fed = len(prefix)
-            if isinstance(result, tls.NeedMore):
+    def skip_unseen(self, n: int) -> bool:
+        """Whether the next n bytes (which will never be seen) fall inside a body being skipped; if so,
+        they count as skipped."""
+        if self._stage not in (_BODY, _CHUNK_DATA) or n > self._skip or self._pos < len(self._data):
+            return False
+        self._skip -= n
+        return True
+
+    def rebase(self) -> int:
+        """Forget the bytes before the current stage (read, or body skipped); returns how many."""
+        n = min(self._pos, len(self._data))
+        self._data = self._data[n:]
+        self._pos -= n
+        return n
+
+    def feed(self, data: bytes) -> Found | None:
+        """The next Found, None while more bytes are needed, DONE when there is nothing more to read.
+        Raises ParseError (the engine's fail verdict)."""
+        self._data = data
+        if self._stage == _START and data and data[0] in _TLS_FIRST:  # the ordinary TLS connection
+            self._stage, self._tls = _TLS, tls.ClientHelloReader()
+        while True:
+            stage = self._stage
+            if stage == _TLS:  # first: the ordinary TLS connection's path
+                return self._read_tls()
+            if stage == _END:
+                return DONE
+            if self._pos >= len(data):
                 return None
-            if isinstance(result, tls.NotTls):
-                return NO_NAME
-            return _hello_name(result, "sni")
-        return _http(prefix)
+            if stage in (_START, _TUNNEL):
+                found = self._choose()
+            elif stage == _HTTP:
+                found = self._read_http()
+            elif stage == _SOCKS:
+                found = self._read_socks()
+            else:
+                found = self._framing()
+            if found is _WAIT:
+                return None
+            if found is not None:
+                return found
 
+    # -- stages -------------------------------------------------------------------------------
 
-def _http(prefix: bytes) -> Found | None:
-    try:
-        head = http.parse_request_head(prefix)
-    except Malformed:
-        if _has_method(prefix):
-            raise
-        return NO_NAME  # began like a method, but is not HTTP
-    if head is None:
+    def _choose(self) -> Found | None:
+        """At the start or at a tunnel's first bytes: which protocol, or none (NO_NAME at the start,
+        DONE inside a tunnel: what was judged stands)."""
+        data, pos = self._data, self._pos
+        first = data[pos]
+        if first in _TLS_FIRST:
+            self._stage, self._fed, self._tls = _TLS, 0, tls.ClientHelloReader()
+            return None
+        if socks.looks_like_socks(first):
+            self._stage = _SOCKS
+            return None
+        known = _known_method(data, pos)
+        if known is None:
+            return _WAIT
+        shape = known or _request_shape(data, pos)
+        if shape is None:
+            return _WAIT
+        if shape:
+            self._stage = _HTTP
+            return None
+        return self._end(DONE if self._tunnel else NO_NAME)
+
+    def _end(self, found: Found) -> Found:
+        self._stage, self.finished = _END, True
+        return found
+
+    def _read_tls(self) -> Found | None:
+        reader = self._tls
+        if reader is None:  # pragma: no cover - _TLS is entered with a reader
+            raise Malformed("no TLS reader")
+        data, start, fed = self._data, self._pos, self._fed
+        result = reader.feed(data[start + fed :] if fed or start else data)
+        self._fed = len(data) - start  # the stage's bytes only grow while it lasts
+        if result is tls.NEED_MORE:
+            return None
+        if type(result) is not tls.ClientHello:  # NotTls
+            return self._end(DONE if self._tunnel else NO_NAME)
+        self._stage, self.finished = _END, True
+        end = start + reader.end
+        if not self._second:
+            self.tls_resume = (end, reader.leftover)
+        self._pos = end
+        found = _hello_name(result, "tunnel-sni" if self._tunnel else "sni")
+        return DONE if found is NO_NAME and self._tunnel else found
+
+    def _read_socks(self) -> Found | None:
+        start = self._pos
+        result = socks.read_request(self._data[start:])
+        if isinstance(result, socks.Pending):
+            return _WAIT
+        if isinstance(result, socks.NotSocks):
+            return self._end(DONE if self._tunnel else NO_NAME)
+        self._pos = start + result.end
+        self._stage, self._tunnel = _TUNNEL, True
+        source = f"socks{result.version}"
+        if result.host is not None:
+            return Found(result.host, source, result.port)
+        return Found(_address_text(result.address or b""), source, result.port)
+
+    def _read_http(self) -> Found | None:
+        start = self._pos
+        head = http.parse_request_head(self._data[start:])
+        if head is None:
+            return _WAIT
+        self._pos = start + head.head_length
+        if head.method == "PRI":  # the HTTP/2 preface: frames follow, not requests
+            return self._end(DONE if self._tunnel or self.following else NO_NAME)
+        if head.connect_authority is not None:
+            self._stage, self._tunnel = _TUNNEL, True
+            return Found(head.connect_authority[0], "http-connect", head.connect_authority[1])
+        self.following = True
+        # After an upgrade the stream may be another protocol: bytes that are no request end the
+        # reading. Otherwise every later byte must be a request.
+        self._tunnel = head.upgrade
+        if head.chunked:
+            self._stage = _CHUNK_LINE
+        elif head.body_length:
+            self._stage, self._skip = _BODY, head.body_length
+        else:
+            self._stage = self._next_request()
+        if head.host:
+            return Found(head.host, "http-host", head.port)
+        return NO_NAME
+
+    def _next_request(self) -> int:
+        return _TUNNEL if self._tunnel else _HTTP
+
+    def _framing(self) -> Found | None:
+        """Advance through a body's framing (_WAIT when more bytes are needed)."""
+        data, pos, stage = self._data, self._pos, self._stage
+        if stage in (_BODY, _CHUNK_DATA):
+            step = min(self._skip, len(data) - pos)
+            self._pos += step
+            self._skip -= step
+            if self._skip:
+                return _WAIT
+            self._stage = _CHUNK_END if stage == _CHUNK_DATA else self._next_request()
+            return None
+        if stage == _CHUNK_LINE:
+            line = http.parse_chunk_line(data[pos:])
+            if line is None:
+                return _WAIT
+            size, used = line
+            self._pos += used
+            if size:
+                self._stage, self._skip = _CHUNK_DATA, size
+            else:
+                self._stage = _TRAILERS
+            return None
+        if stage == _CHUNK_END:
+            end = data[pos : pos + 2]
+            if end != b"\r\n"[: len(end)]:
+                raise Malformed("chunk data not followed by CRLF")
+            if len(end) < 2:
+                return _WAIT
+            self._pos += 2
+            self._stage = _CHUNK_LINE
+            return None
+        trailers = http.parse_trailers(data[pos:])  # _TRAILERS
+        if trailers is None:
+            return _WAIT
+        self._pos += trailers
+        self._stage = self._next_request()
         return None
-    if head.connect_authority is not None:
-        return Found(head.connect_authority[0], "http-connect", head.connect_authority[1])
-    if head.host:
-        return Found(head.host, "http-host", head.port)
-    return NO_NAME
 
 
-def _has_method(prefix: bytes) -> bool:
-    space = prefix.find(b" ", 0, http.MAX_METHOD + 1)
-    return space > 0 and prefix[:space] in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT",
-                                             b"OPTIONS", b"TRACE", b"PATCH", b"PRI")
+_METHOD_WORDS = tuple(m + b" " for m in _KNOWN_METHODS)
+
+
+def _known_method(data: bytes, pos: int) -> bool | None:
+    """Whether the bytes at pos begin with a known method and a space; None while they are a proper
+    prefix of one (the next segment decides: the same answer whatever the segmentation)."""
+    head = data[pos : pos + 8]
+    if head.startswith(_METHOD_WORDS):
+        return True
+    if len(head) < 8 and any(word.startswith(head) for word in _METHOD_WORDS):
+        return None
+    return False
+
+
+# Whitespace a lenient server splits a request line on (RFC 9112 §3: SP, HTAB, VT, FF, bare CR; Squid
+# does), and skips before it (tinyproxy a leading HTAB; CR and LF: RFC 9112 §2.2).
+_WHITESPACE = b" \t\x0b\x0c\r"
+_LINE_END = re.compile(rb"[\r\n]")
+_WORDS = re.compile(rb"[ \t\x0b\x0c]+")
+
+
+def _request_shape(data: bytes, pos: int) -> bool | None:
+    """Whether the bytes at pos are a request some lenient server or proxy takes (so that a strict
+    parse that fails is the fail verdict, never "no name"): after any leading whitespace, a token,
+    then either more words ending in an HTTP version (any case), or one word that is a path or an
+    absolute URI (an HTTP/0.9 request line), the line ended by CR or LF. None while the first line
+    is incomplete (bounded: a longer one is no request)."""
+    start = pos
+    while start < len(data) and data[start] in _WHITESPACE + b"\n":
+        start += 1
+    if start - pos > http.MAX_HEAD:
+        return False
+    token_end = start
+    while token_end < len(data) and data[token_end] in _TCHAR:
+        token_end += 1
+    if token_end - start > http.MAX_METHOD:
+        return False
+    if token_end == len(data):
+        return None
+    if token_end == start or data[token_end] not in _WHITESPACE[:4]:
+        return False
+    end = _LINE_END.search(data, token_end, token_end + http.MAX_HEAD)
+    if end is None:
+        return None if len(data) - token_end < http.MAX_HEAD else False
+    words = _WORDS.split(data[start : end.start()].strip(_WHITESPACE))
+    if len(words) >= 3:
+        return words[-1].upper().startswith(b"HTTP/")
+    return len(words) == 2 and (words[1].startswith(b"/") or b"://" in words[1])
+
+
+def _address_text(address: bytes) -> str:
+    if len(address) == 4:
+        return "{}.{}.{}.{}".format(*address)
+    groups = [f"{int.from_bytes(address[i:i + 2], 'big'):x}" for i in range(0, 16, 2)]
+    return "[" + ":".join(groups) + "]"
 
 
 # QUIC connections followed per UDP flow (5-tuple). QUIC multiplexes connections over one socket,
@@ -215,3 +458,10 @@ def _hello_name(hello: tls.ClientHello, source: str) -> Found:
     if hello.sni_problem is not None:
         raise Malformed(f"server_name: {hello.sni_problem}")
     return Found(hello.sni, source) if hello.sni else NO_NAME
+
+
+def literal_address(name: str) -> bytes | None:
+    """The address a name field holds, if it is an address literal (brackets allowed)."""
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    return parse_address(name)

@@ -1,6 +1,6 @@
 """Engine.handle(packet bytes, now) -> Verdict: the per-packet decision, with no I/O.
 
-Strategy: four kinds of packets arrive (the firewall rules send nothing else):
+Strategy: five kinds of packets arrive (the firewall rules send nothing else):
 - DNS answers (from port 53, UDP or TCP; replies with a DNS response header from any other port).
   Every name of the answer (question, CNAME and SVCB/HTTPS targets, owners, and the additional
   records that belong to them) is judged; the addresses (A, AAAA, SVCB hints) are learned for all
@@ -10,11 +10,11 @@ Strategy: four kinds of packets arrive (the firewall rules send nothing else):
   queue them again.
 - Client packets of undecided TCP flows. TCP payload is reassembled by sequence number
   (Stream) from the SYN on; the contiguous prefix, as the server's application will read it, is
-  read as TLS (ClientHello -> SNI), HTTP (Host, CONNECT target) or neither. The name decides through
-  the policy, unless it is allowed and DNS gave the destination address only in answers naming a
-  blocked host and never for this name (an address conflict: a hosts-file remap, TLS without
-  verification, domain fronting); without a name, the destination address decides through the
-  names learned from DNS.
+  read as TLS (ClientHello -> SNI), HTTP (Host, CONNECT target), SOCKS (target) or neither. The
+  name decides through the policy, unless it is allowed and DNS gave the destination address only
+  in answers naming a blocked host and never for this name (an address conflict: a hosts-file remap,
+  TLS without verification, domain fronting); without a name, the destination address decides
+  through the names learned from DNS.
   A decided flow is remembered (bounded) so packets already queued behind the deciding one get the
   same verdict, and so a policy reload can find open flows that became blocked.
 - QUIC long-header datagrams, on any UDP port, of undecided flows and of flows already allowed
@@ -30,6 +30,16 @@ Strategy: four kinds of packets arrive (the firewall rules send nothing else):
   the name will never come from the client, so the flow is judged by address, unless the reader is
   in the middle of a protocol that waits for the server (`Reader.waits_for_server`). Data-less
   client segments never decide anything.
+- Client packets of followed flows (`followed`: the kernel queued them for a flow marked "follow").
+  A plain HTTP connection is read request by request for its whole life (bodies skipped by their
+  framing), so that every request is judged: its flow gets FOLLOW, not ALLOW, and its state moves
+  to a bounded table of followed flows. A CONNECT or SOCKS request keeps its flow undecided until
+  the tunnel's first bytes are read too (a ClientHello, requests or a nested proxy request).
+  An allowed TLS flow is followed again when the kernel saw a HelloRetryRequest come back (its
+  rule marks the flow "follow"): the records after the first ClientHello are read and the second
+  ClientHello is judged; bytes between the two that went by unread are the fail verdict. A followed
+  flow's segments meet the same checks as an undecided flow's (below: what the server drops is
+  dropped, urgent bytes are taken out), with what its SYN-ACK told where netguard saw it.
 
 The bytes judged are the bytes the server's TCP stack delivers: a client segment the server will
 drop (no ACK flag, a bad checksum, a signature it does not expect, a timestamp PAWS rejects, an
@@ -51,6 +61,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from netguard.engine import classify
+from netguard.engine.classify import DONE
 from netguard.engine.names import MAX_CHAIN_NAMES, Chain, NameTable, chain_names, chain_of
 from netguard.engine.packets import (
     ipv4_header_ok,
@@ -109,6 +120,20 @@ MAX_SYNS = 4
 # Decided flows remembered: for packets queued behind the deciding one, and to cut open flows on
 # reload (about 300 bytes each). Evicting the oldest only loses the ability to cut that flow.
 MAX_DECIDED = 32768
+# Names judged on one flow that are kept, for a reload to judge them again: a CONNECT or SOCKS target and
+# the names inside its tunnel; of a kept-alive HTTP connection the last few hosts (its next request
+# is judged under the new policy anyway).
+MAX_JUDGED = 8
+# Followed flows (plain HTTP connections read request by request, TLS flows after a HelloRetryRequest):
+# at most this many at once, about 1 KB each plus a partial request head. Past it the least recently
+# used is forgotten; its next packet is read as the start of a request, or gets the fail verdict.
+MAX_FOLLOWED = 4096
+# A followed flow that sends nothing for this long is forgotten (servers and proxies close idle
+# kept-alive connections well before: nginx 75 s, Squid 2 min, tinyproxy 10 min of any idle time).
+FOLLOW_IDLE = 600.0
+# The window in which a followed flow is reassembled: a request head (wire.http.MAX_HEAD) and the
+# segments a client has in flight behind a missing one (a local client's reach the queue in order).
+MAX_FOLLOW_WINDOW = 65536
 # QUIC flows followed at once: their connections' CRYPTO streams (judged ones kept, so that later
 # Initials of a connection are checked against what was judged) and the datagrams held in the
 # kernel's queue until a connection is judged. The least recently active flow is forgotten first:
@@ -158,6 +183,27 @@ class _Flow:
     signs: bool = False
     ts_recent: int | None = None
     wire: int = 0
+    names: tuple[tuple[str, str, int], ...] = ()  # allowed so far: host, source, port (the last MAX_JUDGED)
+
+
+@dataclass(slots=True)
+class _Following:
+    """A flow read past its first decision: a kept-alive HTTP connection, or a TLS flow after a
+    HelloRetryRequest. `stream` starts where `reader` stands (both advance as it reads). What the
+    server's TCP stack knows, as in _Flow, where it is known (not after a restart or a HelloRetryRequest;
+    a flow that signs is never followed): the same checks of which segments the server takes."""
+
+    key: FlowKey
+    stream: Stream
+    reader: classify.Reader
+    ttl: int | None
+    last: float
+    names: tuple[tuple[str, str, int], ...]
+    fresh: bool = False  # nothing read yet: the first bytes must start at the stream's base
+    server_isn: int | None = None
+    ts_recent: int | None = None
+    syns: dict[int, bytes] | None = None  # always None: past the handshake (for _refused)
+    signs: bool = False  # always False: a flow whose server signs is never allowed by a read
 
 
 @dataclass(slots=True)
@@ -167,6 +213,11 @@ class _Remembered:
     source: str
     port: int
     event: Event | None = None  # a decision made without a packet (idle limit): told with the next one
+    more: tuple[tuple[str, str, int], ...] = ()  # names judged before `host` (a CONNECT target)
+    tls_next: int | None = None  # after an allowed ClientHello: where its next record begins (seq)
+    tls_leftover: bytes = b""  # the handshake bytes after the hello in its last record
+    ttl: int | None = None
+    follows: bool = False  # the kernel marks this flow "follow": its state must be in _following
 
 
 @dataclass(slots=True)
@@ -215,6 +266,7 @@ class Engine:
         self._flows: OrderedDict[FlowKey, _Flow] = OrderedDict()
         self._decided: OrderedDict[FlowKey, _Remembered] = OrderedDict()
         self._dns_tcp: OrderedDict[FlowKey, _DnsStream] = OrderedDict()
+        self._following: OrderedDict[FlowKey, _Following] = OrderedDict()
         # Flows forgotten while idle before any client byte: where their bytes start, the server's ISN.
         self._bases: OrderedDict[FlowKey, tuple[int, int | None]] = OrderedDict()
         self.max_flows = MAX_FLOWS
@@ -239,12 +291,14 @@ class Engine:
 
     # -- entry points -------------------------------------------------------------------------
 
-    def handle(self, data: bytes, now: float, from_client: bool | None = None) -> Verdict:
+    def handle(self, data: bytes, now: float, from_client: bool | None = None, followed: bool = False) -> Verdict:
         """Judge one queued packet (raw IP bytes, possibly cut short by the queue's copy range).
 
         `from_client`: True for a packet the firewall queued as a client flow's (OUTPUT), False
         for a DNS answer (INPUT), None when the hook cannot tell (FORWARD, offline replay); then a
-        packet from port 53 is a DNS answer unless it belongs to a client flow begun by a SYN."""
+        packet from port 53 is a DNS answer unless it belongs to a client flow begun by a SYN.
+        `followed`: the kernel queued it because its flow is marked "follow" (an allowed plain HTTP
+        connection, or a TLS flow whose server sent a HelloRetryRequest)."""
         self.stats.packets += 1
         fitted = _fit_lengths(data)
         try:
@@ -255,20 +309,28 @@ class Engine:
             return self._fail_unkeyed("IP fragment or no transport header")
         l4 = packet.l4
         key = FlowKey(packet.proto, packet.src, l4.sport, packet.dst, l4.dport)
-        answer = from_client is not True and self._is_dns_answer(key, l4, from_client)
+        answer = not followed and from_client is not True and self._is_dns_answer(key, l4, from_client)
         try:
             if answer:
                 if isinstance(l4, TcpSegment) and l4.sport == 53 and l4.flags & (SYN | ACK) == SYN | ACK:
                     self._dns_synack(packet, l4, key.reply(), now)
                 return self._dns(packet, key, now)
             if isinstance(l4, TcpSegment):
-                if from_client is not True and self._is_reply(key, l4, from_client):
+                if followed or key in self._following:
+                    # A followed flow's client packet (queued for its "follow" mark, or one already
+                    # queued when the flow became followed).
+                    unseen = 0 if fitted is data else _ip_length(data) - len(data)
+                    following = self._follow_state(packet, l4, key, now, followed, unseen, data, fitted is data)
+                    if following is not None:
+                        return following
+                elif from_client is not True and self._is_reply(key, l4, from_client):
                     return self._tcp_reply(packet, l4, key.reply(), now)
                 return self._tcp(packet, l4, key, now, data, fitted is data)
             return self._udp(l4, key, now, cut=fitted is not data)
         except ParseError as exc:
-            # Unreadable input on a flow (the TLS or HTTP parsers, a DNS answer): the fail verdict.
+            # Unreadable input on a flow (the TLS, HTTP or SOCKS parsers, a DNS answer): the fail verdict.
             self._flows.pop(key, None)
+            self._following.pop(key, None)
             return self._fail(key, now, f"unreadable {'DNS answer' if answer else _what(l4)}: {exc}",
                               dns_answer=answer)
 
@@ -279,8 +341,6 @@ class Engine:
         (None) client flows as well: the header tells them apart (a QUIC long header has zeros where a
         response has its QR bit and question count; a TCP client flow begins with a SYN), and UDP to
         port 443 stays QUIC's."""
-        if from_client is True:
-            return False
         if l4.sport == 53:
             return not self._client_flow(key, l4)
         if isinstance(l4, UdpDatagram):
@@ -318,11 +378,17 @@ class Engine:
         for key, r in list(self._decided.items()):
             if not r.allowed:
                 continue
-            d: Decision | None
-            if r.host is not None and r.source not in ("dns-table", "address"):
-                d, source = self._decide_host(r.host, r.port, r.source, key, now)
-            else:
-                d, source = self._decide_address(key, now)
+            d: Decision | None = None
+            source = ""
+            # Every name the flow was judged by: a tunnel's target and the names inside it, the last
+            # hosts of a kept-alive HTTP connection.
+            for host, was, port in (*r.more, (r.host, r.source, r.port)):
+                if host is not None and was not in ("dns-table", "address"):
+                    d, source = self._decide_found(classify.Found(host, was, port), key, now)
+                else:
+                    d, source = self._decide_address(key, now)
+                if d is not None and not d.allowed:
+                    break
             if (d is None or d.allowed) and key in self._quic:
                 # Every QUIC connection this flow opened, not only the first.
                 for found in self._quic[key].reader.found():
@@ -331,6 +397,7 @@ class Engine:
                         break
             if d is not None and not d.allowed:
                 r.allowed = False
+                self._following.pop(key, None)
                 cut.append(_event(now, key, d, source))
         return cut
 
@@ -344,13 +411,19 @@ class Engine:
         those bytes reached the server unjudged, and bytes read later from the middle of the stream
         could not be judged right (a ClientHello's second half alone names nothing). A QUIC flow
         still waiting for the rest of a ClientHello after FLOW_IDLE gets the fail verdict too (its held
-        datagrams go or are dropped with it); one whose connections are all judged is forgotten."""
+        datagrams go or are dropped with it); one whose connections are all judged is forgotten. A
+        followed flow idle for FOLLOW_IDLE is forgotten (its next packet is read as a request's start)."""
         self._expire_flows(now, self.flow_idle_data)
         while self._dns_tcp:
             key, st = next(iter(self._dns_tcp.items()))
             if now - st.last < self.flow_idle:
                 break
             del self._dns_tcp[key]
+        while self._following:
+            key, following = next(iter(self._following.items()))
+            if now - following.last < FOLLOW_IDLE:
+                break
+            del self._following[key]
         while self._quic:
             key, qf = next(iter(self._quic.items()))
             if now - qf.last < FLOW_IDLE:
@@ -408,11 +481,21 @@ class Engine:
         """Flows currently being read."""
         return len(self._flows)
 
+    @property
+    def followed(self) -> int:
+        """Flows read past their first decision (kept-alive plain HTTP, a second hello after an HRR)."""
+        return len(self._following)
+
     # -- TCP client flows ---------------------------------------------------------------------
 
     def _tcp(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float, raw: bytes, whole: bool) -> Verdict:
         known = self._decided.get(key)
         if known is not None and not seg.flags & SYN:
+            if known.follows and known.allowed:  # a followed flow whose state went (the table was full)
+                unseen = 0 if whole else _ip_length(raw) - len(raw)
+                following = self._follow_state(packet, seg, key, now, True, unseen, raw, whole)
+                if following is not None:
+                    return following
             self._decided.move_to_end(key)
             event, known.event = known.event, None
             return Verdict(Action.ALLOW if known.allowed else Action.BLOCK, event=event)
@@ -528,7 +611,7 @@ class Engine:
             flow.ts_recent = tsval  # Linux keeps the newest timestamp of in-order segments
         return self._read(flow, now, packet, seg)
 
-    def _refused(self, packet: Packet, seg: TcpSegment, flow: _Flow, raw: bytes,
+    def _refused(self, packet: Packet, seg: TcpSegment, flow: _Flow | _Following, raw: bytes,
                  whole: bool) -> tuple[str | None, int | None]:
         """Why the server's TCP stack drops this client segment (None if it takes it), and the
         segment's timestamp. The checks Linux makes before it reads a segment's text (tcp_v4_rcv,
@@ -556,21 +639,154 @@ class Engine:
         return None, tsval
 
     def _read(self, flow: _Flow, now: float, packet: Packet, seg: TcpSegment, reply: bool = False) -> Verdict:
-        """Feed the reader the bytes the server's application reads; decide when it knows."""
+        """Feed an undecided flow's reader the bytes the server's application reads; decide when it knows."""
         stream = flow.stream
         if stream is None:  # pragma: no cover - every TCP flow has a stream
             return ACCEPT
         if flow.reader is None:
             flow.reader = classify.Reader()
-        found = flow.reader.feed(stream.delivered())
+        return self._read_names(flow, stream, flow.reader, packet, seg, now, reply)
+
+    # -- reading a stream's names ---------------------------------------------------------------
+
+    def _read_names(self, flow: _Flow | _Following, stream: Stream, reader: classify.Reader, packet: Packet,
+                    seg: TcpSegment, now: float, reply: bool = False) -> Verdict:
+        """Judge every name the reader finds in the bytes the server's application reads (the
+        stream's delivered prefix); the verdict for this packet."""
+        key = flow.key
+        data = stream.delivered()
+        found = reader.feed(data)
         if found is None:
+            return self._following_verdict(flow, stream, reader, now, None) if reader.following else ACCEPT
+        d: Decision | None = None
+        source = ""
+        while found is not DONE:
+            if found.name is None:
+                d, source = self._decide_address(key, now)
+            else:
+                d, source = self._decide_found(found, key, now)
+            if d is None or not d.allowed or reader.finished:
+                # Blocked or unreadable, or the last name this stream carries (an ordinary TLS flow).
+                return self._finish(flow, now, d, source, packet, seg, _tls_next(stream, reader), reply=reply)
+            flow.names = (*flow.names[1 - MAX_JUDGED:], (d.host, source, d.port or key.dport))
+            found = reader.feed(data)
+            if found is None:
+                event = _event(now, key, d, source)
+                if reader.following:
+                    return self._following_verdict(flow, stream, reader, now, event)
+                return Verdict(Action.ACCEPT, event=event)  # more to read: the flow stays undecided
+        # Nothing more to read (a tunnel's bytes are no protocol with names): what was judged stands.
+        if d is None and flow.names:
+            host, source, port = flow.names[-1]
+            if source not in ("dns-table", "address"):
+                d = self._decide_name(host, port)
+        if d is None:
+            d, source = self._decide_address(key, now)
+        if flow.names and flow.names[-1][:2] == (d.host, source):
+            flow.names = flow.names[:-1]
+        return self._finish(flow, now, d, source, packet, seg, _tls_next(stream, reader), reply=reply)
+
+    def _following_verdict(self, flow: _Flow | _Following, stream: Stream, reader: classify.Reader, now: float,
+                           event: Event | None) -> Verdict:
+        """A plain HTTP flow read so far and allowed: it is followed (state moved, window advanced)."""
+        stream.advance(reader.rebase())
+        if isinstance(flow, _Following):
+            return Verdict(Action.FOLLOW, event=event) if event is not None else ACCEPT
+        self._flows.pop(flow.key, None)
+        stream.limit = MAX_FOLLOW_WINDOW
+        self._follow_add(_Following(flow.key, stream, reader, flow.ttl, now, flow.names, server_isn=flow.server_isn,
+                                    ts_recent=flow.ts_recent))
+        host, source, port = flow.names[-1] if flow.names else (None, "address", flow.key.dport)
+        self._remember(flow.key, True, host, source, port, more=flow.names[:-1], follows=True,
+                       ttl=flow.ttl)
+        self.stats.allowed += 1
+        return Verdict(Action.FOLLOW, event=event)
+
+    def _follow_add(self, state: _Following) -> None:
+        self._following[state.key] = state
+        self._following.move_to_end(state.key)
+        while len(self._following) > MAX_FOLLOWED:
+            self._following.popitem(last=False)
+            self.stats.by_limit["followed"] = self.stats.by_limit.get("followed", 0) + 1
+
+    def _follow_state(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float, followed: bool,
+                      unseen: int, raw: bytes, whole: bool) -> Verdict | None:
+        """The verdict for a packet of a followed flow; None when the flow is not followed. `unseen`:
+        payload bytes the queue did not copy (a segment larger than its copy range, on loopback)."""
+        if seg.flags & SYN and not seg.flags & ACK:
+            self._following.pop(key, None)
+            return None
+        state = self._following.get(key)
+        if state is None:
+            if key in self._flows:  # still undecided: the normal path reads it
+                return None
+            known = self._decided.get(key)
+            if known is not None and not known.allowed:
+                return None
+            if not followed and (known is None or not known.follows):
+                return None
+            if known is not None and not known.follows:
+                if known.tls_next is None:
+                    # Nothing to read after what was judged (a tunnel's target and ClientHello, a
+                    # flow judged by address): the flow stays allowed.
+                    event, known.event = known.event, None
+                    return Verdict(Action.ALLOW, event=event)
+                # The server sent a HelloRetryRequest: read the second ClientHello.
+                seq, leftover = known.tls_next, known.tls_leftover
+                names = (*known.more, *([(known.host, known.source, known.port)] if known.host else []))
+                state = _Following(key, Stream(seq, MAX_FLOW_BYTES), classify.Reader(after_hello=(leftover, 0)),
+                                   known.ttl, now, names, fresh=True)
+            else:
+                # A followed flow whose state is gone (netguard restarted, or the table was full):
+                # read on from this segment, where only a request may begin.
+                state = _Following(key, Stream(seg.seq, MAX_FOLLOW_WINDOW), classify.Reader(mid_stream=True),
+                                   packet.ttl, now, ())
+            self._follow_add(state)
+        state.last = now
+        self._following.move_to_end(key)
+        if seg.flags & RST or not (seg.payload or seg.flags & URG):
             return ACCEPT
-        d: Decision | None
-        if found.name is None:
-            d, source = self._decide_address(flow.key, now)
-        else:
-            d, source = self._decide_found(found, flow.key, now)
-        return self._finish(flow, now, d, source, packet=packet, seg=seg, reply=reply)
+        if state.ttl is not None and packet.ttl != state.ttl:
+            return self._fail(key, now, f"TTL {packet.ttl} where the SYN had {state.ttl}", evasion="ttl",
+                              packet=packet, seg=seg)
+        # The same fidelity as an undecided flow's: what the server drops is dropped, urgent bytes are
+        # taken out of the stream the reader reads.
+        why, tsval = self._refused(packet, seg, state, raw, whole)
+        if why is not None:
+            self.stats.dropped[why] = self.stats.dropped.get(why, 0) + 1
+            return DROP
+        stream = state.stream
+        if seg.flags & URG and stream.urgent(seg.seq, seg.urgent) is Result.AMBIGUOUS:
+            return self._fail(key, now, "urgent (out-of-band) data the server may or may not take out of "
+                              "the stream", packet=packet, seg=seg)
+        if not seg.payload:
+            return ACCEPT
+        in_order = (seg.seq - stream.base) & 0xFFFFFFFF <= len(stream.prefix)
+        result = stream.add(seg.seq, seg.payload)
+        if result is Result.CONFLICT:
+            return self._fail(key, now, "overlapping TCP segments carry different bytes", evasion="overlap",
+                              packet=packet, seg=seg)
+        if result is Result.LIMIT:
+            return self._fail(key, now, f"a followed flow beyond its {stream.limit}-byte window",
+                              limit="bytes", packet=packet, seg=seg)
+        if in_order and tsval is not None and (state.ts_recent is None or not _before(tsval, state.ts_recent)):
+            state.ts_recent = tsval
+        if not stream.prefix:
+            if state.fresh and stream.has_data():
+                # Bytes between the first ClientHello and this segment left before the kernel
+                # followed the flow again: a second hello among them went by unread.
+                return self._fail(key, now, "bytes after the first ClientHello went by unread", packet=packet,
+                                  seg=seg)
+            return ACCEPT
+        state.fresh = False
+        verdict = self._read_names(state, stream, state.reader, packet, seg, now)
+        if unseen and key in self._following:
+            # The rest of the segment was not copied: fine inside a body being skipped, else unreadable.
+            if stream.prefix or not state.reader.skip_unseen(unseen):
+                return self._fail(key, now, f"{unseen} bytes of a segment not copied where a request may begin",
+                                  packet=packet, seg=seg)
+            stream.skip(unseen)
+        return verdict
 
     # -- TCP server packets -------------------------------------------------------------------
 
@@ -579,6 +795,9 @@ class Engine:
         known = self._decided.get(ckey)
         if known is not None:
             event, known.event = known.event, None
+            if known.allowed and known.follows:
+                # Queued while the flow was undecided: its verdict mark must not replace "follow".
+                return Verdict(Action.FOLLOW, event=event)
             return Verdict(Action.ALLOW if known.allowed else Action.BLOCK, event=event)
         flow = self._flows.get(ckey)
         if seg.flags & SYN:
@@ -591,13 +810,23 @@ class Engine:
         if not seg.payload or seg.flags & RST:
             return ACCEPT
         if flow is not None and flow.reader is not None and flow.reader.waits_for_server:
-            flow.last = now  # a protocol in mid-exchange (a proxy's negotiation): its reader goes on
+            # A protocol in mid-exchange (a SOCKS negotiation, a proxy's answer before a tunnel's
+            # first bytes): its reader goes on.
+            flow.last = now
             return ACCEPT
-        # The server speaks first: the name will not come from the client.
+        # The server speaks first: the name will not come from the client. What was judged stands (a
+        # tunnel's target: the server speaks first inside it), else the address decides.
         if flow is None:
             self._bases.pop(ckey, None)
             flow = _Flow(ckey, now)
-        d, source = self._decide_address(ckey, now)
+        d: Decision | None = None
+        source = ""
+        if flow.names:
+            host, source, port = flow.names[-1]
+            d, source = self._decide_found(classify.Found(host, source, port), ckey, now)
+            flow.names = flow.names[:-1]
+        if d is None:
+            d, source = self._decide_address(ckey, now)
         return self._finish(flow, now, d, source, packet=packet, seg=seg, reply=True)
 
     def _dns_synack(self, packet: Packet, seg: TcpSegment, ckey: FlowKey, now: float) -> None:
@@ -799,10 +1028,23 @@ class Engine:
     def _decide_found(self, found: classify.Found, key: FlowKey, now: float) -> tuple[Decision | None, str]:
         name = found.name or ""
         port = found.port if found.port is not None else key.dport
-        if _is_address(name.strip("[]")):
-            # A name field that holds an address: judge the address the client named.
-            return self._decide_address(key, now, ipaddress.ip_address(name.strip("[]")).packed)
-        return self._decide_host(name, port, found.source, key, now)
+        if not (name[:1] in _LITERAL_FIRST or ":" in name):
+            return self._decide_host(name, port, found.source, key, now)
+        address = classify.literal_address(name)
+        if address is None:
+            return self._decide_host(name, port, found.source, key, now)
+        # A name field that holds an address, in any form a proxy's resolver reads as one: judge the
+        # address the client named, by the names DNS gave for it.
+        d, source = self._decide_address(key, now, address, port)
+        if source == "dns-table":
+            return d, source
+        if d.allowed:
+            # Allowed only because the address is unknown: if the destination was learned for a
+            # blocked registry, that wins.
+            learned = self._decide_learned(key.dst, key.dport, now)
+            if learned is not None and not learned.allowed and learned.registry is not None:
+                return learned, "dns-table"
+        return d, found.source
 
     def _decide_host(self, name: str, port: int | None, source: str, key: FlowKey,
                      now: float) -> tuple[Decision | None, str]:
@@ -846,14 +1088,16 @@ class Engine:
         # blocked one of its names since).
         return self._blocked_in(chain_names(chain), None) is not None
 
-    def _decide_address(self, key: FlowKey, now: float, address: bytes | None = None) -> tuple[Decision, str]:
+    def _decide_address(self, key: FlowKey, now: float, address: bytes | None = None,
+                        port: int | None = None) -> tuple[Decision, str]:
         address = key.dst if address is None else address
-        learned = self._decide_learned(address, key.dport, now)
+        port = key.dport if port is None else port
+        learned = self._decide_learned(address, port, now)
         if learned is not None:
             return learned, "dns-table"
         text = str(ipaddress.ip_address(address))
         unknown = self.policy.unknown_hosts
-        return Decision(unknown == "allow", text, key.dport, None, None, f"unknown_hosts = {unknown}",
+        return Decision(unknown == "allow", text, port, None, None, f"unknown_hosts = {unknown}",
                         f"{text} has no name netguard saw (no SNI, Host or DNS answer); "
                         f"{self.policy.label} has unknown_hosts = {unknown}"), "address"
 
@@ -864,12 +1108,18 @@ class Engine:
             return None
         return next((d for d in decisions if not d.allowed), decisions[0])
 
-    def _finish(self, flow: _Flow, now: float, d: Decision | None, source: str, *,
-                packet: Packet | None = None, seg: TcpSegment | None = None, reply: bool = False) -> Verdict:
+    def _finish(self, flow: _Flow | _Following, now: float, d: Decision | None, source: str,
+                packet: Packet | None = None, seg: TcpSegment | None = None,
+                tls_next: tuple[int, bytes] | None = None, *, reply: bool = False) -> Verdict:
+        """The verdict for a flow decided by d; `tls_next`: where the records after its ClientHello
+        begin (sequence number) and the handshake bytes left after it, from which a second hello after
+        a HelloRetryRequest is read. `reply`: a server packet decided it."""
         if d is None:
             return self._fail(flow.key, now, f"invalid name from {source}", packet=packet, seg=seg, reply=reply)
         self._flows.pop(flow.key, None)
-        self._remember(flow.key, d.allowed, d.host, source, d.port)
+        if self._following:
+            self._following.pop(flow.key, None)
+        self._remember(flow.key, d.allowed, d.host, source, d.port, flow.names, tls_next, flow.ttl)
         event = _event(now, flow.key, d, source)
         if d.allowed:
             self.stats.allowed += 1
@@ -884,8 +1134,15 @@ class Engine:
             return Verdict(Action.BLOCK, payload=_reset_toward_client(packet, seg), event=event)
         return Verdict(Action.BLOCK, inject=self._alert(packet, seg), event=event)
 
-    def _remember(self, key: FlowKey, allowed: bool, host: str | None, source: str, port: int | None) -> _Remembered:
-        r = self._decided[key] = _Remembered(allowed, host, source, port or key.dport)
+    def _remember(self, key: FlowKey, allowed: bool, host: str | None, source: str, port: int | None,
+                  more: tuple[tuple[str, str, int], ...] = (), tls_next: tuple[int, bytes] | None = None,
+                  ttl: int | None = None, follows: bool = False) -> _Remembered:
+        if tls_next is None:
+            r = _Remembered(allowed, host, source, port or key.dport, None, more, None, b"", ttl, follows)
+        else:
+            r = _Remembered(allowed, host, source, port or key.dport, None, more, tls_next[0], tls_next[1], ttl,
+                            follows)
+        self._decided[key] = r
         self._decided.move_to_end(key)
         while len(self._decided) > MAX_DECIDED:
             self._decided.popitem(last=False)
@@ -912,6 +1169,7 @@ class Engine:
         event = Event(now, client_key, allowed, None, "none", None, None, rule,
                       f"{why}; {self.policy.label} has {rule}" if not evasion else why)
         self._flows.pop(key, None)
+        self._following.pop(key, None)
         if dns_answer:
             return Verdict(Action.ACCEPT if allowed else Action.DROP, event=event)
         self._remember(key, allowed, None, "none", key.dport)
@@ -1164,21 +1422,22 @@ def _blocked_reply(message: bytes, parsed: dns.DnsMessage, texts: tuple[str, ...
     return None
 
 
-def _is_address(text: str) -> bool:
-    # A host name's last label is never all digits and never holds ':'; skip the slow parse for names.
-    if not text or (":" not in text and not text[-1].isdigit()):
-        return False
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+# An address literal starts with a digit (inet_aton forms) or holds ':' (IPv6): names that start with
+# a letter skip the parse (an IPv6 literal starting with a letter holds ':').
+_LITERAL_FIRST = frozenset("0123456789[")
 
 
 def _what(l4: TcpSegment | UdpDatagram) -> str:
     if l4.sport == 53:
         return "DNS answer"
     return "client bytes" if isinstance(l4, TcpSegment) else "QUIC datagram"
+
+
+def _tls_next(stream: Stream, reader: classify.Reader) -> tuple[int, bytes] | None:
+    """After a ClientHello: the sequence number where its next record begins and the handshake bytes
+    left after it (to read a second hello after a HelloRetryRequest)."""
+    resume = reader.tls_resume
+    return None if resume is None else (stream.seq_of(resume[0]), resume[1])
 
 
 def _fit_lengths(data: bytes) -> bytes:

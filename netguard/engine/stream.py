@@ -45,7 +45,7 @@ class Stream:
         self.limit = limit
         self.prefix = bytearray()  # contiguous bytes from offset 0, as sent (urgent byte included)
         self._pieces: dict[int, bytes] = {}  # offset -> bytes, beyond the prefix
-        self.urgent_at: int | None = None  # offset of the urgent byte the receiver takes out
+        self.urgent_at: int | None = None  # offset of the urgent byte the receiver takes out (< 0: passed)
 
     def has_data(self) -> bool:
         """Whether any byte arrived (in order or not)."""
@@ -54,7 +54,7 @@ class Stream:
     def delivered(self) -> bytes:
         """The contiguous prefix as the server's application reads it: without the urgent byte."""
         at = self.urgent_at
-        if at is None or at >= len(self.prefix):
+        if at is None or not 0 <= at < len(self.prefix):
             return bytes(self.prefix)
         return bytes(self.prefix[:at] + self.prefix[at + 1:])
 
@@ -112,6 +112,42 @@ class Stream:
         self.prefix += data[have - offset:]
         self._absorb()
         return Result.OK
+
+    def seq_of(self, n: int) -> int:
+        """The sequence number of delivered byte n (the urgent byte, taken out, is skipped)."""
+        at = self.urgent_at
+        return (self.base + n + (1 if at is not None and 0 <= at <= n else 0)) & 0xFFFFFFFF
+
+    def advance(self, n: int) -> None:
+        """Forget the first n delivered bytes of the prefix (read already; with the urgent byte among
+        them, that too): offsets start after them. Used to read a long-lived stream (a kept-alive HTTP
+        connection) in a window of `limit` bytes. An urgent byte passed stays known as one before the
+        start (a negative offset): a later urgent pointer cannot be settled (see `urgent`)."""
+        at = self.urgent_at
+        if at is not None and 0 <= at < n:
+            n += 1
+        if not 0 <= n <= len(self.prefix):
+            raise ValueError("advance past the prefix")
+        if not n:
+            return
+        self.base = (self.base + n) & 0xFFFFFFFF
+        del self.prefix[:n]
+        self._pieces = {start - n: piece for start, piece in self._pieces.items()}
+        if at is not None:
+            self.urgent_at = at - n
+
+    def skip(self, n: int) -> None:
+        """Move the start n bytes ahead of an empty prefix: bytes that were sent but never seen."""
+        if self.prefix:
+            raise ValueError("skip with bytes in the prefix")
+        self.base = (self.base + n) & 0xFFFFFFFF
+        if self.urgent_at is not None:
+            self.urgent_at -= n
+        self._pieces = {start - n: piece for start, piece in self._pieces.items() if start + len(piece) > n}
+        for start in [s for s in self._pieces if s < 0]:
+            piece = self._pieces.pop(start)
+            self._pieces[0] = piece[-start:]
+        self._absorb()
 
     def _absorb(self) -> None:
         # Move held pieces that now touch the prefix into it.

@@ -4,11 +4,13 @@ answer was decided, an event describing the decision.
 Strategy: frozen values only. The shell maps Action to NetfilterQueue calls, always a repeat with a
 mark so the packet goes on through the rest of the chain: ACCEPT -> mark "passed" (this packet
 only); ALLOW -> mark allowed (the rules save it in the connection, the rest of the flow stays in
-the kernel); BLOCK -> mark blocked (the kernel REJECT rule fires; with `payload`, a server packet
-replaced by a reset toward the client); REWRITE -> the packet's bytes replaced by `payload`, mark
-"passed"; DROP -> drop(); HOLD -> no verdict yet: the shell keeps the packet under `token` (it stays
-in the kernel's queue) until a later verdict lists that token in `held` with ALLOW (let it go on,
-before the packet at hand) or DROP, or Engine.expire gives it up.
+the kernel); FOLLOW -> mark "follow" (allowed so far, saved in the connection: the client's data
+keeps coming to the queue, for a plain HTTP connection whose every request is judged); BLOCK ->
+mark blocked (the kernel REJECT rule fires; with `payload`, a server packet replaced by a reset
+toward the client); REWRITE -> the packet's bytes replaced by `payload`, mark "passed"; DROP ->
+drop(); HOLD -> no verdict yet: the shell keeps the packet under `token` (it stays in the kernel's
+queue) until a later verdict lists that token in `held` with ALLOW (let it go on, before the packet
+at hand) or DROP, or Engine.expire gives it up.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, NamedTuple
 class Action(enum.Enum):
     ACCEPT = "accept"  # undecided so far: let this packet go, keep watching the flow
     ALLOW = "allow"
+    FOLLOW = "follow"  # allowed so far; the client's next bytes must be read too
     BLOCK = "block"
     DROP = "drop"
     REWRITE = "rewrite"
@@ -59,9 +62,11 @@ class Event(NamedTuple):
     """One decision: a flow allowed or blocked, or a DNS answer judged. (A NamedTuple, like Verdict:
     one is made for every decided flow, and a tuple is built in C, a frozen dataclass field by field.)
 
-    `source` says where the name came from: "sni", "http-host", "http-connect", "quic-sni",
-    "dns-answer" (a DNS answer judged), "dns-table" (the destination address learned from DNS),
-    "address" (no name at all) or "none" (a fail verdict: unreadable input or a limit).
+    `source` says where the name came from: "sni", "http-host", "http-connect", "socks4", "socks5",
+    "tunnel-sni" (a ClientHello inside a CONNECT or SOCKS tunnel), "quic-sni", "dns-answer" (a DNS
+    answer judged), "dns-table" (the destination address learned from DNS), "address" (no name at
+    all) or "none" (a fail verdict: unreadable input or a limit). A name field that holds an address
+    literal is judged by that address (the names DNS gave for it), with the field's source.
     """
 
     time: float

@@ -1,6 +1,9 @@
 """A small registry stand-in for the namespace lab: HTTPS on 443, plain HTTP on 80, UDP echo on 443.
 
-Strategy: one dual-stack listening socket per port, one thread per connection, keep-alive HTTP/1.1.
+Strategy: one dual-stack listening socket per port, one thread per connection, keep-alive HTTP/1.1
+(request bodies read past by Content-Length or chunked framing). HTTPS on HRR_PORT takes only
+P-256 key shares, so that clients meet a HelloRetryRequest there; the name answered is the last
+server_name the server read (OpenSSL takes the second hello's).
 Every response names the host the client asked for (SNI or Host), so a test can tell that it
 reached the server and which name it used. `CONNECT host:port` is answered 200 and then echoed,
 like a proxy tunnel to nowhere. UDP 443 echoes the first bytes of each datagram (a QUIC
@@ -16,32 +19,74 @@ import sys
 import threading
 
 HEAD_LIMIT = 16384  # a request head longer than this is not a test client's
+# TLS that takes only P-256 key shares: a client that offers X25519 first (most do) gets a
+# HelloRetryRequest and sends a second ClientHello. (8443 in the same namespace is the policy
+# server's, netguard.lab.policyserver, and the benchmark's.)
+HRR_PORT = 9443
 
 
-def _read_head(conn: socket.socket) -> bytes | None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk or len(data) > HEAD_LIMIT:
-            return None
-        data += chunk
-    return data
+class _Buffered:
+    """A connection's bytes read ahead: a request's head and body may share a segment with the next."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.data = b""
+
+    def until(self, marker: bytes) -> bytes | None:
+        while marker not in self.data:
+            chunk = self.conn.recv(4096)
+            if not chunk or len(self.data) > HEAD_LIMIT:
+                return None
+            self.data += chunk
+        head, _, self.data = self.data.partition(marker)
+        return head
+
+    def skip(self, n: int) -> bool:
+        while len(self.data) < n:
+            chunk = self.conn.recv(65536)
+            if not chunk:
+                return False
+            self.data += chunk
+        self.data = self.data[n:]
+        return True
+
+
+def _skip_body(buf: _Buffered, lines: list[bytes]) -> bool:
+    """Read past the request's body (Content-Length or chunked), so that the next request is found."""
+    fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])}
+    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        while True:
+            size_line = buf.until(b"\r\n")
+            if size_line is None:
+                return False
+            size = int(size_line.split(b";")[0], 16)
+            if not size:
+                while (trailer := buf.until(b"\r\n")) is not None:
+                    if not trailer:
+                        return True
+                return False
+            if not buf.skip(size + 2):
+                return False
+    return buf.skip(int(fields.get(b"content-length", b"0") or 0))
 
 
 def _serve(conn: socket.socket, sni: str | None) -> None:
+    buf = _Buffered(conn)
     with conn:
         while True:
-            head = _read_head(conn)
+            head = buf.until(b"\r\n\r\n")
             if head is None:
                 return
             lines = head.split(b"\r\n")
+            if not _skip_body(buf, lines):
+                return
             method = lines[0].split(b" ")[0]
             host = sni or ""
             for line in lines[1:]:
                 if line.lower().startswith(b"host:"):
                     host = line[5:].strip().decode("ascii", "replace")
             if method == b"CONNECT":
-                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n" + buf.data)
                 while chunk := conn.recv(4096):
                     conn.sendall(chunk)
                 return
@@ -65,7 +110,7 @@ def _tls_client(raw: socket.socket, ctx: ssl.SSLContext) -> None:
         raw.close()
         return
     with contextlib.suppress(OSError):
-        _serve(conn, names[0] if names else None)
+        _serve(conn, names[-1] if names else None)
 
 
 def _listen(port: int) -> socket.socket:
@@ -109,8 +154,12 @@ def main(argv: list[str]) -> None:
     cert, key = argv
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
-    tls, plain = _listen(443), _listen(80)
+    tls, plain, hrr = _listen(443), _listen(80), _listen(HRR_PORT)
+    hrr_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    hrr_ctx.load_cert_chain(cert, key)
+    hrr_ctx.set_ecdh_curve("prime256v1")  # OpenSSL 3: the server's only group
     threading.Thread(target=_accept_loop, args=(plain, None), daemon=True).start()
+    threading.Thread(target=_accept_loop, args=(hrr, hrr_ctx), daemon=True).start()
     threading.Thread(target=_udp_echo, args=(443,), daemon=True).start()
     print("ready", flush=True)
     _accept_loop(tls, ctx)

@@ -274,6 +274,19 @@ def passed_mark(mask: int, allowed: int, blocked: int) -> int | None:
     return None
 
 
+def follow_mark(mask: int, allowed: int, blocked: int) -> int | None:
+    """The connection mark for "allowed so far, keep sending the client's data to the queue" (a
+    plain HTTP connection whose every request is judged; a TLS flow after a HelloRetryRequest): the
+    next value inside the mask after the passed mark; None if there is none."""
+    passed = passed_mark(mask, allowed, blocked)
+    low = mask & -mask
+    for k in range(1, 8):
+        value = k * low
+        if not value & ~mask and value not in (allowed, blocked, passed):
+            return value
+    return None
+
+
 def _check_marks(settings: dict[str, Any], problem: Callable[[str, str], None]) -> None:
     mask = settings.get("mark_mask", DEFAULT_MARK_MASK)
     allowed = settings.get("mark_allowed", DEFAULT_MARK_ALLOWED)
@@ -283,6 +296,7 @@ def _check_marks(settings: dict[str, Any], problem: Callable[[str, str], None]) 
     elif (allowed | blocked) & ~mask:
         problem("mark_mask", f"mark_allowed ({allowed:#x}) and mark_blocked ({blocked:#x}) must lie "
                 f"inside mark_mask ({mask:#x})")
-    elif passed_mark(mask, allowed, blocked) is None:
-        problem("mark_mask", f"mark_mask ({mask:#x}) needs a third value besides mark_allowed and mark_blocked "
-                "(netguard marks packets it lets go on with it); use two adjacent bits")
+    elif passed_mark(mask, allowed, blocked) is None or follow_mark(mask, allowed, blocked) is None:
+        problem("mark_mask", f"mark_mask ({mask:#x}) needs a third and a fourth value besides mark_allowed and "
+                "mark_blocked (netguard marks packets it lets go on with the third, and connections it keeps "
+                "reading with the fourth); use three adjacent bits")

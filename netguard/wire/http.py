@@ -1,13 +1,20 @@
-"""Strategy: the head of an HTTP/1.x request (request line and headers), read incrementally.
+"""Strategy: HTTP/1.x requests as a server reads them: heads, body framing, chunked bodies.
 
-`parse_request_head` is called with all client bytes seen so far. It returns None while the head
-is incomplete (bounded by MAX_HEAD), and raises Malformed as soon as the bytes cannot be HTTP: the
-method is checked on the first bytes, so a non-HTTP stream is rejected without buffering. The name
-to judge (`host`) is the CONNECT authority for CONNECT, the authority of an absolute-form target
-(RFC 9112 §3.2.2: it overrides Host), else the Host header. What would let a filter and a server
-disagree is Malformed, not guessed: several Host headers, a Host that names another host than an
-absolute-form target, userinfo in an authority, obsolete line folding, a bad port. The HTTP/2
-prior-knowledge preface (`PRI * HTTP/2.0`) is returned as a head without a host.
+`parse_request_head` is called with the client's bytes from where a request may begin. It skips the
+empty lines (CR, LF) a server skips before a request line (RFC 9112 §2.2; nginx takes any number),
+returns None while the head is incomplete (bounded by MAX_HEAD), and raises Malformed as soon as
+the bytes cannot be HTTP: the method is checked on the first bytes, so a non-HTTP stream is
+rejected without buffering. The name to judge (`host`) is the CONNECT authority for CONNECT, the
+authority of an absolute-form target (RFC 9112 §3.2.2: it overrides Host), else the Host header.
+What would let a filter and a server disagree is Malformed, not guessed: several Host headers, a
+Host that names another host than an absolute-form target, userinfo in an authority, obsolete line
+folding, a bare CR, a bad port, and for the body (RFC 9112 §6): Transfer-Encoding together with
+Content-Length, a Transfer-Encoding whose last coding is not chunked or in an HTTP/1.0 request, and
+Content-Length values that differ or are not plain digits. `head_length` includes the skipped
+empty lines; `body_length` / `chunked` say what follows the head, so that the next request's head is
+found where the server finds it (`parse_chunk_line` and `parse_trailers` read a chunked body's
+framing; the chunk data is skipped by count). The HTTP/2 prior-knowledge preface (`PRI * HTTP/2.0`)
+is returned as a head without a host.
 """
 
 from __future__ import annotations
@@ -23,6 +30,11 @@ MAX_HEAD = 16384
 # The longest registered method in common use is 7 bytes (CONNECT/OPTIONS); extension methods
 # are tokens, and we allow up to this many bytes before deciding the stream is not HTTP.
 MAX_METHOD = 20
+# A chunk-size line with its extensions (servers: nginx and Go take a few KB at most).
+MAX_CHUNK_LINE = 4096
+# Content-Length and chunk sizes: a server's 64-bit integer holds at most 19 decimal / 16 hex digits.
+MAX_LENGTH_DIGITS = 19
+MAX_CHUNK_DIGITS = 16
 
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _KNOWN_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH", b"PRI")
@@ -41,6 +53,9 @@ class RequestHead:
     host_header: str | None
     connect_authority: tuple[str, int] | None
     head_length: int
+    body_length: int = 0  # Content-Length (0: no body)
+    chunked: bool = False  # Transfer-Encoding ends in chunked
+    upgrade: bool = False  # an Upgrade header: after the answer the stream may be another protocol
 
 
 def looks_like_http(first_bytes: bytes) -> bool:
@@ -53,7 +68,15 @@ def looks_like_http(first_bytes: bytes) -> bool:
 
 
 def parse_request_head(data: bytes) -> RequestHead | None:
-    """Parse the request head from the client's first bytes; None while it is incomplete."""
+    """Parse the request head at the start of `data` (after empty lines); None while it is incomplete."""
+    blank = _blank_prefix(data)
+    if blank:
+        if blank > MAX_HEAD:
+            raise Malformed(f"more than {MAX_HEAD} bytes of empty lines before a request")
+        after = parse_request_head(data[blank:])
+        if after is None:
+            return None
+        return _replace_length(after, after.head_length + blank)
     _check_method_prefix(data)
     end, body_start = _find_head_end(data)
     if end < 0:
@@ -63,13 +86,16 @@ def parse_request_head(data: bytes) -> RequestHead | None:
     if body_start > MAX_HEAD:
         raise Malformed(f"request head longer than {MAX_HEAD} bytes")
     head = Reader(data).take(end)
+    if b"\r" in head and b"\r" in (head + b"\n").replace(b"\r\n", b""):
+        raise Malformed("bare CR in a request head")
     lines = [line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n")]
     method, target, version = _request_line(lines[0])
-    host_header = _host_header(lines[1:])
+    fields = _fields(lines[1:])
+    host_header = fields.host
     host: str | None = None
     port: int | None = None
     connect: tuple[str, int] | None = None
-    if method == b"CONNECT":
+    if method.upper() == b"CONNECT":  # Squid takes the method in any case
         host, connect_port = _authority(target, port_required=True)
         if connect_port is None:
             raise Malformed("CONNECT target without port")
@@ -87,6 +113,7 @@ def parse_request_head(data: bytes) -> RequestHead | None:
                 raise Malformed("Host header names another host than the request target")
     elif host_header:
         host, port = _authority(host_header.encode("ascii"), port_required=False)
+    body_length, chunked = _framing(fields, version)
     return RequestHead(
         method.decode("ascii"),
         target.decode("ascii", "backslashreplace"),
@@ -96,7 +123,67 @@ def parse_request_head(data: bytes) -> RequestHead | None:
         host_header,
         connect,
         body_start,
+        body_length,
+        chunked,
+        fields.upgrade,
     )
+
+
+def _blank_prefix(data: bytes) -> int:
+    """How many CR and LF bytes `data` begins with."""
+    if not data or data[0] not in (0x0D, 0x0A):
+        return 0
+    return len(data) - len(data.lstrip(b"\r\n"))
+
+
+def _replace_length(head: RequestHead, length: int) -> RequestHead:
+    return RequestHead(head.method, head.target, head.version, head.host, head.port, head.host_header,
+                       head.connect_authority, length, head.body_length, head.chunked, head.upgrade)
+
+
+def parse_chunk_line(data: bytes) -> tuple[int, int] | None:
+    """The chunk-size line at the start of `data`: (chunk size, bytes of the line with its CRLF), or
+    None while incomplete. Strict (RFC 9112 §7.1): hex digits, then extensions of token characters,
+    '=', quoted strings and blanks, then CRLF; anything else is Malformed."""
+    end = data.find(b"\n", 0, MAX_CHUNK_LINE)
+    if end < 0:
+        if len(data) >= MAX_CHUNK_LINE:
+            raise Malformed(f"chunk-size line longer than {MAX_CHUNK_LINE} bytes")
+        return None
+    if end == 0 or data[end - 1] != 0x0D:
+        raise Malformed("chunk-size line not ended by CRLF")
+    line = data[: end - 1]
+    size_text = line[: len(line) - len(line.lstrip(b"0123456789abcdefABCDEF"))]
+    if not size_text or len(size_text) > MAX_CHUNK_DIGITS:
+        raise Malformed("chunk size is not a hex number of at most 16 digits")
+    _check_extensions(line[len(size_text):])
+    return int(size_text, 16), end + 1
+
+
+def _check_extensions(rest: bytes) -> None:
+    # chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ); ext-val = token / quoted-string
+    allowed = _TCHAR | frozenset(b' \t;="\\')
+    if rest and (rest.lstrip(b" \t")[:1] != b";" or any(b not in allowed for b in rest)):
+        raise Malformed("chunk extension with bytes other than tokens, '=', quotes and blanks")
+    if rest.count(b'"') % 2:
+        raise Malformed("unterminated quoted string in a chunk extension")
+
+
+def parse_trailers(data: bytes) -> int | None:
+    """The trailer section after the last chunk (header lines, then an empty line): the bytes it
+    takes with its final CRLF, or None while incomplete."""
+    if data.startswith(b"\r\n"):
+        return 2
+    end = data.find(b"\r\n\r\n", 0, MAX_HEAD)
+    if end < 0:
+        if len(data) >= MAX_HEAD:
+            raise Malformed(f"trailer section longer than {MAX_HEAD} bytes")
+        return None
+    section = data[:end]
+    if b"\r" in section.replace(b"\r\n", b"") or b"\n" in section.replace(b"\r\n", b""):
+        raise Malformed("bare CR or LF in a trailer section")
+    _fields(section.split(b"\r\n"))
+    return end + 4
 
 
 def _check_method_prefix(data: bytes) -> None:
@@ -134,8 +221,16 @@ def _request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
     return method, target, version
 
 
-def _host_header(lines: list[bytes]) -> str | None:
+@dataclass(slots=True)
+class _Fields:
     host: str | None = None
+    lengths: list[bytes] | None = None
+    codings: list[bytes] | None = None
+    upgrade: bool = False
+
+
+def _fields(lines: list[bytes]) -> _Fields:
+    fields = _Fields()
     for line in lines:
         if not line:
             continue
@@ -144,14 +239,43 @@ def _host_header(lines: list[bytes]) -> str | None:
         name, colon, value = line.partition(b":")
         if not colon or not name or any(b not in _TCHAR for b in name):
             raise Malformed("header line without a valid name")
-        if name.lower() == b"host":
-            if host is not None:
+        name = name.lower()
+        if name == b"host":
+            if fields.host is not None:
                 raise Malformed("more than one Host header")
             try:
-                host = value.strip(b" \t").decode("ascii")
+                fields.host = value.strip(b" \t").decode("ascii")
             except UnicodeDecodeError:
                 raise Malformed("non-ASCII Host header") from None
-    return host
+        elif name == b"content-length":
+            fields.lengths = (fields.lengths or []) + [v.strip(b" \t") for v in value.split(b",")]
+        elif name == b"transfer-encoding":
+            fields.codings = (fields.codings or []) + [v.strip(b" \t").lower() for v in value.split(b",")]
+        elif name == b"upgrade":
+            fields.upgrade = True
+    return fields
+
+
+def _framing(fields: _Fields, version: bytes) -> tuple[int, bool]:
+    """(Content-Length, chunked) of a request; Malformed where servers would read it differently."""
+    if fields.codings is not None:
+        if fields.lengths is not None:
+            raise Malformed("both Transfer-Encoding and Content-Length")
+        if version == b"HTTP/1.0":
+            raise Malformed("Transfer-Encoding in an HTTP/1.0 request")
+        codings = [c for c in fields.codings if c]
+        if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+            raise Malformed("Transfer-Encoding whose last coding is not chunked")
+        return 0, True
+    if fields.lengths is None:
+        return 0, False
+    values = set(fields.lengths)
+    if len(values) != 1:
+        raise Malformed("Content-Length values that differ")
+    (text,) = values
+    if not text or not text.isdigit() or not text.isascii() or len(text) > MAX_LENGTH_DIGITS:
+        raise Malformed("Content-Length is not a plain decimal number")
+    return int(text), False
 
 
 def _authority(authority: bytes, *, port_required: bool) -> tuple[str, int | None]:

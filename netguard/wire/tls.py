@@ -11,6 +11,18 @@ extensions are walked once into type -> body offset without building anything fo
 read; only server_name, ALPN and supported_versions are looked into, each fenced by its length.
 A single-record ClientHello is parsed where it lies in the input, without copying.
 
+The record layer is read as leniently as the servers that matter read it before the hello (Go's
+crypto/tls, OpenSSL, BoringSSL), so that no hello a server would take is missed: any record
+version below 0x1000 (Go takes those before it has picked a version; OpenSSL and BoringSSL any
+0x03xx), empty handshake records (OpenSSL and BoringSSL skip up to 32), warning-level alerts
+before and between the hello's fragments (Go skips up to 16 records, OpenSSL and BoringSSL 4
+alerts), and records of up to 2^14 + 2048 bytes (Go's limit). Anything else once the bytes began
+like TLS (a first record of type handshake or alert, version below 0x1000) is Malformed, never
+"not TLS". `ClientHelloReader(after_hello=...)` reads what a TLS 1.3 server reads after it sent a
+HelloRetryRequest: change_cipher_spec and early-data records (application_data, which such a
+server skips) may come before the second ClientHello. After a hello, `end` is where the record
+holding its last byte ends in the input and `leftover` the handshake bytes after it in that record.
+
 What is reported rather than guessed: a server_name extension with several host_name entries, an
 empty one, or one with non-ASCII / control bytes gives `sni = None` and a `sni_problem` text. A
 repeated extension type is Malformed (RFC 8446 §4.2 forbids it; two SNI extensions would otherwise
@@ -30,18 +42,32 @@ from typing import NamedTuple
 from netguard.wire.errors import Malformed, ParseError, Truncated
 from netguard.wire.reader import Reader
 
-CONTENT_HANDSHAKE = 22
+CONTENT_CHANGE_CIPHER_SPEC = 20
 CONTENT_ALERT = 21
+CONTENT_HANDSHAKE = 22
+CONTENT_APPLICATION_DATA = 23
 HANDSHAKE_CLIENT_HELLO = 1
 EXT_SERVER_NAME = 0
 EXT_ALPN = 16
 EXT_SUPPORTED_VERSIONS = 43
 EXT_ECH = 0xFE0D
+ALERT_WARNING = 1
 ALERT_FATAL = 2
 ALERT_ACCESS_DENIED = 49
 
-# RFC 8446 §5.1: a record's plaintext is at most 2^14 bytes.
-MAX_RECORD = 16384
+# RFC 8446 §5.1: a record's plaintext is at most 2^14 bytes; Go's crypto/tls takes records of up to
+# 2^14 + 2048 bytes (its ciphertext bound) before the hello, so a hello in such a record is read too.
+MAX_RECORD = 16384 + 2048
+# The highest record version a server takes before it has picked one (Go: below 0x1000).
+MAX_RECORD_VERSION = 0x0FFF
+# Records a server skips before or around the hello, and how many it skips at most: empty handshake
+# records (OpenSSL and BoringSSL: 32) and warning alerts (Go: 16 useless records; OpenSSL,
+# BoringSSL: 4). One more than the largest is no hello any of them reads.
+MAX_EMPTY_RECORDS = 32
+MAX_WARNING_ALERTS = 16
+# After a HelloRetryRequest: change_cipher_spec and early-data records a TLS 1.3 server skips before
+# the second hello (early data up to its max_early_data_size; the engine's byte bound applies too).
+MAX_SKIPPED_AFTER_HELLO = 64
 # The largest ClientHellos seen are ~2.2 KB (Chromium, X25519MLKEM768); several post-quantum key
 # shares still fit in 16 KB. A larger claim is an attempt to make us buffer, not a real client.
 MAX_CLIENT_HELLO = 16384
@@ -109,22 +135,44 @@ def looks_like_tls(first_bytes: bytes) -> bool:
     return len(first_bytes) >= 2 and first_bytes[0] == CONTENT_HANDSHAKE and first_bytes[1] == 3
 
 
+# RFC 8446 §4.1.3: a ServerHello whose random is this value is a HelloRetryRequest.
+HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
+# Where the random lies in a server's first payload: record header (5), handshake type and length
+# (4), legacy_version (2).
+HRR_RANDOM_OFFSET = 11
+HANDSHAKE_SERVER_HELLO = 2
+
+
+def is_hello_retry_request(payload: bytes) -> bool:
+    """Whether a server's TCP payload begins with a HelloRetryRequest (what the kernel rule matches)."""
+    return (payload[:1] == bytes((CONTENT_HANDSHAKE,)) and payload[5:6] == bytes((HANDSHAKE_SERVER_HELLO,))
+            and payload[HRR_RANDOM_OFFSET:HRR_RANDOM_OFFSET + 32] == HRR_RANDOM)
+
+
 def access_denied_alert() -> bytes:
     """A TLS record carrying a fatal access_denied alert (legacy record version 0x0303)."""
     return bytes((CONTENT_ALERT, 3, 3, 0, 2, ALERT_FATAL, ALERT_ACCESS_DENIED))
 
 
 class ClientHelloReader:
-    """Incremental ClientHello parser: `feed` the client's first TCP payload bytes in order."""
+    """Incremental ClientHello parser: `feed` the client's first TCP payload bytes in order.
 
-    __slots__ = ("_buf", "_error", "_handshake", "_pos", "_result")
+    `after_hello`: read the second ClientHello that follows a HelloRetryRequest, starting at a record
+    boundary, with `handshake` the bytes left over after the first hello in its last record."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_after", "_alerts", "_buf", "_empty", "_error", "_handshake", "_pos", "_result", "_skipped",
+                 "end", "leftover")
+
+    def __init__(self, after_hello: bool = False, handshake: bytes = b"") -> None:
         self._buf = bytearray()
         self._pos = 0
-        self._handshake = bytearray()
+        self._handshake = bytearray(handshake)
         self._result: ClientHello | NotTls | None = None
         self._error: Malformed | None = None
+        self._after = after_hello
+        self._alerts = self._empty = self._skipped = 0
+        self.end = 0  # after a hello: where the record holding its last byte ends in the input
+        self.leftover = b""  # after a hello: the handshake bytes after it in that record
 
     def feed(self, data: bytes) -> NeedMore | ClientHello | NotTls:
         """Add bytes; return NeedMore, NotTls or the ClientHello. Raises Malformed."""
@@ -133,8 +181,13 @@ class ClientHelloReader:
         if self._error is not None:
             raise self._error
         try:
-            fast = _single_record(data) if not self._buf else None
-            result = self._advance(data) if fast is None else fast
+            fast = _single_record(data) if not self._buf and not self._after else None
+            if fast is None:
+                result = self._advance(data)
+            else:
+                result = fast
+                self.end = end = 5 + ((data[3] << 8) | data[4])
+                self.leftover = data[9 + fast.length : end]
         except Malformed as exc:
             self._error = exc
             raise
@@ -146,22 +199,31 @@ class ClientHelloReader:
     def _advance(self, data: bytes) -> NeedMore | ClientHello | NotTls:
         buf = self._buf
         buf += data
-        if self._pos == 0 and not self._handshake and buf:
-            if buf[0] != CONTENT_HANDSHAKE:
-                return NotTls(f"first byte 0x{buf[0]:02x} is not a handshake record")
-            if len(buf) >= 2 and buf[1] != 3:
+        if self._pos == 0 and not self._after and buf:
+            if buf[0] not in (CONTENT_HANDSHAKE, CONTENT_ALERT):
+                return NotTls(f"first byte 0x{buf[0]:02x} is not a handshake or alert record")
+            if len(buf) >= 2 and buf[1] > MAX_RECORD_VERSION >> 8:
                 return NotTls(f"record major version {buf[1]}")
         r = Reader(bytes(buf), self._pos)
         while r.remaining() >= 5:
-            ctype, major, _minor, length = r.unpack(_RECORD)
-            if ctype != CONTENT_HANDSHAKE or major != 3:
-                raise Malformed(f"record type {ctype} version {major} inside a ClientHello")
-            if length == 0 or length > MAX_RECORD:
-                raise Malformed(f"handshake record of {length} bytes")
+            ctype, major, minor, length = r.unpack(_RECORD)
+            if (major << 8) | minor > MAX_RECORD_VERSION:
+                raise Malformed(f"record version 0x{major:02x}{minor:02x} around a ClientHello")
+            if length > MAX_RECORD:
+                raise Malformed(f"record of {length} bytes")
             if r.remaining() < length:
                 break
-            self._handshake += r.take(length)
+            body = r.take(length)
             self._pos = r.pos
+            if ctype != CONTENT_HANDSHAKE:
+                self._skip_record(ctype, body)
+                continue
+            if not length:
+                self._empty += 1
+                if self._empty > MAX_EMPTY_RECORDS:
+                    raise Malformed(f"more than {MAX_EMPTY_RECORDS} empty records")
+                continue
+            self._handshake += body
             hs = Reader(bytes(self._handshake))
             if hs.u8() != HANDSHAKE_CLIENT_HELLO:
                 raise Malformed(f"handshake type {hs.data[0]} where a ClientHello belongs")
@@ -170,8 +232,29 @@ class ClientHelloReader:
                 if need > 4 + MAX_CLIENT_HELLO:
                     raise Malformed(f"ClientHello of {need - 4} bytes")
                 if len(hs.data) >= need:
-                    return _parse_hello(hs.data, 0, need)
+                    hello = _parse_hello(hs.data, 0, need)
+                    self.end = self._pos
+                    self.leftover = hs.data[need:]
+                    return hello
         return NEED_MORE
+
+    def _skip_record(self, ctype: int, body: bytes) -> None:
+        """A record that is no part of the hello: skipped as a server skips it, or Malformed."""
+        if ctype == CONTENT_ALERT:
+            if len(body) != 2 or body[0] != ALERT_WARNING:
+                raise Malformed("an alert other than a warning around a ClientHello")
+            self._alerts += 1
+            if self._alerts > MAX_WARNING_ALERTS:
+                raise Malformed(f"more than {MAX_WARNING_ALERTS} warning alerts around a ClientHello")
+            return
+        if self._after and not self._handshake and (
+            (ctype == CONTENT_CHANGE_CIPHER_SPEC and body == b"\x01") or ctype == CONTENT_APPLICATION_DATA
+        ):
+            self._skipped += 1
+            if self._skipped > MAX_SKIPPED_AFTER_HELLO:
+                raise Malformed(f"more than {MAX_SKIPPED_AFTER_HELLO} records before the second ClientHello")
+            return
+        raise Malformed(f"record type {ctype} around a ClientHello")
 
 
 def _single_record(data: bytes) -> ClientHello | None:
@@ -418,6 +501,7 @@ __all__ = [
     "ParseError",
     "access_denied_alert",
     "is_grease",
+    "is_hello_retry_request",
     "looks_like_tls",
     "parse_client_hello",
     "parse_handshake",

@@ -5,7 +5,9 @@ target takes bytes and may raise only ParseError; anything else escaping is a bu
 
 from __future__ import annotations
 
+import ipaddress
 import random
+import socket
 import struct
 import sys
 from collections.abc import Callable
@@ -25,8 +27,10 @@ from wirecorpus import (
 )
 
 from netguard.engine import classify
-from netguard.wire import dns, http, ip, quic, tls
-from netguard.wire.errors import Malformed, Truncated
+from netguard.engine.classify import DONE, Reader
+from netguard.wire import dns, http, ip, quic, socks, tls
+from netguard.wire.addr import parse_address
+from netguard.wire.errors import Malformed, ParseError, Truncated
 
 Target = Callable[[bytes], object]
 
@@ -122,6 +126,75 @@ def fuzz_quic_payload(data: bytes) -> object:
     return tls.parse_handshake(message) if message is not None else None
 
 
+def fuzz_socks(data: bytes) -> object:
+    # Every prefix of a whole request is pending, and every longer input gives the same request.
+    result = socks.read_request(data)
+    if isinstance(result, socks.Request):
+        for cut in range(1, result.end):
+            if not isinstance(socks.read_request(data[:cut]), socks.Pending):
+                raise AssertionError(f"prefix of {cut} bytes is not pending before a request of {result.end}")
+        if socks.read_request(data[: result.end]) != result:
+            raise AssertionError("the request alone reads differently")
+    return result
+
+
+def _stream_names(data: bytes, pieces: int) -> list[object]:
+    """The names a Reader finds in data fed in `pieces` segments, rebased as the engine rebases a
+    followed flow; a ParseError ends the list as "malformed"."""
+    reader = Reader()
+    out: list[object] = []
+    window = b""
+    size = max(1, -(-len(data) // pieces))
+    try:
+        for pos in range(0, len(data), size):
+            window += data[pos : pos + size]
+            while (found := reader.feed(window)) is not None:
+                out.append(found)
+                if found is DONE or reader.finished:
+                    return out
+            if reader.following:
+                window = window[reader.rebase() :]
+    except ParseError:
+        out.append("malformed")
+    return out
+
+
+def fuzz_stream(data: bytes) -> object:
+    # The request loop (and the proxy and tunnel stages around it) finds the same names whatever the
+    # segmentation: at once, and in 2, 3 and 7 pieces.
+    whole = _stream_names(data, 1)
+    for pieces in (2, 3, 7):
+        split = _stream_names(data, pieces)
+        # Split bytes may stop before what the whole reaches (fewer bytes read when a name ended it),
+        # never disagree on what both read.
+        if split != whole:
+            raise AssertionError(f"{pieces} pieces read {split!r}, at once {whole!r}")
+    return whole
+
+
+def _libc_address(text: str) -> bytes | None:
+    try:
+        # Bytes, as a C proxy hands them over (a str would go through Python's IDNA codec first).
+        infos = socket.getaddrinfo(text.encode("latin-1"), None, flags=socket.AI_NUMERICHOST, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError):
+        return None
+    address = ipaddress.ip_address(str(infos[0][4][0]).split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.packed
+    return address.packed
+
+
+def fuzz_addr(data: bytes) -> object:
+    # Differential: the C library's numeric getaddrinfo is the oracle (interface-name scopes aside:
+    # which interfaces exist is the machine's).
+    text = data.decode("latin-1")
+    ours = parse_address(text)
+    scope = text.partition("%")[2]
+    if "\x00" not in text and (not scope or (scope.isascii() and scope.isdigit()) or ":" not in text):
+        theirs = _libc_address(text)
+        if ours != theirs:
+            raise AssertionError(f"{text!r}: netguard {ours!r}, libc {theirs!r}")
+    return ours
 def fuzz_quic_v2_payload(data: bytes) -> object:
     # The v2 path end to end: a v1 Initial coalesced with a v2 one whose plaintext is the input, read
     # as a datagram (walk, v2 keys and types, frames, assembler, ClientHello).
@@ -145,6 +218,9 @@ TARGETS: dict[str, Target] = {
     "tls": fuzz_tls,
     "tls_handshake": fuzz_tls_handshake,
     "http": fuzz_http,
+    "socks": fuzz_socks,
+    "stream": fuzz_stream,
+    "addr": fuzz_addr,
     "quic": fuzz_quic,
     "quic_payload": fuzz_quic_payload,
     "quic_v2_payload": fuzz_quic_v2_payload,
@@ -204,6 +280,23 @@ def seeds(target: str) -> tuple[bytes, ...]:
             b"CONNECT quay.io:443 HTTP/1.1\r\nHost: quay.io:443\r\n\r\n",
             b"GET http://[fd00::1]:80/v2/ HTTP/1.0\n\n",
         ],
+        "socks": [
+            b"\x05\x02\x00\x02\x01\x04user\x06secret\x05\x01\x00\x03\x07ghcr.io\x01\xbb",
+            b"\x05\x01\x00\x05\x01\x00\x04" + bytes(15) + b"\x01\x01\xbb",
+            b"\x04\x01\x01\xbb\x00\x00\x00\x01alice\x00quay.io\x00",
+            b"\x04\x02\x00\x50\x0a\x4d\x00\x67\x00",
+        ],
+        "stream": [
+            b"GET http://a.test/ HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello\r\nGET / HTTP/1.1\r\nHost: b.test\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\nT: 1\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: c\r\nUpgrade: websocket\r\n\r\n\x81\x80",
+            b"CONNECT a.test:443 HTTP/1.1\r\n\r\n" + single[0] if single else b"CONNECT a:1 HTTP/1.1\r\n\r\n",
+            b"\x05\x02\x00\x02\x01\x01u\x01p\x05\x01\x00\x03\x01a\x00\x50GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\x15\x03\x03\x00\x02\x01\x5a" + hellos[-1],
+            b"\r\n\tget\thttp://a.test/\rHost: b\r\n\r\nSSH-2.0-x y\r\n",
+        ],
+        "addr": [b"10.77.0.103", b"0x0a4d0067", b"012.0115.0147", b"::ffff:10.77.0.103", b"fe80::1%1",
+                 b"1:2:3:4:5:6:7.8.9.10", b"4294967295"],
         "quic": [
             rfc_packet,
             protect_initial(_FUZZ_DCID, crypto_frame(900, hello[900:]) + crypto_frame(0, hello[:900])),

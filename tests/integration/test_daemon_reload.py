@@ -107,10 +107,10 @@ def test_reload_to_fail_open_changes_the_rules_and_the_queue(lab: lab_mod.Lab, t
         runner.wait_for("reloaded (SIGHUP)", timeout=WITHIN)
         saved = lab.client_run(["iptables-save", "-t", "filter"]).stdout
         # Every queue rule bypasses: DNS (UDP, TCP; from port 53 and by header from other ports), TCP in
-        # NETGUARD-FLOW and NETGUARD-EMPTY, UDP (NETGUARD-UDP's GSO guard, NETGUARD-QUIC's four), server
-        # packets in NETGUARD-REPLY (SYN-ACK, long, the rest); and open mode rejects nothing past the
-        # byte window.
-        assert saved.count("--queue-bypass") == saved.count("-j NFQUEUE") == 14
+        # NETGUARD-FLOW and NETGUARD-EMPTY, followed flows in NETGUARD-FOLLOW, UDP (NETGUARD-UDP's GSO
+        # guard, NETGUARD-QUIC's four), server packets in NETGUARD-REPLY (SYN-ACK, long, the rest); and
+        # open mode rejects nothing past the byte window.
+        assert saved.count("--queue-bypass") == saved.count("-j NFQUEUE") == 15
         assert "--connbytes 131073" not in saved
         assert saved.count("-A OUTPUT -j NETGUARD-FLOW") == 1
         assert curl(lab, BLOCKED, 4, timeout=5).code == 35  # still enforcing

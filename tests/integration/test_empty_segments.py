@@ -97,7 +97,7 @@ def test_without_u32_every_segment_is_queued(lab: lab_mod.Lab, daemon: Runner, f
                       command=(sys.executable, "-c", NO_U32))
     try:
         fallback.start()
-        assert "every TCP segment of an undecided flow is queued" in fallback.stderr()
+        assert "every TCP segment of an undecided or followed flow is queued" in fallback.stderr()
         got = steps(lab, fallback, family, "S", "A5", "D1/5")
     finally:
         fallback.stop()

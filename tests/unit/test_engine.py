@@ -226,7 +226,7 @@ def test_dns_over_tcp_answer_is_rewritten_in_place() -> None:
 
 @pytest.mark.parametrize("request_head, action, source", [
     (b"GET /v2/ HTTP/1.1\r\nHost: ghcr.io\r\n\r\n", Action.BLOCK, "http-host"),
-    (b"GET /v2/ HTTP/1.1\r\nHost: registry-1.docker.io:80\r\n\r\n", Action.ALLOW, "http-host"),
+    (b"GET /v2/ HTTP/1.1\r\nHost: registry-1.docker.io:80\r\n\r\n", Action.FOLLOW, "http-host"),
     (b"CONNECT ghcr.io:443 HTTP/1.1\r\nHost: ghcr.io:443\r\n\r\n", Action.BLOCK, "http-connect"),
     (b"GET http://ghcr.io/v2/ HTTP/1.1\r\n\r\n", Action.BLOCK, "http-host"),
 ])

@@ -466,3 +466,121 @@ def test_a_query_over_tcp_to_port_53_is_read_after_the_dns_servers_syn_ack() -> 
     v = send(engine, c.data(0, query))
     assert v.action is Action.ALLOW and v.event is not None and v.event.source == "address"
     assert engine.stats.dropped == {}
+
+
+# -- proxies: the server's answers in a negotiation, followed flows ------------------------------------
+
+
+def _socks5_request(host: str, port: int) -> bytes:
+    return b"\x05\x01\x00\x03" + bytes([len(host)]) + host.encode() + port.to_bytes(2, "big")
+
+
+@pytest.mark.parametrize("inner, action", [(ALLOWED, Action.ALLOW), (BLOCKED, Action.BLOCK)])
+def test_a_socks5_proxys_answers_do_not_decide_the_flow(inner: str, action: Action) -> None:
+    # The real reader (not a stub): after its method list and after its request the client waits
+    # for the proxy; the proxy's answers are no sign of a server that speaks first (which would
+    # judge the flow by the proxy's address: unknown_hosts = "deny" here).
+    c, engine = Conn(dport=1080), engine_for('allow = ["dockerhub"]\nunknown_hosts = "deny"\n')
+    opened(engine, c)
+    assert send(engine, c.data(0, b"\x05\x01\x00")).action is Action.ACCEPT
+    assert engine.handle(c.server_data(b"\x05\x00"), NOW, from_client=False).action is Action.ACCEPT
+    request = _socks5_request(ALLOWED, 443)
+    v = send(engine, c.data(3, request))
+    assert v.action is Action.ACCEPT and v.event is not None and (v.event.host, v.event.source) == (ALLOWED, "socks5")
+    reply = b"\x05\x00\x00\x01" + bytes(6)
+    assert engine.handle(c.server_data(reply, 2), NOW, from_client=False).action is Action.ACCEPT
+    assert engine.undecided == 1
+    v = send(engine, c.data(3 + len(request), python_client_hello(inner)))
+    assert decided(v, action, inner) and v.event is not None and v.event.source == "tunnel-sni"
+
+
+def test_server_data_inside_a_tunnel_is_judged_by_the_tunnels_target() -> None:
+    # The client sent the start of something in the tunnel and the far server speaks: what was
+    # judged (the SOCKS target) stands, not the proxy's address.
+    c, engine = Conn(dport=1080), engine_for('allow = ["dockerhub"]\nunknown_hosts = "deny"\n')
+    opened(engine, c)
+    send(engine, c.data(0, b"\x05\x01\x00"))
+    engine.handle(c.server_data(b"\x05\x00"), NOW, from_client=False)
+    request = _socks5_request(ALLOWED, 443)
+    send(engine, c.data(3, request))
+    assert send(engine, c.data(3 + len(request), b"\x16\x03")).action is Action.ACCEPT
+    v = engine.handle(c.server_data(b"\x05\x00\x00\x01" + bytes(6) + b"banner", 2), NOW, from_client=False)
+    assert decided(v, Action.ALLOW, ALLOWED) and v.event is not None and v.event.source == "socks5"
+    assert engine.undecided == 0
+
+
+def _followed(engine: Engine, c: Conn) -> bytes:
+    """A plain HTTP flow read and followed: its first request (allowed)."""
+    opened(engine, c)
+    first = b"GET /v2/ HTTP/1.1\r\nHost: registry-1.docker.io\r\n\r\n"
+    assert send(engine, c.data(0, first)).action is Action.FOLLOW
+    return first
+
+
+def test_a_server_packet_of_a_followed_flow_keeps_the_follow_mark() -> None:
+    # Queued while the flow was undecided, judged after it became followed: ALLOW would save the
+    # allowed mark in the connection and end the following.
+    c, engine = Conn(dport=80), engine_for()
+    _followed(engine, c)
+    assert engine.handle(c.server_data(b"HTTP/1.1 200 OK\r\n"), NOW, from_client=False).action is Action.FOLLOW
+
+
+@pytest.mark.parametrize("defect", list(decoys(Conn())))
+@pytest.mark.parametrize("decoy_name, real_name, action", [(ALLOWED, BLOCKED, Action.BLOCK),
+                                                           (BLOCKED, ALLOWED, Action.FOLLOW)])
+def test_a_followed_flow_ignores_what_the_server_drops(defect: str, decoy_name: str, real_name: str,
+                                                       action: Action) -> None:
+    c, engine = Conn(dport=80, ts=1000), engine_for()
+    at = len(_followed(engine, c))
+    fields = decoys(c)[defect]
+    assert isinstance(fields, dict)
+    decoy = f"GET /v2/ HTTP/1.1\r\nHost: {decoy_name}\r\n\r\n".encode()
+    v = engine.handle(c.data(at, decoy, **fields), NOW, from_client=True, followed=True)
+    assert v.action is Action.DROP and v.event is None and engine.followed == 1
+    real = f"GET /v2/ HTTP/1.1\r\nHost: {real_name}\r\n\r\n".encode()
+    v = engine.handle(c.data(at, real), NOW, from_client=True, followed=True)
+    assert decided(v, action, real_name)
+
+
+def test_a_followed_flow_takes_urgent_bytes_out() -> None:
+    # The server reads "Host: ghcr.io": the byte before the name is urgent (out of band).
+    c, engine = Conn(dport=80), engine_for()
+    at = len(_followed(engine, c))
+    second = b"GET /v2/ HTTP/1.1\r\nHost: Xghcr.io\r\n\r\n"
+    x = second.index(b"X")
+    v = engine.handle(c.data(at, second, flags="PAU", urgent=x + 1), NOW, from_client=True, followed=True)
+    assert decided(v, Action.BLOCK, BLOCKED)
+    # A third request after an urgent byte was passed: read where the server reads it.
+    c, engine = Conn(dport=80, sport=40001), engine_for()
+    at = len(_followed(engine, c))
+    second = b"GET /v2/ HTTP/1.1\r\nX-A: Z\r\nHost: registry-1.docker.io\r\n\r\n"
+    z = second.index(b"Z")
+    v = engine.handle(c.data(at, second, flags="PAU", urgent=z + 1), NOW, from_client=True, followed=True)
+    assert decided(v, Action.FOLLOW, ALLOWED)
+    third = b"GET /v2/ HTTP/1.1\r\nHost: ghcr.io\r\n\r\n"
+    v = engine.handle(c.data(at + len(second), third), NOW, from_client=True, followed=True)
+    assert decided(v, Action.BLOCK, BLOCKED)
+    # A second urgent pointer on the same flow cannot be settled: the fail verdict.
+    c, engine = Conn(dport=80, sport=40002), engine_for()
+    at = len(_followed(engine, c))
+    v = engine.handle(c.data(at, second, flags="PAU", urgent=z + 1), NOW, from_client=True, followed=True)
+    assert v.action is Action.FOLLOW
+    fourth = b"GET /v2/ HTTP/1.1\r\nHost: registry-1.docker.io\r\n\r\n"
+    v = engine.handle(c.data(at + len(second), fourth, flags="PAU", urgent=3), NOW, from_client=True, followed=True)
+    assert v.action is Action.BLOCK and v.event is not None and v.event.source == "none"
+
+
+def test_stream_advance_past_an_urgent_byte() -> None:
+    s = Stream(100, 1000)
+    assert s.urgent(103, 1) is Result.OK  # the byte at offset 3
+    assert s.add(100, b"abcXdef") is Result.OK
+    assert s.delivered() == b"abcdef" and s.seq_of(2) == 102 and s.seq_of(3) == 104
+    s.advance(4)  # "abcd" read: the urgent byte went with them
+    assert s.base == 105 and s.delivered() == b"ef" and s.urgent_at == -2
+    assert s.urgent(103, 1) is Result.OK  # the old pointer again: before the start
+    assert s.urgent(106, 1) is Result.AMBIGUOUS  # a new one after one passed
+    s2 = Stream(100, 1000)
+    assert s2.urgent(105, 1) is Result.OK
+    assert s2.add(100, b"abcdeXf") is Result.OK
+    s2.advance(3)
+    assert s2.urgent_at == 2 and s2.delivered() == b"def"

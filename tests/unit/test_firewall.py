@@ -17,9 +17,10 @@ def rules(family: firewall.Family = 4, **kw: object) -> list[str]:
 def test_closed_mode_has_no_bypass_and_open_mode_bypasses_every_queue() -> None:
     closed = [r for r in rules() if "NFQUEUE" in r]
     opened = [r for r in rules(fail_open=True) if "NFQUEUE" in r]
-    # The client TCP rule twice (NETGUARD-FLOW and NETGUARD-EMPTY), DNS from port 53 (2) and from other
-    # ports (2), UDP (GSO guard) and QUIC (4), three for server packets (SYN-ACK, long, the rest).
-    assert len(closed) == len(opened) == 14
+    # The client TCP rule twice (NETGUARD-FLOW and NETGUARD-EMPTY), followed flows, DNS from port 53 (2)
+    # and from other ports (2), UDP (GSO guard) and QUIC (4), three for server packets (SYN-ACK, long,
+    # the rest).
+    assert len(closed) == len(opened) == 15
     assert not any("--queue-bypass" in r for r in closed)
     assert all(r.endswith("--queue-num 7413 --queue-bypass") for r in opened)
 
@@ -78,7 +79,7 @@ def test_what_is_queued() -> None:
 
 def test_enforcement_order_and_marks() -> None:
     lines = [r for r in rules(6, marks=Marks(0xF0, 0x10, 0x20)) if r.startswith("-A NETGUARD-FLOW")]
-    passed, save, rst, reject_tcp, reject_udp, drop, udp, decided = lines[:8]
+    passed, save, rst, reject_tcp, reject_udp, drop, follow, udp, decided = lines[:9]
     # UDP of allowed flows too (a new QUIC connection on the pair), but not a verdict's repeat.
     assert "-p udp -m mark --mark 0x0/0xf0" in udp and udp.endswith("-g NETGUARD-UDP")
     # A packet the daemon let go on (repeat + "passed") leaves at once, its mark never saved.
@@ -89,6 +90,10 @@ def test_enforcement_order_and_marks() -> None:
     assert reject_tcp.endswith("-j REJECT --reject-with tcp-reset")
     assert reject_udp.endswith("--reject-with icmp6-port-unreachable")
     assert "0x20/0xf0" in drop and drop.endswith("DROP")
+    # Followed flows (connection mark "follow", 0x40 here) go to their queue before decided ones leave;
+    # only fresh packets (packet mark 0), not one the daemon just gave back with its verdict.
+    assert follow == ("-A NETGUARD-FLOW -p tcp -m conntrack --ctdir ORIGINAL -m mark --mark 0x0/0xf0 "
+                      "-m connmark --mark 0x40/0xf0 -g NETGUARD-FOLLOW")
     assert decided.endswith("-j RETURN") and "! --mark 0x0/0xf0" in decided
     assert rules(4)[-1] == "COMMIT"
     assert "-I OUTPUT 1 -j NETGUARD-FLOW" in rules() and "-I INPUT 1 -j NETGUARD-DNS" in rules()
@@ -207,12 +212,13 @@ def test_data_less_segments_leave_before_the_queue_and_only_without_syn_rst_or_u
         after = flow[decided + 2:decided + 4]  # the queue rule and the one past the window
         assert empty[len(tests):] == [r.replace("NETGUARD-FLOW", "NETGUARD-EMPTY") for r in after]
         assert ":NETGUARD-EMPTY - [0:0]" in lines
-        fallback = rules(family, skip_empty=False, dns_any_port=False)
+        fallback = rules(family, skip_empty=False, dns_any_port=False, reread_hrr=False)
         assert not any(("u32" in r and "-A NETGUARD-UDP" not in r and "-A NETGUARD-QUIC" not in r)
-                       or "NETGUARD-EMPTY" in r for r in fallback)
+                       or "NETGUARD-EMPTY" in r or "NETGUARD-HRR" in r for r in fallback)
         reply_tests = len(tests) + 1  # the long-packet rule and the exact tests in NETGUARD-REPLY
-        # + NETGUARD-DNS-ANY (declared, the goto to it, its two header tests)
-        assert len(lines) == len(fallback) + 1 + 1 + len(empty) + reply_tests + 4
+        # + NETGUARD-DNS-ANY (declared, the goto to it, its two header tests); the same exact tests in
+        # NETGUARD-FOLLOW; NETGUARD-HRR (declared, its rule, the jumps from INPUT and FORWARD)
+        assert len(lines) == len(fallback) + 1 + 1 + len(empty) + reply_tests + 4 + len(tests) + 4
 
 
 @given(family=st.sampled_from(firewall.FAMILIES), offset=st.sampled_from(list(firewall.TCP_DATA_OFFSETS)))
@@ -228,17 +234,29 @@ def test_the_gate_lets_every_data_less_segment_through(family: firewall.Family, 
 
 
 def u32_matches(expression: str, packet: bytes) -> bool:
-    """xt_u32's evaluation (net/netfilter/xt_u32.c) of the subset netguard writes: tests joined by
-    &&, each a start offset, & masks, >> shifts and one value or range; a read past the end fails."""
+    """xt_u32's evaluation (net/netfilter/xt_u32.c, u32_match_it) of the subset netguard writes:
+    tests joined by &&, each a start offset, then & masks, >> shifts and @ jumps (the value so far is
+    added to the position, and the number after @ is read from there), and one value or range; a
+    read past the end fails."""
     for test in expression.split("&&"):
         location, value = test.split("=")
-        first, *ops = location.replace(">>", " >>").replace("&", " &").split()
+        first, *ops = location.replace(">>", " >>").replace("&", " &").replace("@", " @").split()
         pos = int(first, 0)
         if pos + 4 > len(packet):
             return False
         val = int.from_bytes(packet[pos:pos + 4], "big")
+        at = 0
         for op in ops:
-            val = val & int(op[1:], 0) if op[0] == "&" else val >> int(op[2:], 0)
+            if op[0] == "&":
+                val &= int(op[1:], 0)
+            elif op[0] == "@":
+                at += val
+                pos = int(op[1:], 0)
+                if at + pos + 4 > len(packet):
+                    return False
+                val = int.from_bytes(packet[at + pos:at + pos + 4], "big")
+            else:
+                val >>= int(op[2:], 0)
         low, _, high = value.partition(":")
         if not int(low, 0) <= val <= int(high or low, 0):
             return False
@@ -272,3 +290,74 @@ def test_u32_tests_leave_ip_options_extension_headers_and_fragments_queued() -> 
                            (bytes(IP(dst="192.0.2.2", frag=10) / ack), 4),
                            (bytes(IPv6(dst="2001:db8::2") / IPv6ExtHdrDestOpt() / ack), 6)):
         assert not any(u32_matches(t, packet) for t in firewall.empty_segment_tests(family))  # type: ignore[arg-type]
+
+
+def test_followed_flows_queue_their_data_with_the_follow_mark() -> None:
+    for family in firewall.FAMILIES:
+        follow = [r for r in rules(family) if r.startswith("-A NETGUARD-FOLLOW")]
+        tests = firewall.empty_segment_tests(family)
+        # Data-less segments leave (a download's ACKs never reach the queue), except those with URG (an
+        # urgent pointer changes which bytes the server reads); data is queued marked.
+        assert follow[:-2] == [f"-A NETGUARD-FOLLOW -p tcp --tcp-flags URG NONE -m u32 --u32 {t} -j RETURN"
+                               for t in tests]
+        assert follow[-2:] == ["-A NETGUARD-FOLLOW -j MARK --set-xmark 0x400000/0x700000",
+                               "-A NETGUARD-FOLLOW -j NFQUEUE --queue-num 7413"]
+        # Without u32 every packet of a followed flow is queued.
+        assert [r for r in rules(family, skip_empty=False) if r.startswith("-A NETGUARD-FOLLOW")] == follow[-2:]
+
+
+def test_follow_mark_is_the_fourth_value() -> None:
+    assert Marks().follow == 0x400000
+    assert Marks(0xF0, 0x10, 0x20).follow == 0x40
+    assert Marks(0x7, 0x1, 0x2).follow == 0x4
+    with pytest.raises(ValueError):
+        _ = Marks(0x3, 0x1, 0x2).follow
+
+
+def _server_hello(random: bytes) -> bytes:
+    from scapy.layers.tls.handshake import TLSServerHello
+    from scapy.layers.tls.record import TLS
+
+    hello = TLSServerHello(  # type: ignore[no-untyped-call]
+        version=0x0303, gmt_unix_time=int.from_bytes(random[:4], "big"), random_bytes=random[4:],
+        sid=b"\x11" * 32, cipher=0x1301)
+    return bytes(TLS(version=0x0303, msg=[hello]))  # type: ignore[no-untyped-call]
+
+
+@given(family=st.sampled_from(firewall.FAMILIES), offset=st.sampled_from(list(firewall.TCP_DATA_OFFSETS)),
+       tail=st.integers(0, 400))
+def test_the_hrr_rule_matches_a_hello_retry_request_and_nothing_else(family: firewall.Family, offset: int,
+                                                                       tail: int) -> None:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
+
+    from netguard.wire import tls
+
+    ip = IP(src="192.0.2.2", dst="192.0.2.1") if family == 4 else IPv6(src="2001:db8::2", dst="2001:db8::1")
+    tcp = TCP(sport=443, dport=40000, flags="PA", options=[("NOP", None)] * (4 * (offset - 5)))
+    hrr = _server_hello(tls.HRR_RANDOM) + b"\x14\x03\x03\x00\x01\x01" * (tail // 6)
+    assert tls.is_hello_retry_request(hrr)  # the engine's own check (replay) agrees with scapy's bytes
+    assert u32_matches(firewall.hrr_tests(family), bytes(ip / tcp / hrr))
+    plain = _server_hello(bytes(32))
+    assert not u32_matches(firewall.hrr_tests(family), bytes(ip / tcp / plain))
+    assert not u32_matches(firewall.hrr_tests(family), bytes(ip / tcp / hrr[:40]))  # cut short: no read past
+    if family == 6:  # an extension header shifts the payload: not matched (a server never sends one)
+        assert not u32_matches(firewall.hrr_tests(6), bytes(ip / IPv6ExtHdrDestOpt() / tcp / hrr))
+
+
+def test_the_hrr_rule_marks_allowed_flows_followed_in_their_first_reply_packets() -> None:
+    for family in firewall.FAMILIES:
+        lines = rules(family)
+        [rule] = [r for r in lines if r.startswith("-A NETGUARD-HRR")]
+        assert rule.startswith("-A NETGUARD-HRR -p tcp -m conntrack --ctdir REPLY -m connmark --mark "
+                               "0x100000/0x700000 -m connbytes --connbytes 0:8 --connbytes-dir reply "
+                               "--connbytes-mode packets -m u32 --u32 ")
+        assert rule.endswith(" -j CONNMARK --set-xmark 0x400000/0x700000")
+        assert len(firewall.hrr_tests(family).split("&&")) <= 11  # xt_u32: at most 11 tests
+        # Its own chain, jumped to after NETGUARD-DNS (whose goto to NETGUARD-REPLY queues the server
+        # packets of undecided flows: connection mark 0, never "allowed").
+        shape = firewall.shape("\n".join(lines))
+        assert shape.heads[("filter", "INPUT")] == ("NETGUARD-DNS", "NETGUARD-HRR")
+        assert shape.heads[("filter", "FORWARD")] == ("NETGUARD-DNS", "NETGUARD-HRR", "NETGUARD-FLOW")
+        assert not any("NETGUARD-HRR" in r for r in rules(family, reread_hrr=False))
+        assert any(r.startswith("-A NETGUARD-REPLY") for r in rules(family, reread_hrr=False))

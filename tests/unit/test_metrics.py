@@ -26,7 +26,8 @@ from netguard.daemon.policyfiles import load_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "docs" / "alerts.yml"
-SOURCES = {"sni", "quic-sni", "http-host", "http-connect", "dns-answer", "dns-table", "address", "none"}
+SOURCES = {"sni", "quic-sni", "http-host", "http-connect", "socks4", "socks5", "tunnel-sni", "dns-answer", "dns-table",
+           "address", "none"}
 promtool = pytest.mark.skipif(shutil.which("promtool") is None and not os.environ.get("CI"),
                               reason="promtool missing (Debian package prometheus, scripts/bootstrap --test)")
 
@@ -74,6 +75,8 @@ def test_names_and_labels_follow_the_conventions() -> None:
     assert "netguard_rules_restored_total 2.0" in text and "netguard_rules_ok 1.0" in text
     assert re.search(r'netguard_build_info\{python="[0-9.]+",version="0.1.0"\} 1.0', text)
     assert "netguard_policy_loaded_timestamp_seconds 1000.0" in text
+    assert "netguard_followed_flows 0.0" in text
+    assert "netguard_followed_flows 3.0" in exposition(sample(followed_flows=3))
     # An unbound queue: no drop counters at all (not zeros that would hide a reset), and a 0 gauge.
     unbound = exposition(sample(queue_dropped=None, user_dropped=None))
     assert "netguard_queue_dropped_total{" not in unbound and "netguard_queue_bound 0.0" in unbound

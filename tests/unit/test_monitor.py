@@ -95,3 +95,36 @@ def test_datagrams_held_for_a_blocked_quic_connection_pass_in_monitor_mode() -> 
     assert out.action is Action.ALLOW and out.held == ((7, Action.ALLOW), (8, Action.ALLOW))
     dropped = Monitor().let_pass(Verdict(Action.DROP, held=((9, Action.DROP),)))
     assert dropped.action is Action.ACCEPT and dropped.held == ((9, Action.ALLOW),)
+
+
+def test_a_followed_http_connection_is_read_and_logged_until_its_first_would_block() -> None:
+    # FOLLOW lets its packet pass as it is (the connection stays followed: its next request is
+    # judged); the first request enforcement would block turns the connection allowed, once.
+    engine, monitor = Engine(policy()), Monitor()
+
+    def seg(offset: int, payload: bytes, flags: str = "PA") -> bytes:
+        return bytes(IP(src=CLIENT, dst=SERVER, ttl=64) / TCP(sport=42000, dport=80, flags=flags, seq=1001 + offset,
+                                                              ack=1) / payload)
+
+    syn = bytes(IP(src=CLIENT, dst=SERVER, ttl=64) / TCP(sport=42000, dport=80, flags="S", seq=1000))
+    assert engine.handle(syn, 1.0, from_client=True).action is Action.ACCEPT
+    first = b"GET /v2/ HTTP/1.1\r\nHost: registry-1.docker.io\r\n\r\n"
+    v = engine.handle(seg(0, first), 1.0, from_client=True)
+    assert v.action is Action.FOLLOW and monitor.let_pass(v) is v
+    second = b"GET /v2/ HTTP/1.1\r\nHost: ghcr.io\r\n\r\n"
+    v = engine.handle(seg(len(first), second), 2.0, from_client=True, followed=True)
+    assert v.action is Action.BLOCK and v.event is not None and v.event.host == "ghcr.io"
+    out = monitor.let_pass(v)
+    assert out.action is Action.ALLOW and monitor.would_block == 1
+    assert [e.host for e in monitor.to_cut(policy('allow = ["dockerhub"]\n'))] == ["ghcr.io"]
+
+
+def test_socks_and_tunnel_names_are_judged_again_when_enforcement_starts() -> None:
+    key = FlowKey(6, bytes(4), 1, bytes(4), 1080)
+    strict = policy('allow = ["dockerhub"]\n')
+    for source in ("socks4", "socks5", "tunnel-sni"):
+        event = Event(0.0, key, False, "ghcr.io", source, "ghcr", "GHCR", "ghcr is not in allow", "")
+        assert blocks(event, strict) and not blocks(event, policy('allow = ["dockerhub", "ghcr"]\n'))
+    # An address literal a SOCKS client named: judged by unknown_hosts, as the engine judged it.
+    literal = Event(0.0, key, False, "192.0.2.7", "socks4", None, None, "unknown_hosts = deny", "")
+    assert blocks(literal, policy('unknown_hosts = "deny"\n')) and not blocks(literal, strict)

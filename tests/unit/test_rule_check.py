@@ -85,8 +85,8 @@ def test_each_way_of_breaking_is_named() -> None:
     first = good.replace("-A OUTPUT -j NETGUARD-FLOW", "-A OUTPUT -j ACCEPT\n-A OUTPUT -j NETGUARD-FLOW")
     assert problems(first) == ["IPv4 filter: the jump from OUTPUT to NETGUARD-FLOW is rule 2, not 1 "
                                "(other rules run before it)"]
-    swapped = good.replace("-A FORWARD -j NETGUARD-DNS\n-A FORWARD -j NETGUARD-FLOW",
-                           "-A FORWARD -j NETGUARD-FLOW\n-A FORWARD -j NETGUARD-DNS")
+    swapped = good.replace("-A FORWARD -j NETGUARD-DNS\n-A FORWARD -j NETGUARD-HRR",
+                           "-A FORWARD -j NETGUARD-HRR\n-A FORWARD -j NETGUARD-DNS")
     assert any("FORWARD to NETGUARD-DNS is rule 2, not 1" in p for p in problems(swapped))
     queue = next(line for line in good.splitlines() if line.startswith("-A NETGUARD-DNS") and "udp" in line)
     n = sum(line.startswith("-A NETGUARD-DNS ") for line in good.splitlines())
@@ -139,7 +139,7 @@ def test_shape_catches_a_rule_set_that_does_not_match_the_policy() -> None:
 def test_shape_reads_the_insertion_order() -> None:
     text = build_rules(6, Options())
     s = shape(text)
-    assert s.heads[("filter", "FORWARD")] == ("NETGUARD-DNS", "NETGUARD-FLOW")
+    assert s.heads[("filter", "FORWARD")] == ("NETGUARD-DNS", "NETGUARD-HRR", "NETGUARD-FLOW")
     dns = s.chains[("filter", "NETGUARD-DNS")]
     # In the order written: the "passed" RETURN first, one target per rule, the DNS answers queued.
     assert dns[0] == "RETURN" and dns.count("NFQUEUE 7413") >= 2
@@ -188,7 +188,9 @@ def test_watch_schedule_without_the_kernel(monkeypatch: pytest.MonkeyPatch) -> N
     assert w.check(101.0) == {} and w.checks == checks + 2  # both families read, nothing wrong
     tables[6] = without(tables[6], "-A INPUT -j NETGUARD-DNS")
     found = w.check(102.0)
-    assert found == {6: ["IPv6 filter: the jump from INPUT to NETGUARD-DNS is gone"]}
+    assert found == {6: ["IPv6 filter: the jump from INPUT to NETGUARD-DNS is gone",
+                         "IPv6 filter: the jump from INPUT to NETGUARD-HRR is rule 1, not 2 "
+                         "(other rules run before it)"]}
     w.retry(110.0, [6])  # a restore failed: nothing before 110
     assert w.check(105.0) == {} and w.check(110.0) == found
     tables[6] = saved(6)

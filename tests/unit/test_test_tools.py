@@ -10,7 +10,8 @@ import pytest
 
 # The commands behind README's "scripts/bootstrap --test adds ..." list.
 PROMISED = ("dnsmasq", "docker-registry", "skopeo", "podman", "chromium", "iperf3", "curl", "openssl",
-            "gnutls-cli", "tcpdump", "dig", "systemd-nspawn", "nginx", "minisign")
+            "gnutls-cli", "tcpdump", "dig", "systemd-nspawn", "nginx", "minisign", "microsocks", "danted",
+            "tinyproxy", "squid", "sshd")
 
 
 @pytest.mark.skipif(not os.environ.get("CI"), reason="a developer machine may lack test tools; CI may not")

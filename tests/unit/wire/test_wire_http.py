@@ -131,3 +131,90 @@ def test_hypothesis_requests_match_scapy(data: bytes) -> None:
     assert ours.head_length == len(data)
     for cut in range(len(data)):
         assert http.parse_request_head(data[:cut]) is None
+
+
+# -- what follows a head: empty lines before it, its body's framing -------------------------------
+
+def test_empty_lines_before_the_request_line_are_skipped() -> None:
+    # RFC 9112 §2.2; nginx skips any number of CR and LF before a request line.
+    for blank in (b"\r\n", b"\n", b"\r\n\r\n\r\n", b"\r"):
+        data = blank + b"GET / HTTP/1.1\r\nHost: ghcr.io\r\n\r\n"
+        head = http.parse_request_head(data)
+        assert head is not None and head.host == "ghcr.io" and head.head_length == len(data)
+        assert http.parse_request_head(blank) is None
+    with pytest.raises(Malformed):
+        http.parse_request_head(b"\r\n" * (http.MAX_HEAD // 2 + 1))
+
+
+@pytest.mark.parametrize("headers, body, chunked", [
+    (b"", 0, False),
+    (b"Content-Length: 12\r\n", 12, False),
+    (b"Content-Length: 12, 12\r\nContent-Length: 12\r\n", 12, False),  # the same value repeated
+    (b"Transfer-Encoding: chunked\r\n", 0, True),
+    (b"Transfer-Encoding: gzip, Chunked\r\n", 0, True),
+    (b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", 0, True),
+])
+def test_body_framing(headers: bytes, body: int, chunked: bool) -> None:
+    head = http.parse_request_head(b"POST /v2/ HTTP/1.1\r\nHost: a.example\r\n" + headers + b"\r\n")
+    assert head is not None and (head.body_length, head.chunked) == (body, chunked)
+
+
+@pytest.mark.parametrize("headers", [
+    b"Content-Length: 12\r\nTransfer-Encoding: chunked\r\n",  # the classic smuggling pair
+    b"Content-Length: 12\r\nContent-Length: 13\r\n",
+    b"Content-Length: +12\r\n",
+    b"Content-Length: 0x10\r\n",
+    b"Content-Length: 1" + b"0" * http.MAX_LENGTH_DIGITS + b"\r\n",
+    b"Transfer-Encoding: chunked, gzip\r\n",
+    b"Transfer-Encoding: chunked, chunked\r\n",
+    b"Transfer-Encoding: identity\r\n",
+    b"Content-Length : 12\r\n",
+    b"X: a\rContent-Length: 99\r\n",  # a bare CR (some servers end a line there)
+])
+def test_framing_servers_could_read_differently_is_malformed(headers: bytes) -> None:
+    with pytest.raises(Malformed):
+        http.parse_request_head(b"POST / HTTP/1.1\r\nHost: a.example\r\n" + headers + b"\r\n")
+    with pytest.raises(Malformed):
+        http.parse_request_head(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+def test_upgrade_is_reported() -> None:
+    head = http.parse_request_head(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    assert head is not None and head.upgrade
+
+
+@pytest.mark.parametrize("line, size", [
+    (b"0\r\n", 0), (b"1a\r\n", 26), (b"00000FF\r\n", 255), (b"5;name=value\r\n", 5),
+    (b"5 ; a=\"quoted; string\" ;b\r\n", 5),
+])
+def test_chunk_lines(line: bytes, size: int) -> None:
+    assert http.parse_chunk_line(line + b"data") == (size, len(line))
+    for cut in range(len(line)):
+        assert http.parse_chunk_line(line[:cut]) is None
+
+
+@pytest.mark.parametrize("line", [
+    b"5\n", b"\r\n", b"x5\r\n", b"0x5\r\n", b"-1\r\n", b"1" * (http.MAX_CHUNK_DIGITS + 1) + b"\r\n",
+    b"5 junk\r\n", b"5;a=\"open\r\n", b"5\r\r\n", b"5;a\x00\r\n",
+])
+def test_bad_chunk_lines(line: bytes) -> None:
+    with pytest.raises(Malformed):
+        http.parse_chunk_line(line)
+    with pytest.raises(Malformed):
+        http.parse_chunk_line(b"5" * http.MAX_CHUNK_LINE)
+
+
+def test_trailers() -> None:
+    assert http.parse_trailers(b"\r\nGET") == 2
+    section = b"X-Checksum: abc\r\nX-Other: 1\r\n\r\n"
+    assert http.parse_trailers(section + b"GET") == len(section)
+    assert http.parse_trailers(section[:-1]) is None
+    with pytest.raises(Malformed):
+        http.parse_trailers(b"X-A: b\nX-B: c\r\n\r\n")
+    with pytest.raises(Malformed):
+        http.parse_trailers(b"Bad Name: x\r\n\r\n")
+
+
+def test_extension_methods_parse_when_the_line_is_a_request() -> None:
+    head = http.parse_request_head(b"get http://ghcr.io/v2/ HTTP/1.1\r\n\r\n")
+    assert head is not None and (head.method, head.host) == ("get", "ghcr.io")

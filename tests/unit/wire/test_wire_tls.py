@@ -110,7 +110,9 @@ def test_any_record_and_segment_split_gives_the_same_hello(record_sizes: list[in
 
 def test_not_tls() -> None:
     assert isinstance(tls.ClientHelloReader().feed(b"GET / HTTP/1.1\r\n"), tls.NotTls)
-    assert isinstance(tls.ClientHelloReader().feed(b"\x16\x02"), tls.NotTls)
+    assert isinstance(tls.ClientHelloReader().feed(b"\x16\x10"), tls.NotTls)  # no server takes 0x10xx
+    assert isinstance(tls.ClientHelloReader().feed(b"\x17\x03"), tls.NotTls)
+    assert tls.ClientHelloReader().feed(b"\x16\x02") == tls.NEED_MORE  # Go takes any version below 0x1000
     assert tls.ClientHelloReader().feed(b"\x16") == tls.NEED_MORE
     assert tls.looks_like_tls(b"\x16\x03\x01")
     assert not tls.looks_like_tls(b"\x16")
@@ -197,15 +199,20 @@ def test_malformed_records() -> None:
     hello = client_hello([sni_extension(b"a.example")])
     with pytest.raises(Malformed):  # an alert record in the middle of the ClientHello
         tls.ClientHelloReader().feed(records(hello[:10]) + b"\x15\x03\x03\x00\x02\x02\x28")
-    with pytest.raises(Malformed):  # a zero-length handshake record
-        tls.ClientHelloReader().feed(b"\x16\x03\x01\x00\x00")
+    with pytest.raises(Malformed):  # more empty handshake records than any server skips
+        tls.ClientHelloReader().feed(b"\x16\x03\x01\x00\x00" * (tls.MAX_EMPTY_RECORDS + 1))
+    with pytest.raises(Malformed):  # a record version no server takes, once the bytes began like TLS
+        tls.ClientHelloReader().feed(records(hello[:10]) + b"\x16\x10\x00\x00\x01\x00")
+    with pytest.raises(Malformed):  # change_cipher_spec inside the first hello
+        tls.ClientHelloReader().feed(records(hello[:10]) + b"\x14\x03\x03\x00\x01\x01" + records(hello[10:]))
+    assert isinstance(tls.ClientHelloReader().feed(b"\x14\x03\x03\x00\x01\x01"), tls.NotTls)  # nobody takes it first
     with pytest.raises(Malformed):  # a ServerHello where a ClientHello belongs
         tls.ClientHelloReader().feed(records(b"\x02" + hello[1:]))
     with pytest.raises(Malformed):  # a ClientHello larger than the bound
         tls.ClientHelloReader().feed(b"\x16\x03\x01\x00\x04\x01\x01\x00\x00")
     reader = tls.ClientHelloReader()
     with pytest.raises(Malformed):
-        reader.feed(b"\x16\x03\x01\x00\x00")
+        reader.feed(b"\x15\x03\x01\x00\x02\x02\x28")  # a fatal alert first
     with pytest.raises(Malformed):  # the error sticks
         reader.feed(records(hello))
 
@@ -330,3 +337,121 @@ def test_post_quantum_fixture_file_matches_builder() -> None:
     stored = bytes.fromhex((DATA / "clienthello-pq-1901.hex").read_text().replace("\n", ""))
     assert stored == records(chromium_like_hello())
     assert tls.parse_client_hello(stored).sni == "registry.blocked.test"
+
+
+# -- what servers take around a ClientHello (Go's crypto/tls, OpenSSL, BoringSSL) ------------------
+
+def _alert(level: int, description: int, version: int = 0x0301) -> bytes:
+    from scapy.layers.tls.record import TLS, TLSAlert
+
+    return bytes(TLS(type=21, version=version, msg=[TLSAlert(level=level, descr=description)]))
+
+
+def _feed_all(data: bytes, step: int = 0) -> object:
+    reader = tls.ClientHelloReader()
+    if not step:
+        return reader.feed(data)
+    result: object = tls.NEED_MORE
+    for pos in range(0, len(data), step):
+        result = reader.feed(data[pos:pos + step])
+    return result
+
+
+@pytest.mark.parametrize("step", [0, 1, 7])
+def test_warning_alerts_before_and_between_the_fragments_are_skipped(step: int) -> None:
+    hello = chromium_like_hello(b"blocked.example")
+    # Go skips warning alerts before the hello (up to 16 useless records), OpenSSL and BoringSSL too.
+    stream = _alert(1, 0) + _alert(1, 90, 0x0303) + records(hello, [100]) + _alert(1, 112) + records(hello[100:])
+    result = _feed_all(stream, step)
+    assert isinstance(result, tls.ClientHello) and result.sni == "blocked.example"
+    too_many = _alert(1, 90) * (tls.MAX_WARNING_ALERTS + 1) + records(hello)
+    with pytest.raises(Malformed):
+        _feed_all(too_many, step)
+    with pytest.raises(Malformed):  # a fatal alert: no server reads on
+        _feed_all(_alert(2, 40) + records(hello), step)
+
+
+@pytest.mark.parametrize("version", [0x0000, 0x0002, 0x0100, 0x0200, 0x0300, 0x0304, 0x03FF, 0x0A0A, 0x0FFF])
+def test_any_record_version_below_0x1000_is_read(version: int) -> None:
+    hello = chromium_like_hello(b"blocked.example")
+    for stream in (records(hello, version=version), records(hello, [50, 60], version=version)):
+        result = tls.ClientHelloReader().feed(stream)
+        assert isinstance(result, tls.ClientHello) and result.sni == "blocked.example"
+        assert tls.parse_client_hello(stream) == result
+    assert isinstance(tls.ClientHelloReader().feed(records(hello, version=0x1000)), tls.NotTls)
+
+
+def test_empty_records_are_skipped_up_to_the_servers_bound() -> None:
+    hello = client_hello([sni_extension(b"blocked.example")])
+    empty = b"\x16\x03\x01\x00\x00"
+    stream = empty * 3 + records(hello[:20]) + empty + records(hello[20:])
+    result = tls.ClientHelloReader().feed(stream)
+    assert isinstance(result, tls.ClientHello) and result.sni == "blocked.example"
+    assert isinstance(tls.ClientHelloReader().feed(empty * tls.MAX_EMPTY_RECORDS + records(hello)), tls.ClientHello)
+
+
+def test_records_up_to_gos_limit() -> None:
+    padding = extension(21, bytes(tls.MAX_RECORD - 600))  # a hello in a record longer than 2^14
+    hello = client_hello([sni_extension(b"blocked.example"), padding])
+    assert 16384 < len(hello) <= tls.MAX_RECORD
+    result = tls.ClientHelloReader().feed(records(hello))
+    assert isinstance(result, tls.ClientHello) and result.sni == "blocked.example"
+
+
+def test_scapy_reads_an_alert_then_the_hello_the_same_way() -> None:
+    from scapy.layers.tls.handshake import TLSClientHello
+    from scapy.layers.tls.record import TLS
+
+    hello = chromium_like_hello(b"blocked.example")
+    stream = _alert(1, 90) + records(hello)
+    parsed = TLS(stream)
+    assert parsed.type == 21 and parsed.msg[0].level == 1  # scapy: a warning alert, then ...
+    inner = parsed.payload.msg[0]
+    assert isinstance(inner, TLSClientHello)  # ... the ClientHello, whose name netguard reads
+    names = [n.servername.decode() for e in inner.ext if e.type == 0 for n in e.servernames]
+    result = tls.ClientHelloReader().feed(stream)
+    assert isinstance(result, tls.ClientHello) and [result.sni] == names
+
+
+def test_end_and_leftover_after_the_hello() -> None:
+    hello = client_hello([sni_extension(b"a.example")])
+    reader = tls.ClientHelloReader()
+    stream = records(hello)
+    assert isinstance(reader.feed(stream + b"\x14\x03\x03\x00\x01\x01"), tls.ClientHello)
+    assert (reader.end, reader.leftover) == (len(stream), b"")
+    # A record holding the hello and the start of the next handshake message (a second hello after a
+    # HelloRetryRequest may begin there: Go reads on from its handshake buffer).
+    reader = tls.ClientHelloReader()
+    stream = records(hello[:30]) + records(hello[30:] + hello[:10])
+    assert isinstance(reader.feed(stream), tls.ClientHello)
+    assert (reader.end, reader.leftover) == (len(stream), hello[:10])
+
+
+def test_the_second_hello_after_a_hello_retry_request() -> None:
+    second = chromium_like_hello(b"blocked.example")
+    ccs = b"\x14\x03\x03\x00\x01\x01"
+    early = b"\x17\x03\x03\x00\x05" + bytes(5)  # early data a server skips after an HRR
+    for stream in (ccs + records(second), early + early + ccs + records(second, [40]),
+                   _alert(1, 90) + records(second)):
+        reader = tls.ClientHelloReader(after_hello=True)
+        result = reader.feed(stream)
+        assert isinstance(result, tls.ClientHello) and result.sni == "blocked.example"
+    # Begun in the first hello's last record (leftover), finished in the next.
+    reader = tls.ClientHelloReader(after_hello=True, handshake=second[:25])
+    result = reader.feed(records(second[25:]))
+    assert isinstance(result, tls.ClientHello) and result.sni == "blocked.example"
+    with pytest.raises(Malformed):  # change_cipher_spec inside a hello split around it
+        tls.ClientHelloReader(after_hello=True, handshake=second[:25]).feed(ccs + records(second[25:]))
+    with pytest.raises(Malformed):  # a ServerHello is no second ClientHello
+        tls.ClientHelloReader(after_hello=True).feed(ccs + records(b"\x02" + second[1:]))
+    with pytest.raises(Malformed):
+        tls.ClientHelloReader(after_hello=True).feed(ccs * (tls.MAX_SKIPPED_AFTER_HELLO + 1))
+    with pytest.raises(Malformed):  # outside the after-hello mode change_cipher_spec is no record to skip
+        tls.ClientHelloReader().feed(_alert(1, 90) + ccs + records(second))
+
+
+def test_hello_retry_request_detection() -> None:
+    hrr = b"\x16\x03\x03\x00\x58\x02\x00\x00\x54\x03\x03" + tls.HRR_RANDOM + bytes(10)
+    assert tls.is_hello_retry_request(hrr)
+    assert not tls.is_hello_retry_request(hrr[:40])
+    assert not tls.is_hello_retry_request(hrr[:11] + bytes(32) + hrr[43:])
