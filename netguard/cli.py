@@ -423,10 +423,26 @@ def run(policy_path: str | None, backend: str | None, policy_url: str | None, tr
         chosen = daemon.choose_backend(backend)
         d = daemon.Daemon(Path(policy_path) if policy_path else None, chosen, fleet=fleet, metrics=address,
                           metrics_textfile=Path(metrics_textfile) if metrics_textfile else None, loaded=loaded)
-        sys.exit(d.run())
+        code = d.run()
     except daemon.StartError as e:
         click.echo(f"netguard run: {e}", err=True)
         sys.exit(2)
+    _drop_unreadable_log()
+    sys.exit(code)
+
+
+def _drop_unreadable_log() -> None:
+    """The block log's reader may have gone (a closed pipe): what stays buffered would make the
+    interpreter's exit flush fail and turn a clean stop into exit status 120, depending on whether
+    stdout is buffered (PYTHONUNBUFFERED). Flush now; if nobody reads, send the rest to /dev/null."""
+    import os
+
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 @main.command()
@@ -434,7 +450,7 @@ def run(policy_path: str | None, backend: str | None, policy_url: str | None, tr
 def status(as_json: bool) -> None:
     """Is netguard enforcing in this network namespace? Checked in the kernel, not taken from the
     daemon's word: the daemon answers; its rules are installed as it installed them and as its rule
-    set says, in IPv4 and IPv6; its queue is bound by its own socket (/proc/net/netfilter/
+    set says, in IPv4 and IPv6 (IPv4 alone where the kernel refused the IPv6 rules); its queue is bound by its own socket (/proc/net/netfilter/
     nfnetlink_queue); the fail-open setting (--queue-bypass, the queue's flag) is what the policy's
     fail_mode says; and the queue has dropped no packets in the last 5 minutes. Also its policy,
     backend, counters and (as root) the most recent blocks.

@@ -239,6 +239,8 @@ class Options:
     dns_any_port: bool = True
     # A HelloRetryRequest makes an allowed TLS flow followed, to judge the second ClientHello (xt u32).
     reread_hrr: bool = True
+    # The address families that get rules: (4,) on a kernel that refuses the IPv6 set.
+    families: tuple[Family, ...] = FAMILIES
 
 
 def _m(value: int, mask: int) -> str:
@@ -732,10 +734,10 @@ def remove(ns: str | None = None, keep: Backend | None = None) -> list[str]:
 
 
 def apply(backend: Backend, opts: Options, ns: str | None = None) -> None:
-    """Put netguard's rules for both families in place, replacing any netguard rules already there
-    in the same restore (one transaction per table); if the second family fails, netguard's rules
-    are removed from the first again."""
-    for i, family in enumerate(FAMILIES):
+    """Put netguard's rules for its families (both, unless opts.families says otherwise) in place,
+    replacing any netguard rules already there in the same restore (one transaction per table); if
+    the second family fails, netguard's rules are removed from the first again."""
+    for i, family in enumerate(opts.families):
         try:
             _restore(backend, family, build_replacement(save(backend, family, ns), build_rules(family, opts)), ns)
         except FirewallError:

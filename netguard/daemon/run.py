@@ -93,6 +93,20 @@ class StartError(RuntimeError):
     """netguard cannot enforce here; the message says why."""
 
 
+def _apply_fitting(backend: firewall.Backend,
+                   opts: firewall.Options) -> tuple[firewall.Options, str | None, str | None]:
+    """firewall.apply_preferred; where the kernel refuses the IPv6 set (no IPv6 netfilter or no
+    IPv6 REJECT: doctor says "degraded"), IPv4 alone rather than no enforcement at all. Returns the
+    options in force, why u32 fell back, and why IPv6 did (None: it did not)."""
+    try:
+        return (*firewall.apply_preferred(backend, opts), None)
+    except firewall.FirewallError as exc:
+        if not str(exc).startswith("ip6tables") or opts.families != firewall.FAMILIES:
+            raise
+        v4, no_u32 = firewall.apply_preferred(backend, dataclasses.replace(opts, families=(4,)))
+        return v4, no_u32, str(exc).splitlines()[0]
+
+
 def firewall_options(policy: Policy) -> firewall.Options:
     """The rule options a policy asks for."""
     marks = firewall.Marks(policy.mark_mask, policy.mark_allowed, policy.mark_blocked)
@@ -117,8 +131,11 @@ def choose_backend(requested: str | None) -> firewall.Backend:
     for backend in report.backends:
         if backend in firewall.BACKENDS:
             return backend
-    raise StartError("no firewall backend netguard can use here (doctor found: "
-                     f"{', '.join(report.backends) or 'none'}); " + "; ".join(report.reasons))
+    # doctor's verdict already counts only the backends run supports: this is a safety net, and
+    # never ends in an empty reason.
+    found = ", ".join(report.backends) or "none"
+    raise StartError(f"no firewall backend netguard can use here (doctor found: {found}; this netguard's run "
+                     f"supports {', '.join(firewall.BACKENDS)})" + "".join(f"; {r}" for r in report.reasons))
 
 
 @dataclass
@@ -155,6 +172,7 @@ class Daemon:
         self._injector = Injector(self._marks.passed)
         self._log_failures = 0
         self._skip_empty = True  # until apply_preferred finds the kernel without xt u32
+        self._families = firewall.FAMILIES  # until the kernel refuses the IPv6 rules
         self._started = self._loaded = self.clock()
         self._last_reload: dict[str, Any] | None = None
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
@@ -231,8 +249,8 @@ class Daemon:
                 self._queue_fail_open = True
             server = self._start_metrics()
             stale = [f"{self.backend} IPv{f}" for f in firewall.FAMILIES if firewall.installed(self.backend, f)]
-            opts, no_u32 = firewall.apply_preferred(self.backend, opts)
-            self._skip_empty = opts.skip_empty
+            opts, no_u32, no_ipv6 = _apply_fitting(self.backend, opts)
+            self._skip_empty, self._families = opts.skip_empty, opts.families
             if stale:
                 self._notice(f"replaced stale netguard rules in one step ({', '.join(stale)})")
             enforcing = True
@@ -241,6 +259,9 @@ class Daemon:
                      f"every TCP segment of an undecided or followed flow is queued, QUIC is read on UDP 443 only, "
                      f"DNS answers from ports other than 53 and a second ClientHello after a HelloRetryRequest "
                      f"are not read, the xt u32 rules failed: {no_u32}")
+            if no_ipv6 is not None:
+                empty += (f"; IPv4 only: the kernel refused the IPv6 rules ({no_ipv6}), so IPv6 connections are "
+                          "NOT filtered (disable IPv6, or see `netguard doctor`)")
             mode = "; mode monitor: nothing is blocked" if self._monitoring else ""
             summary = (f"enforcing {self.policy.label} (backend {self.backend}, queue {opts.queue_num}, "
                        f"fail_mode {self.policy.fail_mode}")
@@ -587,7 +608,8 @@ class Daemon:
             "options": {"queue_num": opts.queue_num, "mark_mask": opts.marks.mask,
                         "mark_allowed": opts.marks.allowed, "mark_blocked": opts.marks.blocked,
                         "fail_open": opts.fail_open, "forward": opts.forward,
-                        "untracked_alerts": opts.untracked_alerts, "skip_empty": opts.skip_empty},
+                        "untracked_alerts": opts.untracked_alerts, "skip_empty": opts.skip_empty,
+                        "families": list(opts.families)},
         }
 
     # -- keeping the rules in place -------------------------------------------------------------
@@ -600,11 +622,13 @@ class Daemon:
         self._expect(opts)
         return watch
 
-    def _expect(self, opts: firewall.Options, families: tuple[firewall.Family, ...] = firewall.FAMILIES) -> None:
-        """After netguard's own restore: what is installed now is what must stay. Checked against
-        the shape build_rules gives, so a rule someone changed in the same instant is not taken in."""
+    def _expect(self, opts: firewall.Options, families: tuple[firewall.Family, ...] | None = None) -> None:
+        """After netguard's own restore: what is installed now is what must stay (in `families`, else
+        in all the daemon enforces). Checked against the shape build_rules gives, so a rule someone
+        changed in the same instant is not taken in."""
         if self._watch is None:
             return
+        families = opts.families if families is None else families
         layouts = self._watch.expect(time.monotonic(), families, firewall.tables_of(firewall.build_rules(4, opts)))
         self._expected.update(layouts)
         for family, layout in layouts.items():
@@ -741,10 +765,10 @@ class Daemon:
             self._metrics_error = None
 
     def _rules(self, policy: Policy) -> firewall.Options:
-        """The rule options for a policy, in the variant (with xt u32 or without) chosen at start."""
+        """The rule options for a policy, in the variant (with xt u32 or without, families) chosen at start."""
         u32 = self._skip_empty
         return dataclasses.replace(firewall_options(policy), skip_empty=u32, quic_u32=u32, dns_any_port=u32,
-                                   reread_hrr=u32)
+                                   reread_hrr=u32, families=self._families)
 
     def _policy_mtime(self) -> float | None:
         if self.policy_path is None:

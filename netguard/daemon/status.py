@@ -159,7 +159,8 @@ def rule_options(doc: dict[str, Any]) -> firewall.Options:
     return firewall.Options(queue_num=o["queue_num"], marks=firewall.Marks(o["mark_mask"], o["mark_allowed"],
                                                                             o["mark_blocked"]),
                             fail_open=o["fail_open"], forward=o["forward"], untracked_alerts=o["untracked_alerts"],
-                            skip_empty=o["skip_empty"])
+                            skip_empty=o["skip_empty"], quic_u32=o["skip_empty"], dns_any_port=o["skip_empty"],
+                            reread_hrr=o["skip_empty"], families=tuple(o.get("families", firewall.FAMILIES)))
 
 
 def kernel_checks(doc: dict[str, Any], now: float, privileged: bool) -> list[Check]:
@@ -178,7 +179,7 @@ def kernel_checks(doc: dict[str, Any], now: float, privileged: bool) -> list[Che
     opts = rule_options(doc)
     problems: list[str] = []
     bypass: set[bool] = set()
-    for family in firewall.FAMILIES:
+    for family in opts.families:
         text = firewall.build_rules(family, opts)
         tables = firewall.tables_of(text)
         saved = firewall.save(backend, family, tables=tables)
@@ -189,8 +190,9 @@ def kernel_checks(doc: dict[str, Any], now: float, privileged: bool) -> list[Che
         problems += found
         bypass |= {"--queue-bypass" in r for rs in now_layout.chains.values() for r in rs if "-j NFQUEUE" in r}
     restored = f"; restored {rules['restored']} time(s) since start" if rules["restored"] else ""
+    families = " and ".join(f"IPv{f}" for f in opts.families)
     checks.append(Check("rules", not problems, "; ".join(problems) if problems else
-                        f"installed as expected in IPv4 and IPv6 ({backend}{restored})"))
+                        f"installed as expected in {families} ({backend}{restored})"))
     try:
         q = queue_state(doc["queue_num"])
     except OSError as exc:

@@ -11,11 +11,16 @@ NetfilterQueue) runs last, in a child Python process started inside its own name
 
 Results are `Probe` values (present: True / False / None = could not tell). `choose_backend` is
 pure: nft `queue` where the native nft set netguard needs loads, else xt NFQUEUE via iptables-nft,
-else via iptables-legacy.
+else via iptables-legacy, among the backends `netguard run` supports (firewall.BACKENDS), so doctor
+names the backend `run` will use. A slow machine must not turn into a missing feature: the modules
+the probes use are loaded first (a first load took more than 2 s in emulation), and a probe that
+times out is tried once more with a long limit; if that times out too, the answer is "could not
+tell", never "absent".
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -31,14 +36,25 @@ from typing import Any
 
 from netguard.daemon import firewall, netns
 
-# One kernel answer takes a few milliseconds; a tool that waits longer is stuck (e.g. on the
-# iptables-legacy lock held by another run), and doctor must finish in well under 3 s.
+# One kernel answer takes a few milliseconds, and doctor must finish in well under 3 s on an
+# ordinary machine: a first try gets this long.
 COMMAND_TIMEOUT = 2.0
+# A probe that timed out is tried again with this long before it counts as "could not tell": a
+# first module load, or an emulated machine (30-60x slower process starts), can take seconds.
+RETRY_TIMEOUT = 30.0
 # iptables-legacy serialises on /run/xtables.lock across all namespaces: wait this long for it.
 XTABLES_LOCK_WAIT = "1"
-# The round-trip child: Python start + import + one datagram; a queue that works answers in ms.
-ROUNDTRIP_TIMEOUT = 1.0
+# The round-trip child: Python start + import + one datagram; a queue that works answers in ms,
+# and the wait ends as soon as the datagram is there.
+ROUNDTRIP_TIMEOUT = 5.0
 CHILD_TIMEOUT = 5.0
+CHILD_RETRY_TIMEOUT = 120.0
+# The modules the probes would make the kernel load on first use, loaded up front in one modprobe
+# (missing ones are skipped). No table modules (iptable_filter, ...): loading one would make its
+# table in every namespace, this one included.
+PRELOAD_MODULES = ("nfnetlink_queue", "xt_NFQUEUE", "nft_queue", "nft_compat", "nft_ct", "nft_reject_inet",
+                   "xt_conntrack", "xt_connmark", "xt_connbytes", "xt_u32", "ipt_REJECT", "ip6t_REJECT")
+PRELOAD_TIMEOUT = 120.0
 # Queues are per namespace, and the scratch namespace is new: any number is free there.
 PROBE_QUEUE = 0
 PROBE_PORT = 9  # discard: nothing listens, the datagram only has to reach the queue
@@ -115,7 +131,8 @@ class _Namespaces:
 
 
 def usable_backends(probes: Mapping[str, Probe]) -> tuple[str, ...]:
-    """Pure: every queueing backend the probe results allow, best first."""
+    """Pure: every queueing backend the probe results allow, best first (whether or not `run`
+    supports it: a fact about the kernel)."""
     def ok(name: str) -> bool:
         probe = probes.get(name)
         return probe is not None and probe.present is True
@@ -125,11 +142,10 @@ def usable_backends(probes: Mapping[str, Probe]) -> tuple[str, ...]:
     return tuple(name for name in BACKENDS if usable[name])
 
 
-def choose_backend(probes: Mapping[str, Probe]) -> str | None:
-    """Pure: the queueing backend to use (nft queue, else xt NFQUEUE via iptables-nft, else via
-    iptables-legacy), from probe results; None when none works."""
-    usable = usable_backends(probes)
-    return usable[0] if usable else None
+def choose_backend(probes: Mapping[str, Probe], supported: Sequence[str] = firewall.BACKENDS) -> str | None:
+    """Pure: the queueing backend `netguard run` will use (the best usable one among `supported`:
+    nft queue, else xt NFQUEUE via iptables-nft, else via iptables-legacy); None when none works."""
+    return next((b for b in usable_backends(probes) if b in supported), None)
 
 
 def _first_line(text: str) -> str:
@@ -142,15 +158,34 @@ def _first_line(text: str) -> str:
     return ""
 
 
+def _patiently(argv: Sequence[str], stdin: str | None, first: float,
+               retry: float) -> subprocess.CompletedProcess[str] | None:
+    """Run argv with a short limit, and once more with a long one if it timed out; None when
+    both timed out (the caller reports "could not tell")."""
+    for limit in (first, retry):
+        try:
+            return subprocess.run(list(argv), capture_output=True, text=True, input=stdin, timeout=limit)
+        except subprocess.TimeoutExpired:
+            continue
+    return None
+
+
+def preload_modules() -> None:
+    """Load the modules the probes use, best effort (no modprobe, no CAP_SYS_MODULE, a module
+    the kernel lacks: the probes find out), so their first load is not timed by a probe."""
+    if shutil.which("modprobe") is None:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+        subprocess.run(["modprobe", "-a", "-q", *PRELOAD_MODULES], capture_output=True, timeout=PRELOAD_TIMEOUT)
+
+
 def _in_ns(ns: str, argv: Sequence[str], stdin: str | None = None) -> Probe:
     """Run argv inside the scratch namespace ns; present means exit status 0."""
     if not ns.startswith(netns.PREFIX):  # never probe outside a namespace made here
         raise ValueError(f"refusing to probe outside a scratch namespace: {ns!r}")
-    try:
-        done = subprocess.run(netns.exec_argv(ns, argv), capture_output=True, text=True, input=stdin,
-                              timeout=COMMAND_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return Probe(None, f"{argv[0]} timed out after {COMMAND_TIMEOUT:g} s")
+    done = _patiently(netns.exec_argv(ns, argv), stdin, COMMAND_TIMEOUT, RETRY_TIMEOUT)
+    if done is None:
+        return Probe(None, f"{argv[0]} timed out twice (after {COMMAND_TIMEOUT:g} s, then {RETRY_TIMEOUT:g} s)")
     if done.returncode == 0:
         return Probe(True, "rule accepted")
     return Probe(False, _first_line(done.stderr) or f"{argv[0]} exited {done.returncode}")
@@ -217,10 +252,11 @@ def _queue_group(backend: str | None, spaces: _Namespaces) -> dict[str, Probe]:
         spaces.names.append(ns)
         argv = netns.exec_argv(ns, [sys.executable, "-m", "netguard.doctor.probe", "queue-child",
                                     backend or "none", ns])
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            unknown = Probe(None, f"queue probe timed out after {CHILD_TIMEOUT:g} s")
+        # A retry starts a fresh child: the one that timed out was killed with its rule and queue.
+        done = _patiently(argv, None, CHILD_TIMEOUT, CHILD_RETRY_TIMEOUT)
+        if done is None:
+            unknown = Probe(None, f"queue probe timed out twice (after {CHILD_TIMEOUT:g} s, then "
+                                  f"{CHILD_RETRY_TIMEOUT:g} s)")
             return {"nfnetlink_queue": unknown, "queue_roundtrip": unknown}
     try:
         found: dict[str, Any] = json.loads(done.stdout)
@@ -277,6 +313,7 @@ def probe_backend() -> str | None:
     own scratch namespace). None when none does or namespaces cannot be made."""
     if _can_make_namespaces() is not None:
         return None
+    preload_modules()
     spaces = _Namespaces()
     found = _parallel({
         "nft": lambda: _nft_group(spaces),
@@ -306,6 +343,7 @@ def live_probe() -> ProbeRun:
                      "conntrack", "connmark", "connbytes", "reject", "ip6tables", "u32", "queue_roundtrip"):
             probes[name] = Probe(None, why_not)
         return ProbeRun(probes, (), time.monotonic() - start)
+    preload_modules()
     spaces = _Namespaces()
     found = _parallel({
         "xt_nft": lambda: _xt_group(IPTABLES_NFT, "ip6tables-nft", spaces),
@@ -335,7 +373,7 @@ def _inside(ns: str) -> bool:
     if not ns.startswith(netns.PREFIX):
         return False
     done = subprocess.run(["ip", "netns", "identify", str(os.getpid())], capture_output=True, text=True,
-                          timeout=COMMAND_TIMEOUT)
+                          timeout=RETRY_TIMEOUT)  # the parent bounds the child as a whole
     return done.stdout.split() == [ns]
 
 
@@ -371,7 +409,7 @@ def _queue_child(backend: str) -> dict[str, dict[str, Any]]:
         if backend == "none":
             return result
         argv, stdin = _roundtrip_rule(backend)
-        done = subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=COMMAND_TIMEOUT)
+        done = subprocess.run(argv, capture_output=True, text=True, input=stdin, timeout=RETRY_TIMEOUT)
         if done.returncode != 0:
             result["queue_roundtrip"] = {"present": False,
                                          "detail": f"rule refused: {_first_line(done.stderr)}"}

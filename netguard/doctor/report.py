@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from netguard.daemon import firewall
 from netguard.doctor.probe import (
     NFT_QUEUE,
     Probe,
@@ -50,6 +51,8 @@ WSL_FIX = ("update WSL from Windows: `wsl --update` (WSL >= 2.5.1 ships kernel 6
 MAX_WINDOWS_PROFILES = 64
 # Kernel config files are a few hundred KiB; anything far larger is not a kernel config.
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
+# modules.dep lists a few thousand modules in under 1 MiB.
+MAX_MODULES_DEP_BYTES = 8 * 1024 * 1024
 CONTAINER_CGROUP_WORDS = ("docker", "kubepods", "libpod", "containerd", "lxc", "crio")
 
 
@@ -81,7 +84,27 @@ FEATURES: tuple[Feature, ...] = (
     Feature("queue_roundtrip", "packet queued and received", ()),
 )
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
+# The module each config symbol above builds (what `modprobe` would load, what a tree may lack).
+MODULE_OF = {
+    "CONFIG_NETFILTER_NETLINK_QUEUE": "nfnetlink_queue", "CONFIG_NETFILTER_XT_TARGET_NFQUEUE": "xt_NFQUEUE",
+    "CONFIG_NFT_COMPAT": "nft_compat", "CONFIG_IP_NF_IPTABLES": "ip_tables", "CONFIG_NFT_QUEUE": "nft_queue",
+    "CONFIG_NFT_CT": "nft_ct", "CONFIG_NFT_REJECT": "nft_reject", "CONFIG_NF_CONNTRACK": "nf_conntrack",
+    "CONFIG_NETFILTER_XT_MATCH_CONNTRACK": "xt_conntrack", "CONFIG_NETFILTER_XT_CONNMARK": "xt_connmark",
+    "CONFIG_NETFILTER_XT_MATCH_CONNBYTES": "xt_connbytes", "CONFIG_IP_NF_TARGET_REJECT": "ipt_REJECT",
+    "CONFIG_IP6_NF_IPTABLES": "ip6_tables", "CONFIG_IP6_NF_TARGET_REJECT": "ip6t_REJECT",
+    "CONFIG_NETFILTER_XT_MATCH_U32": "xt_u32", "CONFIG_NF_REJECT_IPV6": "nf_reject_ipv6",
+}
 CONFIG_SYMBOLS = tuple(dict.fromkeys(s for f in FEATURES for s in f.config))
+
+
+@dataclass(frozen=True)
+class KernelFiles:
+    """What the kernel's own files say: its config and the modules in /lib/modules/RELEASE. Only
+    advice depends on them (modprobe helps only where a module exists); the probes decide."""
+
+    config: Mapping[str, str] | None = None
+    modules: frozenset[str] | None = None  # None: no modules tree readable
+    release: str = ""
 
 
 @dataclass(frozen=True)
@@ -370,6 +393,17 @@ def read_kernel_config(root: Path, release: str) -> tuple[dict[str, str] | None,
     return None, "no kernel config readable (/proc/config.gz, /boot/config-RELEASE)"
 
 
+def read_module_names(root: Path, release: str) -> frozenset[str] | None:
+    """The loadable modules of the running kernel (from /lib/modules/RELEASE/modules.dep), or None."""
+    if not release or "/" in release:
+        return None
+    text = _read(root, f"/lib/modules/{release}/modules.dep", MAX_MODULES_DEP_BYTES)
+    if text is None:
+        return None
+    return frozenset(line.split(":", 1)[0].rsplit("/", 1)[-1].split(".ko", 1)[0]
+                     for line in text.splitlines() if ":" in line)
+
+
 def config_value(config: Mapping[str, str] | None, symbol: str) -> str:
     """y / m / n, "?" when the config does not mention the symbol, "-" when there is no config."""
     if config is None:
@@ -458,20 +492,51 @@ def _detail(probes: Mapping[str, Probe], name: str) -> str:
     return f" ({probe.detail})" if probe.detail else ""
 
 
-def _queue_fix(environment: Environment) -> str:
+# What a kernel needs so that `run` can queue (xt NFQUEUE: every backend it supports uses it).
+QUEUE_SYMBOLS = ("CONFIG_NETFILTER_NETLINK_QUEUE", "CONFIG_NETFILTER_XT_TARGET_NFQUEUE")
+
+
+def _kernel_fix(environment: Environment, kernel: KernelFiles, symbols: Sequence[str],
+                supported: Sequence[str]) -> str:
+    """What to do about kernel features that the probes found missing, as far as the kernel's own
+    files tell: modprobe where the module is there, another kernel where the config leaves it out."""
     if environment.kind == "wsl2":
         return WSL_FIX
     if environment.kind == "docker-desktop":
         return "update Docker Desktop (its LinuxKit kernels ship NFQUEUE built in)"
-    return ("load the modules (`modprobe nfnetlink_queue xt_NFQUEUE`) or use a kernel with "
-            "CONFIG_NETFILTER_NETLINK_QUEUE and CONFIG_NETFILTER_XT_TARGET_NFQUEUE (or CONFIG_NFT_QUEUE)")
+    symbols = list(dict.fromkeys(symbols))
+    nft = " (or CONFIG_NFT_QUEUE)" if NFT_QUEUE in supported and "CONFIG_NETFILTER_XT_TARGET_NFQUEUE" in symbols else ""
+    if kernel.config is None:
+        mods = " ".join(MODULE_OF.get(s, s) for s in symbols)
+        return (f"load the modules (`modprobe {mods}`) or use a kernel with {', '.join(symbols)}{nft} "
+                "(no kernel config was readable to tell which)")
+    unset = [s for s in symbols if kernel.config.get(s, "n") not in ("y", "m")]
+    modular = [MODULE_OF.get(s, s) for s in symbols if kernel.config.get(s) == "m"]
+    absent = [m for m in modular if kernel.modules is not None and m not in kernel.modules]
+    loadable = [m for m in modular if m not in absent]
+    fixes = []
+    if unset:
+        fixes.append(f"this kernel is built without {', '.join(unset)} (its config), so no modprobe can help: "
+                     "use a kernel built with " + ("it" if len(unset) == 1 else "them") + nft)
+    if absent:
+        fixes.append(f"the module{'s' if len(absent) > 1 else ''} {', '.join(absent)} "
+                     f"{'are' if len(absent) > 1 else 'is'} not in /lib/modules/{kernel.release}: install this "
+                     "kernel's complete modules package")
+    if loadable and not unset and not absent:
+        fixes.append(f"load the modules (`modprobe {' '.join(loadable)}`): the kernel has them, yet the probe "
+                     "could not use them (module loading disabled here?)")
+    return "; ".join(fixes) or (f"the kernel's config has {', '.join(symbols)} built in, yet the probe could not "
+                                "use them: see the probe details above")
 
 
 def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[str, Probe],
-           ipv6: bool = True) -> tuple[Verdict, tuple[str, ...], str | None]:
+           ipv6: bool = True, kernel: KernelFiles = KernelFiles(),
+           supported: Sequence[str] = firewall.BACKENDS) -> tuple[Verdict, tuple[str, ...], str | None]:
     """Pure: (verdict, reasons worst first, backend) from the environment, its gates and probe
     results. A required feature that could not be checked counts as missing: `run` must not
-    enforce on a guess. ipv6=False (no IPv6 in the kernel) makes missing ip6tables harmless."""
+    enforce on a guess. ipv6=False (no IPv6 in the kernel) makes missing ip6tables harmless.
+    backend: the one `run` will use, among the backends it supports; the advice follows what the
+    kernel's files say (kernel)."""
     cannot: list[str] = []
     degraded: list[str] = []
     # Unchecked features, grouped by why (one line for "not root" instead of eleven).
@@ -497,22 +562,29 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
         elif state is None:
             unchecked.setdefault(why_unknown(name), []).append(_label(name))
 
-    backend = choose_backend(probes)
+    backend = choose_backend(probes, supported)
+    kernel_fix: list[str] = []  # config symbols of kernel features found missing, for one fix line
     require("cap_net_admin", "netguard manages firewall rules: run it as root")
     if backend is None:
         queueing = ("xt_nfqueue_nft", "xt_nfqueue_legacy", "nft_queue")
+        ways = {"iptables-nft": ("xt NFQUEUE via iptables-nft", "xt_nfqueue_nft"),
+                "iptables-legacy": ("xt NFQUEUE via iptables-legacy", "xt_nfqueue_legacy"),
+                NFT_QUEUE: ("nft queue", "nft_queue")}
+        usable = [b for b in usable_backends(probes) if b not in supported]
         if all(_present(probes, name) is None for name in queueing):
             for name in queueing:
                 unchecked.setdefault(why_unknown(name), []).append(_label(name))
         else:
-            cannot.append("no way to send packets to netguard: xt NFQUEUE via iptables-nft"
-                          f"{_detail(probes, 'xt_nfqueue_nft')}, via iptables-legacy"
-                          f"{_detail(probes, 'xt_nfqueue_legacy')} and nft queue{_detail(probes, 'nft_queue')} "
-                          "are all unavailable")
-            fixes.append(_queue_fix(environment))
+            tried = [f"{label}{_detail(probes, name)}" for b, (label, name) in ways.items() if b in supported]
+            cannot.append("no way to send packets to netguard: " + ", ".join(tried[:-1])
+                          + (" and " if len(tried) > 1 else "") + tried[-1]
+                          + {1: " is unavailable", 2: " are both unavailable"}.get(len(tried), " are all unavailable")
+                          + (f"; {', '.join(usable)} works here, but this netguard's `run` cannot use it yet"
+                             if usable else ""))
+            kernel_fix += QUEUE_SYMBOLS
     require("nfnetlink_queue", "the kernel cannot hand queued packets to a program")
     if _present(probes, "nfnetlink_queue") is False:
-        fixes.append(_queue_fix(environment))
+        kernel_fix += _feature("nfnetlink_queue").config
     require("netfilterqueue", "install it with scripts/bootstrap (NetfilterQueue==1.1.0, needs "
                               "libnetfilter-queue-dev)")
     if _present(probes, "queue_roundtrip") is False:
@@ -523,13 +595,16 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
         require("conntrack", "netguard follows flows by connection state")
         require("connmark", "decisions are kept in the connection mark; without it blocked connections "
                             "cannot be reset and every packet would go through the daemon")
+        for name in ("conntrack", "connmark"):
+            if _present(probes, name) is False:
+                kernel_fix += _feature(name).config
         gaps = (
             ("connbytes", "the queue cannot be limited to the first bytes of a flow; undecided flows keep "
                           "going through the daemon (slower, never unfiltered)"),
             ("reject", "blocked connections are dropped, so clients hang until their own timeout instead "
                        "of failing at once"),
             ("ip6tables", "IPv6 connections are not filtered and a client preferring IPv6 bypasses netguard; "
-                          "disable IPv6 (sysctl net.ipv6.conf.all.disable_ipv6=1) or install ip6tables"),
+                          + _ip6_fix(probes, kernel)),
         )
         for name, effect in gaps:
             state = _present(probes, name)
@@ -542,6 +617,8 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
                       + ": netguard does not enforce on a guess")
     for why, labels in unchecked_gaps.items():
         degraded.append(f"could not check {', '.join(labels)}" + (f" ({why})" if why else ""))
+    if kernel_fix:
+        fixes.append(_kernel_fix(environment, kernel, kernel_fix, supported))
     verdict: Verdict = "cannot" if cannot else "degraded" if degraded else "ok"
     advice = tuple(f"to fix: {fix}" for fix in dict.fromkeys(fixes)) if cannot else ()
     return verdict, (*cannot, *advice, *degraded), backend
@@ -549,6 +626,29 @@ def decide(environment: Environment, gate_list: Sequence[Gate], probes: Mapping[
 
 def _label(name: str) -> str:
     return next((f.label for f in FEATURES if f.name == name), name)
+
+
+def _feature(name: str) -> Feature:
+    return next(f for f in FEATURES if f.name == name)
+
+
+def _ip6_fix(probes: Mapping[str, Probe], kernel: KernelFiles) -> str:
+    """What to do when IPv6 cannot be filtered: the tool is missing, or the kernel's IPv6
+    netfilter is (then installing ip6tables cannot help)."""
+    disable = "disable IPv6 (sysctl net.ipv6.conf.all.disable_ipv6=1)"
+    if "not installed" in _detail(probes, "ip6tables"):
+        return f"{disable} or install ip6tables (apt install iptables)"
+    symbols = ("CONFIG_NETFILTER_XT_TARGET_NFQUEUE", "CONFIG_IP6_NF_IPTABLES", "CONFIG_IP6_NF_TARGET_REJECT",
+               "CONFIG_NF_REJECT_IPV6")
+    if kernel.config is not None:
+        unset = [s for s in symbols if kernel.config.get(s, "n") not in ("y", "m")]
+        absent = [MODULE_OF[s] for s in symbols if kernel.config.get(s) == "m" and kernel.modules is not None
+                  and MODULE_OF[s] not in kernel.modules]
+        if unset:
+            return f"{disable}, or use a kernel built with {', '.join(unset)} (this one is built without)"
+        if absent:
+            return f"{disable}, or install this kernel's complete modules package ({', '.join(absent)} missing)"
+    return f"{disable}, or use a kernel whose IPv6 netfilter takes the NFQUEUE and REJECT rules"
 
 
 # ---------------------------------------------------------------- assessing (reading + probing)
@@ -577,7 +677,8 @@ def assess(root: Path = Path("/"), env: Mapping[str, str] | None = None, live: b
         found = {name: Probe(None, "not probed") for name in FEATURE_NAMES}
         source = "none"
     gate_list = gates(environment)
-    verdict, reasons, backend = decide(environment, gate_list, found, ipv6=_ipv6_enabled(root))
+    kernel = KernelFiles(full_config, read_module_names(root, environment.kernel), environment.kernel)
+    verdict, reasons, backend = decide(environment, gate_list, found, ipv6=_ipv6_enabled(root), kernel=kernel)
     return Report(environment=environment, gates=gate_list, probes=found, config=config,
                   config_source=config_source, verdict=verdict, reasons=reasons, backend=backend,
                   backends=usable_backends(found),
@@ -633,8 +734,12 @@ def render(report: Report) -> str:
         notes.append("nft queue unavailable here")
     if report.backend not in (None, NFT_QUEUE) and report.probes.get("u32", Probe(None)).present is False:
         notes.append("no xt u32: pure ACKs of undecided flows are queued too, one more round trip per connection")
-    if len(report.backends) > 1:
-        notes.append(f"also usable: {', '.join(report.backends[1:])}")
+    unsupported = [b for b in report.backends if b not in firewall.BACKENDS]
+    if unsupported:
+        notes.append(f"{', '.join(unsupported)} works here, but this netguard's `run` cannot use it yet")
+    others = [b for b in report.backends if b != report.backend and b not in unsupported]
+    if others:
+        notes.append(f"also usable: {', '.join(others)}")
     lines.append(f"backend       {report.backend or 'none'}" + (f" ({'; '.join(notes)})" if notes else ""))
     head = VERDICT_LINES[report.verdict]
     lines.append(f"verdict       {head}" + (f": {report.reasons[0]}" if report.reasons else ""))

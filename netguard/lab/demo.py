@@ -17,7 +17,9 @@ from pathlib import Path
 
 from netguard.lab import lab as lab_mod
 
-READY_TIMEOUT = 15.0
+# `netguard run` checks the kernel (doctor's probes) before it enforces: well under a second on an
+# ordinary machine, tens of seconds on a slow one (a first boot's module loads, an emulated VM).
+READY_TIMEOUT = 120.0
 NETGUARD_ARGV = [sys.executable, "-c", "from netguard.cli import main; main()"]
 
 

@@ -19,6 +19,11 @@ import sys
 import threading
 
 HEAD_LIMIT = 16384  # a request head longer than this is not a test client's
+# Seconds a client may take over its TLS handshake: tests send a ClientHello a byte at a time, which
+# takes minutes in an emulated VM (scripts/kernels); it only bounds the thread of a stuck client.
+CLIENT_TIMEOUT = 600.0
+
+
 # TLS that takes only P-256 key shares: a client that offers X25519 first (most do) gets a
 # HelloRetryRequest and sends a second ClientHello. (8443 in the same namespace is the policy
 # server's, netguard.lab.policyserver, and the benchmark's.)
@@ -104,7 +109,7 @@ def _tls_client(raw: socket.socket, ctx: ssl.SSLContext) -> None:
 
     ctx.sni_callback = on_sni
     try:
-        raw.settimeout(30)
+        raw.settimeout(CLIENT_TIMEOUT)
         conn = ctx.wrap_socket(raw, server_side=True)
     except (OSError, ssl.SSLError):
         raw.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import dpkt
+from harness import scaled
 
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
@@ -143,7 +144,7 @@ def pre_text(dom: str) -> str | None:
     return m.group(1) if m else None
 
 
-CAPTURE_READY = 5.0  # seconds for tcpdump to say it is listening; it takes a few milliseconds
+CAPTURE_READY = scaled(5.0)  # seconds for tcpdump to say it is listening; it takes a few milliseconds
 
 
 @contextlib.contextmanager

@@ -21,13 +21,13 @@ from e2eclients import (
     pre_text,
     rules,
 )
-from harness import Runner
+from harness import Runner, scaled
 
 from netguard.lab import registry as rl
 
 pytestmark = pytest.mark.root
 
-FAST = 5.0  # seconds: a blocked page fails at once; Chromium alone takes about 1 s to start and exit
+FAST = scaled(5.0)  # seconds: a blocked page fails at once; Chromium alone takes about 1 s to start and exit
 TAGS = f"/v2/{rl.REPO}/tags/list"
 
 

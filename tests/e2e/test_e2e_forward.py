@@ -24,16 +24,16 @@ from e2eclients import (
     rules,
     skopeo,
 )
-from harness import NETGUARD, Runner
+from harness import NETGUARD, Runner, scaled
 
 from netguard.daemon import netns
 from netguard.lab import registry as rl
 
 pytestmark = pytest.mark.root
 
-FAST = 2.0  # seconds, as for skopeo in the client namespace: a reset or NXDOMAIN, not a timeout
-PODMAN_FAST = 5.0  # seconds: podman retries a failed pull three times
-CHROMIUM_FAST = 5.0  # seconds: Chromium alone takes about 1 s to start and exit
+FAST = scaled(2.0)  # seconds, as for skopeo in the client namespace: a reset or NXDOMAIN, not a timeout
+PODMAN_FAST = scaled(5.0)  # seconds: podman retries a failed pull three times
+CHROMIUM_FAST = scaled(5.0)  # seconds: Chromium alone takes about 1 s to start and exit
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from e2eclients import ALLOWED, BLOCKED, address, blocks, podman_inspect, podman_pull
-from harness import Runner
+from harness import Runner, scaled
 
 from netguard.lab import registry as rl
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.root
 
 # seconds: podman retries a failed pull (three attempts, about one second apart), each attempt
 # ends at once on NXDOMAIN or a reset; a silent drop would take minutes.
-FAST = 5.0
+FAST = scaled(5.0)
 
 
 @pytest.mark.parametrize("route", ["dns", "v6"])

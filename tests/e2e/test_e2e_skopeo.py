@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from e2eclients import ALLOWED, BLOCKED, address, blocks, oci_blob, skopeo
-from harness import Runner
+from harness import Runner, scaled
 
 from netguard.lab import registry as rl
 
 pytestmark = pytest.mark.root
 
-FAST = 2.0  # seconds: a blocked skopeo fails at once (NXDOMAIN or reset); a silent drop takes 20 s
+FAST = scaled(2.0)  # seconds: a blocked skopeo fails at once (NXDOMAIN or reset); a silent drop takes 20 s
 
 
 def test_without_netguard_the_blocked_name_serves_the_image(reg: rl.RegistryLab) -> None:

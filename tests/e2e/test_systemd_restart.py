@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from harness import scaled
 
 from netguard.daemon import netns
 from netguard.daemon.sdnotify import PINGS_PER_INTERVAL
@@ -49,11 +50,11 @@ RESTORE_LIMIT = 2.0  # seconds; the acceptance asks for "about a second" (Restar
 # interval (WatchdogSec / sdnotify.PINGS_PER_INTERVAL) before the stop; systemd's timer slack on top.
 WATCHDOG_SLACK = 0.25
 WATCH_PACE = 0.05  # seconds between two reads of the rules while the watchdog test waits
-BOOT_TIMEOUT = 15.0  # seconds for the container's systemd to take commands; ~1 s here
-START_TIMEOUT = 15.0  # seconds for the service to bind its queue after `systemctl start`
-STOP_TIMEOUT = 10.0  # seconds for the container to power off after SIGTERM to nspawn
+BOOT_TIMEOUT = scaled(15.0)  # seconds for the container's systemd to take commands; ~1 s here
+START_TIMEOUT = scaled(15.0)  # seconds for the service to bind its queue after `systemctl start`
+STOP_TIMEOUT = scaled(10.0)  # seconds for the container to power off after SIGTERM to nspawn
 POLL = 0.005  # seconds between reads of the queue table: resolution of the measured time
-AFTER_BIND = 0.5  # seconds the rule watcher keeps reading after the rebind (the rules follow the bind)
+AFTER_BIND = scaled(0.5)  # seconds the rule watcher keeps reading after the rebind (the rules follow the bind)
 # A SYN dropped in the gap is sent again after the kernel's initial RTO (1 s): a gap flow connected
 # or reset sooner than this was not held, and the test would show nothing about fail-closed.
 HELD_CONNECT = 0.5
@@ -86,7 +87,7 @@ class Container:
         """The service's journal in the container, for failure messages."""
         return subprocess.run(["nsenter", "-t", str(self.init_pid), "-a", "journalctl", "-q", "--no-pager", "-o",
                                "short-precise", "-u", "netguard.service"], capture_output=True, text=True,
-                              timeout=20).stdout
+                              timeout=scaled(20)).stdout
 
     def host_pid(self, pid: int) -> int:
         """The host PID of the container's process `pid`."""
@@ -225,7 +226,7 @@ def test_restart_always_restores_enforcement_after_kill_9(lab: lab_mod.Lab, tmp_
             raise AssertionError(f"{e}\n{box.journal()}") from None
         _until(lambda: _nfqueue_rules(lab) > 0, "netguard installed its rules", START_TIMEOUT)
         rules_before = _nfqueue_rules(lab)
-        before = lab.client_run(_curl(lab, blocked), timeout=15)
+        before = lab.client_run(_curl(lab, blocked), timeout=scaled(15))
         assert before.returncode in CURL_RESET and _result(before.stdout)[0] == "000", before.stderr
 
         main_pid = int(box.systemctl("show", "-p", "MainPID", "--value", "netguard.service").stdout)
@@ -245,20 +246,20 @@ def test_restart_always_restores_enforcement_after_kill_9(lab: lab_mod.Lab, tmp_
         try:
             killed_at = time.monotonic()  # the watcher reads the new value: its times count from the kill
             os.kill(victim, signal.SIGKILL)
-            _until(lambda: not box.queue_bound(), "the queue released after kill -9", 2.0, POLL / 5)
+            _until(lambda: not box.queue_bound(), "the queue released after kill -9", scaled(2.0), POLL / 5)
             # Flows started in the gap: fail-closed holds their SYN until the restarted daemon judges them.
             gap_blocked = lab.client_popen(_curl(lab, blocked), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             gap_allowed = lab.client_popen(_curl(lab, allowed), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             gap_started = time.monotonic() - killed_at
-            _until(box.queue_bound, "netguard bound its queue again", 10.0, POLL)
+            _until(box.queue_bound, "netguard bound its queue again", scaled(10.0), POLL)
             restored = time.monotonic() - killed_at
             time.sleep(AFTER_BIND)
         finally:
             stop_watch.set()
             watcher.join()
 
-        blocked_out, blocked_err = gap_blocked.communicate(timeout=15)
-        allowed_out, allowed_err = gap_allowed.communicate(timeout=15)
+        blocked_out, blocked_err = gap_blocked.communicate(timeout=scaled(15))
+        allowed_out, allowed_err = gap_allowed.communicate(timeout=scaled(15))
         blocked_code, _, blocked_reset = _result(blocked_out.decode())
         allowed_code, allowed_connect, _ = _result(allowed_out.decode())
         counts = [n for _, n in timeline]
@@ -277,7 +278,7 @@ def test_restart_always_restores_enforcement_after_kill_9(lab: lab_mod.Lab, tmp_
         assert min(blocked_reset, allowed_connect) >= HELD_CONNECT, "a gap flow was not held"
         assert gap_blocked.returncode in CURL_RESET and blocked_code == "000", (gap_blocked.returncode, blocked_err)
         assert gap_allowed.returncode == 0 and allowed_code == "200", (allowed_out, allowed_err)
-        after = lab.client_run(_curl(lab, blocked), timeout=15)
+        after = lab.client_run(_curl(lab, blocked), timeout=scaled(15))
         assert after.returncode in CURL_RESET and _result(after.stdout)[0] == "000", (after.returncode, after.stderr)
 
         stopped = box.systemctl("stop", "netguard.service")

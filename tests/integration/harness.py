@@ -4,6 +4,7 @@ a lab's client namespace, started and stopped by PID, and readers of the namespa
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,22 @@ from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
 
 NETGUARD = str(Path(sys.executable).with_name("netguard"))
-READY_TIMEOUT = 15.0
+# Every fixed wait and time limit in the tests is multiplied by this: 1 on an ordinary machine, more
+# where everything is slower (scripts/kernels runs the suite in an emulated VM with 10). Helper
+# scripts run in the namespaces (rawhello.py, segments.py, ...) read the same variable.
+TIME_FACTOR = float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1)
+if not TIME_FACTOR > 0:
+    raise ValueError(f"NETGUARD_TEST_TIME_FACTOR must be a positive number, not {TIME_FACTOR}")
+
+
+def scaled(seconds: float) -> float:
+    """A wait or a time limit of the tests, in seconds, for this machine."""
+    return seconds * TIME_FACTOR
+
+
+# `netguard run` probes the kernel (doctor) before it enforces: well under a second here.
+READY_TIMEOUT = scaled(15.0)
+STOP_TIMEOUT = scaled(5.0)  # SIGTERM to exit: remove the rules and go
 
 
 class Runner:
@@ -83,7 +99,7 @@ class Runner:
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:
             return None
-        code = lab_mod.stop(self.proc, sig)
+        code = lab_mod.stop(self.proc, sig, timeout=STOP_TIMEOUT)
         self.proc = None
         return code
 
@@ -96,15 +112,16 @@ class Fetch(NamedTuple):
 
 
 def curl(lab: lab_mod.Lab, name: str, family: int, *extra: str, ns: str | None = None, pin: bool = True,
-         timeout: int = 10) -> Fetch:
+         timeout: float = 10) -> Fetch:
     """curl https://NAME/ from the client namespace (or ns), trusting the lab's CA. pin: --resolve to
     the lab's address, so the client reaches the server even when DNS says NXDOMAIN and the
-    connection itself is what netguard must stop."""
+    connection itself is what netguard must stop. timeout: curl's limit before scaled()."""
+    timeout = scaled(timeout)
     pinned = ["--resolve", f"{name}:443:{lab.address(name, family)}"] if pin else []
-    argv = ["curl", "-sS", "-m", str(timeout), f"-{family}", "--cacert", str(lab.ca_file), *pinned, *extra,
+    argv = ["curl", "-sS", "-m", f"{timeout:g}", f"-{family}", "--cacert", str(lab.ca_file), *pinned, *extra,
             f"https://{name}/"]
     start = time.monotonic()
-    r = netns.run(ns or lab.client, argv, check=False, timeout=timeout + 10)
+    r = netns.run(ns or lab.client, argv, check=False, timeout=timeout + scaled(10))
     return Fetch(time.monotonic() - start, r.returncode, r.stdout + r.stderr)
 
 
@@ -128,12 +145,12 @@ def netguard_rules(lab: lab_mod.Lab) -> list[str]:
 # A TLS client whose connection comes from source port 53 (as a root process may bind), to ADDR with
 # SNI NAME; prints "connected" or the error's type.
 FROM_PORT_53 = """
-import socket, ssl, sys
+import os, socket, ssl, sys
 addr, name, family = sys.argv[1], sys.argv[2], int(sys.argv[3])
 s = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("::" if family == 6 else "0.0.0.0", 53))
-s.settimeout(5)
+s.settimeout(5 * float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1))
 s.connect((addr, 443))
 ctx = ssl.create_default_context()
 ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import random
 import socket
 import sys
@@ -24,6 +25,9 @@ from typing import Any
 from scapy.all import IP, TCP, AsyncSniffer, IPv6, conf, raw  # type: ignore[attr-defined]
 
 from netguard.lab.lab import python_client_hello
+
+# harness.scaled() for a script run on its own in a namespace
+T = float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1)
 
 
 class Sender:
@@ -54,10 +58,10 @@ def main() -> None:
     sniffer = AsyncSniffer(filter=f"tcp and src host {address} and src port 443 and dst port {sport}",
                            iface=["eth0", "lo"], store=False, prn=seen.append)
     sniffer.start()
-    time.sleep(0.3)
+    time.sleep(0.3 * T)
     sender.send(TCP(sport=sport, dport=443, flags="S", seq=isn))
     synack = None
-    for _ in range(100):
+    for _ in range(round(100 * T)):
         time.sleep(0.02)
         synack = next((p for p in list(seen) if p.haslayer(TCP) and p[TCP].flags & 0x12 == 0x12), None)
         if synack is not None:
@@ -87,7 +91,7 @@ def main() -> None:
             sender.send(TCP(sport=sport, dport=443, flags="PA", seq=isn + 1 + off, ack=server_seq) / data)
         except PermissionError:
             rejected = True  # the local firewall rejected it at once (the flow is marked blocked)
-    time.sleep(1.0)
+    time.sleep(1.0 * T)
     sniffer.stop()
     got = list(seen)
     server_bytes = sum(len(bytes(p[TCP].payload)) for p in got if p.haslayer(TCP))

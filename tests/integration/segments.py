@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import random
 import socket
 import subprocess
@@ -29,7 +30,9 @@ from scapy.all import IP, TCP, AsyncSniffer, IPv6, conf, raw  # type: ignore[att
 from netguard.lab.lab import python_client_hello
 
 PORT = 443
-WAIT = 2.0  # seconds for the server's SYN-ACK or ACK on a local veth
+# harness.scaled() for a script run on its own in a namespace
+T = float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1)
+WAIT = 2.0 * T  # seconds for the server's SYN-ACK or ACK on a local veth
 
 
 def counters(backend: str, family: int) -> tuple[int, int]:
@@ -70,7 +73,7 @@ def main() -> None:
     sniffer = AsyncSniffer(filter=f"tcp and src host {address} and src port {PORT} and dst port {sport}",
                            iface=["eth0", "lo"], store=False, prn=seen.append)
     sniffer.start()
-    time.sleep(0.3)
+    time.sleep(0.3 * T)
 
     def wait_for(count: int) -> None:
         deadline = time.monotonic() + WAIT

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import FROM_PORT_53, Runner, curl
+from harness import FROM_PORT_53, Runner, curl, scaled
 
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
@@ -19,7 +19,7 @@ from netguard.lab import lab as lab_mod
 pytestmark = pytest.mark.root
 
 ALLOWED, BLOCKED, ALIAS = "registry-1.docker.io", "ghcr.io", "dl.allowed.test"
-FAST = 1.0  # seconds: a blocked client must fail faster than this (a reset, not a timeout)
+FAST = scaled(1.0)  # seconds: a blocked client must fail faster than this (a reset, not a timeout)
 RAWHELLO = str(Path(__file__).with_name("rawhello.py"))
 
 
@@ -38,7 +38,7 @@ def _url_host(address: str) -> str:
 
 def timed(lab: lab_mod.Lab, argv: list[str], timeout: float = 20) -> tuple[float, int, str]:
     start = time.monotonic()
-    r = lab.client_run(argv, timeout=timeout)
+    r = lab.client_run(argv, timeout=scaled(timeout))
     return time.monotonic() - start, r.returncode, r.stdout + r.stderr
 
 
@@ -57,10 +57,10 @@ def test_curl_allowed_and_blocked(lab: lab_mod.Lab, daemon: Runner, family: int)
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_curl_by_name_through_dns(lab: lab_mod.Lab, daemon: Runner, family: int) -> None:
-    took, code, out = timed(lab, ["curl", "-sS", "-m", "10", f"-{family}", "--cacert", str(lab.ca_file),
+    took, code, out = timed(lab, ["curl", "-sS", "-m", f"{scaled(10):g}", f"-{family}", "--cacert", str(lab.ca_file),
                                   f"https://{ALLOWED}/"])
     assert code == 0 and out.strip() == f"hello from {ALLOWED}", out
-    took, code, out = timed(lab, ["curl", "-sS", "-m", "10", f"-{family}", f"https://{BLOCKED}/"])
+    took, code, out = timed(lab, ["curl", "-sS", "-m", f"{scaled(10):g}", f"-{family}", f"https://{BLOCKED}/"])
     assert code == 6 and "resolve" in out, out  # NXDOMAIN: the name does not resolve
     assert took < FAST
 
@@ -80,12 +80,13 @@ def test_openssl_s_client(lab: lab_mod.Lab, daemon: Runner, family: int) -> None
 
 
 PY_CLIENT = """
-import socket, ssl, sys, time
+import os, socket, ssl, sys, time
+T = float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1)  # harness.scaled(), in the client
 host, addr, ca = sys.argv[1:4]
 ctx = ssl.create_default_context(cafile=ca)
 start = time.monotonic()
 try:
-    with socket.create_connection((addr, 443), timeout=10) as raw:
+    with socket.create_connection((addr, 443), timeout=10 * T) as raw:
         with ctx.wrap_socket(raw, server_hostname=host) as tls:
             tls.sendall(b"GET / HTTP/1.1\\r\\nHost: " + host.encode() + b"\\r\\n\\r\\n")
             print("ok", tls.recv(4096).decode().split("\\r\\n\\r\\n")[-1].strip())
@@ -130,7 +131,7 @@ def test_cname_alias_of_blocked_registry(lab: lab_mod.Lab, daemon: Runner, famil
     assert "status: NXDOMAIN" in r.stdout and "ghcr.io is blocked" in r.stdout, r.stdout
     # Pinned to the blocked registry's address, the SNI says dl.allowed.test (unknown, so allowed by
     # name), but the address was learned from the alias' answer, whose chain ends at ghcr.io.
-    took, code, out = timed(lab, ["curl", "-sS", "-m", "10", f"-{family}", "--cacert", str(lab.ca_file),
+    took, code, out = timed(lab, ["curl", "-sS", "-m", f"{scaled(10):g}", f"-{family}", "--cacert", str(lab.ca_file),
                                   "--resolve", f"{ALIAS}:443:{lab.address(BLOCKED, family)}", f"https://{ALIAS}/"])
     assert code != 0 and "reset" in out.lower(), out
     assert took < FAST
@@ -177,7 +178,7 @@ def test_client_hello_in_one_byte_segments(lab: lab_mod.Lab, daemon: Runner, raw
     addr = lab.address(ALLOWED, family)
 
     def send(name: str) -> dict[str, object]:
-        r = lab.client_run([sys.executable, RAWHELLO, src, addr, name, "1", mode], timeout=60)
+        r = lab.client_run([sys.executable, RAWHELLO, src, addr, name, "1", mode], timeout=scaled(60))
         return dict(json.loads(r.stdout))
 
     ok = send(ALLOWED)
@@ -214,7 +215,7 @@ def test_overlapping_segments_with_other_bytes_are_blocked(lab: lab_mod.Lab, dae
                                                            raw_resets_dropped: None, family: int) -> None:
     src = lab.client_v4 if family == 4 else lab.client_v6
     addr = lab.address(ALLOWED, family)
-    r = lab.client_run([sys.executable, RAWHELLO, src, addr, ALLOWED, "0", "overlap"], timeout=60)
+    r = lab.client_run([sys.executable, RAWHELLO, src, addr, ALLOWED, "0", "overlap"], timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["server_bytes"] == 0 and result["rst"], result
@@ -223,10 +224,11 @@ def test_overlapping_segments_with_other_bytes_are_blocked(lab: lab_mod.Lab, dae
 
 
 MALFORMED_HELLO = """
-import socket, sys, time
+import os, socket, sys, time
+T = float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1)  # harness.scaled(), in the client
 addr = sys.argv[1]
 start = time.monotonic()
-with socket.create_connection((addr, 443), timeout=5) as s:
+with socket.create_connection((addr, 443), timeout=5 * T) as s:
     # A handshake record that holds an alert-typed message: not a ClientHello, not readable.
     s.sendall(bytes([22, 3, 1, 0, 8, 2, 0, 0, 4, 1, 2, 3, 4]))
     try:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import NETGUARD, Runner, curl, filter_rules, netguard_rules
+from harness import NETGUARD, READY_TIMEOUT, STOP_TIMEOUT, Runner, curl, filter_rules, netguard_rules, scaled
 
 from netguard.lab import lab as lab_mod
 
@@ -86,7 +86,7 @@ def test_fail_open_while_the_daemon_is_dead(lab: lab_mod.Lab, tmp_path: Path, fa
             # A flow decided "blocked" before the crash stays blocked in the connection mark; a new
             # one passes the queue (--queue-bypass) and reaches the server.
             assert code == 0 and out.strip() == f"hello from {name}", out
-        r = lab.client_run(["dig", "+short", "+time=1", "+tries=1", ALLOWED])
+        r = lab.client_run(["dig", "+short", f"+time={round(scaled(1))}", "+tries=1", ALLOWED])
         assert r.stdout.split() == [lab.host(ALLOWED).v4]
     finally:
         rules_remove(lab)
@@ -102,16 +102,20 @@ def test_run_refuses_a_bad_policy(lab: lab_mod.Lab, tmp_path: Path) -> None:
 
 
 def test_a_closed_block_log_does_not_stop_enforcement(lab: lab_mod.Lab, tmp_path: Path) -> None:
+    import os
     import subprocess
     import time
 
     err = tmp_path / "err"
+    # Buffered stdout, as under systemd or a shell: the exit status must not depend on it.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     with err.open("wb") as e:
-        proc = lab.client_popen([NETGUARD, "run"], stdout=subprocess.PIPE, stderr=e)
+        proc = lab.client_popen([NETGUARD, "run"], stdout=subprocess.PIPE, stderr=e, env=env)
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + READY_TIMEOUT
         while "enforcing" not in err.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert "enforcing" in err.read_text(), err.read_text()
         assert proc.stdout is not None
         proc.stdout.close()  # whoever read the log went away
         for _ in range(2):
@@ -121,14 +125,15 @@ def test_a_closed_block_log_does_not_stop_enforcement(lab: lab_mod.Lab, tmp_path
         assert proc.poll() is None and "cannot write the block log" in err.read_text()
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=STOP_TIMEOUT) == 0
     assert netguard_rules(lab) == []
 
 
 CONNECT = """
-import socket, sys
+import os, socket, sys
+T = float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1)  # harness.scaled(), in the client
 s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
-s.settimeout(5)
+s.settimeout(5 * T)
 try:
     s.connect((sys.argv[1], 443))
     print("connected")

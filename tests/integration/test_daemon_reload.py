@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Runner, curl
+from harness import Runner, curl, scaled
 
 from netguard.lab import lab as lab_mod
 
@@ -19,14 +19,15 @@ pytestmark = pytest.mark.root
 ALLOWED, BLOCKED = "registry-1.docker.io", "ghcr.io"
 HUB_ONLY = 'name = "hub only"\nallow = ["dockerhub"]\n'
 GHCR_ONLY = 'name = "ghcr only"\nallow = ["ghcr"]\n'
-WITHIN = 1.0
+WITHIN = scaled(1.0)  # a reload takes effect within this (the loop checks the file every 0.25 s)
 
 # Keeps one TLS connection open, one request every 50 ms; prints when it breaks.
 LONG_CLIENT = """
-import socket, ssl, sys, time
+import os, socket, ssl, sys, time
+T = float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1)  # harness.scaled(), in the client
 host, addr, ca = sys.argv[1:4]
 ctx = ssl.create_default_context(cafile=ca)
-with socket.create_connection((addr, 443), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
+with socket.create_connection((addr, 443), timeout=5 * T) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
     print("open", flush=True)
     while True:
         try:
@@ -62,7 +63,7 @@ def test_reload_by_sighup_and_by_file_change(lab: lab_mod.Lab, tmp_path: Path, f
         with log.open("wb") as out:
             lab.client_popen([sys.executable, "-c", LONG_CLIENT, ALLOWED, h.v4 if family == 4 else h.v6,
                               str(lab.ca_file)], stdout=out, stderr=out)
-        until(lambda: "open" in log.read_text(), 10)
+        until(lambda: "open" in log.read_text(), scaled(10))
 
         runner.policy_path.write_text(GHCR_ONLY)
         sent = time.time()
@@ -90,7 +91,7 @@ def test_reload_by_sighup_and_by_file_change(lab: lab_mod.Lab, tmp_path: Path, f
 
         # A changed file is picked up without a signal.
         runner.policy_path.write_text(HUB_ONLY)
-        until(lambda: curl(lab, ALLOWED, family, timeout=5).code == 0, WITHIN + 0.5)
+        until(lambda: curl(lab, ALLOWED, family, timeout=5).code == 0, WITHIN + scaled(0.5))
         assert curl(lab, BLOCKED, family, timeout=5).code == 35
     finally:
         assert runner.stop() == 0

@@ -6,13 +6,13 @@ import re
 import subprocess
 
 import pytest
-from harness import NETGUARD
+from harness import NETGUARD, scaled
 
 pytestmark = pytest.mark.root
 
 
 def test_demo() -> None:
-    r = subprocess.run([NETGUARD, "demo"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([NETGUARD, "demo"], capture_output=True, text=True, timeout=scaled(120))
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     assert "hello from registry-1.docker.io" in out

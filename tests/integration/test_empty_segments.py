@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Runner
+from harness import Runner, scaled
 
 from netguard.daemon import firewall, netns
 from netguard.lab import lab as lab_mod
@@ -50,7 +50,7 @@ def steps(lab: lab_mod.Lab, runner: Runner, family: int, *spec: str) -> list[tup
     src = lab.client_v4 if family == 4 else lab.client_v6
     host = lab.host(ALLOWED)
     r = lab.client_run([sys.executable, SEGMENTS, backend_of(runner), src, host.v4 if family == 4 else host.v6,
-                        *spec], timeout=30)
+                        *spec], timeout=scaled(30))
     assert r.returncode == 0, r.stderr
     return [(str(s), int(q), int(k)) for s, q, k in json.loads(r.stdout)]
 
@@ -113,7 +113,7 @@ def test_client_hello_in_one_byte_segments(lab: lab_mod.Lab, daemon: Runner, fam
     addr = host.v4 if family == 4 else host.v6
 
     def send(name: str) -> dict[str, object]:
-        r = lab.client_run([sys.executable, RAWHELLO, src, addr, name, "1", "shuffle"], timeout=60)
+        r = lab.client_run([sys.executable, RAWHELLO, src, addr, name, "1", "shuffle"], timeout=scaled(60))
         return dict(json.loads(r.stdout))
 
     ok = send(ALLOWED)

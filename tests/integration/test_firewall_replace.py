@@ -29,3 +29,14 @@ def test_apply_over_an_existing_set_replaces_it(backend: firewall.Backend) -> No
             assert queues == {"12"}, lines
         assert firewall.remove(ns) == [f"{backend} IPv4", f"{backend} IPv6"]
         assert {f: firewall.save(backend, f, ns) for f in firewall.FAMILIES} == before
+
+
+@pytest.mark.parametrize("backend", firewall.BACKENDS)
+def test_ipv4_only_leaves_ipv6_alone_and_a_later_full_set_replaces_it(backend: firewall.Backend) -> None:
+    """What `run` installs on a kernel that refuses the IPv6 set (scripts/kernels boots one)."""
+    with netns.scratch("fwrep") as ns:
+        firewall.apply(backend, Options(families=(4,)), ns)
+        assert firewall.installed(backend, 4, ns) and firewall.installed(backend, 6, ns) == []
+        firewall.apply(backend, Options(), ns)
+        assert firewall.installed(backend, 4, ns) and firewall.installed(backend, 6, ns)
+        assert firewall.remove(ns) == [f"{backend} IPv4", f"{backend} IPv6"]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import Runner
+from harness import Runner, scaled
 
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
@@ -33,10 +33,10 @@ def test_block_log_names_process_and_user(lab: lab_mod.Lab, tmp_path: Path, fami
     runner = Runner(lab, tmp_path, name=f"owner{family}").start()
     try:
         as_root = lab.client_popen(curl_argv(lab, family))
-        as_root.wait(timeout=15)
+        as_root.wait(timeout=scaled(15))
         as_nobody = lab.client_popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                                       *curl_argv(lab, family)])
-        as_nobody.wait(timeout=15)
+        as_nobody.wait(timeout=scaled(15))
         assert as_root.returncode != 0 and as_nobody.returncode != 0
         events = runner.events()  # no waiting: a block is logged before the client sees its reset
         owners = [(e["host"], e.get("uid"), e.get("pid"), e.get("process")) for e in events]
@@ -63,13 +63,14 @@ for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
     tcp = socket.create_connection(listener.getsockname()[:2])
     udp = socket.socket(family, socket.SOCK_DGRAM)
     udp.connect((host, 443))
+    # Each lookup in a second of its own: on a slow machine one walk can spend a whole second's budget.
     out[f"tcp{family}"] = finder.find(key(6, tcp), 100.0)
-    out[f"udp{family}"] = finder.find(key(17, udp), 100.0)
+    out[f"udp{family}"] = finder.find(key(17, udp), 101.0)
     finder._walked = owner.WALK_BUDGET  # this second's budget used up
-    out[f"spent{family}"] = finder.find(key(6, tcp), 100.5)
-    out[f"next{family}"] = finder.find(key(6, tcp), 101.0)
+    out[f"spent{family}"] = finder.find(key(6, tcp), 101.5)
+    out[f"next{family}"] = finder.find(key(6, tcp), 102.0)
     k = key(6, tcp)
-    out[f"none{family}"] = finder.find(k._replace(sport=k.sport ^ 1), 101.0)
+    out[f"none{family}"] = finder.find(k._replace(sport=k.sport ^ 1), 103.0)
 me = {"uid": os.getuid(), "pid": os.getpid(), "process": open("/proc/self/comm").read().strip()}
 print(json.dumps({"me": me, **{k: None if v is None else v.record() for k, v in out.items()}}))
 """

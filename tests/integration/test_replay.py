@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import NETGUARD
+from harness import NETGUARD, scaled
 from scapy.all import TCP, rdpcap, wrpcapng  # type: ignore[attr-defined]
 
 from netguard.daemon import netns
@@ -20,7 +20,8 @@ BLOCK_TEST = 'name = "corpus"\nallow = ["dockerhub"]\nblock = ["*.blocked.test"]
 
 
 def replay(path: Path, *extra: str) -> list[dict[str, object]]:
-    r = subprocess.run([NETGUARD, "replay", "--json", str(path), *extra], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([NETGUARD, "replay", "--json", str(path), *extra], capture_output=True, text=True,
+                       timeout=scaled(60))
     assert r.returncode == 0, r.stderr
     return [json.loads(line) for line in r.stdout.splitlines()]
 
@@ -51,7 +52,7 @@ def test_corpus_dns_cname_chain(name: str, tmp_path: Path) -> None:
 
 def test_replay_human_lines() -> None:
     r = subprocess.run([NETGUARD, "replay", str(CORPUS / "hello-openssl-nogso.pcap")], capture_output=True,
-                       text=True, timeout=60)
+                       text=True, timeout=scaled(60))
     assert r.returncode == 0
     [line] = r.stdout.splitlines()
     assert line.startswith("tcp [fd77::10]:") and "-> [fd77::101]:443  registry.allowed.test (sni)  allow" in line
@@ -60,7 +61,7 @@ def test_replay_human_lines() -> None:
 def test_replay_rejects_a_file_that_is_not_a_capture(tmp_path: Path) -> None:
     bad = tmp_path / "x.pcap"
     bad.write_bytes(b"not a capture at all, just text")
-    r = subprocess.run([NETGUARD, "replay", str(bad)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([NETGUARD, "replay", str(bad)], capture_output=True, text=True, timeout=scaled(60))
     assert r.returncode == 2 and "not a pcap or pcapng" in r.stderr
 
 
@@ -74,11 +75,11 @@ def test_two_segment_client_hello_capture(lab: lab_mod.Lab, tmp_path: Path) -> N
     try:
         dump = lab.client_popen(["tcpdump", "-i", "eth0", "-w", str(capture), "--immediate-mode", "-U",
                                  "tcp port 443"], stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
+        time.sleep(scaled(0.5))
         r = lab.client_run(["curl", "-sS", "-4", "--cacert", str(lab.ca_file), "--resolve",
                             f"ghcr.io:443:{lab.host('ghcr.io').v4}", "https://ghcr.io/"])
         assert r.returncode == 0, r.stderr  # no netguard running: the capture is of a real pull
-        time.sleep(0.3)
+        time.sleep(scaled(0.3))
         lab_mod.stop(dump)
     finally:
         netns.run(lab.client, ["ip", "route", "replace", "10.77.0.0/24", "dev", "eth0"])

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Runner
+from harness import Runner, scaled
 
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
@@ -91,7 +91,8 @@ def test_a_server_that_speaks_first_is_judged_by_address(lab: lab_mod.Lab, tmp_p
         host = lab.host("www.example.test")
         address = host.v4 if family == 4 else host.v6
         argv = [sys.executable, "-c", BANNER_CLIENT, address, str(BANNER_PORT)]
-        r = lab.client_run(argv, timeout=10) if ns is None else netns.run(ns, argv, check=False, timeout=10)
+        limit = scaled(10)
+        r = lab.client_run(argv, timeout=limit) if ns is None else netns.run(ns, argv, check=False, timeout=limit)
         assert r.returncode == 0, r.stderr
         got = json.loads(r.stdout)
         if blocked:

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from harness import NETGUARD, Runner, curl, netguard_rules
+from harness import NETGUARD, Runner, curl, netguard_rules, scaled
 
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
@@ -62,7 +62,7 @@ def test_status_of_a_running_daemon(lab: lab_mod.Lab, tmp_path: Path) -> None:
 
         # A second daemon in the same namespace refuses before touching the first one's rules.
         rules = netguard_rules(lab)
-        second = lab.client_run([NETGUARD, "run"], timeout=30)
+        second = lab.client_run([NETGUARD, "run"], timeout=scaled(30))
         refusal = f"already running in this network namespace (pid {runner.proc.pid})"
         assert second.returncode == 2 and refusal in second.stderr, second.stderr
         assert netguard_rules(lab) == rules

@@ -15,11 +15,13 @@ import pytest
 from click.testing import CliRunner
 
 from netguard.cli import main
+from netguard.daemon import firewall
 from netguard.doctor import probe
 from netguard.doctor.report import (
     FEATURE_NAMES,
     FEATURES,
     Environment,
+    KernelFiles,
     Probe,
     Report,
     assess,
@@ -43,7 +45,8 @@ def fixture_report(name: str) -> Report:
     return assess(DATA / name / "root", env, live=False, probes=probes, probe_source="facts.json")
 
 
-# name: (kind, version, gate titles by status, verdict, backend, networking, config source)
+# name: (kind, version, gate titles by status, verdict, best usable backend (a kernel fact; `run` takes the
+# first of report.backends it supports), networking, config source)
 Case = tuple[str, tuple[int, int, int], dict[str, list[str]], str, str | None, str | None, str]
 CASES: dict[str, Case] = {
     "wsl2-4.19": ("wsl2", (4, 19, 128), {"fail": ["WSL 2 kernel 4.19 < 5.4"], "warn": ["WSL 2 kernel 4.19 < 5.15"]},
@@ -82,7 +85,8 @@ def test_fixture_environment_gates_verdict(name: str) -> None:
     for status in ("fail", "warn"):
         assert [g.title for g in report.gates if g.status == status] == gate_titles[status], status
     assert report.verdict == verdict
-    assert report.backend == backend
+    assert (report.backends[0] if report.backends else None) == backend
+    assert report.backend == next((b for b in report.backends if b in firewall.BACKENDS), None)
     assert report.environment.wsl_networking == networking
     assert report.config_source.startswith(config_source)
     assert bool(report.reasons) == (verdict != "ok")
@@ -96,12 +100,76 @@ def test_wsl2_reasons_say_which_kernel_to_install() -> None:
         assert reasons.count("wsl --update") == 1, name  # said once, after the reasons
 
 
-def test_linux_without_a_queue_is_told_about_modules() -> None:
-    verdict, reasons, _ = decide(LINUX, (), with_(nft_queue=False, xt_nfqueue_nft=False, xt_nfqueue_legacy=False))
+NO_QUEUE = {"nft_queue": False, "xt_nfqueue_nft": False, "xt_nfqueue_legacy": False}
+DEBIAN_CONFIG = {"CONFIG_NETFILTER_NETLINK_QUEUE": "m", "CONFIG_NETFILTER_XT_TARGET_NFQUEUE": "m",
+                 "CONFIG_IP6_NF_IPTABLES": "m", "CONFIG_IP6_NF_TARGET_REJECT": "m", "CONFIG_NF_REJECT_IPV6": "m"}
+DEBIAN_MODULES = frozenset({"nfnetlink_queue", "xt_NFQUEUE", "ip6_tables", "ip6t_REJECT", "nf_reject_ipv6"})
+
+
+def fixes(reasons: tuple[str, ...]) -> list[str]:
+    return [r for r in reasons if r.startswith("to fix:")]
+
+
+def test_linux_without_a_queue_and_no_config_is_told_both_ways() -> None:
+    verdict, reasons, _ = decide(LINUX, (), with_(**NO_QUEUE))
     assert verdict == "cannot"
-    assert [r for r in reasons if r.startswith("to fix:")] == [
+    assert fixes(reasons) == [
         "to fix: load the modules (`modprobe nfnetlink_queue xt_NFQUEUE`) or use a kernel with "
-        "CONFIG_NETFILTER_NETLINK_QUEUE and CONFIG_NETFILTER_XT_TARGET_NFQUEUE (or CONFIG_NFT_QUEUE)"]
+        "CONFIG_NETFILTER_NETLINK_QUEUE, CONFIG_NETFILTER_XT_TARGET_NFQUEUE (no kernel config was readable to "
+        "tell which)"]
+
+
+def test_a_kernel_built_without_the_target_is_not_told_to_modprobe() -> None:
+    """The WSL-2-5.15-like kernel: the config leaves the target out, so modprobe cannot help."""
+    config = {**DEBIAN_CONFIG, "CONFIG_NETFILTER_XT_TARGET_NFQUEUE": "n", "CONFIG_NETFILTER_XT_CONNMARK": "n"}
+    kernel = KernelFiles(config, DEBIAN_MODULES - {"xt_NFQUEUE"}, "6.1.0-57-amd64")
+    verdict, reasons, _ = decide(LINUX, (), with_(**NO_QUEUE, connmark=False), kernel=kernel)
+    assert verdict == "cannot"
+    assert fixes(reasons) == [
+        "to fix: this kernel is built without CONFIG_NETFILTER_XT_TARGET_NFQUEUE, CONFIG_NETFILTER_XT_CONNMARK "
+        "(its config), so no modprobe can help: use a kernel built with them"]
+
+
+def test_a_module_missing_from_the_tree_or_present_but_not_loaded() -> None:
+    kernel = KernelFiles(DEBIAN_CONFIG, DEBIAN_MODULES - {"xt_NFQUEUE"}, "6.1.0-57-amd64")
+    _, reasons, _ = decide(LINUX, (), with_(**NO_QUEUE), kernel=kernel)
+    assert fixes(reasons) == ["to fix: the module xt_NFQUEUE is not in /lib/modules/6.1.0-57-amd64: install this "
+                              "kernel's complete modules package"]
+    _, reasons, _ = decide(LINUX, (), with_(**NO_QUEUE), kernel=KernelFiles(DEBIAN_CONFIG, DEBIAN_MODULES, "6.1"))
+    assert fixes(reasons)[0].startswith("to fix: load the modules (`modprobe nfnetlink_queue xt_NFQUEUE`)")
+
+
+def test_ipv6_advice_fits_what_is_missing() -> None:
+    def ip6_reason(probe6: Probe, kernel: KernelFiles) -> str:
+        verdict, reasons, _ = decide(LINUX, (), {**with_(nft_queue=False), "ip6tables": probe6}, kernel=kernel)
+        assert verdict == "degraded"
+        return next(r for r in reasons if r.startswith("ip6tables"))
+
+    tool_missing = Probe(False, "ip6tables-nft: NFQUEUE ip6tables-nft not installed; "
+                                "REJECT ip6tables-nft not installed")
+    assert ip6_reason(tool_missing, KernelFiles()).endswith("or install ip6tables (apt install iptables)")
+    refused = Probe(False, "ip6tables-nft: NFQUEUE rule accepted; REJECT Error: ... No such file or directory")
+    no_ip6 = KernelFiles({**DEBIAN_CONFIG, "CONFIG_IP6_NF_TARGET_REJECT": "n", "CONFIG_NF_REJECT_IPV6": "n"},
+                         DEBIAN_MODULES, "6.1")
+    text = ip6_reason(refused, no_ip6)
+    assert "install ip6tables" not in text
+    assert text.endswith("or use a kernel built with CONFIG_IP6_NF_TARGET_REJECT, CONFIG_NF_REJECT_IPV6 "
+                         "(this one is built without)")
+    gone = KernelFiles(DEBIAN_CONFIG, DEBIAN_MODULES - {"ip6t_REJECT"}, "6.1")
+    assert ip6_reason(refused, gone).endswith("install this kernel's complete modules package (ip6t_REJECT missing)")
+
+
+def test_a_kernel_with_only_nft_queue_cannot_enforce_with_this_run() -> None:
+    """nft queue works but no xt NFQUEUE: `run` (iptables backends only) cannot use it, and doctor
+    says so instead of "can enforce" (until the native nft backend is in firewall.BACKENDS)."""
+    probes = with_(xt_nfqueue_nft=False, xt_nfqueue_legacy=False)
+    verdict, reasons, backend = decide(LINUX, (), probes, supported=("iptables-nft", "iptables-legacy"))
+    assert (verdict, backend) == ("cannot", None)
+    assert reasons[0] == ("no way to send packets to netguard: xt NFQUEUE via iptables-nft and xt NFQUEUE via "
+                          "iptables-legacy are both unavailable; nft-queue works here, but this netguard's `run` "
+                          "cannot use it yet")
+    assert all(r.strip() for r in reasons) and fixes(reasons)
+    assert decide(LINUX, (), probes, supported=probe.BACKENDS)[:3:2] == ("ok", "nft-queue")
 
 
 def test_wsl2_5_15_names_what_is_missing() -> None:
@@ -191,7 +259,8 @@ def with_(**changes: bool | None) -> dict[str, Probe]:
     (with_(connbytes=False, reject=False), "ok", "nft-queue", None),  # native nft has its own ct/reject
 ])
 def test_decide(probes: dict[str, Probe], verdict: str, backend: str | None, first_reason: str | None) -> None:
-    got_verdict, reasons, got_backend = decide(LINUX, gates(LINUX), probes)
+    """The decision table for a netguard whose `run` supports every backend (the native nft one too)."""
+    got_verdict, reasons, got_backend = decide(LINUX, gates(LINUX), probes, supported=probe.BACKENDS)
     assert (got_verdict, got_backend) == (verdict, backend)
     if first_reason is None:
         assert reasons == ()
@@ -374,3 +443,22 @@ def test_u32_row_needs_both_families_and_only_adds_a_note() -> None:
     report = assess(Path("/nonexistent"), {}, probes=without, probe_source="test")
     assert "no xt u32: pure ACKs of undecided flows are queued too" in render(report)
     assert "no xt u32" not in render(assess(Path("/nonexistent"), {}, probes=with_u32, probe_source="test"))
+
+
+def test_a_slow_command_gets_a_second_longer_try_and_a_stuck_one_is_unknown() -> None:
+    """A first module load can outlast the first limit (seen in emulation): the retry waits for it;
+    a command that outlasts both is "could not tell", never "absent"."""
+    slow = probe._patiently(["sh", "-c", "sleep 0.3; echo done"], None, 0.05, 10.0)
+    assert slow is not None and slow.returncode == 0 and slow.stdout == "done\n"
+    assert probe._patiently(["sleep", "5"], None, 0.05, 0.1) is None
+
+
+def test_timed_out_queue_probes_are_unknown_and_doctor_does_not_call_them_missing() -> None:
+    timed_out = Probe(None, "iptables-nft timed out twice (after 2 s, then 30 s)")
+    probes = {**with_(nft_queue=False), "xt_nfqueue_nft": timed_out, "xt_nfqueue_legacy": timed_out,
+              "nft_queue": timed_out}
+    verdict, reasons, backend = decide(LINUX, (), probes)
+    assert (verdict, backend) == ("cannot", None)
+    assert reasons[0].startswith("could not check xt NFQUEUE via iptables-nft, xt NFQUEUE via iptables-legacy, "
+                                 "nft queue (iptables-nft timed out twice")
+    assert not any("missing" in r or "unavailable" in r for r in reasons)

@@ -28,6 +28,15 @@ def test_takes_the_first_backend_it_supports(monkeypatch: pytest.MonkeyPatch) ->
         daemon.choose_backend(None)
 
 
+def test_the_refusal_never_ends_in_an_empty_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doctor, "assess", lambda: fake_report("ok", ("nft-queue",)))
+    with pytest.raises(daemon.StartError) as refused:
+        daemon.choose_backend(None)
+    text = str(refused.value)
+    assert text == ("no firewall backend netguard can use here (doctor found: nft-queue; this netguard's run "
+                    "supports iptables-nft, iptables-legacy)")
+
+
 def test_requested_backend() -> None:
     assert daemon.choose_backend("iptables-nft") == "iptables-nft"
     with pytest.raises(daemon.StartError):
