@@ -450,10 +450,11 @@ def _drop_unreadable_log() -> None:
 def status(as_json: bool) -> None:
     """Is netguard enforcing in this network namespace? Checked in the kernel, not taken from the
     daemon's word: the daemon answers; its rules are installed as it installed them and as its rule
-    set says, in IPv4 and IPv6 (IPv4 alone where the kernel refused the IPv6 rules); its queue is bound by its own socket (/proc/net/netfilter/
-    nfnetlink_queue); the fail-open setting (--queue-bypass, the queue's flag) is what the policy's
-    fail_mode says; and the queue has dropped no packets in the last 5 minutes. Also its policy,
-    backend, counters and (as root) the most recent blocks.
+    set says, in IPv4 and IPv6 (IPv4 alone where the kernel refused the IPv6 rules); its queue is
+    bound by its own socket (/proc/net/netfilter/nfnetlink_queue); the fail-open setting
+    (--queue-bypass, the queue's flag) is what the policy's fail_mode says; and the queue has
+    dropped no packets in the last 5 minutes. Also its policy, backend, counters and (as root) the
+    most recent blocks.
 
     \b
     Exit status:
