@@ -44,7 +44,9 @@ Strategy: five kinds of packets arrive (the firewall rules send nothing else):
 The bytes judged are the bytes the server's TCP stack delivers: a client segment the server will
 drop (no ACK flag, a bad checksum, a signature it does not expect, a timestamp PAWS rejects, an
 acknowledgment of bytes before its first, data before its SYN-ACK) is dropped here too, so neither
-side reads it; urgent (out-of-band) bytes are taken out as Linux takes them out (Stream.urgent).
+side reads it, and so is one that carries IPv4 options or IPv6 extension headers (whether the
+server's IP layer delivers it depends on rules netguard does not mirror); urgent (out-of-band)
+bytes are taken out as Linux takes them out (Stream.urgent).
 What the server would do cannot always be known (several urgent pointers, a signing server): then
 the fail verdict. Every limit (undecided flows, bytes per flow, packet bytes per flow including
 retransmitted copies, out-of-order pieces, names, idle time) and every unreadable input gets the
@@ -620,6 +622,11 @@ class Engine:
             return "data before the server's SYN-ACK", None
         if not seg.flags & ACK:
             return "no ACK flag", None  # discarded once past the SYN (RFC 9293 3.10.7.4, fifth)
+        if packet.ip_options or (packet.version == 6 and raw[6] != PROTO_TCP):
+            # Whether the server's IP layer delivers it depends on rules netguard does not mirror (a
+            # malformed option, a source route, an unknown option whose type says "discard", padding
+            # over 7 bytes, the host's sysctls); no client's stack puts them on its segments.
+            return "IP options or IPv6 extension headers", None
         if self.checks_checksums:
             if packet.version == 4 and not ipv4_header_ok(raw):
                 return "bad IPv4 header checksum", None

@@ -11,7 +11,19 @@ import random
 from collections.abc import Callable, Sequence
 
 import pytest
-from scapy.all import IP, TCP, IPv6, raw  # type: ignore[attr-defined]
+from scapy.all import (  # type: ignore[attr-defined]
+    IP,
+    TCP,
+    HBHOptUnknown,
+    IPOption_NOP,
+    IPOption_RR,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    PadN,
+    raw,
+)
 
 from netguard.daemon.policyfiles import load_catalog
 from netguard.engine import Action, Engine, Verdict, classify, core
@@ -58,10 +70,15 @@ class Conn:
 
     def data(self, offset: int, payload: bytes, flags: str = "PA", ack: int | None = None,
              tsval: int | None = None, options: Sequence[tuple[object, object]] | None = None, urgent: int = 0,
-             **fields: object) -> bytes:
+             ip_options: Sequence[object] = (), ext: object = None, **fields: object) -> bytes:
+        """A client segment; `ip_options` (IPv4) or `ext` (an IPv6 extension header) in its IP header."""
         tcp = TCP(sport=self.sport, dport=self.dport, flags=flags, seq=self.isn + 1 + offset,
                   ack=SERVER_ISN + 1 if ack is None else ack, urgptr=urgent,
                   options=self._opts(tsval if tsval is not None else self.ts) + list(options or []), **fields)
+        if ip_options:
+            return raw(IP(src=self.client, dst=self.server, options=list(ip_options)) / tcp / payload)
+        if ext is not None:
+            return raw(IPv6(src=self.client, dst=self.server) / ext / tcp / payload)
         return raw(self.ip(src=self.client, dst=self.server) / tcp / payload)
 
     def server_data(self, payload: bytes, offset: int = 0) -> bytes:
@@ -222,6 +239,43 @@ def test_a_decoy_the_server_drops_decides_nothing(family: int, defect: str, deco
     assert v.action is Action.DROP and v.event is None
     assert engine.stats.dropped and engine.undecided == 1
     assert decided(send(engine, c.data(0, python_client_hello(real_name))), action, real_name)
+
+
+# IPv4 options and IPv6 extension headers: the server's IP layer may drop the packet (a malformed or
+# source-route option, an unknown option whose type says "discard", padding over 7 bytes), by rules
+# netguard does not mirror. Well-formed ones too: no client's stack sends them on a TCP segment.
+IP_EXTRAS: dict[str, dict[str, object]] = {
+    "IPv4 NOP options": {"ip_options": [IPOption_NOP()] * 4},
+    "IPv4 record route": {"ip_options": [IPOption_RR(routers=["10.9.9.9"])]},
+    "IPv6 unknown discard option": {"ext": IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0xC2, optdata=b"\0" * 4)])},
+    "IPv6 long hop-by-hop padding": {"ext": IPv6ExtHdrHopByHop(options=[PadN(optdata=b"\0" * 12)])},
+    "IPv6 atomic fragment": {"ext": IPv6ExtHdrFragment(offset=0, m=0, id=7)},
+}
+
+
+@pytest.mark.parametrize("extra", list(IP_EXTRAS))
+@pytest.mark.parametrize("decoy_name, real_name, action", [(ALLOWED, BLOCKED, Action.BLOCK),
+                                                           (BLOCKED, ALLOWED, Action.ALLOW)])
+def test_a_segment_with_ip_options_or_extension_headers_decides_nothing(
+        extra: str, decoy_name: str, real_name: str, action: Action) -> None:
+    c = Conn(6 if extra.startswith("IPv6") else 4, ts=1000)
+    engine = engine_for()
+    opened(engine, c)
+    v = send(engine, c.data(0, python_client_hello(decoy_name), **IP_EXTRAS[extra]))  # type: ignore[arg-type]
+    assert v.action is Action.DROP and v.event is None
+    assert engine.stats.dropped == {"IP options or IPv6 extension headers": 1} and engine.undecided == 1
+    assert decided(send(engine, c.data(0, python_client_hello(real_name))), action, real_name)
+
+
+def test_a_followed_flow_drops_segments_with_extension_headers() -> None:
+    c, engine = Conn(6, dport=80, ts=1000), engine_for()
+    at = len(_followed(engine, c))
+    decoy = f"GET /v2/ HTTP/1.1\r\nHost: {ALLOWED}\r\n\r\n".encode()
+    ext = IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0xC2, optdata=b"\0" * 4)])
+    v = engine.handle(c.data(at, decoy, ext=ext), NOW, from_client=True, followed=True)
+    assert v.action is Action.DROP and engine.followed == 1
+    real = f"GET /v2/ HTTP/1.1\r\nHost: {BLOCKED}\r\n\r\n".encode()
+    assert decided(engine.handle(c.data(at, real), NOW, from_client=True, followed=True), Action.BLOCK, BLOCKED)
 
 
 def test_a_bad_ipv4_header_checksum_is_dropped() -> None:
