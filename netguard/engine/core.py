@@ -552,6 +552,9 @@ class Engine:
         syns = flow.syns if flow.syns is not None else {}
         flow.syns = syns
         data = seg.payload  # TCP Fast Open: judged once the server's SYN-ACK says it took it
+        if data and len(raw) < _ip_length(raw):
+            return self._fail(key, now, "Fast Open data in a SYN longer than the queue copies", packet=packet,
+                              seg=seg)
         held = syns.get(isn)
         if held is None:
             if len(syns) >= MAX_SYNS:
@@ -611,7 +614,26 @@ class Engine:
                               packet=packet, seg=seg)
         if in_order and tsval is not None and (flow.ts_recent is None or not _before(tsval, flow.ts_recent)):
             flow.ts_recent = tsval  # Linux keeps the newest timestamp of in-order segments
-        return self._read(flow, now, packet, seg)
+        verdict = self._read(flow, now, packet, seg)
+        return verdict if whole else self._cut_short(flow.key, now, _ip_length(raw) - len(raw), packet, seg, verdict)
+
+    def _cut_short(self, key: FlowKey, now: float, unseen: int, packet: Packet, seg: TcpSegment,
+                   verdict: Verdict) -> Verdict:
+        """After reading a segment the queue copied only in part (its last `unseen` payload bytes are
+        missing: a segment over ~4 KB, on loopback or a jumbo-frame link): a flow still undecided
+        cannot be read on (the name may lie in those bytes, and the server's answer to them would
+        make it judged by address), so it gets the fail verdict; a flow that became followed goes on
+        only if they fall inside a body being skipped."""
+        if key in self._flows:
+            return self._fail(key, now, f"{unseen} bytes of a segment not copied before a name was found",
+                              packet=packet, seg=seg)
+        state = self._following.get(key)
+        if state is not None:
+            if state.stream.prefix or not state.reader.skip_unseen(unseen):
+                return self._fail(key, now, f"{unseen} bytes of a segment not copied where a request may begin",
+                                  packet=packet, seg=seg)
+            state.stream.skip(unseen)
+        return verdict
 
     def _refused(self, packet: Packet, seg: TcpSegment, flow: _Flow | _Following, raw: bytes,
                  whole: bool) -> tuple[str | None, int | None]:
@@ -787,13 +809,8 @@ class Engine:
             return ACCEPT
         state.fresh = False
         verdict = self._read_names(state, stream, state.reader, packet, seg, now)
-        if unseen and key in self._following:
-            # The rest of the segment was not copied: fine inside a body being skipped, else unreadable.
-            if stream.prefix or not state.reader.skip_unseen(unseen):
-                return self._fail(key, now, f"{unseen} bytes of a segment not copied where a request may begin",
-                                  packet=packet, seg=seg)
-            stream.skip(unseen)
-        return verdict
+        # The rest of the segment was not copied: fine inside a body being skipped, else unreadable.
+        return self._cut_short(key, now, unseen, packet, seg, verdict) if unseen else verdict
 
     # -- TCP server packets -------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from scapy.all import (  # type: ignore[attr-defined]
 from netguard.daemon.policyfiles import load_catalog
 from netguard.engine import Action, Engine, Verdict, classify, core
 from netguard.engine.stream import Result, Stream
-from netguard.lab.lab import python_client_hello
+from netguard.lab.lab import padded_client_hello, python_client_hello
 from netguard.policy import Policy, parse_policy
 
 C4, S4, C6, S6 = "10.0.0.10", "10.0.0.102", "fd00::10", "fd00::102"
@@ -362,6 +362,65 @@ def test_fast_open_data_counts_only_once_the_server_takes_it() -> None:
     send(engine, c.syn(payload=allowed))
     assert engine.handle(c.synack(), NOW, from_client=False).action is Action.ACCEPT
     assert decided(send(engine, c.data(0, blocked)), Action.BLOCK, BLOCKED)
+
+
+# -- segments the queue copies only in part ------------------------------------------------------
+
+# What the queue hands over of a packet (NetfilterQueue's buffer, less its metadata): a segment on
+# loopback (MTU 64 KiB) or a jumbo-frame link may be longer.
+COPIED = 4000
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("name", [ALLOWED, BLOCKED])
+def test_a_hello_cut_short_by_the_queue_gets_the_fail_verdict(family: int, name: str) -> None:
+    # The rest of the hello (and its name) is never seen; the server's answer to it would make the
+    # flow judged by address.
+    c, engine = Conn(family, ts=1000), engine_for()
+    opened(engine, c)
+    hello = padded_client_hello(name, 6000)
+    v = send(engine, c.data(0, hello)[:COPIED])
+    assert v.action is Action.BLOCK and v.event is not None and "not copied" in v.event.reason
+    assert engine.undecided == 0
+
+
+def test_a_whole_hello_in_the_copied_part_decides() -> None:
+    c, engine = Conn(ts=1000), engine_for()
+    opened(engine, c)
+    hello = python_client_hello(BLOCKED)
+    assert decided(send(engine, c.data(0, hello + bytes(6000))[:COPIED]), Action.BLOCK, BLOCKED)
+    c, engine = Conn(ts=1000), engine_for()
+    opened(engine, c)
+    assert decided(send(engine, c.data(0, python_client_hello(ALLOWED) + bytes(6000))[:COPIED]), Action.ALLOW,
+                   ALLOWED)
+
+
+def test_a_body_cut_short_is_skipped_and_the_next_request_judged() -> None:
+    # A first request whose body the queue cut: the body's unseen bytes are skipped by count, so the
+    # next request is read where the server reads it.
+    c, engine = Conn(dport=80, ts=1000), engine_for()
+    opened(engine, c)
+    head = f"POST /v2/ HTTP/1.1\r\nHost: {ALLOWED}\r\nContent-Length: 6000\r\n\r\n".encode()
+    first = head + bytes(6000)
+    assert send(engine, c.data(0, first)[:COPIED]).action is Action.FOLLOW
+    assert engine.followed == 1
+    second = f"GET /v2/ HTTP/1.1\r\nHost: {BLOCKED}\r\n\r\n".encode()
+    v = engine.handle(c.data(len(first), second), NOW, from_client=True, followed=True)
+    assert decided(v, Action.BLOCK, BLOCKED)
+
+
+def test_a_head_cut_short_gets_the_fail_verdict() -> None:
+    c, engine = Conn(dport=80, ts=1000), engine_for()
+    opened(engine, c)
+    head = f"GET /v2/ HTTP/1.1\r\nX-Pad: {'a' * 6000}\r\nHost: {BLOCKED}\r\n\r\n".encode()
+    v = send(engine, c.data(0, head)[:COPIED])
+    assert v.action is Action.BLOCK and v.event is not None and "not copied" in v.event.reason
+
+
+def test_fast_open_data_cut_short_gets_the_fail_verdict() -> None:
+    c, engine = Conn(), engine_for()
+    v = send(engine, c.syn(payload=padded_client_hello(BLOCKED, 6000))[:COPIED])
+    assert v.action is Action.BLOCK and v.event is not None and "Fast Open" in v.event.reason
 
 
 # -- budgets ------------------------------------------------------------------------------------
