@@ -28,7 +28,8 @@ Strategy: five kinds of packets arrive (the firewall rules send nothing else):
 - Server packets of undecided TCP flows: the SYN-ACK (which SYN the server took, its sequence
   numbers, whether it signs) and payload. Payload from the server means it speaks first (SSH, SMTP):
   the name will never come from the client, so the flow is judged by address, unless the reader is
-  in the middle of a protocol that waits for the server (`Reader.waits_for_server`). Data-less
+  in the middle of a protocol that waits for the server (`Reader.waits_for_server`) or the payload is
+  an HTTP/2 server's SETTINGS before the client's preface (an h2c server sends it as it accepts). Data-less
   client segments never decide anything.
 - Client packets of followed flows (`followed`: the kernel queued them for a flow marked "follow").
   A plain HTTP connection is read request by request for its whole life (bodies skipped by their
@@ -75,7 +76,7 @@ from netguard.engine.packets import (
 from netguard.engine.stream import Result, Stream
 from netguard.engine.verdict import ACCEPT, Action, Event, FlowKey, Verdict
 from netguard.policy import Decision, HostError, Policy, decide
-from netguard.wire import dns, quic, tls
+from netguard.wire import dns, h2, quic, tls
 from netguard.wire.errors import ParseError, UnsupportedVersion
 from netguard.wire.ip import (
     ACK,
@@ -837,6 +838,13 @@ class Engine:
             # A protocol in mid-exchange (a SOCKS negotiation, a proxy's answer before a tunnel's
             # first bytes): its reader goes on.
             flow.last = now
+            return ACCEPT
+        if h2.is_server_preface(seg.payload) and (flow is None or flow.stream is None
+                                                  or h2.PREFACE.startswith(flow.stream.delivered())):
+            # An HTTP/2 server's SETTINGS, sent as it accepts (h2c with prior knowledge), before the
+            # client's preface: no server-first protocol; the client's requests name the host.
+            if flow is not None:
+                flow.last = now
             return ACCEPT
         # The server speaks first: the name will not come from the client. What was judged stands (a
         # tunnel's target: the server speaks first inside it), else the address decides.

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import random
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 from scapy.all import (  # type: ignore[attr-defined]
@@ -30,6 +32,9 @@ from netguard.engine import Action, Engine, Verdict, classify, core
 from netguard.engine.stream import Result, Stream
 from netguard.lab.lab import padded_client_hello, python_client_hello
 from netguard.policy import Policy, parse_policy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "wire"))
+from wirecorpus import h2c_client
 
 C4, S4, C6, S6 = "10.0.0.10", "10.0.0.102", "fd00::10", "fd00::102"
 NOW = 1000.0
@@ -421,6 +426,38 @@ def test_fast_open_data_cut_short_gets_the_fail_verdict() -> None:
     c, engine = Conn(), engine_for()
     v = send(engine, c.syn(payload=padded_client_hello(BLOCKED, 6000))[:COPIED])
     assert v.action is Action.BLOCK and v.event is not None and "Fast Open" in v.event.reason
+
+
+# -- HTTP/2 cleartext ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_engine_judges_every_request_of_an_h2c_connection(family: int) -> None:
+    c, engine = Conn(family, dport=80, ts=1000), engine_for()
+    opened(engine, c)
+    data = h2c_client([ALLOWED, BLOCKED])
+    first = h2c_client([ALLOWED])
+    assert decided(send(engine, c.data(0, first)), Action.FOLLOW, ALLOWED)
+    v = engine.handle(c.data(len(first), data[len(first):]), NOW, from_client=True, followed=True)
+    assert decided(v, Action.BLOCK, BLOCKED)
+    c, engine = Conn(family, dport=80, ts=1000), engine_for()
+    opened(engine, c)
+    assert decided(send(engine, c.data(0, h2c_client([BLOCKED]))), Action.BLOCK, BLOCKED)
+
+
+def test_an_h2c_servers_settings_before_the_clients_preface_decide_nothing() -> None:
+    # An HTTP/2 server sends its SETTINGS as it accepts: no server-first protocol, the request decides.
+    c, engine = Conn(dport=80, ts=1000), engine_for()
+    opened(engine, c)
+    settings = bytes((0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100))
+    assert engine.handle(c.server_data(settings), NOW, from_client=False).action is Action.ACCEPT
+    assert engine.undecided == 1
+    assert decided(send(engine, c.data(0, h2c_client([BLOCKED]))), Action.BLOCK, BLOCKED)
+    # Other server bytes first are still a server that speaks first.
+    c, engine = Conn(dport=80, sport=40001, ts=1000), engine_for()
+    opened(engine, c)
+    v = engine.handle(c.server_data(b"SSH-2.0-OpenSSH_9.2\r\n"), NOW, from_client=False)
+    assert v.action is Action.ALLOW and v.event is not None and v.event.source == "address"
 
 
 # -- budgets ------------------------------------------------------------------------------------
