@@ -15,7 +15,10 @@ such a line is the fail verdict, never "no name". After a CONNECT or SOCKS reque
 tunnel's first bytes are read too (a ClientHello, requests, or a nested proxy request): a proxy
 connects wherever its client names, so the name inside the tunnel is judged as well as the tunnel's
 target. After any other request, the body is skipped by its framing (Content-Length, chunked) to the
-next request head (`following`: the connection stays under watch for its whole life). A parser's
+next request head (`following`: the connection stays under watch for its whole life). HTTP/2
+without TLS (the `PRI` preface at the start, after `Upgrade: h2c`, or in a tunnel) is followed the
+same way: every request's header block is HPACK-decoded with the connection's table and its
+:authority judged (wire.h2), the other frames skipped by their length. A parser's
 Malformed propagates to the engine, which turns it into the fail verdict; only the very first bytes
 may show that a stream is not TLS, SOCKS or HTTP after all (NO_NAME). Stage positions are offsets from
 the reader's base; `rebase` drops what is read (the engine advances its reassembly by as much).
@@ -32,7 +35,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from netguard.wire import http, quic, socks, tls
+from netguard.wire import h2, http, quic, socks, tls
 from netguard.wire.addr import parse_address
 from netguard.wire.errors import Malformed
 
@@ -49,7 +52,9 @@ NO_NAME = Found(None, "address")
 DONE = Found(None, "done")  # nothing more to read: what was judged stands
 
 # Stages of a Reader.
-_START, _TLS, _SOCKS, _HTTP, _BODY, _CHUNK_LINE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _TUNNEL, _END = range(11)
+_START, _TLS, _SOCKS, _HTTP, _BODY, _CHUNK_LINE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _TUNNEL, _END, _H2 = range(12)
+# The rest of the HTTP/2 preface after its request-line-like part ("PRI * HTTP/2.0", then an empty line).
+_H2_PREFACE_END = h2.PREFACE[len(b"PRI * HTTP/2.0\r\n\r\n"):]
 _KNOWN_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH", b"PRI")
 _TLS_FIRST = (tls.CONTENT_HANDSHAKE, tls.CONTENT_ALERT)
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
@@ -68,8 +73,8 @@ class Reader:
     the next record begins (offset from the base) and the handshake bytes left after the hello, for
     reading a second ClientHello after a HelloRetryRequest."""
 
-    __slots__ = ("_data", "_fed", "_pos", "_second", "_skip", "_stage", "_tls", "_tunnel", "finished", "following",
-                 "tls_resume")
+    __slots__ = ("_data", "_fed", "_h2", "_pos", "_second", "_skip", "_stage", "_tls", "_tunnel", "finished",
+                 "following", "tls_resume")
 
     def __init__(self, *, after_hello: tuple[bytes, int] | None = None, mid_stream: bool = False) -> None:
         """`after_hello` (leftover handshake bytes, offset): read the records after a first
@@ -82,6 +87,7 @@ class Reader:
         self._stage = _START
         self._tls: tls.ClientHelloReader | None = None
         self._tunnel = False  # bytes that are not TLS / SOCKS / HTTP end the reading (DONE), no NO_NAME
+        self._h2: tuple[h2.Decoder, h2.HeaderBlock] | None = None  # an HTTP/2 connection's HPACK state
         self.following = mid_stream
         self.finished = False  # nothing more to read in this stream (a plain attribute: read per packet)
         self.tls_resume: tuple[int, bytes] | None = None
@@ -138,6 +144,8 @@ class Reader:
                 found = self._read_http()
             elif stage == _SOCKS:
                 found = self._read_socks()
+            elif stage == _H2:
+                found = self._read_h2()
             else:
                 found = self._framing()
             if found is _WAIT:
@@ -212,8 +220,9 @@ class Reader:
         if head is None:
             return _WAIT
         self._pos = start + head.head_length
-        if head.method == "PRI":  # the HTTP/2 preface: frames follow, not requests
-            return self._end(DONE if self._tunnel or self.following else NO_NAME)
+        if head.method == "PRI":  # the HTTP/2 preface (prior knowledge, or after Upgrade: h2c): frames follow
+            self._pos = start
+            return self._start_h2(start + head.head_length)
         if head.connect_authority is not None:
             self._stage, self._tunnel = _TUNNEL, True
             return Found(head.connect_authority[0], "http-connect", head.connect_authority[1])
@@ -232,7 +241,58 @@ class Reader:
         return NO_NAME
 
     def _next_request(self) -> int:
+        if self._h2 is not None:
+            return _H2
         return _TUNNEL if self._tunnel else _HTTP
+
+    def _start_h2(self, after: int) -> Found | None:
+        """After "PRI * HTTP/2.0" and its empty line: the preface's end, then HTTP/2 frames, read for the
+        whole connection (every request names its host)."""
+        rest = self._data[after : after + len(_H2_PREFACE_END)]
+        if rest != _H2_PREFACE_END[: len(rest)]:
+            raise Malformed("HTTP/2 preface broken")
+        if len(rest) < len(_H2_PREFACE_END):
+            return _WAIT
+        self._pos = after + len(rest)
+        self._stage, self._h2, self.following = _H2, (h2.Decoder(), h2.HeaderBlock()), True
+        return None
+
+    def _read_h2(self) -> Found | None:
+        """One HTTP/2 frame: a request's header block gives its authority; other frames are skipped by
+        their length (_BODY)."""
+        state = self._h2
+        if state is None:  # pragma: no cover - _H2 is entered with a decoder
+            raise Malformed("no HTTP/2 state")
+        decoder, block = state
+        data, pos = self._data, self._pos
+        if len(data) - pos < h2.FRAME_HEADER:
+            return _WAIT
+        length = int.from_bytes(data[pos : pos + 3], "big")
+        kind, flags = data[pos + 3], data[pos + 4]
+        if kind in (h2.HEADERS, h2.CONTINUATION):
+            if length > h2.MAX_HEADER_BLOCK:
+                raise Malformed(f"HTTP/2 header frame of {length} bytes")
+            end = pos + h2.FRAME_HEADER + length
+            if len(data) < end:
+                return _WAIT
+            self._pos = end
+            whole = block.add(kind, flags, data[pos + h2.FRAME_HEADER : end])
+            if whole is None:
+                return None
+            request, authority = h2.request_authority(decoder.decode(whole))
+            if not request:
+                return None  # trailers
+            if not authority:
+                return NO_NAME
+            host, port = http.authority(authority.encode("latin-1"), port_required=False)
+            return Found(host, "h2-authority", port)
+        if block.open:
+            raise Malformed(f"HTTP/2 frame type {kind} where a CONTINUATION belongs")
+        if kind == h2.PUSH_PROMISE:
+            raise Malformed("HTTP/2 PUSH_PROMISE from a client")
+        self._pos = pos + h2.FRAME_HEADER
+        self._stage, self._skip = _BODY, length
+        return None
 
     def _framing(self) -> Found | None:
         """Advance through a body's framing (_WAIT when more bytes are needed)."""

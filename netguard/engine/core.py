@@ -28,7 +28,8 @@ Strategy: five kinds of packets arrive (the firewall rules send nothing else):
 - Server packets of undecided TCP flows: the SYN-ACK (which SYN the server took, its sequence
   numbers, whether it signs) and payload. Payload from the server means it speaks first (SSH, SMTP):
   the name will never come from the client, so the flow is judged by address, unless the reader is
-  in the middle of a protocol that waits for the server (`Reader.waits_for_server`). Data-less
+  in the middle of a protocol that waits for the server (`Reader.waits_for_server`) or the payload is
+  an HTTP/2 server's SETTINGS before the client's preface (an h2c server sends it as it accepts). Data-less
   client segments never decide anything.
 - Client packets of followed flows (`followed`: the kernel queued them for a flow marked "follow").
   A plain HTTP connection is read request by request for its whole life (bodies skipped by their
@@ -44,7 +45,9 @@ Strategy: five kinds of packets arrive (the firewall rules send nothing else):
 The bytes judged are the bytes the server's TCP stack delivers: a client segment the server will
 drop (no ACK flag, a bad checksum, a signature it does not expect, a timestamp PAWS rejects, an
 acknowledgment of bytes before its first, data before its SYN-ACK) is dropped here too, so neither
-side reads it; urgent (out-of-band) bytes are taken out as Linux takes them out (Stream.urgent).
+side reads it, and so is one that carries IPv4 options or IPv6 extension headers (whether the
+server's IP layer delivers it depends on rules netguard does not mirror); urgent (out-of-band)
+bytes are taken out as Linux takes them out (Stream.urgent).
 What the server would do cannot always be known (several urgent pointers, a signing server): then
 the fail verdict. Every limit (undecided flows, bytes per flow, packet bytes per flow including
 retransmitted copies, out-of-order pieces, names, idle time) and every unreadable input gets the
@@ -73,7 +76,7 @@ from netguard.engine.packets import (
 from netguard.engine.stream import Result, Stream
 from netguard.engine.verdict import ACCEPT, Action, Event, FlowKey, Verdict
 from netguard.policy import Decision, HostError, Policy, decide
-from netguard.wire import dns, quic, tls
+from netguard.wire import dns, h2, quic, tls
 from netguard.wire.errors import ParseError, UnsupportedVersion
 from netguard.wire.ip import (
     ACK,
@@ -550,6 +553,9 @@ class Engine:
         syns = flow.syns if flow.syns is not None else {}
         flow.syns = syns
         data = seg.payload  # TCP Fast Open: judged once the server's SYN-ACK says it took it
+        if data and len(raw) < _ip_length(raw):
+            return self._fail(key, now, "Fast Open data in a SYN longer than the queue copies", packet=packet,
+                              seg=seg)
         held = syns.get(isn)
         if held is None:
             if len(syns) >= MAX_SYNS:
@@ -609,7 +615,26 @@ class Engine:
                               packet=packet, seg=seg)
         if in_order and tsval is not None and (flow.ts_recent is None or not _before(tsval, flow.ts_recent)):
             flow.ts_recent = tsval  # Linux keeps the newest timestamp of in-order segments
-        return self._read(flow, now, packet, seg)
+        verdict = self._read(flow, now, packet, seg)
+        return verdict if whole else self._cut_short(flow.key, now, _ip_length(raw) - len(raw), packet, seg, verdict)
+
+    def _cut_short(self, key: FlowKey, now: float, unseen: int, packet: Packet, seg: TcpSegment,
+                   verdict: Verdict) -> Verdict:
+        """After reading a segment the queue copied only in part (its last `unseen` payload bytes are
+        missing: a segment over ~4 KB, on loopback or a jumbo-frame link): a flow still undecided
+        cannot be read on (the name may lie in those bytes, and the server's answer to them would
+        make it judged by address), so it gets the fail verdict; a flow that became followed goes on
+        only if they fall inside a body being skipped."""
+        if key in self._flows:
+            return self._fail(key, now, f"{unseen} bytes of a segment not copied before a name was found",
+                              packet=packet, seg=seg)
+        state = self._following.get(key)
+        if state is not None:
+            if state.stream.prefix or not state.reader.skip_unseen(unseen):
+                return self._fail(key, now, f"{unseen} bytes of a segment not copied where a request may begin",
+                                  packet=packet, seg=seg)
+            state.stream.skip(unseen)
+        return verdict
 
     def _refused(self, packet: Packet, seg: TcpSegment, flow: _Flow | _Following, raw: bytes,
                  whole: bool) -> tuple[str | None, int | None]:
@@ -620,6 +645,11 @@ class Engine:
             return "data before the server's SYN-ACK", None
         if not seg.flags & ACK:
             return "no ACK flag", None  # discarded once past the SYN (RFC 9293 3.10.7.4, fifth)
+        if packet.ip_options or (packet.version == 6 and raw[6] != PROTO_TCP):
+            # Whether the server's IP layer delivers it depends on rules netguard does not mirror (a
+            # malformed option, a source route, an unknown option whose type says "discard", padding
+            # over 7 bytes, the host's sysctls); no client's stack puts them on its segments.
+            return "IP options or IPv6 extension headers", None
         if self.checks_checksums:
             if packet.version == 4 and not ipv4_header_ok(raw):
                 return "bad IPv4 header checksum", None
@@ -780,13 +810,8 @@ class Engine:
             return ACCEPT
         state.fresh = False
         verdict = self._read_names(state, stream, state.reader, packet, seg, now)
-        if unseen and key in self._following:
-            # The rest of the segment was not copied: fine inside a body being skipped, else unreadable.
-            if stream.prefix or not state.reader.skip_unseen(unseen):
-                return self._fail(key, now, f"{unseen} bytes of a segment not copied where a request may begin",
-                                  packet=packet, seg=seg)
-            stream.skip(unseen)
-        return verdict
+        # The rest of the segment was not copied: fine inside a body being skipped, else unreadable.
+        return self._cut_short(key, now, unseen, packet, seg, verdict) if unseen else verdict
 
     # -- TCP server packets -------------------------------------------------------------------
 
@@ -813,6 +838,13 @@ class Engine:
             # A protocol in mid-exchange (a SOCKS negotiation, a proxy's answer before a tunnel's
             # first bytes): its reader goes on.
             flow.last = now
+            return ACCEPT
+        if h2.is_server_preface(seg.payload) and (flow is None or flow.stream is None
+                                                  or h2.PREFACE.startswith(flow.stream.delivered())):
+            # An HTTP/2 server's SETTINGS, sent as it accepts (h2c with prior knowledge), before the
+            # client's preface: no server-first protocol; the client's requests name the host.
+            if flow is not None:
+                flow.last = now
             return ACCEPT
         # The server speaks first: the name will not come from the client. What was judged stands (a
         # tunnel's target: the server speaks first inside it), else the address decides.

@@ -202,6 +202,31 @@ def python_client_hello(name: str | None) -> bytes:
     return bytes(outgoing.read())
 
 
+def padded_client_hello(name: str, padding: int) -> bytes:
+    """python_client_hello(name) made longer by a padding extension (RFC 7685) of that many zero
+    bytes, its lengths (record, handshake, extensions) set to match: a hello as large as one wants."""
+    hello = python_client_hello(name)
+    if hello[0] != 22 or hello[5] != 1:
+        raise ValueError("not a single ClientHello record")
+    body = hello[9:]
+    # The extensions block is the body's end: legacy_version and random (34), session id, suites, compression.
+    at = 34 + 1 + body[34]
+    at += 2 + int.from_bytes(body[at:at + 2], "big")
+    at += 1 + body[at]
+    extensions, pos, end = b"", at + 2, len(body)
+    while pos < end:  # OpenSSL may have padded already: that extension is replaced (one of a type)
+        kind, size = int.from_bytes(body[pos:pos + 2], "big"), int.from_bytes(body[pos + 2:pos + 4], "big")
+        if kind == 21:
+            padding += size
+        else:
+            extensions += body[pos:pos + 4 + size]
+        pos += 4 + size
+    extensions += (21).to_bytes(2, "big") + padding.to_bytes(2, "big") + bytes(padding)
+    body = body[:at] + len(extensions).to_bytes(2, "big") + extensions
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return hello[:3] + len(handshake).to_bytes(2, "big") + handshake
+
+
 def make_certificates(workdir: Path, names: Sequence[str], addresses: Sequence[str]) -> tuple[Path, Path]:
     """A CA (workdir/ca.crt) and a server certificate + key with SANs for every name and address."""
     now = datetime.datetime.now(datetime.UTC)

@@ -14,7 +14,7 @@ Content-Length values that differ or are not plain digits. `head_length` include
 empty lines; `body_length` / `chunked` say what follows the head, so that the next request's head is
 found where the server finds it (`parse_chunk_line` and `parse_trailers` read a chunked body's
 framing; the chunk data is skipped by count). The HTTP/2 prior-knowledge preface (`PRI * HTTP/2.0`)
-is returned as a head without a host.
+is returned as a head without a host (its frames are wire.h2's). `authority` splits a host[:port].
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def parse_request_head(data: bytes) -> RequestHead | None:
     port: int | None = None
     connect: tuple[str, int] | None = None
     if method.upper() == b"CONNECT":  # Squid takes the method in any case
-        host, connect_port = _authority(target, port_required=True)
+        host, connect_port = authority(target, port_required=True)
         if connect_port is None:
             raise Malformed("CONNECT target without port")
         port = connect_port
@@ -105,14 +105,14 @@ def parse_request_head(data: bytes) -> RequestHead | None:
         scheme, _, rest = target.partition(b"://")
         if scheme.lower() not in (b"http", b"https"):
             raise Malformed("absolute-form target with a scheme other than http(s)")
-        authority = rest.split(b"/", 1)[0].split(b"?", 1)[0].split(b"#", 1)[0]
-        host, port = _authority(authority, port_required=False)
+        named = rest.split(b"/", 1)[0].split(b"?", 1)[0].split(b"#", 1)[0]
+        host, port = authority(named, port_required=False)
         if host_header:
-            header_host, _ = _authority(host_header.encode("ascii"), port_required=False)
+            header_host, _ = authority(host_header.encode("ascii"), port_required=False)
             if header_host.lower() != host.lower():
                 raise Malformed("Host header names another host than the request target")
     elif host_header:
-        host, port = _authority(host_header.encode("ascii"), port_required=False)
+        host, port = authority(host_header.encode("ascii"), port_required=False)
     body_length, chunked = _framing(fields, version)
     return RequestHead(
         method.decode("ascii"),
@@ -278,20 +278,20 @@ def _framing(fields: _Fields, version: bytes) -> tuple[int, bool]:
     return int(text), False
 
 
-def _authority(authority: bytes, *, port_required: bool) -> tuple[str, int | None]:
-    """Split host[:port] / [v6]:port into (host, port)."""
-    if b"@" in authority:
+def authority(text: bytes, *, port_required: bool) -> tuple[str, int | None]:
+    """Split host[:port] / [v6]:port into (host, port); Malformed for userinfo, a bad port or literal."""
+    if b"@" in text:
         raise Malformed("userinfo in authority")
-    if authority.startswith(b"["):
-        close = authority.find(b"]")
+    if text.startswith(b"["):
+        close = text.find(b"]")
         if close < 0:
             raise Malformed("unterminated IPv6 literal")
-        host, rest = authority[1:close], authority[close + 1 :]
+        host, rest = text[1:close], text[close + 1 :]
         if rest and not rest.startswith(b":"):
             raise Malformed("junk after IPv6 literal")
         port_text = rest[1:] if rest else None
     else:
-        host, colon, port_bytes = authority.partition(b":")
+        host, colon, port_bytes = text.partition(b":")
         port_text = port_bytes if colon else None
     if not host:
         raise Malformed("empty host")

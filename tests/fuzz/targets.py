@@ -14,6 +14,8 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+import hpack
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "wire"))
 
 from wirecorpus import (
@@ -28,7 +30,7 @@ from wirecorpus import (
 
 from netguard.engine import classify
 from netguard.engine.classify import DONE, Reader
-from netguard.wire import dns, http, ip, quic, socks, tls
+from netguard.wire import dns, h2, http, ip, quic, socks, tls
 from netguard.wire.addr import parse_address
 from netguard.wire.errors import Malformed, ParseError, Truncated
 
@@ -172,6 +174,15 @@ def fuzz_stream(data: bytes) -> object:
     return whole
 
 
+def fuzz_hpack(data: bytes) -> object:
+    # Two header blocks through one decoder (the second may index what the first added): the first
+    # byte is the first block's length.
+    decoder = h2.Decoder()
+    cut = 1 + data[0] if data else 0
+    first = _outcome(lambda: h2.request_authority(decoder.decode(data[1:cut])))
+    return h2.is_server_preface(data), first, h2.request_authority(decoder.decode(data[cut:]))
+
+
 def _libc_address(text: str) -> bytes | None:
     try:
         # Bytes, as a C proxy hands them over (a str would go through Python's IDNA codec first).
@@ -220,6 +231,8 @@ TARGETS: dict[str, Target] = {
     "http": fuzz_http,
     "socks": fuzz_socks,
     "stream": fuzz_stream,
+    "h2_stream": fuzz_stream,
+    "hpack": fuzz_hpack,
     "addr": fuzz_addr,
     "quic": fuzz_quic,
     "quic_payload": fuzz_quic_payload,
@@ -268,6 +281,15 @@ def seeds(target: str) -> tuple[bytes, ...]:
     ]
     https_answer = (_SVCB_HEAD[:6] + b"\x00\x01\x00\x00\x00\x00" + _SVCB_HEAD[12:] + b"\xc0\x0c\x00\x41"
                     + struct.pack("!HIH", 1, 300, len(svcb[1])) + svcb[1])
+    h2_blocks = [
+        bytes(hpack.Encoder().encode([(":method", "GET"), (":scheme", "http"), (":authority", "ghcr.io:5000"),
+                                      (":path", "/v2/"), ("user-agent", "curl/7.88.1")], huffman=huffman))
+        for huffman in (True, False)]
+    padded = b"\x02" + bytes(5) + h2_blocks[1][:7] + b"\0\0"
+    h2_frames = (h2.PREFACE + _h2_frame(h2.SETTINGS, 0, bytes(6), 0)
+                 + _h2_frame(h2.HEADERS, h2.END_HEADERS, h2_blocks[0])
+                 + _h2_frame(h2.HEADERS, h2.PADDED | h2.PRIORITY_FLAG, padded, 3)
+                 + _h2_frame(h2.CONTINUATION, h2.END_HEADERS, h2_blocks[1][7:], 3) + _h2_frame(h2.DATA, 1, b"body", 3))
     by_target = {
         "ip": packets[:40],
         "dns": dns_udp + [m for s in dns_tcp for m in dns.split_tcp_messages(s)[0]] + [https_answer],
@@ -295,6 +317,8 @@ def seeds(target: str) -> tuple[bytes, ...]:
             b"\x15\x03\x03\x00\x02\x01\x5a" + hellos[-1],
             b"\r\n\tget\thttp://a.test/\rHost: b\r\n\r\nSSH-2.0-x y\r\n",
         ],
+        "h2_stream": [h2_frames, b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n" + h2_frames],
+        "hpack": [bytes((len(b),)) + b + h2_blocks[1] for b in (h2_blocks[0], b"\x3f\xe1\x1f" + h2_blocks[1])],
         "addr": [b"10.77.0.103", b"0x0a4d0067", b"012.0115.0147", b"::ffff:10.77.0.103", b"fe80::1%1",
                  b"1:2:3:4:5:6:7.8.9.10", b"4294967295"],
         "quic": [
@@ -313,6 +337,10 @@ def seeds(target: str) -> tuple[bytes, ...]:
         ],
     }
     return tuple(by_target[target])
+
+
+def _h2_frame(kind: int, flags: int, payload: bytes, stream: int = 1) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
 
 
 _INTERESTING = (0, 1, 0x3F, 0x40, 0x7F, 0x80, 0xC0, 0xFF)

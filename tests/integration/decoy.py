@@ -13,7 +13,12 @@ after the handshake, which the server ignores), tfo (the decoy rides in the SYN,
 the server does not take), spoof (no decoy hello: a "server" packet with payload made on this host
 and sent to it over loopback), flood (the first 100 bytes of the real hello sent again and again,
 then the rest), ackflood (pure ACKs past the kernel's byte window, then the real hello), none (just
-the real hello). Every segment but the flood's ACKs carries a timestamp option.
+the real hello), pawsjump (the handshake's ACK, data-less, carries a timestamp far ahead: the
+decoy's, newer than the SYN's, is older than that one, and PAWS drops it; the real hello carries one
+newer still), ipopt (IPv4: a loose source route through another address; IPv6: a destination option
+of an unknown type whose action bits say "discard"), ipbad (IPv4: a timestamp option of length 3;
+IPv6: hop-by-hop padding of 12 bytes, RFC 8200 allows 7). Every segment but the flood's ACKs carries
+a timestamp option.
 
 Prints one JSON list, an object per connection: attack, server_bytes (payload bytes the server sent
 back: a ServerHello when it took a whole ClientHello), rst (a reset arrived), rejected (the local
@@ -33,15 +38,31 @@ import sys
 import time
 from typing import Any
 
-from scapy.all import IP, TCP, AsyncSniffer, IPv6, conf, raw  # type: ignore[attr-defined]
+from scapy.all import (  # type: ignore[attr-defined]
+    IP,
+    TCP,
+    AsyncSniffer,
+    HBHOptUnknown,
+    IPOption_LSRR,
+    IPOption_NOP,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrHopByHop,
+    PadN,
+    conf,
+    raw,
+)
 from segments import counters
 
+from netguard.engine.packets import checksum
 from netguard.lab.lab import python_client_hello
 
 PORT = 443
 WAIT = 2.0  # seconds for the server's SYN-ACK on a local veth
 TS0 = 100_000  # the SYN's timestamp value
 WINDOW = 131072  # firewall.TCP_WINDOW_BYTES, past which the ACK flood goes
+JUMP = 1_000_000  # pawsjump: how far the data-less ACK moves the timestamp ahead
+BAD_TIMESTAMP_OPTION = b"\x44\x03\x05\x00"
 SETTLE = 0.25  # seconds for the server's answer (a ServerHello comes within milliseconds on a veth)
 
 
@@ -59,9 +80,16 @@ class Attacker:
                                     iface=["eth0", "lo"], store=False, prn=self.seen.append)
         self.rejected = False
 
-    def send(self, tcp: TCP, ip_src: str | None = None, ip_dst: str | None = None, fix: int | None = None) -> None:
+    def send(self, tcp: TCP, ip_src: str | None = None, ip_dst: str | None = None, fix: int | None = None,
+             ip_extra: str = "") -> None:
         dst = ip_dst or self.address
-        packet = raw((IPv6 if self.v6 else IP)(src=ip_src or self.src, dst=dst) / tcp)
+        packet = raw(self.ip(ip_src or self.src, dst, ip_extra) / tcp)
+        if ip_extra == "ipbad" and not self.v6:
+            # A timestamp option of length 3 (it must be at least 4): a parameter problem for the receiver.
+            head = bytearray(packet[:24])
+            head[20:24], head[10:12] = BAD_TIMESTAMP_OPTION, b"\0\0"
+            head[10:12] = checksum(bytes(head)).to_bytes(2, "big")
+            packet = bytes(head) + packet[24:]
         if fix is not None:  # a wrong TCP checksum
             at = (40 if self.v6 else 20) + 16
             packet = packet[:at] + fix.to_bytes(2, "big") + packet[at + 2:]
@@ -69,6 +97,20 @@ class Attacker:
             self.sock.sendto(packet, (dst, 0))
         except PermissionError:
             self.rejected = True  # the local firewall rejected it at once (the flow is marked blocked)
+
+    def ip(self, src: str, dst: str, extra: str) -> Any:
+        """The IP header, with the options or extension headers an attack names."""
+        if not self.v6:
+            if extra == "ipopt":  # loose source route through another address: forwarded, not delivered
+                return IP(src=src, dst=dst, options=[IPOption_LSRR(routers=["192.0.2.1"])])
+            if extra == "ipbad":  # four NOPs here, made a timestamp option of length 3 in send()
+                return IP(src=src, dst=dst, options=[IPOption_NOP()] * 4)
+            return IP(src=src, dst=dst)
+        if extra == "ipopt":  # an unknown destination option whose type says "discard"
+            return IPv6(src=src, dst=dst) / IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0xC2, optdata=b"\0" * 4)])
+        if extra == "ipbad":  # hop-by-hop padding longer than RFC 8200's 7 bytes
+            return IPv6(src=src, dst=dst) / IPv6ExtHdrHopByHop(options=[PadN(optdata=b"\0" * 12)])
+        return IPv6(src=src, dst=dst)
 
     def mine(self, sport: int) -> list[Any]:
         return [p for p in list(self.seen) if p[TCP].dport == sport and bytes(p[TCP].payload) != SPOOF]
@@ -93,17 +135,21 @@ class Attacker:
         if synack is None:
             return {"attack": attack, "error": "no SYN-ACK"}
         s_seq = synack[TCP].seq + 1
-        if attack != "oldack":
+        if attack == "pawsjump":  # the handshake's ACK moves the server's newest timestamp far ahead
+            send(TCP(sport=sport, dport=PORT, flags="A", seq=isn + 1, ack=s_seq, options=opts(TS0 + JUMP)))
+        elif attack != "oldack":
             send(TCP(sport=sport, dport=PORT, flags="A", seq=isn + 1, ack=s_seq, options=opts()))
         family = 6 if self.v6 else 4
         before = counters(self.backend, family)
-        if attack in ("badsum", "md5", "noack", "futack", "oldack", "pawsold", "farseq"):
+        if attack in ("badsum", "md5", "noack", "futack", "oldack", "pawsold", "farseq", "pawsjump", "ipopt",
+                      "ipbad"):
             extra = [(19, b"\x00" * 16)] if attack == "md5" else []
             tcp = TCP(sport=sport, dport=PORT, flags="P" if attack == "noack" else "PA",
                       seq=isn + 1 + (200_000 if attack == "farseq" else 0),
                       ack={"futack": s_seq + 1000, "oldack": s_seq - 1}.get(attack, s_seq),
                       options=[*opts(TS0 - 50 if attack == "pawsold" else TS0 + 10), *extra])
-            send(tcp / decoy, fix=0x1234 if attack == "badsum" else None)
+            send(tcp / decoy, fix=0x1234 if attack == "badsum" else None,
+                 ip_extra=attack if attack in ("ipopt", "ipbad") else "")
         elif attack == "syn2":
             send(TCP(sport=sport, dport=PORT, flags="S", seq=isn + 1, options=opts(TS0 + 5)))
         elif attack == "spoof":
@@ -128,7 +174,8 @@ class Attacker:
             send(TCP(sport=sport, dport=PORT, flags="PA", seq=isn + 101, ack=s_seq, options=opts(TS0 + 20))
                  / real[100:])
         else:
-            send(TCP(sport=sport, dport=PORT, flags="PA", seq=isn + 1, ack=s_seq, options=opts(TS0 + 20)) / real)
+            late = TS0 + JUMP + 20 if attack == "pawsjump" else TS0 + 20
+            send(TCP(sport=sport, dport=PORT, flags="PA", seq=isn + 1, ack=s_seq, options=opts(late)) / real)
         time.sleep(SETTLE)
         got = self.mine(sport)
         rejected = self.rejected

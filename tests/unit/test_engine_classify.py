@@ -137,7 +137,7 @@ def test_start_of_stream() -> None:
     assert names(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n\x00\x00\x01") == [NO_NAME[:2]]
     assert names(b"\x00\x01binary") == [NO_NAME[:2]]
     assert names(b"\x05\x01\x00\x00\x00") == [NO_NAME[:2]]  # a 261-byte MongoDB message, say: no SOCKS
-    assert names(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") == [NO_NAME[:2]]
+    assert names(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") == []  # HTTP/2 frames follow: read on
     assert names(b"\x15\x03\x03\x00\x02\x01\x5a" + HELLO) == [("ghcr.io", "sni")]  # a warning alert first
     with pytest.raises(Malformed):  # begins like SOCKS5 (a whole method list and a request), then breaks
         names(b"\x05\x01\x00\x05\x01\x00\x09")

@@ -8,16 +8,33 @@ from __future__ import annotations
 
 import itertools
 import random
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
-from scapy.all import IP, TCP, IPv6, raw  # type: ignore[attr-defined]
+from scapy.all import (  # type: ignore[attr-defined]
+    IP,
+    TCP,
+    HBHOptUnknown,
+    IPOption_NOP,
+    IPOption_RR,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    PadN,
+    raw,
+)
 
 from netguard.daemon.policyfiles import load_catalog
 from netguard.engine import Action, Engine, Verdict, classify, core
 from netguard.engine.stream import Result, Stream
-from netguard.lab.lab import python_client_hello
+from netguard.lab.lab import padded_client_hello, python_client_hello
 from netguard.policy import Policy, parse_policy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "wire"))
+from wirecorpus import h2c_client
 
 C4, S4, C6, S6 = "10.0.0.10", "10.0.0.102", "fd00::10", "fd00::102"
 NOW = 1000.0
@@ -58,10 +75,15 @@ class Conn:
 
     def data(self, offset: int, payload: bytes, flags: str = "PA", ack: int | None = None,
              tsval: int | None = None, options: Sequence[tuple[object, object]] | None = None, urgent: int = 0,
-             **fields: object) -> bytes:
+             ip_options: Sequence[object] = (), ext: object = None, **fields: object) -> bytes:
+        """A client segment; `ip_options` (IPv4) or `ext` (an IPv6 extension header) in its IP header."""
         tcp = TCP(sport=self.sport, dport=self.dport, flags=flags, seq=self.isn + 1 + offset,
                   ack=SERVER_ISN + 1 if ack is None else ack, urgptr=urgent,
                   options=self._opts(tsval if tsval is not None else self.ts) + list(options or []), **fields)
+        if ip_options:
+            return raw(IP(src=self.client, dst=self.server, options=list(ip_options)) / tcp / payload)
+        if ext is not None:
+            return raw(IPv6(src=self.client, dst=self.server) / ext / tcp / payload)
         return raw(self.ip(src=self.client, dst=self.server) / tcp / payload)
 
     def server_data(self, payload: bytes, offset: int = 0) -> bytes:
@@ -224,6 +246,43 @@ def test_a_decoy_the_server_drops_decides_nothing(family: int, defect: str, deco
     assert decided(send(engine, c.data(0, python_client_hello(real_name))), action, real_name)
 
 
+# IPv4 options and IPv6 extension headers: the server's IP layer may drop the packet (a malformed or
+# source-route option, an unknown option whose type says "discard", padding over 7 bytes), by rules
+# netguard does not mirror. Well-formed ones too: no client's stack sends them on a TCP segment.
+IP_EXTRAS: dict[str, dict[str, object]] = {
+    "IPv4 NOP options": {"ip_options": [IPOption_NOP()] * 4},
+    "IPv4 record route": {"ip_options": [IPOption_RR(routers=["10.9.9.9"])]},
+    "IPv6 unknown discard option": {"ext": IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0xC2, optdata=b"\0" * 4)])},
+    "IPv6 long hop-by-hop padding": {"ext": IPv6ExtHdrHopByHop(options=[PadN(optdata=b"\0" * 12)])},
+    "IPv6 atomic fragment": {"ext": IPv6ExtHdrFragment(offset=0, m=0, id=7)},
+}
+
+
+@pytest.mark.parametrize("extra", list(IP_EXTRAS))
+@pytest.mark.parametrize("decoy_name, real_name, action", [(ALLOWED, BLOCKED, Action.BLOCK),
+                                                           (BLOCKED, ALLOWED, Action.ALLOW)])
+def test_a_segment_with_ip_options_or_extension_headers_decides_nothing(
+        extra: str, decoy_name: str, real_name: str, action: Action) -> None:
+    c = Conn(6 if extra.startswith("IPv6") else 4, ts=1000)
+    engine = engine_for()
+    opened(engine, c)
+    v = send(engine, c.data(0, python_client_hello(decoy_name), **IP_EXTRAS[extra]))  # type: ignore[arg-type]
+    assert v.action is Action.DROP and v.event is None
+    assert engine.stats.dropped == {"IP options or IPv6 extension headers": 1} and engine.undecided == 1
+    assert decided(send(engine, c.data(0, python_client_hello(real_name))), action, real_name)
+
+
+def test_a_followed_flow_drops_segments_with_extension_headers() -> None:
+    c, engine = Conn(6, dport=80, ts=1000), engine_for()
+    at = len(_followed(engine, c))
+    decoy = f"GET /v2/ HTTP/1.1\r\nHost: {ALLOWED}\r\n\r\n".encode()
+    ext = IPv6ExtHdrDestOpt(options=[HBHOptUnknown(otype=0xC2, optdata=b"\0" * 4)])
+    v = engine.handle(c.data(at, decoy, ext=ext), NOW, from_client=True, followed=True)
+    assert v.action is Action.DROP and engine.followed == 1
+    real = f"GET /v2/ HTTP/1.1\r\nHost: {BLOCKED}\r\n\r\n".encode()
+    assert decided(engine.handle(c.data(at, real), NOW, from_client=True, followed=True), Action.BLOCK, BLOCKED)
+
+
 def test_a_bad_ipv4_header_checksum_is_dropped() -> None:
     c, engine = Conn(), engine_for()
     opened(engine, c)
@@ -308,6 +367,97 @@ def test_fast_open_data_counts_only_once_the_server_takes_it() -> None:
     send(engine, c.syn(payload=allowed))
     assert engine.handle(c.synack(), NOW, from_client=False).action is Action.ACCEPT
     assert decided(send(engine, c.data(0, blocked)), Action.BLOCK, BLOCKED)
+
+
+# -- segments the queue copies only in part ------------------------------------------------------
+
+# What the queue hands over of a packet (NetfilterQueue's buffer, less its metadata): a segment on
+# loopback (MTU 64 KiB) or a jumbo-frame link may be longer.
+COPIED = 4000
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("name", [ALLOWED, BLOCKED])
+def test_a_hello_cut_short_by_the_queue_gets_the_fail_verdict(family: int, name: str) -> None:
+    # The rest of the hello (and its name) is never seen; the server's answer to it would make the
+    # flow judged by address.
+    c, engine = Conn(family, ts=1000), engine_for()
+    opened(engine, c)
+    hello = padded_client_hello(name, 6000)
+    v = send(engine, c.data(0, hello)[:COPIED])
+    assert v.action is Action.BLOCK and v.event is not None and "not copied" in v.event.reason
+    assert engine.undecided == 0
+
+
+def test_a_whole_hello_in_the_copied_part_decides() -> None:
+    c, engine = Conn(ts=1000), engine_for()
+    opened(engine, c)
+    hello = python_client_hello(BLOCKED)
+    assert decided(send(engine, c.data(0, hello + bytes(6000))[:COPIED]), Action.BLOCK, BLOCKED)
+    c, engine = Conn(ts=1000), engine_for()
+    opened(engine, c)
+    assert decided(send(engine, c.data(0, python_client_hello(ALLOWED) + bytes(6000))[:COPIED]), Action.ALLOW,
+                   ALLOWED)
+
+
+def test_a_body_cut_short_is_skipped_and_the_next_request_judged() -> None:
+    # A first request whose body the queue cut: the body's unseen bytes are skipped by count, so the
+    # next request is read where the server reads it.
+    c, engine = Conn(dport=80, ts=1000), engine_for()
+    opened(engine, c)
+    head = f"POST /v2/ HTTP/1.1\r\nHost: {ALLOWED}\r\nContent-Length: 6000\r\n\r\n".encode()
+    first = head + bytes(6000)
+    assert send(engine, c.data(0, first)[:COPIED]).action is Action.FOLLOW
+    assert engine.followed == 1
+    second = f"GET /v2/ HTTP/1.1\r\nHost: {BLOCKED}\r\n\r\n".encode()
+    v = engine.handle(c.data(len(first), second), NOW, from_client=True, followed=True)
+    assert decided(v, Action.BLOCK, BLOCKED)
+
+
+def test_a_head_cut_short_gets_the_fail_verdict() -> None:
+    c, engine = Conn(dport=80, ts=1000), engine_for()
+    opened(engine, c)
+    head = f"GET /v2/ HTTP/1.1\r\nX-Pad: {'a' * 6000}\r\nHost: {BLOCKED}\r\n\r\n".encode()
+    v = send(engine, c.data(0, head)[:COPIED])
+    assert v.action is Action.BLOCK and v.event is not None and "not copied" in v.event.reason
+
+
+def test_fast_open_data_cut_short_gets_the_fail_verdict() -> None:
+    c, engine = Conn(), engine_for()
+    v = send(engine, c.syn(payload=padded_client_hello(BLOCKED, 6000))[:COPIED])
+    assert v.action is Action.BLOCK and v.event is not None and "Fast Open" in v.event.reason
+
+
+# -- HTTP/2 cleartext ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_engine_judges_every_request_of_an_h2c_connection(family: int) -> None:
+    c, engine = Conn(family, dport=80, ts=1000), engine_for()
+    opened(engine, c)
+    data = h2c_client([ALLOWED, BLOCKED])
+    first = h2c_client([ALLOWED])
+    assert decided(send(engine, c.data(0, first)), Action.FOLLOW, ALLOWED)
+    v = engine.handle(c.data(len(first), data[len(first):]), NOW, from_client=True, followed=True)
+    assert decided(v, Action.BLOCK, BLOCKED)
+    c, engine = Conn(family, dport=80, ts=1000), engine_for()
+    opened(engine, c)
+    assert decided(send(engine, c.data(0, h2c_client([BLOCKED]))), Action.BLOCK, BLOCKED)
+
+
+def test_an_h2c_servers_settings_before_the_clients_preface_decide_nothing() -> None:
+    # An HTTP/2 server sends its SETTINGS as it accepts: no server-first protocol, the request decides.
+    c, engine = Conn(dport=80, ts=1000), engine_for()
+    opened(engine, c)
+    settings = bytes((0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100))
+    assert engine.handle(c.server_data(settings), NOW, from_client=False).action is Action.ACCEPT
+    assert engine.undecided == 1
+    assert decided(send(engine, c.data(0, h2c_client([BLOCKED]))), Action.BLOCK, BLOCKED)
+    # Other server bytes first are still a server that speaks first.
+    c, engine = Conn(dport=80, sport=40001, ts=1000), engine_for()
+    opened(engine, c)
+    v = engine.handle(c.server_data(b"SSH-2.0-OpenSSH_9.2\r\n"), NOW, from_client=False)
+    assert v.action is Action.ALLOW and v.event is not None and v.event.source == "address"
 
 
 # -- budgets ------------------------------------------------------------------------------------

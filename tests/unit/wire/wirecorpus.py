@@ -191,3 +191,42 @@ def protect_initial(dcid: bytes, payload: bytes, *, pn: int = 0, scid: bytes = b
     first = header[0] ^ (mask[0] & 0x0F)
     protected_pn = bytes(a ^ b for a, b in zip(pn_bytes, mask[1:5], strict=True))
     return bytes((first,)) + header[1:pn_offset] + protected_pn + sealed
+
+
+def h2c_client(authorities: list[str], body: bytes = b"", huffman: bool = True) -> bytes:
+    """What an HTTP/2 client (the `h2` library, python-hyper) sends without TLS: the preface, its
+    SETTINGS, and one request per authority (a POST with `body` in DATA frames when given)."""
+    import h2.config
+    import h2.connection
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.encoder.huffman = huffman  # type: ignore[attr-defined]
+    conn.initiate_connection()
+    for authority in authorities:
+        stream = conn.get_next_available_stream_id()
+        method = b"POST" if body else b"GET"
+        conn.send_headers(stream, [(b":method", method), (b":scheme", b"http"), (b":authority", authority.encode()),
+                                   (b":path", b"/v2/"), (b"user-agent", b"curl/7.88.1")], end_stream=not body)
+        if body:
+            conn.send_data(stream, body, end_stream=True)
+    return bytes(conn.data_to_send())
+
+
+def reader_names(data: bytes, step: int = 0) -> list[tuple[str | None, str]]:
+    """The names a classify.Reader finds in data fed as `step`-byte segments (0: at once), rebased
+    as the engine rebases a followed flow; DONE ends the list."""
+    from netguard.engine.classify import DONE, Reader
+
+    reader = Reader()
+    out: list[tuple[str | None, str]] = []
+    window = b""
+    pos = 0
+    for cut in [len(data)] if not step else [*range(step, len(data), step), len(data)]:
+        window += data[pos:cut]
+        pos = cut
+        while (found := reader.feed(window)) is not None:
+            out.append((found.name, found.source))
+            if found is DONE or reader.finished:
+                return out
+        window = window[reader.rebase():]
+    return out
