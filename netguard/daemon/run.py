@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import faulthandler
-import functools
 import json
 import os
 import select
@@ -80,13 +79,6 @@ ERROR_TEXT = 300
 # Seconds between reads of the queue's drop counters (one small /proc read): status reports when
 # they last grew.
 DROPS_SAMPLE = 1.0
-
-
-@functools.lru_cache(maxsize=8)
-def _mark_values(marks: firewall.Marks) -> tuple[int, int, int, int, int]:
-    """(mask, allowed, blocked, passed, follow) for apply_verdict: Marks.passed and .follow are worked
-    out on each use."""
-    return marks.mask, marks.allowed, marks.blocked, marks.passed, marks.follow
 
 
 class StartError(RuntimeError):
@@ -168,7 +160,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._queue: Queue | None = None
-        self._marks = firewall_options(self.policy).marks
+        self._set_marks(firewall_options(self.policy).marks)
         self._injector = Injector(self._marks.passed)
         self._log_failures = 0
         self._skip_empty = True  # until apply_preferred finds the kernel without xt u32
@@ -317,12 +309,13 @@ class Daemon:
         fleet_fd = self.fleet.fileno() if self.fleet is not None else -1
         if fleet_fd >= 0:
             fds.append(fleet_fd)
+        queue_fd, pump = queue.fileno(), queue.pump
         while not self._stop:
             now = time.monotonic()
             due = next_tick if watch is None or watch.due is None else min(next_tick, watch.due)
             ready, _, _ = select.select(fds, [], [], max(0.0, due - now))
-            if queue.fileno() in ready:
-                queue.pump()
+            if queue_fd in ready:
+                pump()
             now = time.monotonic()
             # Here, in the loop that drains the queue: a loop that is stuck stops pinging.
             self._notifier.ping(now)
@@ -367,9 +360,10 @@ class Daemon:
 
     def _on_packet(self, packet: Packet) -> None:
         data = packet.get_payload()
-        values = _mark_values(self._marks)
+        mark = packet.get_mark()
+        values = self._values
         # NETGUARD-FOLLOW queues a followed flow's packets with the "follow" packet mark.
-        followed = packet.get_mark() & values[0] == values[4]
+        followed = mark & values[0] == values[4]
         try:
             verdict = self.engine.handle(data, self.clock(), from_client=FROM_CLIENT.get(packet.hook),
                                          followed=followed)
@@ -379,6 +373,16 @@ class Daemon:
             apply_verdict(packet, fail, *values)
             return
         event = verdict.event
+        if (event is None or event.allowed) and not verdict.held and not verdict.inject:
+            # Most packets (a SYN, a SYN-ACK, an allowed hello, a DNS answer): nothing to log, send or
+            # settle, and a verdict that monitor mode leaves as it is; apply_verdict's outcome, directly.
+            plain = self._plain.get(verdict.action)
+            if plain is not None and verdict.payload is None:
+                if event is not None and event.source == "dns-answer":
+                    self._dns_allowed += 1
+                packet.set_mark((mark & ~values[0]) | plain)
+                packet.repeat()
+                return
         if self._monitoring:
             verdict = self._monitor.let_pass(verdict)
         if event is not None:
@@ -408,7 +412,14 @@ class Daemon:
     def _settle(self, token: int, action: Action) -> None:
         packet = self._held.pop(token, None)
         if packet is not None:
-            apply_verdict(packet, Verdict(action), *_mark_values(self._marks))
+            apply_verdict(packet, Verdict(action), *self._values)
+
+    def _set_marks(self, marks: firewall.Marks) -> None:
+        """The marks verdicts are given with, worked out once (Marks.passed and .follow compute)."""
+        self._marks = marks
+        self._values = (marks.mask, marks.allowed, marks.blocked, marks.passed, marks.follow)
+        # The actions whose verdict is only a mark and a repeat (see apply_verdict).
+        self._plain = {Action.ACCEPT: marks.passed, Action.ALLOW: marks.allowed, Action.FOLLOW: marks.follow}
 
     def _log(self, event: Event, action: str | None = None, owner: Owner | None = None, would: bool = False) -> None:
         record = event.record()
@@ -468,7 +479,7 @@ class Daemon:
         self._policy_sha256 = digest
         self._loaded = self.clock()
         if firewall_options(new).marks != self._marks:
-            self._marks = firewall_options(new).marks
+            self._set_marks(firewall_options(new).marks)
             self._injector.close()
             self._injector = Injector(self._marks.passed)
         cut = self.engine.reload(new, self.clock())

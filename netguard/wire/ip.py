@@ -305,13 +305,25 @@ class TcpOptions(NamedTuple):
 NO_OPTIONS = TcpOptions(None, False)
 # The options of nearly every segment after the SYN: NOP, NOP, timestamp (RFC 7323 appendix A).
 _ALIGNED_TIMESTAMP = b"\x01\x01\x08\x0a"
+# The options of a Linux SYN and SYN-ACK (tcp_options_write): MSS (kind 2, 4 bytes), SACK permitted
+# (4, 2 bytes), timestamp (8, 10 bytes), NOP, window scale (3, 3 bytes): 20 bytes.
+_SYN_HEAD, _SYN_MIDDLE, _SYN_TAIL = b"\x02\x04", b"\x04\x02\x08\x0a", b"\x01\x03\x03"
 
 
 def tcp_options(options: bytes) -> TcpOptions:
     """Walk the options as Linux's tcp_parse_options does: END stops, NOP is one byte, any other
     kind has a length byte; a length below 2 or past the end stops the walk (the rest is not read)."""
-    if len(options) == 12 and options.startswith(_ALIGNED_TIMESTAMP):
+    size = len(options)
+    if size == 12 and options.startswith(_ALIGNED_TIMESTAMP):
         return TcpOptions(int.from_bytes(options[4:8], "big"), False)
+    if size == 20 and options[16:19] == _SYN_TAIL and options[4:8] == _SYN_MIDDLE and options[:2] == _SYN_HEAD:
+        # The walk over this exact shape: MSS, SACK permitted, the timestamp, NOP, window scale.
+        return TcpOptions(int.from_bytes(options[8:12], "big"), False)
+    return _walk_options(options)
+
+
+def _walk_options(options: bytes) -> TcpOptions:
+    """tcp_options without its shortcuts for the common shapes."""
     if OPT_TIMESTAMP not in options and OPT_MD5 not in options and OPT_AO not in options:
         return NO_OPTIONS  # none of the kinds that matter can be there
     tsval: int | None = None

@@ -240,3 +240,29 @@ def test_a_malformed_option_ends_the_walk_as_in_linux() -> None:
     assert ip.tcp_options(bytes([3, 40]) + ts).tsval is None  # past the end
     assert ip.tcp_options(bytes([8, 9]) + ts[2:]) == ip.NO_OPTIONS  # a timestamp of the wrong size
     assert ip.tcp_options(bytes([19, 18]) + bytes(16)).signed
+
+
+@given(mss=st.integers(0, 0xFFFF), tsval=st.integers(0, 2**32 - 1), tsecr=st.integers(0, 2**32 - 1),
+       wscale=st.integers(0, 14))
+def test_the_options_of_a_linux_syn(mss: int, tsval: int, tsecr: int, wscale: int) -> None:
+    # The layout Linux writes on a SYN and a SYN-ACK (read by a shortcut), built by scapy.
+    options = [("MSS", mss), ("SAckOK", b""), ("Timestamp", (tsval, tsecr)), ("NOP", None), ("WScale", wscale)]
+    raw = bytes(IP(src="192.0.2.1", dst="192.0.2.2") / TCP(flags="S", options=options))
+    seg = ip.parse_packet(raw).l4
+    assert isinstance(seg, ip.TcpSegment) and len(seg.options) == 20
+    assert ip.tcp_options(seg.options) == ip.TcpOptions(tsval, False)
+
+
+# Option bytes around the two shapes tcp_options reads by a shortcut (a NOP-NOP-timestamp block, a
+# Linux SYN's options), one byte changed anywhere: the shortcuts must agree with the walk.
+_SHAPES = (bytes([1, 1, 8, 10]) + bytes(range(1, 9)),
+           bytes([2, 4, 5, 180, 4, 2, 8, 10]) + bytes(range(1, 9)) + bytes([1, 3, 3, 7]))
+
+
+@given(shape=st.sampled_from(_SHAPES), at=st.integers(0, 19), value=st.integers(0, 255),
+       cut=st.integers(0, 2))
+def test_option_shortcuts_agree_with_the_walk(shape: bytes, at: int, value: int, cut: int) -> None:
+    options = bytearray(shape)
+    options[at % len(shape)] = value
+    data = bytes(options[:len(options) - cut])
+    assert ip.tcp_options(data) == ip._walk_options(data)
