@@ -74,7 +74,7 @@ from netguard.engine.packets import (
     tcp_packet,
 )
 from netguard.engine.stream import Result, Stream
-from netguard.engine.verdict import ACCEPT, Action, Event, FlowKey, Verdict
+from netguard.engine.verdict import ACCEPT, Action, Event, FlowKey, Verdict, decided, event_of, flow_key
 from netguard.policy import Decision, HostError, Policy, decide
 from netguard.wire import dns, h2, quic, tls
 from netguard.wire.errors import ParseError, UnsupportedVersion
@@ -311,7 +311,7 @@ class Engine:
         if packet.is_fragment or packet.l4 is None:
             return self._fail_unkeyed("IP fragment or no transport header")
         l4 = packet.l4
-        key = FlowKey(packet.proto, packet.src, l4.sport, packet.dst, l4.dport)
+        key = flow_key(packet.proto, packet.src, l4.sport, packet.dst, l4.dport)
         answer = not followed and from_client is not True and self._is_dns_answer(key, l4, from_client)
         try:
             if answer:
@@ -1155,7 +1155,7 @@ class Engine:
         event = _event(now, flow.key, d, source)
         if d.allowed:
             self.stats.allowed += 1
-            return Verdict(Action.ALLOW, event=event)
+            return decided(Action.ALLOW, event)
         self.stats.blocked += 1
         return self._block(packet, seg, reply, event)
 
@@ -1224,7 +1224,7 @@ class Engine:
             if event is None:
                 return ACCEPT
             if event.allowed:
-                return Verdict(Action.ACCEPT, event=event)
+                return decided(Action.ACCEPT, event)
             if replaced is None:
                 return Verdict(Action.DROP, event=event)
             self.stats.dns_rewritten += 1
@@ -1412,8 +1412,8 @@ def _service_host(name: str) -> str:
 
 def _event(now: float, key: FlowKey, d: Decision, source: str, allowed: bool | None = None,
            names: tuple[str, ...] = ()) -> Event:
-    return Event(now, key, d.allowed if allowed is None else allowed, d.host, source, d.registry,
-                 d.registry_name, d.rule, d.reason, names)
+    return event_of(now, key, d.allowed if allowed is None else allowed, d.host, source, d.registry,
+                    d.registry_name, d.rule, d.reason, names)
 
 
 def _before(a: int, b: int) -> bool:

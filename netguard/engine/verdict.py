@@ -42,7 +42,8 @@ class FlowKey(NamedTuple):
 
     def reply(self) -> FlowKey:
         """The same flow seen from the other end."""
-        return FlowKey(self.proto, self.dst, self.dport, self.src, self.sport)
+        proto, src, sport, dst, dport = self
+        return _new_tuple(FlowKey, (proto, dst, dport, src, sport))
 
     def text(self) -> dict[str, Any]:
         """The 5-tuple as JSON-ready values."""
@@ -105,3 +106,23 @@ class Verdict(NamedTuple):
 
 
 ACCEPT = Verdict(Action.ACCEPT)
+
+# A NamedTuple's generated __new__ is a Python function (with keyword defaults); tuple.__new__ on the
+# class builds the same value in C. For the values made on every new connection and DNS answer.
+_new_tuple = tuple.__new__
+
+
+def flow_key(proto: int, src: bytes, sport: int, dst: bytes, dport: int) -> FlowKey:
+    """Same as FlowKey(proto, src, sport, dst, dport) (see _new_tuple)."""
+    return _new_tuple(FlowKey, (proto, src, sport, dst, dport))
+
+
+def decided(action: Action, event: Event | None) -> Verdict:
+    """Same as Verdict(action, event=event) (see _new_tuple)."""
+    return _new_tuple(Verdict, (action, None, (), event, None, ()))
+
+
+def event_of(time: float, key: FlowKey, allowed: bool, host: str | None, source: str, registry: str | None,
+             registry_name: str | None, rule: str, reason: str, names: tuple[str, ...] = ()) -> Event:
+    """Same as Event(...) with these fields in order (see _new_tuple)."""
+    return _new_tuple(Event, (time, key, allowed, host, source, registry, registry_name, rule, reason, names))

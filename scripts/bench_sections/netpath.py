@@ -1,15 +1,18 @@
 """The daemon on the real network path: added latency, bulk throughput, verdict capacity, peak RSS.
 
-Strategy: four namespace labs (netguard.lab.lab) live for the whole section, identical except for
+Strategy: five namespace labs (netguard.lab.lab) live for the whole section, identical except for
 what guards the client namespace: "no rules"; "conntrack-only", netguard's own chain layout
 (firewall.build_rules) with every NFQUEUE target replaced by the verdict it would end in (CONNMARK
 allowed), the floor any netfilter solution pays; "nfqueue floor", netguard's exact rules with a
 minimal C consumer (nfqueue_floor.c, libnetfilter_queue) that gives every packet the verdict netguard
-gives an allowed flow without reading it, the floor any NFQUEUE design pays; and "netguard"
-(`netguard run`, default policy, started by the integration tests' Runner). Measurements alternate
-between them round after round (A B C D A B C D ...) so machine drift hits all alike; rows give the
-median of the rounds and their min/max. The goals are ratios to the NFQUEUE floor measured in the
-same rounds (added latency, verdicts per CPU-second), with the absolute goals kept as rows too.
+gives an allowed flow without reading it, the floor any NFQUEUE design pays; "python floor", the same
+with a do-nothing Python consumer (python_floor.py: NetfilterQueue and netguard's receive loop), the
+floor a Python daemon pays before it looks at a packet; and "netguard" (`netguard run`, default
+policy, started by the integration tests' Runner). Measurements alternate between them round after
+round (A B C D E A B C D E ...) so machine drift hits all alike; rows give the median of the rounds
+and their min/max. The goals are ratios to the NFQUEUE floor measured in the same rounds (added
+latency, verdicts per CPU-second), with the absolute goals kept as rows too; rows "netguard / python
+floor" (no goal) show how much of that is netguard's own work on a packet.
 The clients, the server and the floods are C (netpath_tools.c, built with gcc into a
 temporary directory at run time): Python would measure itself, not the path.
 
@@ -85,7 +88,8 @@ GOAL_RSS_MB = 80.0
 GOAL_LATENCY_VS_FLOOR = 1.5
 GOAL_CAPACITY_VS_FLOOR = 0.5
 FLOOR = "nfqueue floor"
-SETUPS = ("no rules", "conntrack-only", FLOOR, "netguard")
+PYFLOOR = "python floor"
+SETUPS = ("no rules", "conntrack-only", FLOOR, PYFLOOR, "netguard")
 GOAL_IDLE_CPU_S_PER_MIN = 0.6  # 1 % of one core
 IDLE_SETTLE = 2.0  # seconds after start (imports, first checks) before idle is measured
 
@@ -128,8 +132,8 @@ def build_floor(workdir: Path) -> Path:
     return binary
 
 
-def start_floor(lab: lab_mod.Lab, binary: Path) -> int:
-    """netguard's own rules (default policy) and the floor consumer in the lab's client namespace; its pid."""
+def _install_own_rules(lab: lab_mod.Lab) -> firewall.Options:
+    """netguard's own rules (default policy) in the lab's client namespace; their options."""
     from netguard.daemon.policyfiles import load_policy
     from netguard.daemon.run import firewall_options
 
@@ -137,17 +141,34 @@ def start_floor(lab: lab_mod.Lab, binary: Path) -> int:
     for family in firewall.FAMILIES:
         netns.run(lab.client, [firewall.tool("iptables-nft", family, "restore"), "--noflush"],
                   input=firewall.build_rules(family, opts).encode())
+    return opts
+
+
+def _start_consumer(lab: lab_mod.Lab, argv: list[str], what: str) -> int:
+    """netguard's own rules and a floor consumer (argv + QUEUE MASK ALLOWED PASSED) in the lab's client
+    namespace; its pid once it says "ready"."""
+    opts = _install_own_rules(lab)
     marks = opts.marks
-    proc = subprocess.Popen(netns.exec_argv(lab.client, [str(binary), str(opts.queue_num), hex(marks.mask),
+    proc = subprocess.Popen(netns.exec_argv(lab.client, [*argv, str(opts.queue_num), hex(marks.mask),
                                                          hex(marks.allowed), hex(marks.passed)]),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "scripts")})
     lab.procs.append(proc)
     if proc.stdout is None or proc.stdout.readline().strip() != b"ready":
         err = proc.stderr.read().decode() if proc.stderr is not None and proc.poll() is not None else ""
-        raise RuntimeError(f"netpath: the NFQUEUE floor did not start {err}")
+        raise RuntimeError(f"netpath: the {what} did not start {err}")
     return proc.pid
 
 
+def start_floor(lab: lab_mod.Lab, binary: Path) -> int:
+    """netguard's own rules (default policy) and the C floor consumer in the lab's client namespace; its pid."""
+    return _start_consumer(lab, [str(binary)], "NFQUEUE floor")
+
+
+def start_python_floor(lab: lab_mod.Lab) -> int:
+    """netguard's own rules and the Python floor consumer (python_floor.py, this interpreter) in the
+    lab's client namespace; its pid."""
+    return _start_consumer(lab, [sys.executable, "-m", "bench_sections.python_floor"], "Python floor")
 
 
 def start_server(lab: lab_mod.Lab, tools: Path, expect: int) -> None:
@@ -271,7 +292,7 @@ def dns_answer(name: str, address: str, ttl: int = 300) -> tuple[bytes, int, int
 
 @dataclass
 class Daemon:
-    """The queue consumer of a lab (netguard, or the floor when runner is None), and its CPU clock."""
+    """The queue consumer of a lab (netguard, or a floor when runner is None), and its CPU clock."""
 
     lab: lab_mod.Lab
     runner: Runner | None
@@ -363,10 +384,12 @@ def _latency_rows(samples: dict[str, list[list[float]]], failed: dict[str, int],
         added = [g - b for g, b in zip(per["netguard"], per["no rules"], strict=True)]
         conntrack = [c - b for c, b in zip(per["conntrack-only"], per["no rules"], strict=True)]
         floor = [f - b for f, b in zip(per[FLOOR], per["no rules"], strict=True)]
+        pyfloor = [f - b for f, b in zip(per[PYFLOOR], per["no rules"], strict=True)]
         value = statistics.median(added)
         rows.append(row(f"latency added by netguard, {q} (vs no rules, same round)", q, value, "µs", f"≤ {goal:g} µs",
                         value <= goal, f"conntrack-only adds {statistics.median(conntrack):.1f} µs, the NFQUEUE "
-                        f"floor {statistics.median(floor):.1f} µs" + ("" if value <= goal else f"; {why}"),
+                        f"floor {statistics.median(floor):.1f} µs, the Python floor "
+                        f"{statistics.median(pyfloor):.1f} µs" + ("" if value <= goal else f"; {why}"),
                         spread=added))
         # Ratio of the round medians: a round's own ratio is noise over noise when the floor adds little.
         ratio = value / statistics.median(floor) if statistics.median(floor) > 0 else float("inf")
@@ -375,6 +398,12 @@ def _latency_rows(samples: dict[str, list[list[float]]], failed: dict[str, int],
                         "x", f"≤ {GOAL_LATENCY_VS_FLOOR:g} x", ok,
                         f"netguard adds {value:.1f} µs, the floor (same rules, a C consumer that reads nothing) "
                         f"{statistics.median(floor):.1f} µs" + ("" if ok else f"; {why}")))
+        py = statistics.median(pyfloor)
+        rows.append(row(f"latency added by netguard / added by the Python floor, {q} (same rounds)", "ratio",
+                        value / py if py > 0 else float("inf"), "x",
+                        note=f"netguard adds {value:.1f} µs, the Python floor (same rules, NetfilterQueue and "
+                             f"netguard's receive loop, reads nothing) {py:.1f} µs: the rest is netguard's own work "
+                             "on the connection's packets"))
     return rows
 
 
@@ -390,6 +419,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         hello_path.write_bytes(hello)
         install_conntrack_only(lab["conntrack-only"])
         floor = Daemon(lab[FLOOR], None, start_floor(lab[FLOOR], build_floor(work)))
+        pyfloor = Daemon(lab[PYFLOOR], None, start_python_floor(lab[PYFLOOR]))
         ng_lab = lab["netguard"]
         runner = Runner(ng_lab, work, name="netguard").start()
         if runner.proc is None:
@@ -409,29 +439,28 @@ def run(quick: bool) -> list[dict[str, Any]]:
             failed = dict.fromkeys(SETUPS, 0)
             for s in SETUPS:
                 latencies(lab[s], tools, hello_path, target, 50)
-            queued0, cpu0, cpu, floor_cpu, load0 = queued_packets(ng_lab), 0.0, 0.0, 0.0, load()
+            queued0, load0 = queued_packets(ng_lab), load()
+            pids = {"netguard": d.pid, FLOOR: floor.pid, PYFLOOR: pyfloor.pid}
+            cpu = dict.fromkeys(pids, 0.0)
             for _ in range(plan.rounds):
                 for s in SETUPS:
-                    consumer = {"netguard": d.pid, FLOOR: floor.pid}.get(s)
-                    if consumer is not None:
-                        cpu0 = cpu_seconds(consumer)
+                    cpu0 = cpu_seconds(pids[s]) if s in pids else 0.0
                     values, bad = latencies(lab[s], tools, hello_path, target, plan.connections)
-                    if s == "netguard":
-                        cpu += cpu_seconds(d.pid) - cpu0
-                    elif s == FLOOR:
-                        floor_cpu += cpu_seconds(floor.pid) - cpu0
+                    if s in pids:
+                        cpu[s] += cpu_seconds(pids[s]) - cpu0
                     samples[s].append(values)
                     failed[s] += bad
             connections = plan.rounds * plan.connections
             per_conn = (queued_packets(ng_lab) - queued0) / connections
             why = (f"{per_conn:.1f} packets queued per connection (NFQUEUE rule counters: SYN, the "
                    "server's SYN-ACK and ClientHello; the handshake's ACK too without xt u32), "
-                   f"{1e6 * cpu / connections:.0f} µs of daemon CPU per connection (utime+stime; the floor's "
-                   f"consumer: {1e6 * floor_cpu / connections:.0f} µs); {load0} before, {load()} after")
+                   f"{1e6 * cpu['netguard'] / connections:.0f} µs of daemon CPU per connection (utime+stime; the "
+                   f"C floor's consumer: {1e6 * cpu[FLOOR] / connections:.0f} µs, the Python floor's: "
+                   f"{1e6 * cpu[PYFLOOR] / connections:.0f} µs); {load0} before, {load()} after")
             latency_rows = _latency_rows(samples, failed, plan.connections, why)
             rows += latency_rows
             rows += _throughput(lab, plan, target)
-            rows += _capacity(d, floor, work, tools, hello_path, plan)
+            rows += _capacity(d, floor, pyfloor, work, tools, hello_path, plan)
             if any(r["ok"] is False for r in latency_rows):
                 runner.stop()  # one daemon per namespace: the profiled one takes its place
                 profile = _profile(ng_lab, work, "latency", lambda: latencies(ng_lab, tools, hello_path, target,
@@ -505,12 +534,13 @@ def _throughput(lab: dict[str, lab_mod.Lab], plan: Plan, target: str) -> list[di
     return rows
 
 
-def _capacity(d: Daemon, floor: Daemon, work: Path, tools: Path, hello: Path, plan: Plan) -> list[dict[str, Any]]:
-    """Verdicts per CPU-second of netguard and of the NFQUEUE floor, flooded in the same rounds."""
+def _capacity(d: Daemon, floor: Daemon, pyfloor: Daemon, work: Path, tools: Path, hello: Path,
+              plan: Plan) -> list[dict[str, Any]]:
+    """Verdicts per CPU-second of netguard and of both floors, flooded in the same rounds."""
     answer, _, _ = dns_answer("registry-1.docker.io", d.lab.hosts[0].v4)
     answer_path = work / "answer.bin"
     answer_path.write_bytes(answer)
-    consumers = {"netguard": d, FLOOR: floor}
+    consumers = {"netguard": d, FLOOR: floor, PYFLOOR: pyfloor}
     cases = [(who, kind) for kind in ("hello", "dns") for who in consumers]
     per_core: dict[tuple[str, str], list[float]] = {c: [] for c in cases}
     wall: dict[tuple[str, str], list[float]] = {c: [] for c in cases}
@@ -550,19 +580,26 @@ def _capacity(d: Daemon, floor: Daemon, work: Path, tools: Path, hello: Path, pl
                     f"the packet on inside the verdict call); wall {statistics.median(wall[who, kind]):,.0f}/s with "
                     f"{WINDOW} in flight; {plan.flood_rounds} rounds x {plan.flood:,}; {lost[who, kind]} not seen "
                     "downstream")
-            if who == FLOOR:
-                rows.append(row(f"verdict capacity of the NFQUEUE floor, {labels[kind]}", "verdicts/s per core",
-                                value, "1/s", note=note, spread=per_core[who, kind]))
+            if who in (FLOOR, PYFLOOR):
+                rows.append(row(f"verdict capacity of the {'NFQUEUE' if who == FLOOR else 'Python'} floor, "
+                                f"{labels[kind]}", "verdicts/s per core", value, "1/s", note=note,
+                                spread=per_core[who, kind]))
                 continue
             r = row(f"verdict capacity, {labels[kind]}", "verdicts/s per core", value, "1/s",
                     f"≥ {goals[kind]:,.0f}/s", value >= goals[kind], note, spread=per_core[who, kind])
             rows.append(r)
-            ratio = value / statistics.median(per_core[FLOOR, kind]) if per_core[FLOOR, kind] else 0.0
+            c_floor = statistics.median(per_core[FLOOR, kind])
+            ratio = value / c_floor if c_floor > 0 else 0.0  # 0: the floor's CPU time was below one tick
             ratio_row = row(f"verdict capacity, netguard / NFQUEUE floor, {labels[kind]} (same rounds)", "ratio",
                             ratio, "x", f"≥ {GOAL_CAPACITY_VS_FLOOR:g} x", ratio >= GOAL_CAPACITY_VS_FLOOR,
                             f"netguard {value:,.0f}/s, the floor {statistics.median(per_core[FLOOR, kind]):,.0f}/s "
                             "per CPU-second of its own process")
             rows.append(ratio_row)
+            py = statistics.median(per_core[PYFLOOR, kind])
+            rows.append(row(f"verdict capacity, netguard / Python floor, {labels[kind]} (same rounds)", "ratio",
+                            value / py if py > 0 else 0.0, "x",
+                            note=f"netguard {value:,.0f}/s, the Python floor {py:,.0f}/s per CPU-second of its own "
+                                 "process: the rest is netguard's own work on a packet"))
             if r["ok"] is False or ratio_row["ok"] is False:
                 profiled.append((ratio_row if r["ok"] is not False else r, kind))
     if profiled and d.runner is not None:
