@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import random
 import socket
 import sys
@@ -64,6 +65,9 @@ WINDOW = 131072  # firewall.TCP_WINDOW_BYTES, past which the ACK flood goes
 JUMP = 1_000_000  # pawsjump: how far the data-less ACK moves the timestamp ahead
 BAD_TIMESTAMP_OPTION = b"\x44\x03\x05\x00"
 SETTLE = 0.25  # seconds for the server's answer (a ServerHello comes within milliseconds on a veth)
+# Seconds to wait beyond SETTLE for the first answer (a reset or server bytes) when none has come:
+# on a loaded machine the daemon's verdict, and so its reset, can take longer than SETTLE.
+ANSWER_WAIT = 2.0 * float(os.environ.get("NETGUARD_TEST_TIME_FACTOR", "1") or 1)
 
 
 SPOOF = b"SSH-2.0-spoof\r\n"
@@ -177,6 +181,10 @@ class Attacker:
             late = TS0 + JUMP + 20 if attack == "pawsjump" else TS0 + 20
             send(TCP(sport=sport, dport=PORT, flags="PA", seq=isn + 1, ack=s_seq, options=opts(late)) / real)
         time.sleep(SETTLE)
+        deadline = time.monotonic() + ANSWER_WAIT
+        while not self.rejected and time.monotonic() < deadline and not any(
+                p[TCP].flags & 0x04 or bytes(p[TCP].payload) for p in self.mine(sport)):
+            time.sleep(0.01)
         got = self.mine(sport)
         rejected = self.rejected
         # The server would go on retransmitting to a socket that does not exist: a reset ends it.
