@@ -340,8 +340,9 @@ def doctor(as_json: bool, root: str, facts_path: str | None) -> None:
 
 @main.command()
 @policy_option
-@click.option("--backend", type=click.Choice(["iptables-nft", "iptables-legacy"]),
-              help="Firewall backend; default: the first that doctor finds working here.")
+@click.option("--backend", type=click.Choice(["nft", "iptables-nft", "iptables-legacy"]),
+              help="Firewall backend; default: the first that doctor finds working here (nft where the "
+                   "kernel has the nft queue statement, else iptables-nft, else iptables-legacy).")
 @click.option("--policy-url", metavar="URL",
               help="Organisation policy: a netguard policy on an HTTPS server, signed with minisign "
                    "(URL.minisig). With it, --policy is the local file, which may only add blocks.")

@@ -9,7 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import NETGUARD, READY_TIMEOUT, STOP_TIMEOUT, Runner, curl, filter_rules, netguard_rules, scaled
+from harness import (
+    NETGUARD,
+    READY_TIMEOUT,
+    STOP_TIMEOUT,
+    Runner,
+    curl,
+    filter_rules,
+    netguard_rules,
+    nft_table,
+    scaled,
+)
 
 from netguard.lab import lab as lab_mod
 
@@ -20,7 +30,8 @@ OPEN_POLICY = 'name = "open"\nallow = ["dockerhub"]\nfail_mode = "open"\n'
 
 
 def all_rules(lab: lab_mod.Lab) -> list[str]:
-    return [f"{b}{f} {line}" for b in ("nft", "legacy") for f in (4, 6) for line in filter_rules(lab, f, b)]
+    return [*(f"{b}{f} {line}" for b in ("nft", "legacy") for f in (4, 6) for line in filter_rules(lab, f, b)),
+            *(f"nft-native{f} {line}" for f in (4, 6) for line in nft_table(lab, f))]
 
 
 def rules_remove(lab: lab_mod.Lab) -> str:
