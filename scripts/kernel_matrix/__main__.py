@@ -49,7 +49,8 @@ VM_LIMIT = 3 * 3600
 # backend installs, the queue, fail-open/closed and reload, enforcement in both families, the
 # u32 fallback; where the kernel has the nft queue statement (6.1, 6.12) the daemon tests run the
 # native nft backend (doctor's choice), and its self-healing is tested there too. Left out: replay,
-# status, owner lookup, options, server-first, forward and the bench floor, which exercise netguard's own code paths the same way on every kernel that queues.
+# status, owner lookup, options, server-first, forward and the bench floor, which exercise
+# netguard's own code paths the same way on every kernel that queues.
 KERNEL_TESTS = (
     "tests/integration/test_doctor_live.py",
     "tests/integration/test_firewall_replace.py",
