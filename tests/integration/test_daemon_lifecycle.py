@@ -15,6 +15,7 @@ from harness import (
     STOP_TIMEOUT,
     Runner,
     curl,
+    default_backend,
     filter_rules,
     netguard_rules,
     nft_table,
@@ -172,3 +173,19 @@ def test_rules_after_netguards_still_apply_to_queued_packets(lab: lab_mod.Lab, t
     finally:
         lab.client_run([tool, "-D", *rule])
         assert runner.stop() == 0
+
+
+@pytest.mark.skipif(default_backend() == "nft", reason="this kernel has the nft queue statement: nft is the "
+                    "default backend here, run by the other tests")
+def test_backend_nft_where_the_kernel_has_no_nft_queue_refuses_cleanly(lab: lab_mod.Lab, tmp_path: Path) -> None:
+    """`--backend nft` overrides doctor; where the kernel refuses the set (this CI machine has xt
+    NFQUEUE but no nft queue statement) run says so with the kernel's words, exits 2 and leaves no
+    rules behind."""
+    before = all_rules(lab)
+    runner = Runner(lab, tmp_path, name="nft-here", args=("--backend", "nft")).start(wait=False)
+    assert runner.proc is not None
+    code = runner.proc.wait(timeout=READY_TIMEOUT)
+    assert code == 2, runner.stderr()
+    assert "the kernel refused netguard's rules (nft (ip netguard): Error:" in runner.stderr()
+    assert "queue" in runner.stderr() and "Traceback" not in runner.stderr()
+    assert all_rules(lab) == before and nft_table(lab, 4) == [] and nft_table(lab, 6) == []
