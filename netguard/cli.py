@@ -340,8 +340,9 @@ def doctor(as_json: bool, root: str, facts_path: str | None) -> None:
 
 @main.command()
 @policy_option
-@click.option("--backend", type=click.Choice(["iptables-nft", "iptables-legacy"]),
-              help="Firewall backend; default: the first that doctor finds working here.")
+@click.option("--backend", type=click.Choice(["nft", "iptables-nft", "iptables-legacy"]),
+              help="Firewall backend; default: the first that doctor finds working here (nft where the "
+                   "kernel has the nft queue statement, else iptables-nft, else iptables-legacy).")
 @click.option("--policy-url", metavar="URL",
               help="Organisation policy: a netguard policy on an HTTPS server, signed with minisign "
                    "(URL.minisig). With it, --policy is the local file, which may only add blocks.")
@@ -387,6 +388,7 @@ def run(policy_path: str | None, backend: str | None, policy_url: str | None, tr
     from pathlib import Path
 
     from netguard.daemon import run as daemon
+    from netguard.daemon.firewall import FirewallError
     from netguard.daemon.policyfiles import load_catalog
     from netguard.fleet.client import Fleet
     from netguard.fleet.source import SourceError, load_source
@@ -426,6 +428,11 @@ def run(policy_path: str | None, backend: str | None, policy_url: str | None, tr
         code = d.run()
     except daemon.StartError as e:
         click.echo(f"netguard run: {e}", err=True)
+        sys.exit(2)
+    except FirewallError as e:
+        # The kernel refused the rule set (e.g. --backend nft where it has no nft queue statement).
+        click.echo(f"netguard run: the kernel refused netguard's rules ({e}); nothing is enforced: "
+                   "see `netguard doctor`", err=True)
         sys.exit(2)
     _drop_unreadable_log()
     sys.exit(code)

@@ -164,7 +164,8 @@ DNS_OTHER_PORT_REPLIES = 32
 # A response to a standard query: the 32 bits at its flags field, QR=1 and opcode 0 (mask 0xF8 of
 # the first flags byte), any other flag or rcode, QDCOUNT 1. UDP: the payload's bytes 2..5; TCP:
 # 2 bytes further, after the length prefix (the header's data offset found with u32's @).
-DNS_RESPONSE_WORD = "0xF800FFFF=0x80000001"
+DNS_RESPONSE_MASK, DNS_RESPONSE_VALUE = 0xF800FFFF, 0x80000001
+DNS_RESPONSE_WORD = f"0x{DNS_RESPONSE_MASK:X}=0x{DNS_RESPONSE_VALUE:X}"
 DNS_RESPONSE_SHAPE: dict[tuple[str, int], str] = {
     ("udp", 4): f"0>>22&0x3C@10&{DNS_RESPONSE_WORD}",
     ("udp", 6): f"6>>24=17&&50&{DNS_RESPONSE_WORD}",
@@ -180,8 +181,11 @@ HRR_REPLY_PACKETS = 8
 # So the payload's byte N is at "<jump>N" for IPv4 and "<jump>40+N" (one number) for IPv6.
 PAYLOAD_JUMP = {4: ("0>>22&0x3C@12>>26&0x3C@", 0), 6: ("52>>26&0x3C@", 40)}
 
-Backend = Literal["iptables-nft", "iptables-legacy"]
-BACKENDS: tuple[Backend, ...] = ("iptables-nft", "iptables-legacy")
+Backend = Literal["nft", "iptables-nft", "iptables-legacy"]
+# Best first, as doctor ranks them: the native nft set where the kernel has the nft `queue`
+# statement (daemon.nft), else xt NFQUEUE through iptables-nft, else through iptables-legacy.
+BACKENDS: tuple[Backend, ...] = ("nft", "iptables-nft", "iptables-legacy")
+IPTABLES_BACKENDS: tuple[Backend, ...] = ("iptables-nft", "iptables-legacy")
 Family = Literal[4, 6]
 FAMILIES: tuple[Family, ...] = (4, 6)
 
@@ -689,7 +693,12 @@ def tool(backend: Backend, family: Family, action: Literal["save", "restore"]) -
 
 
 class FirewallError(RuntimeError):
-    """A rule set could not be installed or removed."""
+    """A rule set could not be installed or removed (family: the address family whose rules the
+    kernel refused, when known)."""
+
+    def __init__(self, message: str, family: Family | None = None) -> None:
+        super().__init__(message)
+        self.family = family
 
 
 def _argv(ns: str | None, argv: list[str]) -> list[str]:
@@ -702,7 +711,10 @@ def _call(ns: str | None, argv: list[str], stdin: str | None = None) -> subproce
 
 def save(backend: Backend, family: Family, ns: str | None = None, tables: Sequence[str] = ("filter", "raw")) -> str:
     """The filter and raw tables (or `tables`) as `iptables-save` prints them, without its timestamped
-    comment lines so two saves of the same tables compare equal ('' if the tool is missing or fails)."""
+    comment lines so two saves of the same tables compare equal ('' if the tool is missing or fails);
+    for nft, netguard's table as `nft list table` prints it."""
+    if backend == "nft":
+        return native.save(family, ns)
     out = ""
     for table in tables:
         try:
@@ -715,17 +727,23 @@ def save(backend: Backend, family: Family, ns: str | None = None, tables: Sequen
 
 
 def installed(backend: Backend, family: Family, ns: str | None = None) -> list[str]:
-    """The netguard lines currently in the filter table (for `rules show` and tests)."""
+    """The netguard lines currently in the filter table, or netguard's nft table (for `rules show`
+    and tests)."""
+    if backend == "nft":
+        return [line for line in save(backend, family, ns).splitlines() if line.strip()]
     return [line for line in save(backend, family, ns).splitlines() if CHAIN_PREFIX in line]
 
 
 def remove(ns: str | None = None, keep: Backend | None = None) -> list[str]:
-    """Remove every netguard chain and jump, in both families and both iptables backends (stale
-    rules of a crashed run may sit in either), except those of backend `keep`. Returns what was
-    removed, one line per family."""
+    """Remove every netguard chain and jump (and netguard's nft tables), in both families and every
+    backend (stale rules of a crashed run may sit in any), except those of backend `keep`. Returns
+    what was removed, one line per family."""
     done: list[str] = []
     for backend in BACKENDS:
         if backend == keep:
+            continue
+        if backend == "nft":
+            done += native.remove(ns)
             continue
         for family in FAMILIES:
             if _restore(backend, family, build_removal(save(backend, family, ns)), ns):
@@ -739,11 +757,18 @@ def apply(backend: Backend, opts: Options, ns: str | None = None) -> None:
     the second family fails, netguard's rules are removed from the first again."""
     for i, family in enumerate(opts.families):
         try:
-            _restore(backend, family, build_replacement(save(backend, family, ns), build_rules(family, opts)), ns)
+            _install(backend, family, opts, ns)
         except FirewallError:
             if i:
                 remove(ns)
             raise
+
+
+def _install(backend: Backend, family: Family, opts: Options, ns: str | None, wait: int | None = None) -> None:
+    if backend == "nft":
+        native.install(family, opts, ns)
+    else:
+        _restore(backend, family, build_replacement(save(backend, family, ns), build_rules(family, opts)), ns, wait)
 
 
 # Seconds a restore of the running daemon waits for the xtables lock (iptables-legacy; iptables
@@ -756,15 +781,15 @@ def restore_family(backend: Backend, family: Family, opts: Options, ns: str | No
     """Put one family's netguard rules back as build_rules has them, replacing whatever netguard
     rules are left, in one restore (one transaction per table); nobody else's rules are touched.
     FirewallError if the lock stays held for LOCK_WAIT or the kernel refuses."""
-    text = build_replacement(save(backend, family, ns), build_rules(family, opts))
-    _restore(backend, family, text, ns, wait=LOCK_WAIT)
+    _install(backend, family, opts, ns, wait=LOCK_WAIT)
 
 
 def apply_preferred(backend: Backend, opts: Options, ns: str | None = None) -> tuple[Options, str | None]:
     """apply(); if the kernel refuses the rules that need the xt u32 match (data-less segments kept
-    out of the queue, QUIC matched by shape, DNS answers from other ports) but takes the set without
-    them, that set. Returns the options in force and, after a fallback, why. Trying in place needs no
-    scratch namespace (a sandboxed service cannot make one), and a refused restore changes nothing."""
+    out of the queue, QUIC matched by shape, DNS answers from other ports; for nft the payload
+    expressions that stand in for it) but takes the set without them, that set. Returns the options
+    in force and, after a fallback, why. Trying in place needs no scratch namespace (a sandboxed
+    service cannot make one), and a refused restore changes nothing."""
     try:
         apply(backend, opts, ns)
         return opts, None
@@ -782,5 +807,49 @@ def _restore(backend: Backend, family: Family, text: str | None, ns: str | None,
     r = _call(ns, [tool(backend, family, "restore"), "--noflush", *([] if wait is None else ["--wait", str(wait)])],
               text)
     if r.returncode != 0:
-        raise FirewallError(f"{tool(backend, family, 'restore')}: {r.stderr.strip()}")
+        raise FirewallError(f"{tool(backend, family, 'restore')}: {r.stderr.strip()}", family)
     return True
+
+
+# -- one backend or the other: what the daemon, its watch and `netguard status` call --------------
+
+
+def rule_text(backend: Backend, family: Family, opts: Options) -> str:
+    """The rule set's text for one family: iptables-restore input, or `nft -f` input."""
+    return native.build_rules(family, opts) if backend == "nft" else build_rules(family, opts)
+
+
+def tables_for(backend: Backend, opts: Options) -> tuple[str, ...]:
+    """The tables netguard's rules use with these options (what to save and watch)."""
+    return (native.TABLE,) if backend == "nft" else tables_of(build_rules(4, opts))
+
+
+def read_layout(backend: Backend, saved: str, tables: Sequence[str] | None = None) -> Layout:
+    """Netguard's part of what `save` returned."""
+    return native.layout(saved) if backend == "nft" else layout(saved, tables)
+
+
+def problems(backend: Backend, expected: Layout, current: Layout, family: Family) -> list[str]:
+    """`differences` for this backend: what departs from what netguard installed, in words."""
+    if backend == "nft":
+        return native.differences(expected, current, family)
+    return differences(expected, current, family)
+
+
+def shape_problems(backend: Backend, family: Family, opts: Options, current: Layout) -> list[str]:
+    """`shape_differences` for this backend: how `current` departs from the rule set for opts."""
+    if backend == "nft":
+        return native.shape_differences(native.shape(native.build_rules(family, opts)), current, family)
+    return shape_differences(shape(build_rules(family, opts)), current, family)
+
+
+def queue_bypass(backend: Backend, current: Layout) -> set[bool]:
+    """Whether the installed queue rules bypass the queue when no daemon listens (one value per kind)."""
+    if backend == "nft":
+        return native.queue_bypass(current)
+    return {"--queue-bypass" in r for rs in current.chains.values() for r in rs if "-j NFQUEUE" in r}
+
+
+# The native nft backend builds on this module's constants and helpers (it imports them): imported
+# last, so that either module may be imported first.
+from netguard.daemon import nft as native  # noqa: E402

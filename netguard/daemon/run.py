@@ -93,7 +93,7 @@ def _apply_fitting(backend: firewall.Backend,
     try:
         return (*firewall.apply_preferred(backend, opts), None)
     except firewall.FirewallError as exc:
-        if not str(exc).startswith("ip6tables") or opts.families != firewall.FAMILIES:
+        if exc.family != 6 or opts.families != firewall.FAMILIES:
             raise
         v4, no_u32 = firewall.apply_preferred(backend, dataclasses.replace(opts, families=(4,)))
         return v4, no_u32, str(exc).splitlines()[0]
@@ -626,7 +626,7 @@ class Daemon:
     # -- keeping the rules in place -------------------------------------------------------------
 
     def _start_watch(self, opts: firewall.Options) -> Watch:
-        watch = Watch(self.backend, firewall.tables_of(firewall.build_rules(4, opts)))
+        watch = Watch(self.backend, firewall.tables_for(self.backend, opts))
         if watch.without_notifications:
             self._notice(watch.without_notifications)
         self._watch = watch
@@ -640,10 +640,10 @@ class Daemon:
         if self._watch is None:
             return
         families = opts.families if families is None else families
-        layouts = self._watch.expect(time.monotonic(), families, firewall.tables_of(firewall.build_rules(4, opts)))
+        layouts = self._watch.expect(time.monotonic(), families, firewall.tables_for(self.backend, opts))
         self._expected.update(layouts)
         for family, layout in layouts.items():
-            problems = firewall.shape_differences(firewall.shape(firewall.build_rules(family, opts)), layout, family)
+            problems = firewall.shape_problems(self.backend, family, opts, layout)
             if problems:
                 self._notice(f"the rules just installed differ from netguard's rule set: {'; '.join(problems)}")
                 self._watch.retry(time.monotonic(), [family])

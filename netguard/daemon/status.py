@@ -10,7 +10,7 @@ SO_PEERCRED: recent blocks (hosts and addresses of other users' connections) go 
 the daemon's own user; the counters go to anyone.
 
 `kernel_checks` is the other half of `netguard status`: it does not take the daemon's word. It reads
-the kernel itself (iptables-save for both families, /proc/net/netfilter/nfnetlink_queue) and
+the kernel itself (iptables-save or `nft list table` for both families, /proc/net/netfilter/nfnetlink_queue) and
 compares with what the daemon says it installed and what the policy asks for.
 """
 
@@ -180,15 +180,13 @@ def kernel_checks(doc: dict[str, Any], now: float, privileged: bool) -> list[Che
     problems: list[str] = []
     bypass: set[bool] = set()
     for family in opts.families:
-        text = firewall.build_rules(family, opts)
-        tables = firewall.tables_of(text)
-        saved = firewall.save(backend, family, tables=tables)
-        now_layout = firewall.layout(saved, tables)
+        tables = firewall.tables_for(backend, opts)
+        now_layout = firewall.read_layout(backend, firewall.save(backend, family, tables=tables), tables)
         expected = firewall.Layout.parse_lines(rules["expected"].get(str(family), []))
-        found = firewall.differences(expected, now_layout, family)
-        found += [p for p in firewall.shape_differences(firewall.shape(text), now_layout, family) if p not in found]
+        found = firewall.problems(backend, expected, now_layout, family)
+        found += [p for p in firewall.shape_problems(backend, family, opts, now_layout) if p not in found]
         problems += found
-        bypass |= {"--queue-bypass" in r for rs in now_layout.chains.values() for r in rs if "-j NFQUEUE" in r}
+        bypass |= firewall.queue_bypass(backend, now_layout)
     restored = f"; restored {rules['restored']} time(s) since start" if rules["restored"] else ""
     families = " and ".join(f"IPv{f}" for f in opts.families)
     checks.append(Check("rules", not problems, "; ".join(problems) if problems else
@@ -211,13 +209,14 @@ def kernel_checks(doc: dict[str, Any], now: float, privileged: bool) -> list[Che
                                 f"{q.waiting} packets waiting"))
     want_open = doc["fail_mode"] == "open"
     flag = doc["queue"]["fail_open"]
-    wrong = [f"queue rules {'with' if b else 'without'} --queue-bypass" for b in sorted(bypass) if b != want_open]
+    flag_word = "bypass" if backend == "nft" else "--queue-bypass"
+    wrong = [f"queue rules {'with' if b else 'without'} {flag_word}" for b in sorted(bypass) if b != want_open]
     if flag != want_open:
         wrong.append(f"queue flag NFQA_CFG_F_FAIL_OPEN {'set' if flag else 'not set'}")
     setting = "on" if want_open else "off"
     checks.append(Check("fail-open", not wrong, f"{'; '.join(wrong)}, but fail_mode is {doc['fail_mode']}" if wrong
                         else f"{setting}, as fail_mode {doc['fail_mode']} says (queue rules "
-                             f"{'with' if want_open else 'without'} --queue-bypass; the queue's fail-open flag "
+                             f"{'with' if want_open else 'without'} {flag_word}; the queue's fail-open flag "
                              + ("set by the daemon and acknowledged by the kernel, which does not show it back)"
                                 if flag else "left off)")))
     if q is not None:

@@ -4,7 +4,7 @@ Strategy: one `iptables -F OUTPUT`, a firewall reload or `nft flush ruleset` wou
 enforcement in silence. Right after each of its own restores the daemon records what the kernel
 prints of its rules (firewall.layout: the exact expectation). Then:
 
-- iptables-nft: the kernel tells. A netlink socket joined to NFNLGRP_NFTABLES receives a message
+- iptables-nft and nft: the kernel tells. A netlink socket joined to NFNLGRP_NFTABLES receives a message
   for every committed nf_tables change in this network namespace (iptables-nft's too), at no cost
   while nothing changes. A message for an IPv4 or IPv6 table (or a lost message: ENOBUFS) marks
   that family dirty; the check runs DEBOUNCE later, so a script of several commands costs one check.
@@ -13,10 +13,11 @@ prints of its rules (firewall.layout: the exact expectation). Then:
   against ~1.8 ms for running iptables-legacy-save), their packet counters zeroed, and compared
   with the blob read at the last good check. Only when the blob changed does the full check run.
 
-The full check reads iptables-save and compares with the expectation (firewall.differences); what
-it finds goes back to the daemon, which restores and logs (daemon.run). The daemon runs the check
-from its own loop, never while it applies or removes rules itself, and records the new expectation
-after each of its own restores, so the healing never fights netguard's start, reload or stop.
+The full check reads iptables-save (nft: `nft list table`) and compares with the expectation
+(firewall.problems); what it finds goes back to the daemon, which restores and logs (daemon.run).
+The daemon runs the check from its own loop, never while it applies or removes rules itself, and
+records the new expectation after each of its own restores, so the healing never fights netguard's
+start, reload or stop.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class Watch:
         self.checks = 0  # full checks (iptables-save runs), for status and the cost figures
         self.without_notifications: str | None = None  # why iptables-nft is polled instead
         self.poll = POLL
-        if backend == "iptables-nft":
+        if backend in ("iptables-nft", "nft"):
             try:
                 self.notifications = Notifications()
             except OSError as exc:
@@ -194,7 +195,7 @@ class Watch:
         out: dict[Family, firewall.Layout] = {}
         for family in families:
             self._prints[family] = self._fingerprint(family)
-            out[family] = self._expected[family] = firewall.layout(self._save(family), self.tables)
+            out[family] = self._expected[family] = firewall.read_layout(self.backend, self._save(family), self.tables)
             self._dirty.discard(family)
         others -= set(families)
         if self.notifications is None:
@@ -239,8 +240,8 @@ class Watch:
             if fingerprint is not None and fingerprint == self._prints.get(family):
                 continue
             self.checks += 1
-            problems = firewall.differences(self._expected[family], firewall.layout(self._save(family), self.tables),
-                                            family)
+            problems = firewall.problems(self.backend, self._expected[family],
+                                         firewall.read_layout(self.backend, self._save(family), self.tables), family)
             if problems:
                 found[family] = problems
             else:

@@ -52,7 +52,8 @@ CHILD_RETRY_TIMEOUT = 120.0
 # The modules the probes would make the kernel load on first use, loaded up front in one modprobe
 # (missing ones are skipped). No table modules (iptable_filter, ...): loading one would make its
 # table in every namespace, this one included.
-PRELOAD_MODULES = ("nfnetlink_queue", "xt_NFQUEUE", "nft_queue", "nft_compat", "nft_ct", "nft_reject_inet",
+PRELOAD_MODULES = ("nfnetlink_queue", "xt_NFQUEUE", "nft_queue", "nft_compat", "nft_ct", "nft_reject_ipv4",
+                   "nft_reject_ipv6", "nft_fib_ipv4", "nft_fib_ipv6",
                    "xt_conntrack", "xt_connmark", "xt_connbytes", "xt_u32", "ipt_REJECT", "ip6t_REJECT")
 PRELOAD_TIMEOUT = 120.0
 # Queues are per namespace, and the scratch namespace is new: any number is free there.
@@ -63,7 +64,7 @@ PROBE_V6 = "2001:db8::1"
 CAP_NET_ADMIN_BIT = 12  # linux/capability.h
 CAP_SYS_ADMIN_BIT = 21
 
-NFT_QUEUE = "nft-queue"
+NFT_QUEUE = "nft"  # the native nft backend (daemon.nft): doctor and run use one name
 IPTABLES_NFT = "iptables-nft"
 IPTABLES_LEGACY = "iptables-legacy"
 BACKENDS = (NFT_QUEUE, IPTABLES_NFT, IPTABLES_LEGACY)
@@ -96,15 +97,24 @@ NFT_QUEUE_RULES = f"""table inet ng_probe_queue {{
   }}
 }}
 """
-# What a native nft backend needs besides `queue`: connection marks, a byte window, TCP resets.
-NFT_CT_RULES = f"""table inet ng_probe_ct {{
+# What the native nft backend (daemon.nft) needs besides `queue`, in both of its tables (ip and
+# ip6): connection marks, a byte window, packet counts, TCP resets and ICMP rejects, the local-address
+# test (fib), payload at the TCP/UDP payload's start (@ih), and notrack in a raw-priority chain.
+NFT_CT_RULES = "".join(f"""table {fam} ng_probe_ct {{
   chain out {{
-    type filter hook output priority 0; policy accept;
-    ip daddr {PROBE_V4} ct state new ct original bytes < 4096 ct mark set ct mark | 0x1
-    ip daddr {PROBE_V4} ct mark & 0x1 == 0x1 meta l4proto tcp reject with tcp reset
+    type filter hook output priority filter - 1; policy accept;
+    {fam} daddr {addr} ct original bytes 0-4096 ct mark set ct mark & 0xff8fffff | 0x00100000
+    {fam} daddr {addr} ct mark & 0x1 == 0x1 meta l4proto tcp reject with tcp reset
+    {fam} daddr {addr} meta l4proto udp ct reply packets 0-8 reject with {icmp} type port-unreachable
+    {fam} daddr {addr} iif "lo" fib saddr type != local return
+    {fam} daddr {addr} meta l4proto udp @ih,16,32 & 0xf800ffff == 0x80000001 return
+  }}
+  chain raw {{
+    type filter hook output priority raw; policy accept;
+    {fam} daddr {addr} meta mark & 0x00700000 == 0x00300000 notrack
   }}
 }}
-"""
+""" for fam, addr, icmp in (("ip", PROBE_V4, "icmp"), ("ip6", PROBE_V6, "icmpv6")))
 
 
 @dataclass(frozen=True)
@@ -434,7 +444,7 @@ def _queue_child(backend: str) -> dict[str, dict[str, Any]]:
 def main(argv: Sequence[str]) -> int:
     """Entry for the child process: `python -m netguard.doctor.probe queue-child BACKEND NS`."""
     if len(argv) != 3 or argv[0] != "queue-child" or argv[1] not in (*BACKENDS, "none"):
-        print("usage: python -m netguard.doctor.probe queue-child nft-queue|iptables-nft|iptables-legacy|none NS",
+        print("usage: python -m netguard.doctor.probe queue-child nft|iptables-nft|iptables-legacy|none NS",
               file=sys.stderr)
         return 2
     if not _inside(argv[2]):

@@ -73,7 +73,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("xt_nfqueue_legacy", "xt NFQUEUE via iptables-legacy",
             ("CONFIG_NETFILTER_XT_TARGET_NFQUEUE", "CONFIG_IP_NF_IPTABLES")),
     Feature("nft_queue", "nft queue", ("CONFIG_NFT_QUEUE",)),
-    Feature("nft_ct_reject", "nft ct mark/bytes + reject", ("CONFIG_NFT_CT", "CONFIG_NFT_REJECT")),
+    Feature("nft_ct_reject", "nft ct mark/bytes + reject + fib",
+            ("CONFIG_NFT_CT", "CONFIG_NFT_REJECT", "CONFIG_NFT_REJECT_IPV4", "CONFIG_NFT_REJECT_IPV6",
+             "CONFIG_NFT_FIB_IPV4", "CONFIG_NFT_FIB_IPV6")),
     Feature("conntrack", "conntrack", ("CONFIG_NF_CONNTRACK", "CONFIG_NETFILTER_XT_MATCH_CONNTRACK")),
     Feature("connmark", "connmark", ("CONFIG_NETFILTER_XT_CONNMARK",)),
     Feature("connbytes", "connbytes", ("CONFIG_NETFILTER_XT_MATCH_CONNBYTES",)),
@@ -88,7 +90,9 @@ FEATURE_NAMES = tuple(f.name for f in FEATURES)
 MODULE_OF = {
     "CONFIG_NETFILTER_NETLINK_QUEUE": "nfnetlink_queue", "CONFIG_NETFILTER_XT_TARGET_NFQUEUE": "xt_NFQUEUE",
     "CONFIG_NFT_COMPAT": "nft_compat", "CONFIG_IP_NF_IPTABLES": "ip_tables", "CONFIG_NFT_QUEUE": "nft_queue",
-    "CONFIG_NFT_CT": "nft_ct", "CONFIG_NFT_REJECT": "nft_reject", "CONFIG_NF_CONNTRACK": "nf_conntrack",
+    "CONFIG_NFT_CT": "nft_ct", "CONFIG_NFT_REJECT": "nft_reject", "CONFIG_NFT_REJECT_IPV4": "nft_reject_ipv4",
+    "CONFIG_NFT_REJECT_IPV6": "nft_reject_ipv6", "CONFIG_NFT_FIB_IPV4": "nft_fib_ipv4",
+    "CONFIG_NFT_FIB_IPV6": "nft_fib_ipv6", "CONFIG_NF_CONNTRACK": "nf_conntrack",
     "CONFIG_NETFILTER_XT_MATCH_CONNTRACK": "xt_conntrack", "CONFIG_NETFILTER_XT_CONNMARK": "xt_connmark",
     "CONFIG_NETFILTER_XT_MATCH_CONNBYTES": "xt_connbytes", "CONFIG_IP_NF_TARGET_REJECT": "ipt_REJECT",
     "CONFIG_IP6_NF_IPTABLES": "ip6_tables", "CONFIG_IP6_NF_TARGET_REJECT": "ip6t_REJECT",
@@ -141,7 +145,7 @@ class Gate:
 @dataclass(frozen=True)
 class Report:
     """Everything doctor found. verdict: ok | degraded | cannot; reasons: why, worst first;
-    backend: nft-queue | iptables-nft | iptables-legacy | None."""
+    backend: nft | iptables-nft | iptables-legacy | None."""
 
     environment: Environment
     gates: tuple[Gate, ...]

@@ -23,8 +23,10 @@ FEATURE_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
     "xt_nfqueue_legacy": (("CONFIG_NETFILTER_XT_TARGET_NFQUEUE", "xt_NFQUEUE"),
                           ("CONFIG_IP_NF_IPTABLES", "ip_tables"), ("CONFIG_IP_NF_FILTER", "iptable_filter")),
     "nft_queue": (("CONFIG_NFT_QUEUE", "nft_queue"),),
-    "nft_ct_reject": (("CONFIG_NFT_CT", "nft_ct"), ("CONFIG_NFT_REJECT_INET", "nft_reject_inet"),
-                      ("CONFIG_NF_REJECT_IPV6", "nf_reject_ipv6")),  # nft_reject_inet needs it
+    # doctor's probe loads an ip and an ip6 table as the nft backend's (daemon.nft) are.
+    "nft_ct_reject": (("CONFIG_NFT_CT", "nft_ct"), ("CONFIG_NFT_REJECT_IPV4", "nft_reject_ipv4"),
+                      ("CONFIG_NFT_REJECT_IPV6", "nft_reject_ipv6"), ("CONFIG_NF_REJECT_IPV6", "nf_reject_ipv6"),
+                      ("CONFIG_NFT_FIB_IPV4", "nft_fib_ipv4"), ("CONFIG_NFT_FIB_IPV6", "nft_fib_ipv6")),
     "connmark": (("CONFIG_NETFILTER_XT_CONNMARK", "xt_connmark"),),
     "connbytes": (("CONFIG_NETFILTER_XT_MATCH_CONNBYTES", "xt_connbytes"),),
     "conntrack": (("CONFIG_NETFILTER_XT_MATCH_CONNTRACK", "xt_conntrack"),),

@@ -157,10 +157,13 @@ def ipv4(steps: Steps) -> None:
         enforcing = "enforcing" in log.read_text()
         # Its own kernel checks must pass with IPv4 alone (exit 0), not miss the IPv6 rules.
         status = subprocess.run(["ip", "netns", "exec", NS, NETGUARD, "status"], capture_output=True, text=True)
-        rules = subprocess.run(["ip", "netns", "exec", NS, "iptables-nft-save", "-t", "filter"],
-                               capture_output=True, text=True).stdout
-        rules6 = subprocess.run(["ip", "netns", "exec", NS, "ip6tables-nft-save", "-t", "filter"],
-                                capture_output=True, text=True).stdout
+        # Whichever backend doctor chose: iptables-nft's chains, or the nft backend's tables.
+        def listing(*argvs: list[str]) -> str:
+            return "".join(subprocess.run(["ip", "netns", "exec", NS, *argv], capture_output=True, text=True).stdout
+                           for argv in argvs)
+
+        rules = listing(["iptables-nft-save", "-t", "filter"], ["nft", "list", "table", "ip", "netguard"])
+        rules6 = listing(["ip6tables-nft-save", "-t", "filter"], ["nft", "list", "table", "ip6", "netguard"])
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         try:

@@ -3,6 +3,7 @@ a lab's client namespace, started and stopped by PID, and readers of the namespa
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -133,13 +134,39 @@ def filter_rules(lab: lab_mod.Lab, family: int, backend: str = "nft") -> list[st
             for line in out.splitlines() if line and not line.startswith("#")]
 
 
+def nft_table(lab: lab_mod.Lab, family: int) -> list[str]:
+    """netguard's native nft table of one family in the client namespace ([] when there is none)."""
+    r = netns.run(lab.client, ["nft", "list", "table", "ip" if family == 4 else "ip6", "netguard"], check=False)
+    return [line.strip() for line in r.stdout.splitlines() if line.strip()] if r.returncode == 0 else []
+
+
 def netguard_rules(lab: lab_mod.Lab) -> list[str]:
     """Every netguard line in the client namespace, all backends and families."""
     lines = []
     for backend in ("nft", "legacy"):
         for family in (4, 6):
             lines += [f"{backend}{family} {line}" for line in filter_rules(lab, family, backend) if "NETGUARD" in line]
+    for family in (4, 6):
+        lines += [f"nft-native{family} {line}" for line in nft_table(lab, family)]
     return lines
+
+
+@functools.cache
+def default_backend() -> str | None:
+    """The backend `netguard run` takes here without --backend: doctor's probe (nft where this kernel
+    has the nft queue statement, as on Debian's 6.1 and 6.12; iptables-nft on a kernel with only xt
+    NFQUEUE, as this CI machine's)."""
+    from netguard.doctor.probe import probe_backend
+
+    return probe_backend()
+
+
+def backends_here() -> tuple[str, ...]:
+    """Every backend `netguard run` can use on this kernel: both iptables backends, and nft where
+    the probe finds the nft queue statement (the kernel matrix runs those on 6.1 and 6.12)."""
+    from netguard.daemon import firewall
+
+    return tuple(b for b in firewall.BACKENDS if b != "nft" or default_backend() == "nft")
 
 
 # A TLS client whose connection comes from source port 53 (as a root process may bind), to ADDR with

@@ -71,7 +71,7 @@ def container(lab: lab_mod.Lab) -> str:
     return lab_mod.add_container(lab)
 
 
-@pytest.fixture(scope="module", params=firewall.BACKENDS)
+@pytest.fixture(scope="module", params=firewall.IPTABLES_BACKENDS)
 def daemon(lab: lab_mod.Lab, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
     runner = Runner(lab, tmp_path_factory.mktemp("dns"), policy=POLICY, name=request.param,

@@ -9,7 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import NETGUARD, READY_TIMEOUT, STOP_TIMEOUT, Runner, curl, filter_rules, netguard_rules, scaled
+from harness import (
+    NETGUARD,
+    READY_TIMEOUT,
+    STOP_TIMEOUT,
+    Runner,
+    curl,
+    default_backend,
+    filter_rules,
+    netguard_rules,
+    nft_table,
+    scaled,
+)
 
 from netguard.lab import lab as lab_mod
 
@@ -20,7 +31,8 @@ OPEN_POLICY = 'name = "open"\nallow = ["dockerhub"]\nfail_mode = "open"\n'
 
 
 def all_rules(lab: lab_mod.Lab) -> list[str]:
-    return [f"{b}{f} {line}" for b in ("nft", "legacy") for f in (4, 6) for line in filter_rules(lab, f, b)]
+    return [*(f"{b}{f} {line}" for b in ("nft", "legacy") for f in (4, 6) for line in filter_rules(lab, f, b)),
+            *(f"nft-native{f} {line}" for f in (4, 6) for line in nft_table(lab, f))]
 
 
 def rules_remove(lab: lab_mod.Lab) -> str:
@@ -33,7 +45,9 @@ def test_sigterm_leaves_no_rules_and_kill9_restart_leaves_one_set(lab: lab_mod.L
     before = all_rules(lab)
     first = Runner(lab, tmp_path, name="first").start()
     one_set = netguard_rules(lab)
-    assert any("NFQUEUE" in line for line in one_set) and any(line.startswith("nft6") for line in one_set)
+    # Queue rules in both families, with the backend doctor chose (iptables-nft's chains or nft's tables).
+    assert any("NFQUEUE" in line or "queue" in line.split() for line in one_set), one_set
+    assert any(line.startswith(("nft6 ", "nft-native6 ")) for line in one_set), one_set
     assert first.stop(signal.SIGTERM) == 0
     assert all_rules(lab) == before
     assert lab.client_run([NETGUARD, "rules", "show"]).returncode == 1
@@ -161,3 +175,19 @@ def test_rules_after_netguards_still_apply_to_queued_packets(lab: lab_mod.Lab, t
     finally:
         lab.client_run([tool, "-D", *rule])
         assert runner.stop() == 0
+
+
+@pytest.mark.skipif(default_backend() == "nft", reason="this kernel has the nft queue statement: nft is the "
+                    "default backend here, run by the other tests")
+def test_backend_nft_where_the_kernel_has_no_nft_queue_refuses_cleanly(lab: lab_mod.Lab, tmp_path: Path) -> None:
+    """`--backend nft` overrides doctor; where the kernel refuses the set (this CI machine has xt
+    NFQUEUE but no nft queue statement) run says so with the kernel's words, exits 2 and leaves no
+    rules behind."""
+    before = all_rules(lab)
+    runner = Runner(lab, tmp_path, name="nft-here", args=("--backend", "nft")).start(wait=False)
+    assert runner.proc is not None
+    code = runner.proc.wait(timeout=READY_TIMEOUT)
+    assert code == 2, runner.stderr()
+    assert "the kernel refused netguard's rules (nft (ip netguard): Error:" in runner.stderr()
+    assert "queue" in runner.stderr() and "Traceback" not in runner.stderr()
+    assert all_rules(lab) == before and nft_table(lab, 4) == [] and nft_table(lab, 6) == []

@@ -69,7 +69,7 @@ class KernelFacts:
 
     def backends(self) -> tuple[str, ...]:
         """Every backend this kernel can queue with, best first (doctor's order)."""
-        return tuple(b for b, ok in (("nft-queue", self.nft_queue), ("iptables-nft", self.xt_nft),
+        return tuple(b for b, ok in (("nft", self.nft_queue), ("iptables-nft", self.xt_nft),
                                      ("iptables-legacy", self.xt_legacy)) if ok)
 
     def run_backend(self) -> str | None:
@@ -147,7 +147,7 @@ def test_queue_child_refuses_outside_its_namespace() -> None:
 def test_nft_rules_parse_and_only_queue_is_refused(kernel: KernelFacts) -> None:
     """The nft texts are valid: a kernel without nft queue refuses only the `queue` statement
     (ENOENT), never the syntax; one with it takes them; the ct/reject set loads."""
-    argv, stdin = probe._roundtrip_rule("nft-queue")
+    argv, stdin = probe._roundtrip_rule("nft")
     assert stdin is not None
     with netns.scratch("doctor") as ns:
         for text in (stdin, probe.NFT_QUEUE_RULES):
@@ -163,7 +163,7 @@ def test_nft_rules_parse_and_only_queue_is_refused(kernel: KernelFacts) -> None:
             assert loaded.present is True, loaded
 
 
-@pytest.mark.parametrize("backend", ["iptables-nft", "iptables-legacy", "nft-queue", None])
+@pytest.mark.parametrize("backend", ["iptables-nft", "iptables-legacy", "nft", None])
 def test_queue_round_trip_per_backend(kernel: KernelFacts, backend: str | None) -> None:
     """Where the kernel takes the backend's rule the datagram arrives; where it refuses the rule
     the round trip says so (False); without a backend only the bind is tried (None)."""

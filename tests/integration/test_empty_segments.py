@@ -25,7 +25,7 @@ RAWHELLO = str(Path(__file__).with_name("rawhello.py"))
 RESET_DROP = ["OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "--dport", "443", "-j", "DROP"]
 
 
-@pytest.fixture(scope="module", params=firewall.BACKENDS)
+@pytest.fixture(scope="module", params=firewall.IPTABLES_BACKENDS)
 def daemon(lab: lab_mod.Lab, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
     backend = request.param
@@ -122,7 +122,7 @@ def test_client_hello_in_one_byte_segments(lab: lab_mod.Lab, daemon: Runner, fam
     assert bad["server_bytes"] == 0 and bad["rst"], bad
 
 
-@pytest.mark.parametrize("backend", firewall.BACKENDS)
+@pytest.mark.parametrize("backend", firewall.IPTABLES_BACKENDS)
 def test_apply_preferred_falls_back_when_the_kernel_refuses_u32(backend: firewall.Backend,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     with netns.scratch("empty") as ns:

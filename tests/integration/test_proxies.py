@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import NETGUARD, Runner
+from harness import NETGUARD, Runner, backends_here
 
-from netguard.daemon import firewall
 from netguard.lab import lab as lab_mod
 from netguard.lab import proxies
 
@@ -101,7 +100,7 @@ def plab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lab_mod.Lab]:
         yield built
 
 
-@pytest.fixture(scope="module", params=firewall.BACKENDS)
+@pytest.fixture(scope="module", params=backends_here())
 def daemon(plab: lab_mod.Lab, request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
     backend = request.param

@@ -55,7 +55,7 @@ def container(lab: lab_mod.Lab) -> Iterator[str]:
         lab_mod.stop(proc)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module", params=firewall.BACKENDS)
+@pytest.fixture(scope="module", params=firewall.IPTABLES_BACKENDS)
 def daemon(lab: lab_mod.Lab, container: str, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
     runner = Runner(lab, tmp_path_factory.mktemp("quic"), args=("--backend", request.param)).start()

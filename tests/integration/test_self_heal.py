@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import NETGUARD, Runner, curl, filter_rules
+from harness import NETGUARD, Runner, curl, default_backend, filter_rules, nft_table, scaled
 
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
@@ -119,6 +119,7 @@ def daemon(lab: lab_mod.Lab, tmp_path: Path, request: pytest.FixtureRequest) -> 
         for argv in (["-F"], ["-X"]):
             netns.run(lab.client, [t["ipt"], *argv], check=False)
     assert not [line for line in filter_rules(lab, 4, backend.removeprefix("iptables-")) if "NETGUARD" in line]
+    assert not nft_table(lab, 4) and not nft_table(lab, 6)
 
 
 def expected_others(before: tuple[list[str], dict[str, list[str]]],
@@ -314,3 +315,53 @@ def test_legacy_fingerprint_ignores_counters_and_sees_rules(lab: lab_mod.Lab, tm
     finally:
         runner.stop()
         netns.run(lab.client, ["iptables-legacy", "-F"], check=False)
+
+
+# The native nft backend (where the kernel has the nft queue statement: Debian's 6.1 and 6.12 in the
+# kernel matrix; this CI machine's kernel has only xt NFQUEUE). The other program's rules are
+# iptables-nft's, in their own tables: netguard's table lives beside them.
+# Seconds of curl attempts past the restore limit: enough for a few attempts, short in the kernel
+# matrix (these run there, under emulation, in CI).
+NFT_WATCH_AFTER = 1.0
+NFT_BREAKAGES = [
+    Breakage("nft flush a base chain", (("nft", "flush", "chain", "ip", "netguard", "NETGUARD-OUTPUT"),), 4,
+             "chain NETGUARD-OUTPUT is empty (flushed)"),
+    Breakage("nft delete the IPv6 table", (("nft", "delete", "table", "ip6", "netguard"),), 6,
+             "IPv6: table ip6 netguard is gone"),
+    Breakage("nft insert a rule", (("nft", "insert", "rule", "ip", "netguard", "NETGUARD-FLOW", "accept"),), 4,
+             "chain NETGUARD-FLOW was altered"),
+    Breakage("nft flush ruleset", (("nft", "flush", "ruleset"),), 4, "IPv4: table ip netguard is gone",
+             others="gone"),
+]
+
+
+@pytest.mark.skipif(default_backend() != "nft", reason="this kernel has no nft queue statement (doctor: "
+                    f"{default_backend()}); the kernel matrix runs these on Debian's 6.1 and 6.12")
+@pytest.mark.parametrize("daemon", ["nft"], indirect=True)
+@pytest.mark.parametrize("breakage", NFT_BREAKAGES, ids=[b.name for b in NFT_BREAKAGES])
+def test_nft_blocked_again_within_a_second(lab: lab_mod.Lab, daemon: Runner, breakage: Breakage) -> None:
+    limit = scaled(RESTORE_LIMIT)
+    assert curl(lab, BLOCKED, breakage.family, timeout=CURL_TIMEOUT).code != 0
+    installed = nft_table(lab, breakage.family)
+    before = others(lab, "iptables-nft")
+    wall = time.time()
+    for command in breakage.commands:
+        netns.run(lab.client, list(command))
+    broken = time.monotonic()
+    attempts = []
+    while (start := time.monotonic() - broken) < limit + scaled(NFT_WATCH_AFTER):
+        attempts.append((round(start, 3), curl(lab, BLOCKED, breakage.family, timeout=CURL_TIMEOUT).code))
+    late = [(t, code) for t, code in attempts if t >= limit]
+    events = daemon.daemon_events("rules-restored")
+    log = [(round(e["time"] - wall, 3), e["missing"]) for e in events]
+    print(f"\nnft, {breakage.name}: attempts {attempts}; log: {log}")
+    assert late and all(code != 0 for _, code in late), f"not blocked again after {limit} s: {attempts}"
+    assert events, daemon.stderr()
+    first = events[0]
+    assert first["backend"] == "nft" and breakage.family in first["families"]
+    assert any(breakage.says in m for m in first["missing"]), first
+    assert first["time"] - wall < limit, f"restored {first['time'] - wall:.3f} s after the breakage"
+    assert nft_table(lab, breakage.family) == installed
+    assert others(lab, "iptables-nft") == expected_others(before, breakage.others)
+    status = lab.client_run([NETGUARD, "status", "--json"])
+    assert status.returncode == 0, status.stdout + status.stderr

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from harness import NETGUARD, Runner, curl, netguard_rules, scaled
+from harness import NETGUARD, Runner, curl, default_backend, netguard_rules, scaled
 
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
@@ -106,7 +106,7 @@ def test_status_checks_the_kernel(lab: lab_mod.Lab, tmp_path: Path) -> None:
     try:
         code, out = status(lab)
         assert code == 0, out
-        for check in ("daemon: answers", "rules: installed as expected in IPv4 and IPv6 (iptables-nft)",
+        for check in ("daemon: answers", f"rules: installed as expected in IPv4 and IPv6 ({default_backend()})",
                       "queue: queue 7413 bound by the daemon", "fail-open: off, as fail_mode closed says",
                       "queue drops: queue_dropped 0 (queue full), user_dropped 0"):
             assert f"ok         {check}" in out, out

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import NETGUARD, Runner, curl
+from harness import NETGUARD, Runner, backends_here, curl
 
-from netguard.daemon import firewall, netns
+from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
 
 pytestmark = pytest.mark.root
@@ -77,7 +77,7 @@ except OSError as e:
 """
 
 
-@pytest.fixture(scope="module", params=firewall.BACKENDS)
+@pytest.fixture(scope="module", params=backends_here())
 def daemon(lab: lab_mod.Lab, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
     runner = Runner(lab, tmp_path_factory.mktemp("fidelity"), args=("--backend", request.param)).start()

@@ -235,7 +235,7 @@ def doctor_says(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
         exit 0
         """)
     env = {**os.environ, "NETGUARD_BIN": str(netguard), "DOCTOR_MSG": "verdict  can enforce", "DOCTOR_RC": "0",
-           "DOCTOR_JSON": json.dumps({"verdict": "ok", "backends": ["nft-queue", "iptables-legacy"]})}
+           "DOCTOR_JSON": json.dumps({"verdict": "ok", "backends": ["some-future-backend", "iptables-legacy"]})}
     yield tmp_path / "root", env
 
 
@@ -261,7 +261,7 @@ def test_install_writes_and_enables_the_unit_once(doctor_says: tuple[Path, dict[
     assert unit.read_text() == rendered_unit(Path(env["NETGUARD_BIN"]))
     wants = root / "etc/systemd/system/multi-user.target.wants/netguard.service"
     assert os.readlink(wants) == "/etc/systemd/system/netguard.service"
-    # The backend: doctor's first that `run --backend` accepts (nft-queue is not one of them).
+    # The backend: doctor's first that `run --backend` accepts (some-future-backend is not one of them).
     assert 'NETGUARD_OPTS="--backend iptables-legacy"' in (root / "etc/default/netguard").read_text().splitlines()
     mtime = unit.stat().st_mtime_ns
     second = install_offline(root, env)
@@ -325,7 +325,7 @@ def test_install_writes_the_organisation_policy_source(doctor_says: tuple[Path, 
 
 def test_install_refuses_without_a_backend_run_accepts(doctor_says: tuple[Path, dict[str, str]]) -> None:
     root, env = doctor_says
-    env["DOCTOR_JSON"] = json.dumps({"verdict": "ok", "backends": ["nft-queue"]})
+    env["DOCTOR_JSON"] = json.dumps({"verdict": "ok", "backends": ["some-future-backend"]})
     result = install_offline(root, env)
     assert result.returncode == 2
     assert "no backend" in result.stderr

@@ -54,19 +54,19 @@ CASES: dict[str, Case] = {
     "wsl2-5.10": ("wsl2", (5, 10, 102), {"fail": [], "warn": ["WSL 2 kernel 5.10 < 5.15"]},
                   "cannot", None, "nat", "/proc/config.gz"),
     "wsl2-5.15": ("wsl2", (5, 15, 167), {"fail": [], "warn": []}, "cannot", None, "nat", "/proc/config.gz"),
-    "wsl2-6.6": ("wsl2", (6, 6, 87), {"fail": [], "warn": []}, "ok", "nft-queue", "mirrored", "/proc/config.gz"),
-    "wsl2-6.18": ("wsl2", (6, 18, 33), {"fail": [], "warn": []}, "ok", "nft-queue", None, "no kernel config"),
-    "docker-desktop-6.10": ("docker-desktop", (6, 10, 14), {"fail": [], "warn": []}, "ok", "nft-queue", None,
+    "wsl2-6.6": ("wsl2", (6, 6, 87), {"fail": [], "warn": []}, "ok", "nft", "mirrored", "/proc/config.gz"),
+    "wsl2-6.18": ("wsl2", (6, 18, 33), {"fail": [], "warn": []}, "ok", "nft", None, "no kernel config"),
+    "docker-desktop-6.10": ("docker-desktop", (6, 10, 14), {"fail": [], "warn": []}, "ok", "nft", None,
                             "/proc/config.gz"),
-    "vagrant-ubuntu-20.04": ("vagrant", (5, 4, 0), {"fail": [], "warn": []}, "ok", "nft-queue", None,
+    "vagrant-ubuntu-20.04": ("vagrant", (5, 4, 0), {"fail": [], "warn": []}, "ok", "nft", None,
                              "/boot/config-5.4.0-42-generic"),
-    "vagrant-ubuntu-22.04": ("vagrant", (5, 15, 0), {"fail": [], "warn": []}, "ok", "nft-queue", None,
+    "vagrant-ubuntu-22.04": ("vagrant", (5, 15, 0), {"fail": [], "warn": []}, "ok", "nft", None,
                              "/boot/config-5.15.0-91-generic"),
-    "debian-plain": ("linux", (6, 1, 0), {"fail": [], "warn": []}, "ok", "nft-queue", None,
+    "debian-plain": ("linux", (6, 1, 0), {"fail": [], "warn": []}, "ok", "nft", None,
                      "/boot/config-6.1.0-18-amd64"),
     "wsl1": ("wsl1", (4, 4, 0), {"fail": ["WSL 1 has no Linux kernel"], "warn": []}, "cannot", None, None,
              "no kernel config"),
-    "container-podman": ("container", (6, 1, 0), {"fail": [], "warn": []}, "cannot", "nft-queue", None,
+    "container-podman": ("container", (6, 1, 0), {"fail": [], "warn": []}, "cannot", "nft", None,
                          "no kernel config"),
 }
 
@@ -115,8 +115,8 @@ def test_linux_without_a_queue_and_no_config_is_told_both_ways() -> None:
     assert verdict == "cannot"
     assert fixes(reasons) == [
         "to fix: load the modules (`modprobe nfnetlink_queue xt_NFQUEUE`) or use a kernel with "
-        "CONFIG_NETFILTER_NETLINK_QUEUE, CONFIG_NETFILTER_XT_TARGET_NFQUEUE (no kernel config was readable to "
-        "tell which)"]
+        "CONFIG_NETFILTER_NETLINK_QUEUE, CONFIG_NETFILTER_XT_TARGET_NFQUEUE (or CONFIG_NFT_QUEUE) (no kernel config "
+        "was readable to tell which)"]
 
 
 def test_a_kernel_built_without_the_target_is_not_told_to_modprobe() -> None:
@@ -127,7 +127,7 @@ def test_a_kernel_built_without_the_target_is_not_told_to_modprobe() -> None:
     assert verdict == "cannot"
     assert fixes(reasons) == [
         "to fix: this kernel is built without CONFIG_NETFILTER_XT_TARGET_NFQUEUE, CONFIG_NETFILTER_XT_CONNMARK "
-        "(its config), so no modprobe can help: use a kernel built with them"]
+        "(its config), so no modprobe can help: use a kernel built with them (or CONFIG_NFT_QUEUE)"]
 
 
 def test_a_module_missing_from_the_tree_or_present_but_not_loaded() -> None:
@@ -166,10 +166,10 @@ def test_a_kernel_with_only_nft_queue_cannot_enforce_with_this_run() -> None:
     verdict, reasons, backend = decide(LINUX, (), probes, supported=("iptables-nft", "iptables-legacy"))
     assert (verdict, backend) == ("cannot", None)
     assert reasons[0] == ("no way to send packets to netguard: xt NFQUEUE via iptables-nft and xt NFQUEUE via "
-                          "iptables-legacy are both unavailable; nft-queue works here, but this netguard's `run` "
+                          "iptables-legacy are both unavailable; nft works here, but this netguard's `run` "
                           "cannot use it yet")
     assert all(r.strip() for r in reasons) and fixes(reasons)
-    assert decide(LINUX, (), probes, supported=probe.BACKENDS)[:3:2] == ("ok", "nft-queue")
+    assert decide(LINUX, (), probes, supported=probe.BACKENDS)[:3:2] == ("ok", "nft")
 
 
 def test_wsl2_5_15_names_what_is_missing() -> None:
@@ -240,23 +240,23 @@ def with_(**changes: bool | None) -> dict[str, Probe]:
 
 
 @pytest.mark.parametrize(("probes", "verdict", "backend", "first_reason"), [
-    (ALL_OK, "ok", "nft-queue", None),
+    (ALL_OK, "ok", "nft", None),
     (with_(nft_queue=False), "ok", "iptables-nft", None),  # this machine
     (with_(nft_ct_reject=False), "ok", "iptables-nft", None),
     (with_(nft_queue=False, xt_nfqueue_nft=False), "ok", "iptables-legacy", None),
     (with_(nft_queue=False, xt_nfqueue_nft=False, xt_nfqueue_legacy=False), "cannot", None, "no way to send"),
-    (with_(cap_net_admin=False), "cannot", "nft-queue", "CAP_NET_ADMIN missing"),
-    (with_(cap_net_admin=None), "cannot", "nft-queue", "could not check CAP_NET_ADMIN"),
-    (with_(nfnetlink_queue=False), "cannot", "nft-queue", "nfnetlink_queue missing"),
-    (with_(netfilterqueue=False), "cannot", "nft-queue", "netfilterqueue importable missing"),
-    (with_(queue_roundtrip=False), "cannot", "nft-queue", "a queued packet did not reach netguard"),
-    (with_(queue_roundtrip=None), "ok", "nft-queue", None),  # not run (facts file): no claim either way
+    (with_(cap_net_admin=False), "cannot", "nft", "CAP_NET_ADMIN missing"),
+    (with_(cap_net_admin=None), "cannot", "nft", "could not check CAP_NET_ADMIN"),
+    (with_(nfnetlink_queue=False), "cannot", "nft", "nfnetlink_queue missing"),
+    (with_(netfilterqueue=False), "cannot", "nft", "netfilterqueue importable missing"),
+    (with_(queue_roundtrip=False), "cannot", "nft", "a queued packet did not reach netguard"),
+    (with_(queue_roundtrip=None), "ok", "nft", None),  # not run (facts file): no claim either way
     (with_(nft_queue=False, connmark=False), "cannot", "iptables-nft", "connmark missing"),
     (with_(nft_queue=False, conntrack=None), "cannot", "iptables-nft", "could not check conntrack"),
     (with_(nft_queue=False, connbytes=False), "degraded", "iptables-nft", "connbytes missing"),
     (with_(nft_queue=False, reject=False), "degraded", "iptables-nft", "REJECT --reject-with tcp-reset missing"),
     (with_(nft_queue=False, ip6tables=False), "degraded", "iptables-nft", "ip6tables NFQUEUE + REJECT missing"),
-    (with_(connbytes=False, reject=False), "ok", "nft-queue", None),  # native nft has its own ct/reject
+    (with_(connbytes=False, reject=False), "ok", "nft", None),  # native nft has its own ct/reject
 ])
 def test_decide(probes: dict[str, Probe], verdict: str, backend: str | None, first_reason: str | None) -> None:
     """The decision table for a netguard whose `run` supports every backend (the native nft one too)."""
@@ -423,7 +423,7 @@ def test_queue_child_usage() -> None:
 def test_roundtrip_rules_stay_on_lo() -> None:
     argv, stdin = probe._roundtrip_rule("iptables-legacy")
     assert argv[0] == "iptables-legacy" and argv[argv.index("-o") + 1] == "lo" and stdin is None
-    argv, stdin = probe._roundtrip_rule("nft-queue")
+    argv, stdin = probe._roundtrip_rule("nft")
     assert argv == ["nft", "-f", "-"] and stdin is not None and "oif lo" in stdin
 
 

@@ -21,20 +21,22 @@ def test_refuses_with_doctors_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_takes_the_first_backend_it_supports(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor, "assess", lambda: fake_report("ok", ("nft-queue", "iptables-legacy")))
+    monkeypatch.setattr(doctor, "assess", lambda: fake_report("ok", ("nft", "iptables-legacy")))
+    assert daemon.choose_backend(None) == "nft"
+    monkeypatch.setattr(doctor, "assess", lambda: fake_report("ok", ("some-future-backend", "iptables-legacy")))
     assert daemon.choose_backend(None) == "iptables-legacy"
-    monkeypatch.setattr(doctor, "assess", lambda: fake_report("degraded", ("nft-queue",), ("no IPv6",)))
+    monkeypatch.setattr(doctor, "assess", lambda: fake_report("degraded", ("some-future-backend",), ("no IPv6",)))
     with pytest.raises(daemon.StartError, match="no firewall backend"):
         daemon.choose_backend(None)
 
 
 def test_the_refusal_never_ends_in_an_empty_reason(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor, "assess", lambda: fake_report("ok", ("nft-queue",)))
+    monkeypatch.setattr(doctor, "assess", lambda: fake_report("ok", ("some-future-backend",)))
     with pytest.raises(daemon.StartError) as refused:
         daemon.choose_backend(None)
     text = str(refused.value)
-    assert text == ("no firewall backend netguard can use here (doctor found: nft-queue; this netguard's run "
-                    "supports iptables-nft, iptables-legacy)")
+    assert text == ("no firewall backend netguard can use here (doctor found: some-future-backend; this netguard's "
+                    "run supports nft, iptables-nft, iptables-legacy)")
 
 
 def test_requested_backend() -> None:

@@ -17,9 +17,11 @@ DEBIAN = {"CONFIG_NETFILTER_NETLINK_QUEUE": "m", "CONFIG_NETFILTER_XT_TARGET_NFQ
           "CONFIG_IP_NF_IPTABLES": "m", "CONFIG_IP_NF_FILTER": "m", "CONFIG_NFT_QUEUE": "m",
           "CONFIG_NETFILTER_XT_CONNMARK": "m", "CONFIG_NETFILTER_XT_MATCH_CONNBYTES": "m",
           "CONFIG_NETFILTER_XT_MATCH_CONNTRACK": "m", "CONFIG_IP6_NF_TARGET_REJECT": "m", "CONFIG_NF_REJECT_IPV6": "m",
-          "CONFIG_NETFILTER_XT_MATCH_U32": "m", "CONFIG_NFT_CT": "m", "CONFIG_NFT_REJECT_INET": "m"}
+          "CONFIG_NETFILTER_XT_MATCH_U32": "m", "CONFIG_NFT_CT": "m", "CONFIG_NFT_REJECT_IPV4": "m",
+          "CONFIG_NFT_REJECT_IPV6": "m", "CONFIG_NFT_FIB_IPV4": "m", "CONFIG_NFT_FIB_IPV6": "m"}
 MODULES = {"nfnetlink_queue", "xt_NFQUEUE", "nft_compat", "ip_tables", "iptable_filter", "nft_queue", "xt_connmark",
-           "xt_connbytes", "xt_conntrack", "ip6t_REJECT", "nf_reject_ipv6", "xt_u32", "nft_ct", "nft_reject_inet"}
+           "xt_connbytes", "xt_conntrack", "ip6t_REJECT", "nf_reject_ipv6", "xt_u32", "nft_ct", "nft_reject_ipv4",
+           "nft_reject_ipv6", "nft_fib_ipv4", "nft_fib_ipv6"}
 
 
 def test_a_feature_needs_its_config_and_its_module_file() -> None:
