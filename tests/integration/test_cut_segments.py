@@ -14,9 +14,9 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from harness import Runner
+from harness import Runner, backends_here
 
-from netguard.daemon import firewall, netns
+from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
 
 pytestmark = pytest.mark.root
@@ -75,7 +75,7 @@ def jumbo(lab: lab_mod.Lab) -> Iterator[None]:
         netns.run(spaces[where], ["ip", "link", "set", link, "mtu", "1500"], check=False)
 
 
-@pytest.fixture(scope="module", params=firewall.BACKENDS)
+@pytest.fixture(scope="module", params=backends_here())
 def daemon(lab: lab_mod.Lab, jumbo: None, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
     runner = Runner(lab, tmp_path_factory.mktemp("cut"), args=("--backend", request.param)).start()

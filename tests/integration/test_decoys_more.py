@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from harness import Runner
+from harness import Runner, backends_here
 from test_stream_fidelity import ALLOWED, BLOCKED, RESET_DROP, attacks, stopped
 
-from netguard.daemon import firewall, netns
+from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
 
 pytestmark = pytest.mark.root
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.root
 DECOYS = ("ipopt", "ipbad")
 
 
-@pytest.fixture(scope="module", params=firewall.BACKENDS)
+@pytest.fixture(scope="module", params=backends_here())
 def daemon(lab: lab_mod.Lab, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
     runner = Runner(lab, tmp_path_factory.mktemp("decoys"), args=("--backend", request.param)).start()

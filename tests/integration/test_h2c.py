@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Runner, scaled
+from harness import Runner, backends_here, scaled
 
-from netguard.daemon import firewall, netns
+from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
 
 pytestmark = pytest.mark.root
@@ -38,7 +38,7 @@ def h2c(lab: lab_mod.Lab) -> Iterator[None]:
         proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module", params=firewall.BACKENDS)
+@pytest.fixture(scope="module", params=backends_here())
 def daemon(lab: lab_mod.Lab, h2c: None, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
     runner = Runner(lab, tmp_path_factory.mktemp("h2c"), args=("--backend", request.param)).start()
