@@ -253,6 +253,7 @@ def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)
         assert proc.stdout is not None
+        ended = False  # the VM closed its output by itself (not stopped by us, not past its limit)
         try:
             for line in proc.stdout:
                 log.write(line)
@@ -260,9 +261,11 @@ def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[
                     print(f"  [{kernel.spec.name}] {line.rstrip()}", flush=True)
                 if time.monotonic() - start > VM_LIMIT:
                     break
+            else:
+                ended = True
         finally:
-            if proc.poll() is None and time.monotonic() - start > VM_LIMIT:
-                os.killpg(proc.pid, signal.SIGKILL)  # the VM we started, past its limit
+            if proc.poll() is None and not ended:
+                os.killpg(proc.pid, signal.SIGKILL)  # the VM we started: past its limit, or we are stopped
             code = proc.wait()
     total = time.monotonic() - start
     try:
@@ -472,6 +475,8 @@ def main() -> int:
         return 1 if any(r.problems for r in kept) or not kept else 0
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
+    # SIGTERM (CI's time limit, a kill) unwinds like an exception, so the VM and the work dirs go too.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(128 + signal.SIGTERM))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ng-kernels-", dir="/var/tmp"))
     start = time.monotonic()
     rows: list[Row] = []
