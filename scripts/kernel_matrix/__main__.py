@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,10 @@ VM_MEMORY = "4G"  # the namespace lab, pytest and a registry; 2G was enough for 
 DEFAULT_TIME_FACTOR = 10.0
 # One VM, all steps (a full tests/integration run takes about 20 minutes in TCG).
 VM_LIMIT = 3 * 3600
+# Seconds to the guest's first step line (boot, then doctor: 2.5 min on a loaded machine). A boot
+# that says nothing by then has hung (seen once in emulation): the VM is stopped and booted again.
+FIRST_WORD_LIMIT = 600
+BOOT_TRIES = 2
 # The kernel-dependent integration tests (--tests kernel): what doctor says, the rules each
 # backend installs, the queue, fail-open/closed, lifecycle and reload, enforcement by SNI and by
 # DNS in both families, data-less segments kept in the kernel and the u32 fallback; where the kernel
@@ -227,7 +232,7 @@ def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[
          verbose: bool) -> dict[str, Any]:
     """Boot the kernel, run its steps inside, return the guest's result (plus the boot's timing)."""
     out = work / "out" / kernel.spec.name
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "kernel.json").write_text(json.dumps({"package": kernel.package, "version": kernel.version,
                                                  "release": kernel.release, "tree": str(kernel.tree)}))
     steps = [s for s in kernel.spec.steps if s != "tests" or tests]
@@ -254,8 +259,19 @@ def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[
                                 start_new_session=True)
         assert proc.stdout is not None
         ended = False  # the VM closed its output by itself (not stopped by us, not past its limit)
+        spoke = threading.Event()
+
+        def silent() -> None:
+            if not spoke.is_set() and proc.poll() is None:
+                print(f"  [{kernel.spec.name}] no word from the VM in {FIRST_WORD_LIMIT} s: stopped", flush=True)
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        watchdog = threading.Timer(FIRST_WORD_LIMIT, silent)
+        watchdog.start()
         try:
             for line in proc.stdout:
+                if line.startswith("kernel-matrix: "):
+                    spoke.set()
                 log.write(line)
                 if verbose or line.startswith("kernel-matrix: "):
                     print(f"  [{kernel.spec.name}] {line.rstrip()}", flush=True)
@@ -264,6 +280,7 @@ def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[
             else:
                 ended = True
         finally:
+            watchdog.cancel()
             if proc.poll() is None and not ended:
                 os.killpg(proc.pid, signal.SIGKILL)  # the VM we started: past its limit, or we are stopped
             code = proc.wait()
@@ -273,6 +290,7 @@ def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[
     except (OSError, ValueError):
         result = {"steps": {}}
     result["vng_exit"] = code
+    result["spoke"] = spoke.is_set()
     result["seconds"] = total
     inside = sum(float(s.get("seconds", 0)) for s in result["steps"].values())
     result["boot_seconds"] = total - inside
@@ -490,7 +508,12 @@ def main() -> int:
         for name in names:
             kernel = fetch(SPECS[name], work, cache)
             here = tests if args.tests_on is None or name in args.tests_on.split(",") else []
-            row = judge(kernel, boot(kernel, work, snapshot, bin_dir, here, args.time_factor, args.verbose))
+            for attempt in range(BOOT_TRIES):
+                booted = boot(kernel, work, snapshot, bin_dir, here, args.time_factor, args.verbose)
+                if booted.get("spoke", True) or attempt + 1 == BOOT_TRIES:
+                    break
+                say(f"{name}: the VM hung before its first step; booting again")
+            row = judge(kernel, booted)
             rows.append(row)
             say(f"{name}: {'as expected' if not row.problems else 'FAILED'} in {seconds(row.result['seconds'])}")
             for problem in row.problems:
