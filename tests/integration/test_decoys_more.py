@@ -7,33 +7,21 @@ the other way round (blocked decoy, then allowed hello) must connect: ignored, n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from harness import Runner, backends_here
-from test_stream_fidelity import ALLOWED, BLOCKED, RESET_DROP, attacks, stopped
 
-from netguard.daemon import netns
+import test_stream_fidelity
+from harness import Runner
+from test_stream_fidelity import ALLOWED, BLOCKED, attacks, stopped
+
 from netguard.lab import lab as lab_mod
+
+# test_stream_fidelity's daemon fixture (each backend, the client's resets dropped), not a copy.
+daemon = test_stream_fidelity.daemon
 
 pytestmark = pytest.mark.root
 
 # ipopt / ipbad: IPv4 options or IPv6 extension headers the server's IP layer drops the packet for.
 DECOYS = ("ipopt", "ipbad")
-
-
-@pytest.fixture(scope="module", params=backends_here())
-def daemon(lab: lab_mod.Lab, tmp_path_factory: pytest.TempPathFactory,
-           request: pytest.FixtureRequest) -> Iterator[Runner]:
-    runner = Runner(lab, tmp_path_factory.mktemp("decoys"), args=("--backend", request.param)).start()
-    for tool in ("iptables", "ip6tables"):
-        netns.run(lab.client, [tool, "-t", "raw", "-A", *RESET_DROP])
-    try:
-        yield runner
-    finally:
-        for tool in ("iptables", "ip6tables"):
-            netns.run(lab.client, [tool, "-t", "raw", "-D", *RESET_DROP], check=False)
-        assert runner.stop() == 0
 
 
 @pytest.mark.parametrize("family", [4, 6])
