@@ -8,7 +8,6 @@ the other way round (blocked decoy, then allowed hello) must connect: ignored, n
 from __future__ import annotations
 
 import pytest
-
 import test_stream_fidelity
 from harness import Runner
 from test_stream_fidelity import ALLOWED, BLOCKED, attacks, stopped
