@@ -106,6 +106,7 @@ chain, in order. The daemon's self-healing (daemon.watch) and `netguard status` 
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -734,6 +735,12 @@ def installed(backend: Backend, family: Family, ns: str | None = None) -> list[s
     return [line for line in save(backend, family, ns).splitlines() if CHAIN_PREFIX in line]
 
 
+# Seconds a start, a stop or `netguard rules remove` waits for the xtables lock (iptables-legacy):
+# outside the packet loop, and at boot dockerd may hold the lock for seconds while it writes its own
+# rules; a bound, so that a lock held for ever ends in an error that names it, not a silent hang.
+START_LOCK_WAIT = 10
+
+
 def remove(ns: str | None = None, keep: Backend | None = None) -> list[str]:
     """Remove every netguard chain and jump (and netguard's nft tables), in both families and every
     backend (stale rules of a crashed run may sit in any), except those of backend `keep`. Returns
@@ -746,22 +753,47 @@ def remove(ns: str | None = None, keep: Backend | None = None) -> list[str]:
             done += native.remove(ns)
             continue
         for family in FAMILIES:
-            if _restore(backend, family, build_removal(save(backend, family, ns)), ns):
+            if _restore(backend, family, build_removal(save(backend, family, ns)), ns, START_LOCK_WAIT):
                 done.append(f"{backend} IPv{family}")
     return done
 
 
-def apply(backend: Backend, opts: Options, ns: str | None = None) -> None:
+def apply(backend: Backend, opts: Options, ns: str | None = None, wait: int = START_LOCK_WAIT) -> None:
     """Put netguard's rules for its families (both, unless opts.families says otherwise) in place,
     replacing any netguard rules already there in the same restore (one transaction per table); if
-    the second family fails, netguard's rules are removed from the first again."""
+    the second family fails, netguard's rules are removed from the first again. Waits up to `wait`
+    seconds for the xtables lock."""
     for i, family in enumerate(opts.families):
         try:
-            _install(backend, family, opts, ns)
+            _install(backend, family, opts, ns, wait)
         except FirewallError:
             if i:
                 remove(ns)
             raise
+
+
+# Seconds a restore of the running daemon waits for the xtables lock (iptables-legacy; iptables
+# 1.8 otherwise waits for ever, and the daemon's loop with it). Integer seconds: `--wait 0` means
+# "for ever" too.
+LOCK_WAIT = 1
+
+
+def switch(backend: Backend, old: Options, new: Options, ns: str | None = None, wait: int = LOCK_WAIT) -> None:
+    """The running daemon's reload: each family's rules go from `old` to `new` in one transaction
+    (never a moment without rules, unlike apply's removal after a failed second family). If a family
+    fails (the xtables lock held past `wait`, the kernel refuses), the families already switched get
+    `old` back, as far as the lock allows (the daemon's watch puts back what is still missing), and
+    FirewallError is raised."""
+    done: list[Family] = []
+    for family in new.families:
+        try:
+            _install(backend, family, new, ns, wait)
+        except FirewallError:
+            for back in done:
+                with contextlib.suppress(FirewallError):
+                    _install(backend, back, old, ns, wait)
+            raise
+        done.append(family)
 
 
 def _install(backend: Backend, family: Family, opts: Options, ns: str | None, wait: int | None = None) -> None:
@@ -769,12 +801,6 @@ def _install(backend: Backend, family: Family, opts: Options, ns: str | None, wa
         native.install(family, opts, ns)
     else:
         _restore(backend, family, build_replacement(save(backend, family, ns), build_rules(family, opts)), ns, wait)
-
-
-# Seconds a restore of the running daemon waits for the xtables lock (iptables-legacy; iptables
-# 1.8 otherwise waits for ever, and the daemon's loop with it). Integer seconds: `--wait 0` means
-# "for ever" too.
-LOCK_WAIT = 1
 
 
 def restore_family(backend: Backend, family: Family, opts: Options, ns: str | None = None) -> None:

@@ -467,11 +467,15 @@ class Daemon:
                     set_fail_open(self._queue.fileno(), new.queue_num, new.fail_mode == "open", wait_ack=False)
                     self._queue_fail_open = new.fail_mode == "open"
                 # The new set replaces the old one in one transaction per table: no moment without.
-                firewall.apply(self.backend, self._rules(new))
+                firewall.switch(self.backend, self._rules(self.policy), self._rules(new))
             except (OSError, firewall.FirewallError) as exc:
-                firewall.apply(self.backend, self._rules(self.policy))
+                if self._queue is not None and self._queue_fail_open != (self.policy.fail_mode == "open"):
+                    set_fail_open(self._queue.fileno(), self.policy.queue_num, self.policy.fail_mode == "open",
+                                  wait_ack=False)
+                    self._queue_fail_open = self.policy.fail_mode == "open"
                 self._expect(self._rules(self.policy))
-                return self._reloaded(why, f"reload ({why}): new rules failed ({exc}); the old ones restored")
+                return self._reloaded(why, f"reload ({why}): new rules failed ({exc}); the old ones kept, "
+                                           f"{self.policy.label} stays in force")
             # What the watch expects from now on (the restore's own notifications are dropped).
             self._expect(self._rules(new))
         old = self.policy

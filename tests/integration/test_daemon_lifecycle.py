@@ -4,8 +4,11 @@ closed: nothing new gets through; open: traffic flows)."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,12 +117,39 @@ def test_run_refuses_a_bad_policy(lab: lab_mod.Lab, tmp_path: Path) -> None:
     assert netguard_rules(lab) == []
 
 
+XTABLES_LOCK = "/run/xtables.lock"  # iptables-legacy's lock: one file, whatever the network namespace
+
+
+def hold_xtables_lock(seconds: float) -> subprocess.Popen[bytes]:
+    """flock(1) holding the lock, as dockerd does while it writes its rules at boot; returns once held."""
+    holder = subprocess.Popen(["flock", "-o", XTABLES_LOCK, "sh", "-c", f"echo held; sleep {seconds}"],
+                              stdout=subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    return holder
+
+
+def test_start_and_stop_wait_for_the_xtables_lock(lab: lab_mod.Lab, tmp_path: Path) -> None:
+    held = scaled(2)
+    holder = hold_xtables_lock(held)
+    try:
+        start = time.monotonic()
+        runner = Runner(lab, tmp_path, args=("--backend", "iptables-legacy")).start()
+        assert time.monotonic() - start >= held * 0.9, "the lock was not held while netguard started"
+    finally:
+        holder.wait()
+    try:
+        _, code, out = curl(lab, BLOCKED, 4)
+        assert code == 35 and "reset" in out.lower(), out
+    finally:
+        holder = hold_xtables_lock(held)
+        try:
+            assert runner.stop(signal.SIGTERM) == 0, runner.stderr()
+        finally:
+            holder.wait()
+    assert netguard_rules(lab) == []
+
 
 def test_a_closed_block_log_does_not_stop_enforcement(lab: lab_mod.Lab, tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import time
-
     err = tmp_path / "err"
     # Buffered stdout, as under systemd or a shell: the exit status must not depend on it.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}

@@ -5,6 +5,7 @@ rejected with the old one kept in force."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -140,3 +141,34 @@ def test_reload_to_fail_open_changes_the_rules_and_the_queue(lab: lab_mod.Lab, t
     finally:
         assert lab.client_run([sys.executable, "-c", "from netguard.cli import main; main()", "rules", "remove"]
                               ).returncode == 0
+
+
+def test_a_reload_while_another_program_holds_the_xtables_lock(lab: lab_mod.Lab, tmp_path: Path) -> None:
+    """iptables-legacy: a reload that needs new rules while the lock is held (dockerd writing its own)
+    gives up after firewall.LOCK_WAIT and keeps the old policy and rules; the packet loop is not held
+    up meanwhile (before, the restore waited for the lock for ever, with the daemon's loop)."""
+    runner = Runner(lab, tmp_path, policy=HUB_ONLY, args=("--backend", "iptables-legacy")).start()
+    assert runner.policy_path is not None
+    before = lab.client_run(["iptables-legacy-save", "-t", "filter"]).stdout
+    holder = subprocess.Popen(["flock", "-o", "/run/xtables.lock", "sh", "-c", f"echo held; sleep {scaled(30)}"],
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        runner.policy_path.write_text(HUB_ONLY + 'fail_mode = "open"\n')  # other rules: queue bypass
+        runner.send_signal(signal.SIGHUP)
+        runner.wait_for("new rules failed", timeout=scaled(5))
+        assert "the old ones kept" in runner.stderr(), runner.stderr()
+        _, code, out = curl(lab, BLOCKED, 4, timeout=5)  # the loop still gives verdicts
+        assert code == 35 and "reset" in out.lower(), out
+    finally:
+        holder.kill()
+        holder.wait()
+    try:
+        assert lab.client_run(["iptables-legacy-save", "-t", "filter"]).stdout.count("--queue-bypass") == 0
+        assert _rule_lines(lab.client_run(["iptables-legacy-save", "-t", "filter"]).stdout) == _rule_lines(before)
+    finally:
+        assert runner.stop() == 0
+
+
+def _rule_lines(saved: str) -> list[str]:
+    return [line for line in saved.splitlines() if line.startswith(("-A", ":NETGUARD"))]
