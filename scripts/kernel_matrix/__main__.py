@@ -238,16 +238,21 @@ def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[
     steps = [s for s in kernel.spec.steps if s != "tests" or tests]
     overlay = (f"mkdir -p {REPO} /run/ngrepo/u /run/ngrepo/w && mount -t overlay -o lowerdir={snapshot},"
                f"upperdir=/run/ngrepo/u,workdir=/run/ngrepo/w ngrepo {REPO}")
+    # The test list goes in a file, not in the command: vng puts the command on the kernel command
+    # line, and Debian's 6.1 panics at boot (a fortified strlen) on a command line near 2 KiB long.
+    (out / "tests.txt").write_text("\n".join(tests))
     guest = (f"{overlay} && cd {REPO} && export CI=true HOME=/root PYTHONDONTWRITEBYTECODE=1 "
              f"NETGUARD_TEST_TIME_FACTOR={factor:g} PYTHONPATH=scripts && "
              f"exec .venv/bin/python -m kernel_matrix.guest --out {out} --steps {','.join(steps)} "
-             f"--tests '{' '.join(tests)}'")
+             f"--tests-from {out / 'tests.txt'}")
     argv = [str(bin_dir / "vng"), "--disable-kvm", "--run", str(kernel.tree / f"boot/vmlinuz-{kernel.release}"),
             "--user", "root", "--cpus", VM_CPUS, "--memory", VM_MEMORY,
             "--overlay-rwdir", "/root",
             "--rodir", f"/boot={kernel.tree / 'boot'}",  # doctor reads /boot/config-RELEASE
             "--rodir", str(kernel.tree),  # the modules tree, linked from /lib/modules/RELEASE
-            "--rwdir", str(out), "--append", "mitigations=off", "--exec", guest]
+            "--rwdir", str(out), "--append", "mitigations=off",
+            "--verbose",  # the kernel's boot messages go to console.log: a hung boot says where it stopped
+            "--exec", guest]
     say(f"{kernel.spec.name}: booting {kernel.release} ({kernel.package} {kernel.version}), steps {','.join(steps)}")
     start = time.monotonic()
     console = out / "console.log"

@@ -182,7 +182,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", default="doctor")
-    parser.add_argument("--tests", default="tests/integration", help="pytest arguments, blank-separated")
+    parser.add_argument("--tests-from", type=Path, help="a file of pytest arguments, one per line")
     args = parser.parse_args()
     steps = Steps(args.out)
     repo = Path.cwd()
@@ -192,7 +192,8 @@ def main() -> int:
         elif step == "demo":
             demo(steps)
         elif step == "tests":
-            tests(steps, args.tests.split())
+            selection = args.tests_from.read_text().splitlines() if args.tests_from else ["tests/integration"]
+            tests(steps, [t for t in selection if t])
         elif step == "refuse":
             refuse(steps, repo)
         elif step == "ipv4":
