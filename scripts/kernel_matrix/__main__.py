@@ -47,9 +47,11 @@ DEFAULT_TIME_FACTOR = 10.0
 # One VM, all steps (a full tests/integration run takes about 20 minutes in TCG).
 VM_LIMIT = 3 * 3600
 # Seconds to the guest's first step line (boot, then doctor: 2.5 min on a loaded machine). A boot
-# that says nothing by then has hung (seen once in emulation): the VM is stopped and booted again.
+# that says nothing by then has hung: the VM is stopped and booted again.
 FIRST_WORD_LIMIT = 600
 BOOT_TRIES = 2
+# Console lines that mean the kernel stopped for good (an early exception halts without "Kernel panic").
+PANIC_WORDS = ("Kernel panic - not syncing", "PANIC: early exception", "kernel BUG at")
 # The kernel-dependent integration tests (--tests kernel): what doctor says, the rules each
 # backend installs, the queue, fail-open/closed, lifecycle and reload, enforcement by SNI and by
 # DNS in both families, data-less segments kept in the kernel and the u32 fallback; where the kernel
@@ -264,6 +266,7 @@ def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[
                                 start_new_session=True)
         assert proc.stdout is not None
         ended = False  # the VM closed its output by itself (not stopped by us, not past its limit)
+        panic: str | None = None
         spoke = threading.Event()
 
         def silent() -> None:
@@ -278,6 +281,10 @@ def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[
                 if line.startswith("kernel-matrix: "):
                     spoke.set()
                 log.write(line)
+                if panic is None and any(words in line for words in PANIC_WORDS):
+                    panic = line.strip()
+                    print(f"  [{kernel.spec.name}] {panic}", flush=True)
+                    break  # a panicked kernel says nothing more: stop it now, not after FIRST_WORD_LIMIT
                 if verbose or line.startswith("kernel-matrix: "):
                     print(f"  [{kernel.spec.name}] {line.rstrip()}", flush=True)
                 if time.monotonic() - start > VM_LIMIT:
@@ -296,6 +303,7 @@ def boot(kernel: Kernel, work: Path, snapshot: Path, bin_dir: Path, tests: list[
         result = {"steps": {}}
     result["vng_exit"] = code
     result["spoke"] = spoke.is_set()
+    result["panic"] = panic
     result["seconds"] = total
     inside = sum(float(s.get("seconds", 0)) for s in result["steps"].values())
     result["boot_seconds"] = total - inside
@@ -344,6 +352,8 @@ def judge(kernel: Kernel, result: dict[str, Any]) -> Row:
     row = Row(kernel, result)
     steps = result.get("steps", {})
     spec = kernel.spec
+    if result.get("panic"):
+        row.problems.append(f"the kernel panicked: {result['panic']} (see console.log)")
     if not result.get("done"):
         row.problems.append(f"the VM did not finish its steps (vng exit {result.get('vng_exit')}; see console.log)")
     doc = steps.get("doctor", {})
@@ -515,7 +525,7 @@ def main() -> int:
             here = tests if args.tests_on is None or name in args.tests_on.split(",") else []
             for attempt in range(BOOT_TRIES):
                 booted = boot(kernel, work, snapshot, bin_dir, here, args.time_factor, args.verbose)
-                if booted.get("spoke", True) or attempt + 1 == BOOT_TRIES:
+                if booted.get("spoke", True) or booted.get("panic") or attempt + 1 == BOOT_TRIES:
                     break
                 say(f"{name}: the VM hung before its first step; booting again")
             row = judge(kernel, booted)
