@@ -187,3 +187,23 @@ try:
 except OSError as e:
     print(type(e).__name__)
 """
+
+
+# Keeps one TLS connection open, one request every 50 ms; prints when it breaks.
+LONG_CLIENT = """
+import os, socket, ssl, sys, time
+T = float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1)  # harness.scaled(), in the client
+host, addr, ca = sys.argv[1:4]
+ctx = ssl.create_default_context(cafile=ca)
+with socket.create_connection((addr, 443), timeout=5 * T) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
+    print("open", flush=True)
+    while True:
+        try:
+            tls.sendall(b"GET / HTTP/1.1\\r\\nHost: " + host.encode() + b"\\r\\n\\r\\n")
+            if not tls.recv(4096):
+                raise ConnectionError("closed")
+        except OSError as e:
+            print("cut", type(e).__name__, time.time(), flush=True)
+            break
+        time.sleep(0.05)
+"""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import NETGUARD, Runner, curl
+from harness import LONG_CLIENT, NETGUARD, Runner, curl
 
 from netguard.fleet import checkin
 from netguard.lab import lab as lab_mod
@@ -34,23 +34,6 @@ GHCR_ONLY = 'name = "acme"\nallow = ["ghcr"]\n'
 HUB_ONLY = 'name = "acme"\nallow = ["dockerhub"]\n'
 RESET = 35  # curl: TLS handshake failed (the connection was reset)
 
-# Keeps one TLS connection open, one request every 50 ms; prints when it breaks.
-LONG_CLIENT = """
-import socket, ssl, sys, time
-host, addr, ca = sys.argv[1:4]
-ctx = ssl.create_default_context(cafile=ca)
-with socket.create_connection((addr, 443), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
-    print("open", flush=True)
-    while True:
-        try:
-            tls.sendall(b"GET / HTTP/1.1\\r\\nHost: " + host.encode() + b"\\r\\n\\r\\n")
-            if not tls.recv(4096):
-                raise ConnectionError("closed")
-        except OSError as e:
-            print("cut", type(e).__name__, time.time(), flush=True)
-            break
-        time.sleep(0.05)
-"""
 
 
 @pytest.fixture(scope="module")
