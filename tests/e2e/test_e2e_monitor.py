@@ -7,13 +7,12 @@ pulls fail at once."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2eclients import ALLOWED, BLOCKED, oci_blob, skopeo
-from harness import NETGUARD, Runner, curl
+from harness import NETGUARD, Runner, curl, until
 
 from netguard.lab import registry as rl
 from netguard.lab.policyserver import PolicyServer, Signer, expires_in
@@ -40,15 +39,6 @@ def version_in_force(reg: rl.RegistryLab) -> int | None:
     r = reg.lab.client_run([NETGUARD, "status", "--json"])
     f = json.loads(r.stdout)["fleet"]["in_force"] if r.returncode == 0 else None
     return None if f is None else int(f["version"])
-
-
-def until(predicate: object, limit: float) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"not true within {limit} s")
 
 
 def test_monitor_then_enforce(reg: rl.RegistryLab, org: tuple[PolicyServer, Signer], tmp_path: Path) -> None:

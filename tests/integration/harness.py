@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pytest
+
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
 
@@ -207,3 +209,13 @@ with socket.create_connection((addr, 443), timeout=5 * T) as raw, ctx.wrap_socke
             break
         time.sleep(0.05)
 """
+
+
+def until(predicate: object, limit: float) -> float:
+    """Seconds until predicate() is true; fails the test after `limit` seconds."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if callable(predicate) and predicate():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    pytest.fail(f"not true within {limit} s")

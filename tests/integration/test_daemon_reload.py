@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import LONG_CLIENT, Runner, curl, default_backend, nft_table, scaled
+from harness import LONG_CLIENT, Runner, curl, default_backend, nft_table, scaled, until
 
 from netguard.daemon import nft
 from netguard.lab import lab as lab_mod
@@ -23,16 +23,6 @@ HUB_ONLY = 'name = "hub only"\nallow = ["dockerhub"]\n'
 GHCR_ONLY = 'name = "ghcr only"\nallow = ["ghcr"]\n'
 WITHIN = scaled(1.0)  # a reload takes effect within this (the loop checks the file every 0.25 s)
 
-
-
-def until(predicate: object, limit: float) -> float:
-    """Seconds until predicate() is true; fails the test after `limit` seconds."""
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        if callable(predicate) and predicate():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    pytest.fail(f"not true within {limit} s")
 
 
 @pytest.mark.parametrize("family", [4, 6])

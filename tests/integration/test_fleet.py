@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import LONG_CLIENT, NETGUARD, Runner, curl
+from harness import LONG_CLIENT, NETGUARD, Runner, curl, until
 
 from netguard.fleet import checkin
 from netguard.lab import lab as lab_mod
@@ -100,16 +100,6 @@ def wait_for_version(lab: lab_mod.Lab, version: int, limit: float) -> float:
 
 def pull(lab: lab_mod.Lab) -> subprocess.CompletedProcess[str]:
     return lab.client_run([NETGUARD, "policy", "pull"], timeout=60)
-
-
-def until(predicate: object, limit: float) -> float:
-    """Seconds until predicate() is true; fails the test after `limit` seconds."""
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        if callable(predicate) and predicate():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    pytest.fail(f"not true within {limit} s")
 
 
 def ghcr_allowed(lab: lab_mod.Lab) -> bool:
