@@ -189,12 +189,15 @@ def _wire(bridge: str, ns: str, peer: str, v4: Sequence[str], v6: Sequence[str])
     _ip(ns, "link", "set", "eth0", "up")
 
 
-def python_client_hello(name: str | None) -> bytes:
+def python_client_hello(name: str | None, curve: str | None = None) -> bytes:
     """The TLS record holding the ClientHello that Python's ssl (OpenSSL) sends for `name` (None: no
-    SNI): a real client's bytes for raw senders, tests and benchmarks."""
+    SNI): a real client's bytes for raw senders, tests and benchmarks. `curve`: the only group
+    offered (OpenSSL 3), so the key share is for it (a second hello after a HelloRetryRequest)."""
     ctx = ssl.create_default_context()
     if name is None:
         ctx.check_hostname = False
+    if curve is not None:
+        ctx.set_ecdh_curve(curve)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
     with contextlib.suppress(ssl.SSLWantReadError):

@@ -11,26 +11,14 @@ the second hello and answered it), "alert", "closed", "reset" or "timeout"."""
 
 from __future__ import annotations
 
-import contextlib
+import os
 import socket
-import ssl
 import sys
+
+from netguard.lab.lab import python_client_hello as hello
 
 CCS = b"\x14\x03\x03\x00\x01\x01"
 HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
-
-
-def hello(name: str, curve: str | None = None) -> bytes:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if curve is not None:
-        ctx.set_ecdh_curve(curve)  # OpenSSL 3: the only group, so the key share is for it
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return bytes(outgoing.read())
 
 
 def with_session_id(record: bytes, session_id: bytes) -> bytes:
@@ -54,7 +42,7 @@ def read_some(sock: socket.socket) -> bytes:
 def main(address: str, port: int, first: str, second: str) -> str:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(5)
+    sock.settimeout(5 * float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1))  # harness.scaled()
     try:
         sock.connect((address, port))
         one = hello(first)
