@@ -480,7 +480,14 @@ def gates(environment: Environment) -> tuple[Gate, ...]:
     }
     if kind in meanings:
         out.append(Gate("info", f"{environment.label}: scope", meanings[kind]))
+        out.append(Gate("info", "raw frames", RAW_FRAMES))
     return tuple(out)
+
+
+# What no netfilter-based filter can close (README, Known limits).
+RAW_FRAMES = ("a process with CAP_NET_RAW in netguard's own network namespace (root here) can send frames "
+              "with an AF_PACKET socket, which never cross netfilter: keep root and CAP_NET_RAW from whom the "
+              "policy restricts. A container's frames still cross this namespace's FORWARD chain.")
 
 
 def _present(probes: Mapping[str, Probe], name: str) -> bool | None:
