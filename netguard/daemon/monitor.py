@@ -52,8 +52,9 @@ class Monitor:
             if event is not None and event.source != "dns-answer":
                 self.remember(event)
             return Verdict(Action.ALLOW, event=event, held=held)
-        if action is Action.DROP or action is Action.REWRITE:
+        if action is Action.DROP or (action is Action.REWRITE and event is not None):
             return Verdict(Action.ACCEPT, event=event, held=held)
+        # A REWRITE without an event blocks nothing (a SYN without its Multipath TCP option): as it is.
         # ACCEPT, ALLOW, FOLLOW and HOLD stop nothing: as they are.
         return verdict._replace(held=held) if held != verdict.held else verdict
 

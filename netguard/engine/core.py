@@ -72,6 +72,7 @@ from netguard.engine.packets import (
     replace_udp_payload,
     tcp_checksum_ok,
     tcp_packet,
+    without_tcp_options,
 )
 from netguard.engine.stream import Result, Stream
 from netguard.engine.verdict import ACCEPT, Action, Event, FlowKey, Verdict, decided, event_of, flow_key
@@ -257,6 +258,7 @@ class Stats:
     fail_verdicts: int = 0
     by_limit: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)  # client segments the server would drop, by why
+    multipath_syns: int = 0  # SYNs sent on without their Multipath TCP options
 
 
 class Engine:
@@ -570,6 +572,16 @@ class Engine:
         opts = tcp_options(seg.options) if seg.options else NO_OPTIONS
         if opts.tsval is not None and not answered:
             flow.ts_recent = opts.tsval  # the server's PAWS starts from the SYN's timestamp
+        if opts.multipath:
+            # Multipath TCP (RFC 8684): the server's stack would put together what it reads from
+            # mappings over several subflows, in any order, not from this connection's stream. With
+            # the option gone the server answers as plain TCP and the client falls back (§3.7).
+            rewritten = without_tcp_options(raw, packet, opts.multipath)
+            if rewritten is None:
+                return self._fail(key, now, "a Multipath TCP SYN longer than the queue copies", packet=packet,
+                                  seg=seg)
+            self.stats.multipath_syns += 1
+            return Verdict(Action.REWRITE, payload=rewritten)
         return ACCEPT
 
     def _tcp_data(self, packet: Packet, seg: TcpSegment, flow: _Flow, now: float, raw: bytes,
@@ -870,6 +882,11 @@ class Engine:
     def _synack(self, packet: Packet, seg: TcpSegment, flow: _Flow, now: float) -> Verdict:
         flow.last = now
         opts = tcp_options(seg.options) if seg.options else NO_OPTIONS
+        if opts.multipath:
+            # Its SYN went out without the option (_syn): a server that answers with Multipath TCP
+            # anyway is not one whose reading netguard can follow.
+            return self._fail(flow.key, now, "the server answers with Multipath TCP to a SYN without it",
+                              evasion="multipath", packet=packet, seg=seg, reply=True)
         flow.server_isn = seg.seq
         flow.signs = opts.signed
         syns = flow.syns or {}

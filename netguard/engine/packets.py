@@ -96,6 +96,28 @@ def tcp_checksum_ok(data: bytes, packet: Packet) -> bool:
     return total == 0 and (pseudo or number) != 0
 
 
+def without_tcp_options(data: bytes, packet: Packet, spans: tuple[tuple[int, int], ...]) -> bytes | None:
+    """The same packet, byte for byte, with the TCP options at `spans` ((offset, length) in the
+    options, as TcpOptions gives them) turned into NOPs and the TCP checksum made for the result
+    (a queued packet of this host may carry only the pseudo-header's sum there: checksum offload).
+    None if the queue did not copy the whole packet."""
+    seg = packet.l4
+    if not isinstance(seg, TcpSegment):
+        return None
+    end = int.from_bytes(data[2:4], "big") if packet.version == 4 else 40 + int.from_bytes(data[4:6], "big")
+    size = 20 + len(seg.options) + len(seg.payload)
+    if end > len(data) or end < size:
+        return None
+    start = end - size
+    out = bytearray(data[:end])
+    for offset, length in spans:
+        out[start + 20 + offset : start + 20 + offset + length] = b"\x01" * length
+    out[start + 16 : start + 18] = b"\x00\x00"
+    csum = checksum(_pseudo(packet.version, packet.src, packet.dst, PROTO_TCP, size) + bytes(out[start:]))
+    out[start + 16 : start + 18] = csum.to_bytes(2, "big")
+    return bytes(out)
+
+
 def replace_udp_payload(packet: Packet, payload: bytes) -> bytes:
     """The same UDP packet (addresses, ports, TTL) carrying a new payload."""
     if packet.l4 is None or packet.proto != PROTO_UDP:

@@ -6,8 +6,9 @@ P-256 key shares, so that clients meet a HelloRetryRequest there; the name answe
 server_name the server read (OpenSSL takes the second hello's).
 Every response names the host the client asked for (SNI or Host), so a test can tell that it
 reached the server and which name it used. `CONNECT host:port` is answered 200 and then echoed,
-like a proxy tunnel to nowhere. UDP 443 echoes the first bytes of each datagram (a QUIC
-stand-in). Run it as `python -m netguard.lab.server CERT KEY`.
+like a proxy tunnel to nowhere. MPTCP_PORT serves the same HTTPS on a Multipath TCP socket. UDP
+443 echoes the first bytes of each datagram (a QUIC stand-in). Run it as
+`python -m netguard.lab.server CERT KEY`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ CLIENT_TIMEOUT = 600.0
 # HelloRetryRequest and sends a second ClientHello. (8443 in the same namespace is the policy
 # server's, netguard.lab.policyserver, and the benchmark's.)
 HRR_PORT = 9443
+# HTTPS on a Multipath TCP socket (RFC 8684), as Go 1.24 and later listen by default: a client that
+# asks for Multipath TCP gets it here unless something on the way takes the option out. Plain TCP
+# where the kernel has no MPTCP.
+MPTCP_PORT = 9444
 
 
 class _Buffered:
@@ -100,14 +105,14 @@ def _serve(conn: socket.socket, sni: str | None) -> None:
                          + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
+def _on_sni(conn: ssl.SSLSocket | ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+    # Set once on the shared context; the name goes on the connection it came with (the last one
+    # read: OpenSSL takes the second hello's after a HelloRetryRequest).
+    if name:
+        conn.lab_sni = name  # type: ignore[union-attr]
+
+
 def _tls_client(raw: socket.socket, ctx: ssl.SSLContext) -> None:
-    names: list[str] = []
-
-    def on_sni(_s: ssl.SSLObject, name: str | None, _c: ssl.SSLContext) -> None:
-        if name:
-            names.append(name)
-
-    ctx.sni_callback = on_sni
     try:
         raw.settimeout(CLIENT_TIMEOUT)
         conn = ctx.wrap_socket(raw, server_side=True)
@@ -115,11 +120,16 @@ def _tls_client(raw: socket.socket, ctx: ssl.SSLContext) -> None:
         raw.close()
         return
     with contextlib.suppress(OSError):
-        _serve(conn, names[-1] if names else None)
+        _serve(conn, getattr(conn, "lab_sni", None))
 
 
-def _listen(port: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+def _listen(port: int, mptcp: bool = False) -> socket.socket:
+    s = None
+    if mptcp:
+        with contextlib.suppress(OSError):  # no MPTCP in this kernel (or it is disabled): plain TCP
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
+    if s is None:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.bind(("::", port))
@@ -131,7 +141,8 @@ def _accept_loop(s: socket.socket, ctx: ssl.SSLContext | None) -> None:
     while True:
         conn, _ = s.accept()
         # Small writes (TLS tickets, then the response) must not wait for delayed ACKs (Nagle).
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):  # an MPTCP socket of an older kernel may refuse it
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if ctx is None:
             threading.Thread(target=_plain_client, args=(conn,), daemon=True).start()
         else:
@@ -159,12 +170,15 @@ def main(argv: list[str]) -> None:
     cert, key = argv
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
-    tls, plain, hrr = _listen(443), _listen(80), _listen(HRR_PORT)
+    ctx.sni_callback = _on_sni
+    tls, plain, hrr, mptcp = _listen(443), _listen(80), _listen(HRR_PORT), _listen(MPTCP_PORT, mptcp=True)
     hrr_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     hrr_ctx.load_cert_chain(cert, key)
     hrr_ctx.set_ecdh_curve("prime256v1")  # OpenSSL 3: the server's only group
+    hrr_ctx.sni_callback = _on_sni
     threading.Thread(target=_accept_loop, args=(plain, None), daemon=True).start()
     threading.Thread(target=_accept_loop, args=(hrr, hrr_ctx), daemon=True).start()
+    threading.Thread(target=_accept_loop, args=(mptcp, ctx), daemon=True).start()
     threading.Thread(target=_udp_echo, args=(443,), daemon=True).start()
     print("ready", flush=True)
     _accept_loop(tls, ctx)

@@ -291,15 +291,19 @@ OPT_NOP = 1
 OPT_TIMESTAMP = 8
 OPT_MD5 = 19
 OPT_AO = 29
+OPT_MPTCP = 30  # Multipath TCP, RFC 8684
 
 
 class TcpOptions(NamedTuple):
     """What a receiver's verdict on a segment depends on: its timestamp value (None without a
-    timestamp option) and whether it carries a signature (MD5, RFC 2385, or TCP-AO, RFC 5925).
+    timestamp option), whether it carries a signature (MD5, RFC 2385, or TCP-AO, RFC 5925), and
+    where its Multipath TCP options are, as (offset, length) in the options (with them the server's
+    stack assembles what it reads from mappings and subflows, not from one stream's order).
     (A NamedTuple: one is read for most segments that can decide a flow.)"""
 
     tsval: int | None
     signed: bool
+    multipath: tuple[tuple[int, int], ...] = ()
 
 
 NO_OPTIONS = TcpOptions(None, False)
@@ -324,10 +328,11 @@ def tcp_options(options: bytes) -> TcpOptions:
 
 def _walk_options(options: bytes) -> TcpOptions:
     """tcp_options without its shortcuts for the common shapes."""
-    if OPT_TIMESTAMP not in options and OPT_MD5 not in options and OPT_AO not in options:
+    if OPT_TIMESTAMP not in options and OPT_MD5 not in options and OPT_AO not in options and OPT_MPTCP not in options:
         return NO_OPTIONS  # none of the kinds that matter can be there
     tsval: int | None = None
     signed = False
+    multipath: list[tuple[int, int]] = []
     pos, end = 0, len(options)
     while pos < end:
         kind = options[pos]
@@ -345,5 +350,8 @@ def _walk_options(options: bytes) -> TcpOptions:
             tsval = int.from_bytes(options[pos + 2 : pos + 6], "big")
         elif kind in (OPT_MD5, OPT_AO):
             signed = True
+        elif kind == OPT_MPTCP:
+            multipath.append((pos, size))
         pos += size
-    return TcpOptions(tsval, signed)
+    return TcpOptions(tsval, signed, tuple(multipath))
+

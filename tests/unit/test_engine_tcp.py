@@ -376,6 +376,79 @@ def test_fast_open_data_counts_only_once_the_server_takes_it() -> None:
 COPIED = 4000
 
 
+# -- Multipath TCP (RFC 8684) ------------------------------------------------------------------
+# A server that takes it reads what mappings over subflows put together, not one stream: every SYN
+# goes on without its Multipath TCP options (the client falls back to plain TCP), and a server that
+# answers with it anyway is blocked.
+
+LINUX_SYN = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (123, 0)), ("NOP", None), ("WScale", 7)]
+MP_CAPABLE = (30, bytes([0x01, 0x81]))  # subtype 0, version 1; flags: checksum, HMAC-SHA256 (§3.1)
+MP_JOIN = (30, bytes([0x10, 0x02]) + bytes(range(8)))  # subtype 1, address id 2, token and nonce
+
+
+def layers(packet: bytes, family: int) -> tuple[IP | IPv6, TCP]:
+    parsed = (IP if family == 4 else IPv6)(packet)
+    return parsed, parsed[TCP]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("option", [MP_CAPABLE, MP_JOIN], ids=["mp_capable", "mp_join"])
+def test_a_syn_goes_on_without_its_multipath_options(family: int, option: tuple[int, bytes]) -> None:
+    c, engine = Conn(family), engine_for()
+    syn = c.syn(options=[*LINUX_SYN, option])
+    v = engine.handle(syn, NOW, from_client=True)
+    assert v.action is Action.REWRITE and v.payload is not None and v.event is None
+    ip, tcp = layers(v.payload, family)
+    kinds = [kind for kind, _ in tcp.options]
+    assert 30 not in kinds and "MPTCP" not in kinds, tcp.options
+    # The rest as it was: the same length, the other options, addresses, ports and numbers.
+    assert len(v.payload) == len(syn)
+    before_ip, before = layers(syn, family)
+    assert [o for o in before.options if o[0] not in (30, "MPTCP", "NOP")] == [o for o in tcp.options if o[0] != "NOP"]
+    assert (ip.src, ip.dst, tcp.sport, tcp.dport, tcp.seq, tcp.flags, tcp.window) == (
+        before_ip.src, before_ip.dst, before.sport, before.dport, before.seq, before.flags, before.window)
+    # A checksum scapy agrees with (made afresh: a host's own SYN may carry only a partial sum).
+    want = tcp.chksum
+    del tcp.chksum
+    assert layers(raw(ip), family)[1].chksum == want
+    assert engine.stats.multipath_syns == 1
+
+
+def test_a_syn_with_a_wrong_checksum_gets_a_right_one() -> None:
+    c, engine = Conn(4), engine_for()
+    syn = bytearray(c.syn(options=[*LINUX_SYN, MP_CAPABLE]))
+    syn[20 + 16 : 20 + 18] = b"\x12\x34"  # what checksum offload leaves there: a partial sum
+    v = engine.handle(bytes(syn), NOW, from_client=True)
+    assert v.payload is not None
+    ip, tcp = layers(v.payload, 4)
+    want = tcp.chksum
+    del tcp.chksum
+    assert layers(raw(ip), 4)[1].chksum == want
+
+
+def test_an_ordinary_syn_is_not_rewritten() -> None:
+    c, engine = Conn(4), engine_for()
+    assert engine.handle(c.syn(options=LINUX_SYN), NOW, from_client=True).action is Action.ACCEPT
+    assert engine.stats.multipath_syns == 0
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+def test_a_server_answering_with_multipath_tcp_is_blocked(fail_mode: str) -> None:
+    c, engine = Conn(4), engine_for(f'allow = ["dockerhub"]\nfail_mode = "{fail_mode}"\n')
+    assert engine.handle(c.syn(options=[*LINUX_SYN, MP_CAPABLE]), NOW, from_client=True).action is Action.REWRITE
+    v = engine.handle(c.synack(options=[(30, bytes([0x01, 0x81]) + bytes(8))]), NOW, from_client=False)
+    assert v.action is Action.BLOCK and v.event is not None and not v.event.allowed
+    assert "Multipath TCP" in v.event.reason
+
+
+def test_the_connection_is_read_as_plain_tcp_after_the_rewrite() -> None:
+    c, engine = Conn(4), engine_for()
+    assert engine.handle(c.syn(options=[*LINUX_SYN, MP_CAPABLE]), NOW, from_client=True).action is Action.REWRITE
+    assert engine.handle(c.synack(), NOW, from_client=False).action is Action.ACCEPT
+    v = send(engine, c.data(0, python_client_hello(BLOCKED)))
+    assert v.action is Action.BLOCK and v.event is not None and v.event.host == BLOCKED
+
+
 @pytest.mark.parametrize("family", [4, 6])
 @pytest.mark.parametrize("name", [ALLOWED, BLOCKED])
 def test_a_hello_cut_short_by_the_queue_gets_the_fail_verdict(family: int, name: str) -> None:

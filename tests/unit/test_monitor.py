@@ -57,6 +57,16 @@ def test_dns_answer_passes_unchanged() -> None:
     assert monitor.let_pass(Verdict(Action.DROP)).action is Action.ACCEPT  # unreadable packets pass too
 
 
+def test_a_multipath_syn_is_sent_on_without_the_option_in_monitor_mode_too() -> None:
+    # Taking the option out blocks nothing; it keeps what the engine reads the server's bytes.
+    engine, monitor = Engine(policy()), Monitor()
+    syn = IP(src=CLIENT, dst=SERVER, ttl=64) / TCP(sport=40100, dport=443, flags="S", seq=1000,
+                                                   options=[("MSS", 1460), (30, bytes([0x01, 0x81]))])
+    v = engine.handle(bytes(syn), 1.0, from_client=True)
+    assert v.action is Action.REWRITE and v.payload is not None and v.event is None
+    assert monitor.let_pass(v) is v and monitor.would_block == 0
+
+
 def test_switching_to_enforce_cuts_what_the_new_policy_blocks() -> None:
     engine, monitor = Engine(policy()), Monitor()
     for i, name in enumerate(("ghcr.io", "quay.io")):
