@@ -388,7 +388,7 @@ def run(policy_path: str | None, backend: str | None, policy_url: str | None, tr
     from pathlib import Path
 
     from netguard.daemon import run as daemon
-    from netguard.daemon.firewall import FirewallError
+    from netguard.daemon.firewall import START_LOCK_WAIT, FirewallError, FirewallLocked
     from netguard.daemon.policyfiles import load_catalog
     from netguard.fleet.client import Fleet
     from netguard.fleet.source import SourceError, load_source
@@ -428,6 +428,10 @@ def run(policy_path: str | None, backend: str | None, policy_url: str | None, tr
         code = d.run()
     except daemon.StartError as e:
         click.echo(f"netguard run: {e}", err=True)
+        sys.exit(2)
+    except FirewallLocked as e:
+        click.echo(f"netguard run: another program held the xtables lock for {START_LOCK_WAIT} s ({e}); "
+                   "nothing is enforced: start netguard again once it is done", err=True)
         sys.exit(2)
     except FirewallError as e:
         # The kernel refused the rule set (e.g. --backend nft where it has no nft queue statement).

@@ -702,6 +702,16 @@ class FirewallError(RuntimeError):
         self.family = family
 
 
+class FirewallLocked(FirewallError):
+    """Another program held the xtables lock past the wait: nothing about the kernel, so no fallback
+    (no u32, IPv4 only) may be drawn from it."""
+
+
+# iptables' words when the lock stays held (exit status 4, RESOURCE_PROBLEM; the wording changed
+# between 1.8 releases).
+_LOCK_WORDS = ("xtables lock", "Can't lock /run/xtables.lock")
+
+
 def _argv(ns: str | None, argv: list[str]) -> list[str]:
     return netns.exec_argv(ns, argv) if ns else argv
 
@@ -819,6 +829,8 @@ def apply_preferred(backend: Backend, opts: Options, ns: str | None = None) -> t
     try:
         apply(backend, opts, ns)
         return opts, None
+    except FirewallLocked:
+        raise
     except FirewallError as exc:
         if not (opts.skip_empty or opts.quic_u32 or opts.dns_any_port or opts.reread_hrr):
             raise
@@ -833,7 +845,9 @@ def _restore(backend: Backend, family: Family, text: str | None, ns: str | None,
     r = _call(ns, [tool(backend, family, "restore"), "--noflush", *([] if wait is None else ["--wait", str(wait)])],
               text)
     if r.returncode != 0:
-        raise FirewallError(f"{tool(backend, family, 'restore')}: {r.stderr.strip()}", family)
+        locked = r.returncode == 4 and any(words in r.stderr for words in _LOCK_WORDS)
+        raise (FirewallLocked if locked else FirewallError)(f"{tool(backend, family, 'restore')}: {r.stderr.strip()}",
+                                                            family)
     return True
 
 

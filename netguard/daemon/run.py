@@ -93,7 +93,7 @@ def _apply_fitting(backend: firewall.Backend,
     try:
         return (*firewall.apply_preferred(backend, opts), None)
     except firewall.FirewallError as exc:
-        if exc.family != 6 or opts.families != firewall.FAMILIES:
+        if isinstance(exc, firewall.FirewallLocked) or exc.family != 6 or opts.families != firewall.FAMILIES:
             raise
         v4, no_u32 = firewall.apply_preferred(backend, dataclasses.replace(opts, families=(4,)))
         return v4, no_u32, str(exc).splitlines()[0]

@@ -25,6 +25,7 @@ from harness import (
     scaled,
 )
 
+from netguard.daemon import firewall
 from netguard.lab import lab as lab_mod
 
 pytestmark = pytest.mark.root
@@ -129,7 +130,8 @@ def hold_xtables_lock(seconds: float) -> subprocess.Popen[bytes]:
 
 
 def test_start_and_stop_wait_for_the_xtables_lock(lab: lab_mod.Lab, tmp_path: Path) -> None:
-    held = scaled(2)
+    # Not scaled: what matters is that it stays below the daemon's own wait.
+    held = firewall.START_LOCK_WAIT / 2
     holder = hold_xtables_lock(held)
     try:
         start = time.monotonic()
@@ -141,11 +143,28 @@ def test_start_and_stop_wait_for_the_xtables_lock(lab: lab_mod.Lab, tmp_path: Pa
         _, code, out = curl(lab, BLOCKED, 4)
         assert code == 35 and "reset" in out.lower(), out
     finally:
-        holder = hold_xtables_lock(held)
+        holder = hold_xtables_lock(STOP_TIMEOUT / 3)  # the stop waits for it, within its own time
         try:
             assert runner.stop(signal.SIGTERM) == 0, runner.stderr()
         finally:
             holder.wait()
+    assert netguard_rules(lab) == []
+
+
+def test_a_lock_held_past_the_wait_is_named_and_not_taken_for_a_kernel_without_u32(lab: lab_mod.Lab,
+                                                                                   tmp_path: Path) -> None:
+    holder = hold_xtables_lock(2 * firewall.START_LOCK_WAIT + scaled(10))
+    try:
+        runner = Runner(lab, tmp_path, args=("--backend", "iptables-legacy")).start(wait=False)
+        assert runner.proc is not None
+        # One wait for the rules; a second where stale rules are left to remove on the way out.
+        assert runner.proc.wait(timeout=2 * firewall.START_LOCK_WAIT + scaled(8)) == 2, runner.stderr()
+    finally:
+        holder.kill()
+        holder.wait()
+    err = runner.stderr()
+    assert "another program held the xtables lock" in err and "Traceback" not in err, err
+    assert "u32" not in err and "IPv4 only" not in err, err  # no fallback drawn from a busy lock
     assert netguard_rules(lab) == []
 
 
