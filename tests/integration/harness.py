@@ -3,6 +3,7 @@ a lab's client namespace, started and stopped by PID, and readers of the namespa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -219,3 +221,22 @@ def until(predicate: object, limit: float) -> float:
             return time.monotonic() - start
         time.sleep(0.02)
     pytest.fail(f"not true within {limit} s")
+
+
+# The kernel's resets to hand-made connections' replies (a raw socket's, no socket behind them).
+RESET_DROP = ["OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "--dport", "443", "-j", "DROP"]
+
+
+@contextlib.contextmanager
+def daemon_for_raw_clients(lab: lab_mod.Lab, workdir: Path, backend: str) -> Iterator[Runner]:
+    """netguard with `backend`, the client namespace's own resets (RESET_DROP) dropped while it runs:
+    for tests whose clients send hand-made segments from raw sockets."""
+    runner = Runner(lab, workdir, args=("--backend", backend)).start()
+    for tool in ("iptables", "ip6tables"):
+        netns.run(lab.client, [tool, "-t", "raw", "-A", *RESET_DROP])
+    try:
+        yield runner
+    finally:
+        for tool in ("iptables", "ip6tables"):
+            netns.run(lab.client, [tool, "-t", "raw", "-D", *RESET_DROP], check=False)
+        assert runner.stop() == 0

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Runner, scaled
+from harness import Runner, daemon_for_raw_clients, scaled
 
 from netguard.daemon import firewall, netns
 from netguard.lab import lab as lab_mod
@@ -21,23 +21,14 @@ pytestmark = pytest.mark.root
 ALLOWED, BLOCKED = "registry-1.docker.io", "ghcr.io"
 SEGMENTS = str(Path(__file__).with_name("segments.py"))
 RAWHELLO = str(Path(__file__).with_name("rawhello.py"))
-# The kernel's resets to the hand-made connections' replies (no socket behind them) are dropped.
-RESET_DROP = ["OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "--dport", "443", "-j", "DROP"]
 
 
 @pytest.fixture(scope="module", params=firewall.IPTABLES_BACKENDS)
 def daemon(lab: lab_mod.Lab, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
     backend = request.param
-    runner = Runner(lab, tmp_path_factory.mktemp("empty"), args=("--backend", backend)).start()
-    for tool in ("iptables", "ip6tables"):
-        netns.run(lab.client, [tool, "-t", "raw", "-A", *RESET_DROP])
-    try:
+    with daemon_for_raw_clients(lab, tmp_path_factory.mktemp("empty"), backend) as runner:
         yield runner
-    finally:
-        for tool in ("iptables", "ip6tables"):
-            netns.run(lab.client, [tool, "-t", "raw", "-D", *RESET_DROP], check=False)
-        assert runner.stop() == 0
 
 
 def backend_of(runner: Runner) -> firewall.Backend:

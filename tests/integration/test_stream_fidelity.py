@@ -15,17 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import NETGUARD, Runner, backends_here, curl
+from harness import NETGUARD, Runner, backends_here, curl, daemon_for_raw_clients
 
-from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
 
 pytestmark = pytest.mark.root
 
 ALLOWED, BLOCKED = "registry-1.docker.io", "ghcr.io"
 DECOY = str(Path(__file__).with_name("decoy.py"))
-# The kernel's resets to the hand-made connections' replies (no socket behind them) are dropped.
-RESET_DROP = ["OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "--dport", "443", "-j", "DROP"]
 # Decoys the lab server drops (or tricks it ignores), each followed by the real hello.
 # Seconds an idle client lets TCP keepalive probes run (TCP_KEEPIDLE = TCP_KEEPINTVL = 1 s: six).
 KEEPALIVE_WAIT = 6.5
@@ -80,15 +77,8 @@ except OSError as e:
 @pytest.fixture(scope="module", params=backends_here())
 def daemon(lab: lab_mod.Lab, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
-    runner = Runner(lab, tmp_path_factory.mktemp("fidelity"), args=("--backend", request.param)).start()
-    for tool in ("iptables", "ip6tables"):
-        netns.run(lab.client, [tool, "-t", "raw", "-A", *RESET_DROP])
-    try:
+    with daemon_for_raw_clients(lab, tmp_path_factory.mktemp("fidelity"), request.param) as runner:
         yield runner
-    finally:
-        for tool in ("iptables", "ip6tables"):
-            netns.run(lab.client, [tool, "-t", "raw", "-D", *RESET_DROP], check=False)
-        assert runner.stop() == 0
 
 
 def client(lab: lab_mod.Lab, code: str, *args: str) -> dict[str, str]:
