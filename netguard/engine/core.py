@@ -187,6 +187,18 @@ class _Flow:
     ts_recent: int | None = None
     wire: int = 0
     names: tuple[tuple[str, str, int], ...] = ()  # allowed so far: host, source, port (the last MAX_JUDGED)
+    pending: _Pending | None = None  # allowed by its bytes, until the server acknowledges them
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An allow decision waiting for the server's TCP to acknowledge the bytes it was read from."""
+
+    end: int  # the sequence number just past the bytes read (the naming bytes and what came with them)
+    decision: Decision
+    source: str
+    tls_next: tuple[int, bytes] | None
+    policy: Policy  # the policy it was decided under (a reload decides again at confirmation)
 
 
 @dataclass(slots=True)
@@ -279,6 +291,11 @@ class Engine:
         # client bytes before it cannot be bytes the server took. Off for callers that only have the
         # client's packets (tests, a capture of one direction).
         self.sees_replies = False
+        # An allow read from a TCP flow's client bytes becomes final only when a server segment
+        # acknowledges those bytes (_confirm): a segment the server's stack drops (for any reason)
+        # must not decide an allow. Needs every server segment of undecided flows queued (the daemon's
+        # rules, NETGUARD-REPLY); off for callers that only have the client's packets.
+        self.awaits_server = False
         # Checksums are verified where a segment could decide (NFQUEUE hands over complete ones). Off
         # for a capture taken on the sending host, which shows checksums before the NIC fills them in.
         self.checks_checksums = True
@@ -327,7 +344,7 @@ class Engine:
                     if following is not None:
                         return following
                 elif from_client is not True and self._is_reply(key, l4, from_client):
-                    return self._tcp_reply(packet, l4, key.reply(), now)
+                    return self._tcp_reply(packet, l4, key.reply(), now, data, fitted is data)
                 return self._tcp(packet, l4, key, now, data, fitted is data)
             return self._udp(l4, key, now, cut=fitted is not data)
         except ParseError as exc:
@@ -381,17 +398,9 @@ class Engine:
         for key, r in list(self._decided.items()):
             if not r.allowed:
                 continue
-            d: Decision | None = None
-            source = ""
             # Every name the flow was judged by: a tunnel's target and the names inside it, the last
             # hosts of a kept-alive HTTP connection.
-            for host, was, port in (*r.more, (r.host, r.source, r.port)):
-                if host is not None and was not in ("dns-table", "address"):
-                    d, source = self._decide_found(classify.Found(host, was, port), key, now)
-                else:
-                    d, source = self._decide_address(key, now)
-                if d is not None and not d.allowed:
-                    break
+            d, source = self._judge_again(key, (*r.more, (r.host, r.source, r.port)), now)
             if (d is None or d.allowed) and key in self._quic:
                 # Every QUIC connection this flow opened, not only the first.
                 for found in self._quic[key].reader.found():
@@ -458,7 +467,10 @@ class Engine:
             key = flow.key
             del self._flows[key]
             if flow.stream is not None and flow.stream.has_data():
-                verdict = self._fail(key, now, f"no name after {now - flow.last:.0f} s idle", limit="idle")
+                why = (f"no name after {now - flow.last:.0f} s idle" if flow.pending is None else
+                       f"the server did not acknowledge the bytes that named {flow.pending.decision.host} "
+                       f"after {now - flow.last:.0f} s idle")
+                verdict = self._fail(key, now, why, limit="idle")
                 remembered = self._decided.get(key)
                 if remembered is not None:
                     remembered.event = verdict.event
@@ -523,7 +535,7 @@ class Engine:
         flow.last = now
         self._flows.move_to_end(key)
         flow.wire += _ip_length(raw)
-        if flow.wire > MAX_FLOW_WIRE_BYTES:
+        if flow.wire > MAX_FLOW_WIRE_BYTES and flow.pending is None:
             return self._fail(key, now, f"no name in the first {MAX_FLOW_WIRE_BYTES} bytes of packets "
                               "(retransmitted copies count)", limit="bytes", packet=packet, seg=seg)
         if not seg.payload and not seg.flags & URG:
@@ -605,6 +617,8 @@ class Engine:
                               "the stream", packet=packet, seg=seg)
         if not seg.payload:
             return ACCEPT
+        if flow.pending is not None:
+            return self._pending_data(flow, flow.pending, stream, seg, now, packet, whole)
         in_order = (seg.seq - stream.base) & 0xFFFFFFFF <= len(stream.prefix)
         result = stream.add(seg.seq, seg.payload)
         if result is Result.CONFLICT:
@@ -618,6 +632,23 @@ class Engine:
         verdict = self._read(flow, now, packet, seg)
         return verdict if whole else self._cut_short(flow.key, now, _ip_length(raw) - len(raw), packet, seg, verdict)
 
+    def _pending_data(self, flow: _Flow, pending: _Pending, stream: Stream, seg: TcpSegment, now: float,
+                      packet: Packet, whole: bool) -> Verdict:
+        """A client segment of a flow allowed by bytes the server has not acknowledged yet: the part
+        that covers those bytes must carry the same bytes (else the server may take other bytes than
+        the ones judged: a decoy it dropped, then the real ones); what lies beyond is not read (the
+        name is known; TLS early data, the rest of a request) and costs no budget."""
+        upto = (pending.end - seg.seq) & 0xFFFFFFFF
+        if upto == 0 or upto >= 0x80000000:
+            return ACCEPT  # wholly past the judged bytes
+        if not whole and len(seg.payload) < upto:
+            return self._fail(flow.key, now, "a segment over the judged bytes longer than the queue copies",
+                              packet=packet, seg=seg)
+        if stream.add(seg.seq, seg.payload[:upto]) is not Result.OK:
+            return self._fail(flow.key, now, "overlapping TCP segments carry different bytes", evasion="overlap",
+                              packet=packet, seg=seg)
+        return ACCEPT
+
     def _cut_short(self, key: FlowKey, now: float, unseen: int, packet: Packet, seg: TcpSegment,
                    verdict: Verdict) -> Verdict:
         """After reading a segment the queue copied only in part (its last `unseen` payload bytes are
@@ -625,7 +656,8 @@ class Engine:
         cannot be read on (the name may lie in those bytes, and the server's answer to them would
         make it judged by address), so it gets the fail verdict; a flow that became followed goes on
         only if they fall inside a body being skipped."""
-        if key in self._flows:
+        flow = self._flows.get(key)
+        if flow is not None and flow.pending is None:  # (pending: the bytes not copied lie past the judged ones)
             return self._fail(key, now, f"{unseen} bytes of a segment not copied before a name was found",
                               packet=packet, seg=seg)
         state = self._following.get(key)
@@ -815,7 +847,8 @@ class Engine:
 
     # -- TCP server packets -------------------------------------------------------------------
 
-    def _tcp_reply(self, packet: Packet, seg: TcpSegment, ckey: FlowKey, now: float) -> Verdict:
+    def _tcp_reply(self, packet: Packet, seg: TcpSegment, ckey: FlowKey, now: float, raw: bytes,
+                   whole: bool) -> Verdict:
         """A packet from the server of the client flow `ckey`."""
         known = self._decided.get(ckey)
         if known is not None:
@@ -832,6 +865,8 @@ class Engine:
                 return self._synack(packet, seg, flow, now)
             except ParseError as exc:
                 return self._fail(ckey, now, f"unreadable client bytes: {exc}", packet=packet, seg=seg, reply=True)
+        if flow is not None and flow.pending is not None:
+            return self._confirm(packet, seg, flow, flow.pending, now, raw, whole)
         if not seg.payload or seg.flags & RST:
             return ACCEPT
         if flow is not None and flow.reader is not None and flow.reader.waits_for_server:
@@ -860,6 +895,38 @@ class Engine:
         if d is None:
             d, source = self._decide_address(ckey, now)
         return self._finish(flow, now, d, source, packet=packet, seg=seg, reply=True)
+
+    def _confirm(self, packet: Packet, seg: TcpSegment, flow: _Flow, pending: _Pending, now: float, raw: bytes,
+                 whole: bool) -> Verdict:
+        """A server segment of a flow allowed by client bytes not yet acknowledged: one that acknowledges
+        them (its TCP took them, and every client segment that carried them was queued and compared)
+        makes the allow final, with its event; others pass and the flow keeps waiting."""
+        flow.last = now
+        if seg.flags & RST or not seg.flags & ACK or _before(seg.ack, pending.end):
+            return ACCEPT
+        if self.checks_checksums and whole and not tcp_checksum_ok(raw, packet):
+            return ACCEPT  # the client's stack drops it: no evidence
+        flow.pending = None
+        d: Decision | None = pending.decision
+        source = pending.source
+        if pending.policy is not self.policy:  # reloaded meanwhile: every name of the flow again
+            d, source = self._judge_again(flow.key, (*flow.names, (pending.decision.host, source,
+                                                                    pending.decision.port or flow.key.dport)), now)
+        return self._finish(flow, now, d, source, packet, seg, pending.tls_next, reply=True)
+
+    def _judge_again(self, key: FlowKey, names: tuple[tuple[str | None, str, int], ...],
+                     now: float) -> tuple[Decision | None, str]:
+        """The names a flow was judged by, judged under the policy in force: the first block, else the last."""
+        d: Decision | None = None
+        source = ""
+        for host, was, port in names:
+            if host is not None and was not in ("dns-table", "address"):
+                d, source = self._decide_found(classify.Found(host, was, port), key, now)
+            else:
+                d, source = self._decide_address(key, now)
+            if d is not None and not d.allowed:
+                break
+        return d, source
 
     def _dns_synack(self, packet: Packet, seg: TcpSegment, ckey: FlowKey, now: float) -> None:
         # A DNS server's SYN-ACK is also that of the client flow netguard reads (a query over TCP).
@@ -1148,6 +1215,12 @@ class Engine:
         a HelloRetryRequest is read. `reply`: a server packet decided it."""
         if d is None:
             return self._fail(flow.key, now, f"invalid name from {source}", packet=packet, seg=seg, reply=reply)
+        if d.allowed and not reply and self.awaits_server and isinstance(flow, _Flow) and flow.stream is not None:
+            # Final once the server acknowledges the bytes read (_confirm); till then the flow stays
+            # undecided in the kernel, so every client segment that could cover them is still compared.
+            end = (flow.stream.base + len(flow.stream.prefix)) & 0xFFFFFFFF
+            flow.pending = _Pending(end, d, source, tls_next, self.policy)
+            return ACCEPT
         self._flows.pop(flow.key, None)
         if self._following:
             self._following.pop(flow.key, None)
