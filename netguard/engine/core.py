@@ -15,6 +15,14 @@ Strategy: five kinds of packets arrive (the firewall rules send nothing else):
   in answers naming a blocked host and never for this name (an address conflict: a hosts-file remap,
   TLS without verification, domain fronting); without a name, the destination address decides
   through the names learned from DNS.
+  A block is final at once. An allow read from client bytes is final only when the server's TCP
+  shows it took those bytes (`awaits_server`, set by the daemon): the deciding packet passes without
+  the allowed mark, the flow stays undecided in the kernel (its client segments still queued, each
+  compared with the judged bytes: different bytes over them are the overlap evasion), and the first
+  server segment whose ACK covers them makes the allow final and carries its event. So a segment the
+  server drops, for a reason netguard models (below) or one it cannot see (a timestamp made old by a
+  data-less ACK that stayed in the kernel), never decides an allow. Bytes past the judged ones are
+  not read and cost no budget. (Followed flows, below, are still allowed at once.)
   A decided flow is remembered (bounded) so packets already queued behind the deciding one get the
   same verdict, and so a policy reload can find open flows that became blocked.
 - QUIC long-header datagrams, on any UDP port, of undecided flows and of flows already allowed
@@ -26,8 +34,9 @@ Strategy: five kinds of packets arrive (the firewall rules send nothing else):
   version netguard cannot read, or one cut short by the queue's copy, gets the fail verdict for
   that datagram alone (DROP when closed), so a client may retry with v1 or v2 on the same socket.
 - Server packets of undecided TCP flows: the SYN-ACK (which SYN the server took, its sequence
-  numbers, whether it signs) and payload. Payload from the server means it speaks first (SSH, SMTP):
-  the name will never come from the client, so the flow is judged by address, unless the reader is
+  numbers, whether it signs), data-less segments (the ACK that confirms a pending allow) and
+  payload. Payload from the server (of a flow with no pending allow) means it speaks first (SSH,
+  SMTP): the name will never come from the client, so the flow is judged by address, unless the reader is
   in the middle of a protocol that waits for the server (`Reader.waits_for_server`) or the payload is
   an HTTP/2 server's SETTINGS before the client's preface (an h2c server sends it as it accepts). Data-less
   client segments never decide anything.
