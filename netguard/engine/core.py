@@ -175,6 +175,12 @@ MAX_DNS_TCP_STREAMS = 1024
 # 600 bytes an entry (the decision's strings), so at most about 0.6 MB.
 MAX_CACHED_DECISIONS = 1024
 
+# Server packets of an undecided TCP flow the firewall queues (firewall.REPLY_WINDOW_PACKETS, every
+# packet counted, the SYN-ACK too): a pending allow whose server sent that many without acknowledging
+# the judged bytes can no longer be confirmed (the next ones stay in the kernel), so the last one
+# gets the fail verdict rather than the flow waiting for the kernel's byte window.
+REPLY_WINDOW_PACKETS = 32
+
 EDE_PREFIX = "netguard"
 DROP = Verdict(Action.DROP)
 
@@ -197,6 +203,7 @@ class _Flow:
     wire: int = 0
     names: tuple[tuple[str, str, int], ...] = ()  # allowed so far: host, source, port (the last MAX_JUDGED)
     pending: _Pending | None = None  # allowed by its bytes, until the server acknowledges them
+    replies: int = 0  # server packets seen (the firewall queues the first REPLY_WINDOW_PACKETS)
 
 
 @dataclass(slots=True)
@@ -867,6 +874,8 @@ class Engine:
                 return Verdict(Action.FOLLOW, event=event)
             return Verdict(Action.ALLOW if known.allowed else Action.BLOCK, event=event)
         flow = self._flows.get(ckey)
+        if flow is not None:
+            flow.replies += 1
         if seg.flags & SYN:
             if flow is None or not seg.flags & ACK:
                 return ACCEPT
@@ -911,10 +920,15 @@ class Engine:
         them (its TCP took them, and every client segment that carried them was queued and compared)
         makes the allow final, with its event; others pass and the flow keeps waiting."""
         flow.last = now
-        if seg.flags & RST or not seg.flags & ACK or _before(seg.ack, pending.end):
+        if (seg.flags & RST or not seg.flags & ACK or _before(seg.ack, pending.end)
+                or (self.checks_checksums and whole and not tcp_checksum_ok(raw, packet))):
+            # No evidence (a reset need not end the connection: Linux answers a bad segment in
+            # SYN-RECEIVED with one and keeps it; the client's stack drops a bad checksum).
+            if flow.replies >= REPLY_WINDOW_PACKETS and not seg.flags & RST:
+                return self._fail(flow.key, now, f"the server sent {flow.replies} packets and none acknowledged "
+                                  f"the bytes that named {pending.decision.host}", limit="replies", packet=packet,
+                                  seg=seg, reply=True)
             return ACCEPT
-        if self.checks_checksums and whole and not tcp_checksum_ok(raw, packet):
-            return ACCEPT  # the client's stack drops it: no evidence
         flow.pending = None
         d: Decision | None = pending.decision
         source = pending.source

@@ -814,6 +814,17 @@ def test_server_segments_that_prove_nothing_do_not_confirm() -> None:
     assert decided(reply(engine, server_ack(c, len(hello))), Action.ALLOW, ALLOWED)
 
 
+def test_a_pending_allow_past_the_queued_server_packets_gets_the_fail_verdict() -> None:
+    # Past firewall.REPLY_WINDOW_PACKETS the server's packets stay in the kernel: none could confirm.
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)  # the SYN-ACK is the first
+    hello = python_client_hello(ALLOWED)
+    assert send(engine, c.data(0, hello)).action is Action.ACCEPT
+    for _ in range(core.REPLY_WINDOW_PACKETS - 2):
+        assert reply(engine, server_ack(c, 0)).action is Action.ACCEPT
+    v = reply(engine, server_ack(c, 0))
+    assert v.action is Action.BLOCK and v.event is not None and "none acknowledged" in v.event.reason
+
 def test_a_blocked_name_blocks_at_once() -> None:
     c, engine = Conn(), daemon_engine()
     opened(engine, c)

@@ -48,6 +48,8 @@ def test_the_engine_decides_inside_the_window() -> None:
     # for one more write counted whole (a GSO packet of 64 KiB).
     assert core.MAX_FLOW_WIRE_BYTES + 65536 + 1500 <= firewall.TCP_WINDOW_BYTES
     assert core.MAX_FLOW_BYTES < core.MAX_FLOW_WIRE_BYTES
+    # A pending allow waits for a server packet the rules still queue.
+    assert core.REPLY_WINDOW_PACKETS == firewall.REPLY_WINDOW_PACKETS
 
 
 def test_what_is_queued() -> None:
