@@ -625,12 +625,15 @@ def _socks5_request(host: str, port: int) -> bytes:
     return b"\x05\x01\x00\x03" + bytes([len(host)]) + host.encode() + port.to_bytes(2, "big")
 
 
+@pytest.mark.parametrize("awaits", [False, True])
 @pytest.mark.parametrize("inner, action", [(ALLOWED, Action.ALLOW), (BLOCKED, Action.BLOCK)])
-def test_a_socks5_proxys_answers_do_not_decide_the_flow(inner: str, action: Action) -> None:
+def test_a_socks5_proxys_answers_do_not_decide_the_flow(inner: str, action: Action, awaits: bool) -> None:
     # The real reader (not a stub): after its method list and after its request the client waits
     # for the proxy; the proxy's answers are no sign of a server that speaks first (which would
-    # judge the flow by the proxy's address: unknown_hosts = "deny" here).
+    # judge the flow by the proxy's address: unknown_hosts = "deny" here). As the daemon runs it
+    # (awaits), the tunnel's allowed hello is final once the proxy acknowledges it.
     c, engine = Conn(dport=1080), engine_for('allow = ["dockerhub"]\nunknown_hosts = "deny"\n')
+    engine.awaits_server = awaits
     opened(engine, c)
     assert send(engine, c.data(0, b"\x05\x01\x00")).action is Action.ACCEPT
     assert engine.handle(c.server_data(b"\x05\x00"), NOW, from_client=False).action is Action.ACCEPT
@@ -640,7 +643,11 @@ def test_a_socks5_proxys_answers_do_not_decide_the_flow(inner: str, action: Acti
     reply = b"\x05\x00\x00\x01" + bytes(6)
     assert engine.handle(c.server_data(reply, 2), NOW, from_client=False).action is Action.ACCEPT
     assert engine.undecided == 1
-    v = send(engine, c.data(3 + len(request), python_client_hello(inner)))
+    hello = python_client_hello(inner)
+    v = send(engine, c.data(3 + len(request), hello))
+    if awaits and action is Action.ALLOW:
+        assert v == Verdict(Action.ACCEPT) and engine.undecided == 1
+        v = engine.handle(server_ack(c, 3 + len(request) + len(hello)), NOW, from_client=False)
     assert decided(v, action, inner) and v.event is not None and v.event.source == "tunnel-sni"
 
 
