@@ -922,10 +922,20 @@ class Engine:
         # queue with the partial sum the sender's stack left for a NIC to finish. One that arrives
         # on loopback from an address that is not local was made on this host and is never queued,
         # see firewall.py.)
-        if seg.flags & RST or not seg.flags & ACK or _before(seg.ack, pending.end):
-            # No evidence (a reset need not end the connection: Linux answers a bad segment in
-            # SYN-RECEIVED with one and keeps it).
-            if flow.replies >= REPLY_WINDOW_PACKETS and not seg.flags & RST:
+        if seg.flags & RST:
+            # No evidence either way (Linux answers a bad segment in SYN-RECEIVED with a reset and
+            # keeps the connection; mostly it has none). The judged bytes are forgotten, not where
+            # they start: whatever the client sends next is read from the stream's start again, so
+            # a server that took nothing reads nothing unjudged (and a table of flows no server will
+            # ever acknowledge does not fill).
+            del self._flows[flow.key]
+            if flow.stream is not None:
+                self._bases[flow.key] = (flow.stream.base, flow.server_isn)
+                while len(self._bases) > MAX_DECIDED:
+                    self._bases.popitem(last=False)
+            return ACCEPT
+        if not seg.flags & ACK or _before(seg.ack, pending.end):
+            if flow.replies >= REPLY_WINDOW_PACKETS:
                 return self._fail(flow.key, now, f"the server sent {flow.replies} packets and none acknowledged "
                                   f"the bytes that named {pending.decision.host}", limit="replies", packet=packet,
                                   seg=seg, reply=True)

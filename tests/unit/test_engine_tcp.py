@@ -813,9 +813,8 @@ def test_server_segments_that_prove_nothing_do_not_confirm() -> None:
     opened(engine, c)
     hello = python_client_hello(ALLOWED)
     assert send(engine, c.data(0, hello)).action is Action.ACCEPT
-    # Payload acknowledging less than the hello; a reset; no ACK flag.
-    for packet in (server_ack(c, len(hello) - 1, b"banner", "PA"), server_ack(c, len(hello), flags="RA"),
-                   server_ack(c, len(hello), b"x", "P")):
+    # Payload acknowledging less than the hello; no ACK flag.
+    for packet in (server_ack(c, len(hello) - 1, b"banner", "PA"), server_ack(c, len(hello), b"x", "P")):
         assert reply(engine, packet) == Verdict(Action.ACCEPT)
     assert engine.undecided == 1 and engine.stats.allowed == 0
     assert decided(reply(engine, server_ack(c, len(hello))), Action.ALLOW, ALLOWED)
@@ -831,6 +830,24 @@ def test_a_pending_allow_past_the_queued_server_packets_gets_the_fail_verdict() 
         assert reply(engine, server_ack(c, 0)).action is Action.ACCEPT
     v = reply(engine, server_ack(c, 0))
     assert v.action is Action.BLOCK and v.event is not None and "none acknowledged" in v.event.reason
+
+@pytest.mark.parametrize("then, action", [(ALLOWED, Action.ALLOW), (BLOCKED, Action.BLOCK)])
+def test_a_server_reset_forgets_the_judged_bytes_and_the_stream_is_read_from_its_start(then: str,
+                                                                                     action: Action) -> None:
+    # Linux answers a bad segment in SYN-RECEIVED with a reset and keeps the connection: what the
+    # client sends next may be other bytes at the same place; they are read as the stream's start.
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)
+    assert send(engine, c.data(0, python_client_hello(ALLOWED))).action is Action.ACCEPT
+    assert reply(engine, server_ack(c, 0, flags="RA")) == Verdict(Action.ACCEPT)
+    assert engine.undecided == 0
+    hello = python_client_hello(then)
+    v = send(engine, c.data(0, hello))
+    if action is Action.ALLOW:
+        assert v == Verdict(Action.ACCEPT)
+        v = reply(engine, server_ack(c, len(hello)))
+    assert decided(v, action, then)
+
 
 def test_a_blocked_name_blocks_at_once() -> None:
     c, engine = Conn(), daemon_engine()
