@@ -348,8 +348,11 @@ class Engine:
         answer = not followed and from_client is not True and self._is_dns_answer(key, l4, from_client)
         try:
             if answer:
-                if isinstance(l4, TcpSegment) and l4.sport == 53 and l4.flags & (SYN | ACK) == SYN | ACK:
-                    self._dns_synack(packet, l4, key.reply(), now)
+                if isinstance(l4, TcpSegment) and l4.sport == 53:
+                    if l4.flags & (SYN | ACK) == SYN | ACK:
+                        self._dns_synack(packet, l4, key.reply(), now)
+                    else:
+                        self._dns_server_ack(packet, l4, key.reply(), now)
                 return self._dns(packet, key, now)
             if isinstance(l4, TcpSegment):
                 if followed or key in self._following:
@@ -961,6 +964,19 @@ class Engine:
             if d is not None and not d.allowed:
                 break
         return d, source
+
+    def _dns_server_ack(self, packet: Packet, seg: TcpSegment, ckey: FlowKey, now: float) -> None:
+        # A DNS server's segment is also that of a client flow to port 53 (queries over TCP) with a
+        # pending allow: it may confirm it. The answer keeps its own verdict (a DNS answer is never
+        # repeated with a flow's mark), so the decision is told with the client's next packet.
+        flow = self._flows.get(ckey)
+        if flow is None or flow.pending is None:
+            return
+        flow.replies += 1
+        verdict = self._confirm(packet, seg, flow, flow.pending, now)
+        remembered = self._decided.get(ckey)
+        if remembered is not None and verdict.event is not None:
+            remembered.event = verdict.event
 
     def _dns_synack(self, packet: Packet, seg: TcpSegment, ckey: FlowKey, now: float) -> None:
         # A DNS server's SYN-ACK is also that of the client flow netguard reads (a query over TCP).

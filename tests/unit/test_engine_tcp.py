@@ -618,6 +618,20 @@ def test_a_query_over_tcp_to_port_53_is_read_after_the_dns_servers_syn_ack() -> 
     assert engine.stats.dropped == {}
 
 
+def test_a_query_over_tcp_to_port_53_is_confirmed_by_the_dns_servers_answer() -> None:
+    # The answer goes through the DNS path (its own verdict); it also confirms the client flow, whose
+    # next packet carries the allowed mark and the event.
+    c, engine = Conn(dport=53), daemon_engine()
+    opened(engine, c)
+    query = b"\x00\x1c" + bytes(28)
+    assert send(engine, c.data(0, query)) == Verdict(Action.ACCEPT)
+    answer = server_ack(c, len(query), b"\x00\x0c" + bytes(12), "PA")
+    assert engine.handle(answer, NOW, from_client=None).action is Action.ACCEPT
+    assert engine.undecided == 0
+    v = send(engine, c.data(len(query), query))
+    assert v.action is Action.ALLOW and v.event is not None and v.event.source == "address"
+
+
 # -- proxies: the server's answers in a negotiation, followed flows ------------------------------------
 
 
