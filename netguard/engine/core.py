@@ -997,12 +997,13 @@ class Engine:
         if isn is None:
             # A SYN netguard did not see: the server takes client bytes from its acknowledgment on.
             if flow.stream is None or not flow.stream.has_data():
-                flow.stream, flow.reader = Stream(seg.ack, MAX_FLOW_BYTES), None
+                flow.stream, flow.reader, flow.pending = Stream(seg.ack, MAX_FLOW_BYTES), None, None
             return ACCEPT
         base = (isn + 1) & 0xFFFFFFFF
         if flow.stream is None or flow.stream.base != base:
-            # It took another SYN than the one netguard reads from (the old connection is gone).
-            flow.stream, flow.reader = Stream(base, MAX_FLOW_BYTES), None
+            # It took another SYN than the one netguard reads from (the old connection is gone, and
+            # an allow read from its bytes with it).
+            flow.stream, flow.reader, flow.pending = Stream(base, MAX_FLOW_BYTES), None, None
         taken = syns[isn][:(seg.ack - base) & 0xFFFFFFFF]
         syns[isn] = b""
         if not taken:

@@ -863,6 +863,17 @@ def test_a_server_reset_forgets_the_judged_bytes_and_the_stream_is_read_from_its
     assert decided(v, action, then)
 
 
+def test_a_syn_ack_for_another_syn_ends_a_pending_allow() -> None:
+    # The server took a later SYN (another ISN): the judged bytes were the old connection's.
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)
+    assert send(engine, c.data(0, python_client_hello(ALLOWED))).action is Action.ACCEPT
+    other = Conn(isn=50_000)
+    assert send(engine, other.syn()).action is Action.ACCEPT
+    assert reply(engine, other.synack()).action is Action.ACCEPT
+    assert decided(send(engine, other.data(0, python_client_hello(BLOCKED))), Action.BLOCK, BLOCKED)
+
+
 def test_a_blocked_name_blocks_at_once() -> None:
     c, engine = Conn(), daemon_engine()
     opened(engine, c)
