@@ -58,8 +58,12 @@ ports is not read.
 Server packets (NETGUARD-REPLY, from NETGUARD-DNS on INPUT and FORWARD): the reply direction of an
 undecided TCP flow, its first REPLY_WINDOW_PACKETS packets: the SYN-ACK (which SYN the server took,
 its sequence numbers, whether it signs: what the engine needs to know which client segments the
-server accepts) and payload (a server that speaks first, SSH or SMTP, makes the engine judge the flow
-by address). With u32, data-less server segments stay in the kernel. A server packet arriving on the
+server accepts), payload (a server that speaks first, SSH or SMTP, makes the engine judge the flow
+by address) and data-less segments: an allow read from the client's bytes becomes final only when a
+server segment acknowledges those bytes (engine.core._confirm; until then the flow stays undecided and
+its client segments queued, so a decoy the server dropped cannot decide it), and that segment carries
+the allowed mark. An ordinary TLS connection so queues one server packet after its ClientHello (the
+server's ACK of it, or its ServerHello). A server packet arriving on the
 loopback device from an address that is not local was made on this host (a raw socket posing as the
 server) and is never queued. A verdict on a server packet is saved in the connection like any other;
 a block turns the packet into a reset toward the client (the packet mark says so: it passes, any
@@ -74,7 +78,8 @@ HelloRetryRequest (RFC 8446 §4.1.3): NETGUARD-HRR (INPUT and FORWARD, after NET
 the HRR's fixed random with xt u32 at its fixed place in the first reply packets of an allowed flow
 (connbytes bounds it to the first few, so a download never meets the u32 test) and sets the
 connection mark to "follow", so the client's second ClientHello is queued and judged too. An
-ordinary TLS connection costs nothing more: no packet of it is queued past its first hello. (This
+ordinary TLS connection costs nothing more: no packet of it is queued past the server segment that
+acknowledged its first hello. (This
 is not NETGUARD-REPLY above, which queues the server packets of undecided flows: the HRR rule sees
 only flows already allowed, and queues nothing.) Segments with the URG flag of a followed flow are
 queued even without data (an urgent pointer changes which bytes the server reads).
@@ -389,14 +394,13 @@ def build_rules(family: Family, opts: Options) -> str:
         ["-p", "tcp", *reply, *undecided, "-m", "connbytes", "--connbytes", f"0:{REPLY_WINDOW_PACKETS}",
          "--connbytes-dir", "reply", "--connbytes-mode", "packets", "-g", CHAIN_REPLY],
     ]
+    # Every server segment, data-less ones too: the ACK that covers the bytes an allow was read from
+    # is what makes that allow final (engine.core._confirm), and a server that never sends payload
+    # (a client that only uploads) sends nothing else.
     server: list[list[str]] = [
         ["-i", "lo", "-m", "addrtype", "!", "--src-type", "LOCAL", "-j", "RETURN"],
-        ["-p", "tcp", "--tcp-flags", "SYN", "SYN", *_queue(opts)],
+        _queue(opts),
     ]
-    if opts.skip_empty:
-        server.append(["-m", "u32", "!", "--u32", EMPTY_GATE[family], *_queue(opts)])
-        server += [["-m", "u32", "--u32", test, "-j", "RETURN"] for test in empty_segment_tests(family)]
-    server.append(_queue(opts))
     dns_any: list[list[str]] = []
     if opts.dns_any_port:
         # Port 53 went to the queue above; this sees every other port. A goto: what the tests there

@@ -194,12 +194,8 @@ def build_rules(family: Family, opts: Options) -> str:
         f"meta l4proto {{ tcp, udp }} th sport 53 ct direction reply {queue}",
         f"meta l4proto tcp ct direction reply {cmark(0)} ct reply packets 0-{REPLY_WINDOW_PACKETS} goto {CHAIN_REPLY}",
     ]
-    server = ['iif "lo" fib saddr type != local return', f"tcp flags & syn == syn {queue}"]
-    if opts.skip_empty:
-        server += ([f"ip hdrlength != 5 {queue}", f"ip length != 40-80 {queue}"] if family == 4
-                   else [f"ip6 length != 20-60 {queue}"])
-        server.append(f"{empty} return")
-    server.append(queue)
+    # Every server segment, data-less ones too (firewall.py: the ACK that makes an allow final).
+    server = ['iif "lo" fib saddr type != local return', queue]
     dns_any: list[str] = []
     if opts.dns_any_port:
         dns.append(f"ct direction reply ct reply packets 0-{DNS_OTHER_PORT_REPLIES} goto {CHAIN_DNS_ANY}")

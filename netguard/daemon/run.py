@@ -156,6 +156,9 @@ class Daemon:
         self._last_block: float | None = None
         self._machine = checkin.machine(self.fleet.source.state_dir) if self.fleet is not None else ""
         self.engine.sees_replies = True  # the rules queue every undecided flow's SYN-ACK (firewall.py)
+        # ... and every server segment of an undecided flow's first ones, data-less too (NETGUARD-REPLY):
+        # an allow read from client bytes is final once the server acknowledges them.
+        self.engine.awaits_server = True
         self._mtime = self._policy_mtime()
         self._stop = False
         self._reload = False

@@ -15,6 +15,14 @@ Strategy: five kinds of packets arrive (the firewall rules send nothing else):
   in answers naming a blocked host and never for this name (an address conflict: a hosts-file remap,
   TLS without verification, domain fronting); without a name, the destination address decides
   through the names learned from DNS.
+  A block is final at once. An allow read from client bytes is final only when the server's TCP
+  shows it took those bytes (`awaits_server`, set by the daemon): the deciding packet passes without
+  the allowed mark, the flow stays undecided in the kernel (its client segments still queued, each
+  compared with the judged bytes: different bytes over them are the overlap evasion), and the first
+  server segment whose ACK covers them makes the allow final and carries its event. So a segment the
+  server drops, for a reason netguard models (below) or one it cannot see (a timestamp made old by a
+  data-less ACK that stayed in the kernel), never decides an allow. Bytes past the judged ones are
+  not read and cost no budget. (Followed flows, below, are still allowed at once.)
   A decided flow is remembered (bounded) so packets already queued behind the deciding one get the
   same verdict, and so a policy reload can find open flows that became blocked.
 - QUIC long-header datagrams, on any UDP port, of undecided flows and of flows already allowed
@@ -26,8 +34,9 @@ Strategy: five kinds of packets arrive (the firewall rules send nothing else):
   version netguard cannot read, or one cut short by the queue's copy, gets the fail verdict for
   that datagram alone (DROP when closed), so a client may retry with v1 or v2 on the same socket.
 - Server packets of undecided TCP flows: the SYN-ACK (which SYN the server took, its sequence
-  numbers, whether it signs) and payload. Payload from the server means it speaks first (SSH, SMTP):
-  the name will never come from the client, so the flow is judged by address, unless the reader is
+  numbers, whether it signs), data-less segments (the ACK that confirms a pending allow) and
+  payload. Payload from the server (of a flow with no pending allow) means it speaks first (SSH,
+  SMTP): the name will never come from the client, so the flow is judged by address, unless the reader is
   in the middle of a protocol that waits for the server (`Reader.waits_for_server`) or the payload is
   an HTTP/2 server's SETTINGS before the client's preface (an h2c server sends it as it accepts). Data-less
   client segments never decide anything.
@@ -167,6 +176,12 @@ MAX_DNS_TCP_STREAMS = 1024
 # 600 bytes an entry (the decision's strings), so at most about 0.6 MB.
 MAX_CACHED_DECISIONS = 1024
 
+# Server packets of an undecided TCP flow the firewall queues (firewall.REPLY_WINDOW_PACKETS, every
+# packet counted, the SYN-ACK too): a pending allow whose server sent that many without acknowledging
+# the judged bytes can no longer be confirmed (the next ones stay in the kernel), so the last one
+# gets the fail verdict rather than the flow waiting for the kernel's byte window.
+REPLY_WINDOW_PACKETS = 32
+
 EDE_PREFIX = "netguard"
 DROP = Verdict(Action.DROP)
 
@@ -188,6 +203,19 @@ class _Flow:
     ts_recent: int | None = None
     wire: int = 0
     names: tuple[tuple[str, str, int], ...] = ()  # allowed so far: host, source, port (the last MAX_JUDGED)
+    pending: _Pending | None = None  # allowed by its bytes, until the server acknowledges them
+    replies: int = 0  # server packets seen (the firewall queues the first REPLY_WINDOW_PACKETS)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An allow decision waiting for the server's TCP to acknowledge the bytes it was read from."""
+
+    end: int  # the sequence number just past the bytes read (the naming bytes and what came with them)
+    decision: Decision
+    source: str
+    tls_next: tuple[int, bytes] | None
+    policy: Policy  # the policy it was decided under (a reload decides again at confirmation)
 
 
 @dataclass(slots=True)
@@ -281,6 +309,11 @@ class Engine:
         # client bytes before it cannot be bytes the server took. Off for callers that only have the
         # client's packets (tests, a capture of one direction).
         self.sees_replies = False
+        # An allow read from a TCP flow's client bytes becomes final only when a server segment
+        # acknowledges those bytes (_confirm): a segment the server's stack drops (for any reason)
+        # must not decide an allow. Needs every server segment of undecided flows queued (the daemon's
+        # rules, NETGUARD-REPLY); off for callers that only have the client's packets.
+        self.awaits_server = False
         # Checksums are verified where a segment could decide (NFQUEUE hands over complete ones). Off
         # for a capture taken on the sending host, which shows checksums before the NIC fills them in.
         self.checks_checksums = True
@@ -317,8 +350,11 @@ class Engine:
         answer = not followed and from_client is not True and self._is_dns_answer(key, l4, from_client)
         try:
             if answer:
-                if isinstance(l4, TcpSegment) and l4.sport == 53 and l4.flags & (SYN | ACK) == SYN | ACK:
-                    self._dns_synack(packet, l4, key.reply(), now)
+                if isinstance(l4, TcpSegment) and l4.sport == 53:
+                    if l4.flags & (SYN | ACK) == SYN | ACK:
+                        self._dns_synack(packet, l4, key.reply(), now)
+                    else:
+                        self._dns_server_ack(packet, l4, key.reply(), now)
                 return self._dns(packet, key, now)
             if isinstance(l4, TcpSegment):
                 if followed or key in self._following:
@@ -383,17 +419,9 @@ class Engine:
         for key, r in list(self._decided.items()):
             if not r.allowed:
                 continue
-            d: Decision | None = None
-            source = ""
             # Every name the flow was judged by: a tunnel's target and the names inside it, the last
             # hosts of a kept-alive HTTP connection.
-            for host, was, port in (*r.more, (r.host, r.source, r.port)):
-                if host is not None and was not in ("dns-table", "address"):
-                    d, source = self._decide_found(classify.Found(host, was, port), key, now)
-                else:
-                    d, source = self._decide_address(key, now)
-                if d is not None and not d.allowed:
-                    break
+            d, source = self._judge_again(key, (*r.more, (r.host, r.source, r.port)), now)
             if (d is None or d.allowed) and key in self._quic:
                 # Every QUIC connection this flow opened, not only the first.
                 for found in self._quic[key].reader.found():
@@ -460,7 +488,10 @@ class Engine:
             key = flow.key
             del self._flows[key]
             if flow.stream is not None and flow.stream.has_data():
-                verdict = self._fail(key, now, f"no name after {now - flow.last:.0f} s idle", limit="idle")
+                why = (f"no name after {now - flow.last:.0f} s idle" if flow.pending is None else
+                       f"the server did not acknowledge the bytes that named {flow.pending.decision.host} "
+                       f"after {now - flow.last:.0f} s idle")
+                verdict = self._fail(key, now, why, limit="idle")
                 remembered = self._decided.get(key)
                 if remembered is not None:
                     remembered.event = verdict.event
@@ -525,7 +556,7 @@ class Engine:
         flow.last = now
         self._flows.move_to_end(key)
         flow.wire += _ip_length(raw)
-        if flow.wire > MAX_FLOW_WIRE_BYTES:
+        if flow.wire > MAX_FLOW_WIRE_BYTES and flow.pending is None:
             return self._fail(key, now, f"no name in the first {MAX_FLOW_WIRE_BYTES} bytes of packets "
                               "(retransmitted copies count)", limit="bytes", packet=packet, seg=seg)
         if not seg.payload and not seg.flags & URG:
@@ -617,6 +648,8 @@ class Engine:
                               "the stream", packet=packet, seg=seg)
         if not seg.payload:
             return ACCEPT
+        if flow.pending is not None:
+            return self._pending_data(flow, flow.pending, stream, seg, now, packet, whole)
         in_order = (seg.seq - stream.base) & 0xFFFFFFFF <= len(stream.prefix)
         result = stream.add(seg.seq, seg.payload)
         if result is Result.CONFLICT:
@@ -630,6 +663,23 @@ class Engine:
         verdict = self._read(flow, now, packet, seg)
         return verdict if whole else self._cut_short(flow.key, now, _ip_length(raw) - len(raw), packet, seg, verdict)
 
+    def _pending_data(self, flow: _Flow, pending: _Pending, stream: Stream, seg: TcpSegment, now: float,
+                      packet: Packet, whole: bool) -> Verdict:
+        """A client segment of a flow allowed by bytes the server has not acknowledged yet: the part
+        that covers those bytes must carry the same bytes (else the server may take other bytes than
+        the ones judged: a decoy it dropped, then the real ones); what lies beyond is not read (the
+        name is known; TLS early data, the rest of a request) and costs no budget."""
+        upto = (pending.end - seg.seq) & 0xFFFFFFFF
+        if upto == 0 or upto >= 0x80000000:
+            return ACCEPT  # wholly past the judged bytes
+        if not whole and len(seg.payload) < upto:
+            return self._fail(flow.key, now, "a segment over the judged bytes longer than the queue copies",
+                              packet=packet, seg=seg)
+        if stream.add(seg.seq, seg.payload[:upto]) is not Result.OK:
+            return self._fail(flow.key, now, "overlapping TCP segments carry different bytes", evasion="overlap",
+                              packet=packet, seg=seg)
+        return ACCEPT
+
     def _cut_short(self, key: FlowKey, now: float, unseen: int, packet: Packet, seg: TcpSegment,
                    verdict: Verdict) -> Verdict:
         """After reading a segment the queue copied only in part (its last `unseen` payload bytes are
@@ -637,7 +687,8 @@ class Engine:
         cannot be read on (the name may lie in those bytes, and the server's answer to them would
         make it judged by address), so it gets the fail verdict; a flow that became followed goes on
         only if they fall inside a body being skipped."""
-        if key in self._flows:
+        flow = self._flows.get(key)
+        if flow is not None and flow.pending is None:  # (pending: the bytes not copied lie past the judged ones)
             return self._fail(key, now, f"{unseen} bytes of a segment not copied before a name was found",
                               packet=packet, seg=seg)
         state = self._following.get(key)
@@ -837,6 +888,8 @@ class Engine:
                 return Verdict(Action.FOLLOW, event=event)
             return Verdict(Action.ALLOW if known.allowed else Action.BLOCK, event=event)
         flow = self._flows.get(ckey)
+        if flow is not None:
+            flow.replies += 1
         if seg.flags & SYN:
             if flow is None or not seg.flags & ACK:
                 return ACCEPT
@@ -844,6 +897,8 @@ class Engine:
                 return self._synack(packet, seg, flow, now)
             except ParseError as exc:
                 return self._fail(ckey, now, f"unreadable client bytes: {exc}", packet=packet, seg=seg, reply=True)
+        if flow is not None and flow.pending is not None:
+            return self._confirm(packet, seg, flow, flow.pending, now)
         if not seg.payload or seg.flags & RST:
             return ACCEPT
         if flow is not None and flow.reader is not None and flow.reader.waits_for_server:
@@ -873,6 +928,68 @@ class Engine:
             d, source = self._decide_address(ckey, now)
         return self._finish(flow, now, d, source, packet=packet, seg=seg, reply=True)
 
+    def _confirm(self, packet: Packet, seg: TcpSegment, flow: _Flow, pending: _Pending, now: float) -> Verdict:
+        """A server segment of a flow allowed by client bytes not yet acknowledged: one that acknowledges
+        them (its TCP took them, and every client segment that carried them was queued and compared)
+        makes the allow final, with its event; others pass and the flow keeps waiting."""
+        flow.last = now
+        # (Its checksum is not checked: a server packet that crossed a veth or loopback reaches the
+        # queue with the partial sum the sender's stack left for a NIC to finish. One that arrives
+        # on loopback from an address that is not local was made on this host and is never queued,
+        # see firewall.py.)
+        if seg.flags & RST:
+            # No evidence either way (Linux answers a bad segment in SYN-RECEIVED with a reset and
+            # keeps the connection; mostly it has none). The judged bytes are forgotten, not where
+            # they start: whatever the client sends next is read from the stream's start again, so
+            # a server that took nothing reads nothing unjudged (and a table of flows no server will
+            # ever acknowledge does not fill).
+            del self._flows[flow.key]
+            if flow.stream is not None:
+                self._bases[flow.key] = (flow.stream.base, flow.server_isn)
+                while len(self._bases) > MAX_DECIDED:
+                    self._bases.popitem(last=False)
+            return ACCEPT
+        if not seg.flags & ACK or _before(seg.ack, pending.end):
+            if flow.replies >= REPLY_WINDOW_PACKETS:
+                return self._fail(flow.key, now, f"the server sent {flow.replies} packets and none acknowledged "
+                                  f"the bytes that named {pending.decision.host}", limit="replies", packet=packet,
+                                  seg=seg, reply=True)
+            return ACCEPT
+        flow.pending = None
+        d: Decision | None = pending.decision
+        source = pending.source
+        if pending.policy is not self.policy:  # reloaded meanwhile: every name of the flow again
+            d, source = self._judge_again(flow.key, (*flow.names, (pending.decision.host, source,
+                                                                    pending.decision.port or flow.key.dport)), now)
+        return self._finish(flow, now, d, source, packet, seg, pending.tls_next, reply=True)
+
+    def _judge_again(self, key: FlowKey, names: tuple[tuple[str | None, str, int], ...],
+                     now: float) -> tuple[Decision | None, str]:
+        """The names a flow was judged by, judged under the policy in force: the first block, else the last."""
+        d: Decision | None = None
+        source = ""
+        for host, was, port in names:
+            if host is not None and was not in ("dns-table", "address"):
+                d, source = self._decide_found(classify.Found(host, was, port), key, now)
+            else:
+                d, source = self._decide_address(key, now)
+            if d is not None and not d.allowed:
+                break
+        return d, source
+
+    def _dns_server_ack(self, packet: Packet, seg: TcpSegment, ckey: FlowKey, now: float) -> None:
+        # A DNS server's segment is also that of a client flow to port 53 (queries over TCP) with a
+        # pending allow: it may confirm it. The answer keeps its own verdict (a DNS answer is never
+        # repeated with a flow's mark), so the decision is told with the client's next packet.
+        flow = self._flows.get(ckey)
+        if flow is None or flow.pending is None:
+            return
+        flow.replies += 1
+        verdict = self._confirm(packet, seg, flow, flow.pending, now)
+        remembered = self._decided.get(ckey)
+        if remembered is not None and verdict.event is not None:
+            remembered.event = verdict.event
+
     def _dns_synack(self, packet: Packet, seg: TcpSegment, ckey: FlowKey, now: float) -> None:
         # A DNS server's SYN-ACK is also that of the client flow netguard reads (a query over TCP).
         flow = self._flows.get(ckey)
@@ -897,12 +1014,13 @@ class Engine:
         if isn is None:
             # A SYN netguard did not see: the server takes client bytes from its acknowledgment on.
             if flow.stream is None or not flow.stream.has_data():
-                flow.stream, flow.reader = Stream(seg.ack, MAX_FLOW_BYTES), None
+                flow.stream, flow.reader, flow.pending = Stream(seg.ack, MAX_FLOW_BYTES), None, None
             return ACCEPT
         base = (isn + 1) & 0xFFFFFFFF
         if flow.stream is None or flow.stream.base != base:
-            # It took another SYN than the one netguard reads from (the old connection is gone).
-            flow.stream, flow.reader = Stream(base, MAX_FLOW_BYTES), None
+            # It took another SYN than the one netguard reads from (the old connection is gone, and
+            # an allow read from its bytes with it).
+            flow.stream, flow.reader, flow.pending = Stream(base, MAX_FLOW_BYTES), None, None
         taken = syns[isn][:(seg.ack - base) & 0xFFFFFFFF]
         syns[isn] = b""
         if not taken:
@@ -1165,6 +1283,12 @@ class Engine:
         a HelloRetryRequest is read. `reply`: a server packet decided it."""
         if d is None:
             return self._fail(flow.key, now, f"invalid name from {source}", packet=packet, seg=seg, reply=reply)
+        if d.allowed and not reply and self.awaits_server and isinstance(flow, _Flow) and flow.stream is not None:
+            # Final once the server acknowledges the bytes read (_confirm); till then the flow stays
+            # undecided in the kernel, so every client segment that could cover them is still compared.
+            end = (flow.stream.base + len(flow.stream.prefix)) & 0xFFFFFFFF
+            flow.pending = _Pending(end, d, source, tls_next, self.policy)
+            return ACCEPT
         self._flows.pop(flow.key, None)
         if self._following:
             self._following.pop(flow.key, None)

@@ -54,10 +54,20 @@ MAX_NAMES_PER_ADDRESS = 32
 # gives the answer the fail verdict), which also keeps one chain within an address's budget.
 MAX_CHAIN_NAMES = MAX_NAMES_PER_ADDRESS
 SEPARATOR = " "  # joins a chain's names; normalised host names never hold it
+# NAT64's well-known prefix (RFC 6052 section 2.1), 64:ff9b::/96: 64:ff9b::a.b.c.d is the IPv4 host
+# a.b.c.d reached through a translator, and a DNS64 resolver synthesises such AAAA records from A
+# records. Both are kept and looked up under the IPv4 address (`canonical`), so either teaches the
+# other. (Network-specific prefixes, 64:ff9b:1::/48 included, are configuration netguard cannot see.)
+NAT64_PREFIX = bytes.fromhex("0064ff9b") + bytes(8)
 
 Chain = str
 _Item = tuple[float, bytes, Chain]  # (expiry, address, chain)
 _Record = _Item | dict[Chain, _Item]
+
+
+def canonical(address: bytes) -> bytes:
+    """The key an address is kept under: the IPv4 address inside NAT64's well-known prefix, else itself."""
+    return address[12:] if len(address) == 16 and address[:12] == NAT64_PREFIX else address
 
 
 def chain_of(names: Iterable[str]) -> Chain:
@@ -103,7 +113,7 @@ class NameTable:
 
     def chains(self, address: bytes, now: float) -> list[Chain]:
         """The live chains learned for address, newest expiry first."""
-        record = self._by_address.get(address)
+        record = self._by_address.get(canonical(address))
         if record is None:
             return []
         if isinstance(record, tuple):
@@ -112,7 +122,7 @@ class NameTable:
 
     def names(self, address: bytes, now: float) -> list[str]:
         """The live names learned for address, each once, from the newest-expiring chain on."""
-        record = self._by_address.get(address)
+        record = self._by_address.get(canonical(address))
         if record is None:
             return []
         if isinstance(record, tuple):
@@ -125,7 +135,7 @@ class NameTable:
         """Remember that each address was given with chain for ttl seconds; `protected`: the chain
         holds a blocked name. False when the chain has more than MAX_CHAIN_NAMES names, or protected
         entries do not fit even after expired ones are purged (nothing is stored then)."""
-        addresses = list(dict.fromkeys(addresses))
+        addresses = list(dict.fromkeys(map(canonical, addresses)))
         if not addresses or not chain:
             return True
         weight = _weight(chain)

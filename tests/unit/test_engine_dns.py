@@ -329,3 +329,26 @@ def test_a_dns_over_tcp_answer_from_another_port_split_across_segments_gets_the_
     framed = dns.frame_tcp(answer("www.unknown.test", [cname("www.unknown.test", GHCR), a(GHCR, GHCR4)]))
     v = engine.handle(tcp_answer(framed[:30]), NOW, from_client=False)
     assert v.action is action and v.event is not None and "split across segments" in v.event.reason
+
+
+# --- NAT64 (RFC 6052 well-known prefix) ----------------------------------------------------------
+
+
+def test_a_connection_through_nat64_is_judged_by_what_dns_taught_for_the_ipv4_address() -> None:
+    engine = Engine(policy())
+    engine.handle(udp(answer(GHCR, [a(GHCR, "203.0.113.7")])), NOW)
+    # No name in the bytes: judged by address, the IPv4 one inside 64:ff9b::/96.
+    assert blocked(connect(engine, "64:ff9b::cb00:7107", None), conflict=False)
+    # An allowed name to it is an address conflict, as it is over IPv4.
+    assert blocked(connect(engine, "64:ff9b::203.0.113.7", HUB))
+    # Outside the well-known prefix the same low 32 bits are another address.
+    assert connect(engine, "64:ff9c::cb00:7107", None).event is not None
+    assert not blocked(connect(engine, "64:ff9c::cb00:7107", None), conflict=False)
+
+
+def test_a_dns64_answer_teaches_the_ipv4_address_too() -> None:
+    engine = Engine(policy())
+    # A DNS64 resolver synthesises the AAAA from ghcr.io's A record.
+    engine.handle(udp(answer(GHCR, [a(GHCR, "64:ff9b::203.0.113.8")], "AAAA"), v6=True), NOW)
+    assert blocked(connect(engine, "64:ff9b::203.0.113.8", None), conflict=False)
+    assert blocked(connect(engine, "203.0.113.8", None), conflict=False)

@@ -691,6 +691,20 @@ def test_a_query_over_tcp_to_port_53_is_read_after_the_dns_servers_syn_ack() -> 
     assert engine.stats.dropped == {}
 
 
+def test_a_query_over_tcp_to_port_53_is_confirmed_by_the_dns_servers_answer() -> None:
+    # The answer goes through the DNS path (its own verdict); it also confirms the client flow, whose
+    # next packet carries the allowed mark and the event.
+    c, engine = Conn(dport=53), daemon_engine()
+    opened(engine, c)
+    query = b"\x00\x1c" + bytes(28)
+    assert send(engine, c.data(0, query)) == Verdict(Action.ACCEPT)
+    answer = server_ack(c, len(query), b"\x00\x0c" + bytes(12), "PA")
+    assert engine.handle(answer, NOW, from_client=None).action is Action.ACCEPT
+    assert engine.undecided == 0
+    v = send(engine, c.data(len(query), query))
+    assert v.action is Action.ALLOW and v.event is not None and v.event.source == "address"
+
+
 # -- proxies: the server's answers in a negotiation, followed flows ------------------------------------
 
 
@@ -698,12 +712,15 @@ def _socks5_request(host: str, port: int) -> bytes:
     return b"\x05\x01\x00\x03" + bytes([len(host)]) + host.encode() + port.to_bytes(2, "big")
 
 
+@pytest.mark.parametrize("awaits", [False, True])
 @pytest.mark.parametrize("inner, action", [(ALLOWED, Action.ALLOW), (BLOCKED, Action.BLOCK)])
-def test_a_socks5_proxys_answers_do_not_decide_the_flow(inner: str, action: Action) -> None:
+def test_a_socks5_proxys_answers_do_not_decide_the_flow(inner: str, action: Action, awaits: bool) -> None:
     # The real reader (not a stub): after its method list and after its request the client waits
     # for the proxy; the proxy's answers are no sign of a server that speaks first (which would
-    # judge the flow by the proxy's address: unknown_hosts = "deny" here).
+    # judge the flow by the proxy's address: unknown_hosts = "deny" here). As the daemon runs it
+    # (awaits), the tunnel's allowed hello is final once the proxy acknowledges it.
     c, engine = Conn(dport=1080), engine_for('allow = ["dockerhub"]\nunknown_hosts = "deny"\n')
+    engine.awaits_server = awaits
     opened(engine, c)
     assert send(engine, c.data(0, b"\x05\x01\x00")).action is Action.ACCEPT
     assert engine.handle(c.server_data(b"\x05\x00"), NOW, from_client=False).action is Action.ACCEPT
@@ -713,7 +730,11 @@ def test_a_socks5_proxys_answers_do_not_decide_the_flow(inner: str, action: Acti
     reply = b"\x05\x00\x00\x01" + bytes(6)
     assert engine.handle(c.server_data(reply, 2), NOW, from_client=False).action is Action.ACCEPT
     assert engine.undecided == 1
-    v = send(engine, c.data(3 + len(request), python_client_hello(inner)))
+    hello = python_client_hello(inner)
+    v = send(engine, c.data(3 + len(request), hello))
+    if awaits and action is Action.ALLOW:
+        assert v == Verdict(Action.ACCEPT) and engine.undecided == 1
+        v = engine.handle(server_ack(c, 3 + len(request) + len(hello)), NOW, from_client=False)
     assert decided(v, action, inner) and v.event is not None and v.event.source == "tunnel-sni"
 
 
@@ -807,3 +828,191 @@ def test_stream_advance_past_an_urgent_byte() -> None:
     assert s2.add(100, b"abcdeXf") is Result.OK
     s2.advance(3)
     assert s2.urgent_at == 2 and s2.delivered() == b"def"
+
+
+# -- an allow is final once the server acknowledges the bytes it was read from -----------------------
+
+
+def daemon_engine(text: str = 'allow = ["dockerhub"]\n') -> Engine:
+    engine = engine_for(text)
+    engine.awaits_server = True  # as the daemon sets it: its rules queue every server segment of undecided flows
+    return engine
+
+
+def server_ack(c: Conn, acked: int, payload: bytes = b"", flags: str = "A", **fields: object) -> bytes:
+    """A server segment that acknowledges `acked` client bytes."""
+    return raw(c.ip(src=c.server, dst=c.client)
+               / TCP(sport=c.dport, dport=c.sport, flags=flags, seq=SERVER_ISN + 1, ack=c.isn + 1 + acked, **fields)
+               / payload)
+
+
+def reply(engine: Engine, packet: bytes, at: float = NOW) -> Verdict:
+    return engine.handle(packet, at, from_client=False)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("answer", [b"", b"\x16\x03\x03\x00\x02\x02\x00"])  # a bare ACK, the ServerHello's record
+def test_an_allowed_hello_becomes_final_when_the_server_acknowledges_it(family: int, answer: bytes) -> None:
+    c, engine = Conn(family), daemon_engine()
+    opened(engine, c)
+    hello = python_client_hello(ALLOWED)
+    v = send(engine, c.data(0, hello))
+    # Passed, no mark, no event: the flow stays undecided in the kernel (its segments still queued).
+    assert v.action is Action.ACCEPT and v.event is None and engine.undecided == 1 and engine.stats.allowed == 0
+    v = reply(engine, server_ack(c, len(hello), answer, "PA" if answer else "A"))
+    assert decided(v, Action.ALLOW, ALLOWED) and v.event is not None and v.event.source == "sni"
+    assert engine.undecided == 0 and engine.stats.allowed == 1
+    # Packets queued behind it get the same verdict, without a second event.
+    assert send(engine, c.data(len(hello), b"\x17\x03\x03\x00\x01x")) == Verdict(Action.ALLOW)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_decoy_the_server_dropped_unseen_then_other_bytes_is_blocked(family: int) -> None:
+    # pawsjump: the decoy hello is one the server drops for a reason netguard cannot see (a timestamp
+    # made old by a data-less ACK that never reached the queue). It reads it and allows it, pending;
+    # the server's duplicate ACK does not cover it; the real hello, at the same sequence numbers, differs.
+    c, engine = Conn(family, ts=1000), daemon_engine()
+    opened(engine, c)
+    assert send(engine, c.data(0, python_client_hello(ALLOWED))).action is Action.ACCEPT
+    assert reply(engine, server_ack(c, 0)).action is Action.ACCEPT
+    v = send(engine, c.data(0, python_client_hello(BLOCKED), tsval=5000))
+    assert v.action is Action.BLOCK and v.event is not None and v.event.rule == "overlap"
+    # and the server's late answer, if any, is cut too (a reset toward the client)
+    v = reply(engine, server_ack(c, 600, b"x", "PA"))
+    assert v.action is Action.BLOCK
+
+
+def test_a_retransmission_with_the_same_bytes_passes_and_the_allow_follows_the_ack() -> None:
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)
+    hello = python_client_hello(ALLOWED)
+    assert send(engine, c.data(0, hello)).action is Action.ACCEPT
+    # The same bytes again, in two pieces, the second running on into early data past the hello.
+    assert send(engine, c.data(0, hello[:100])).action is Action.ACCEPT
+    assert send(engine, c.data(100, hello[100:] + b"\x17" * 3000)).action is Action.ACCEPT
+    assert reply(engine, server_ack(c, len(hello) - 1)).action is Action.ACCEPT  # not all of it yet
+    assert engine.undecided == 1
+    assert decided(reply(engine, server_ack(c, len(hello) + 3000)), Action.ALLOW, ALLOWED)
+
+
+def test_server_segments_that_prove_nothing_do_not_confirm() -> None:
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)
+    hello = python_client_hello(ALLOWED)
+    assert send(engine, c.data(0, hello)).action is Action.ACCEPT
+    # Payload acknowledging less than the hello; no ACK flag.
+    for packet in (server_ack(c, len(hello) - 1, b"banner", "PA"), server_ack(c, len(hello), b"x", "P")):
+        assert reply(engine, packet) == Verdict(Action.ACCEPT)
+    assert engine.undecided == 1 and engine.stats.allowed == 0
+    assert decided(reply(engine, server_ack(c, len(hello))), Action.ALLOW, ALLOWED)
+
+
+def test_a_pending_allow_past_the_queued_server_packets_gets_the_fail_verdict() -> None:
+    # Past firewall.REPLY_WINDOW_PACKETS the server's packets stay in the kernel: none could confirm.
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)  # the SYN-ACK is the first
+    hello = python_client_hello(ALLOWED)
+    assert send(engine, c.data(0, hello)).action is Action.ACCEPT
+    for _ in range(core.REPLY_WINDOW_PACKETS - 2):
+        assert reply(engine, server_ack(c, 0)).action is Action.ACCEPT
+    v = reply(engine, server_ack(c, 0))
+    assert v.action is Action.BLOCK and v.event is not None and "none acknowledged" in v.event.reason
+
+@pytest.mark.parametrize("then, action", [(ALLOWED, Action.ALLOW), (BLOCKED, Action.BLOCK)])
+def test_a_server_reset_forgets_the_judged_bytes_and_the_stream_is_read_from_its_start(then: str,
+                                                                                     action: Action) -> None:
+    # Linux answers a bad segment in SYN-RECEIVED with a reset and keeps the connection: what the
+    # client sends next may be other bytes at the same place; they are read as the stream's start.
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)
+    assert send(engine, c.data(0, python_client_hello(ALLOWED))).action is Action.ACCEPT
+    assert reply(engine, server_ack(c, 0, flags="RA")) == Verdict(Action.ACCEPT)
+    assert engine.undecided == 0
+    hello = python_client_hello(then)
+    v = send(engine, c.data(0, hello))
+    if action is Action.ALLOW:
+        assert v == Verdict(Action.ACCEPT)
+        v = reply(engine, server_ack(c, len(hello)))
+    assert decided(v, action, then)
+
+
+def test_a_syn_ack_for_another_syn_ends_a_pending_allow() -> None:
+    # The server took a later SYN (another ISN): the judged bytes were the old connection's.
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)
+    assert send(engine, c.data(0, python_client_hello(ALLOWED))).action is Action.ACCEPT
+    other = Conn(isn=50_000)
+    assert send(engine, other.syn()).action is Action.ACCEPT
+    assert reply(engine, other.synack()).action is Action.ACCEPT
+    assert decided(send(engine, other.data(0, python_client_hello(BLOCKED))), Action.BLOCK, BLOCKED)
+
+
+def test_a_blocked_name_blocks_at_once() -> None:
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)
+    assert decided(send(engine, c.data(0, python_client_hello(BLOCKED))), Action.BLOCK, BLOCKED)
+
+
+def test_bytes_after_the_judged_ones_cost_no_budget() -> None:
+    # TLS early data (0-RTT) after the hello, more than the undecided budgets, before the server answers.
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)
+    hello = python_client_hello(ALLOWED)
+    assert send(engine, c.data(0, hello)).action is Action.ACCEPT
+    at, chunk = len(hello), b"\x17" * 1400
+    while at < len(hello) + core.MAX_FLOW_WIRE_BYTES + core.MAX_FLOW_BYTES:
+        assert send(engine, c.data(at, chunk)).action is Action.ACCEPT
+        at += len(chunk)
+    assert decided(reply(engine, server_ack(c, at)), Action.ALLOW, ALLOWED)
+
+
+def test_bytes_without_a_name_wait_for_the_ack_too() -> None:
+    # Judged by address (no protocol with a name): also read from client bytes, also pending.
+    c, engine = Conn(dport=2003), daemon_engine()
+    opened(engine, c)
+    line = b"metrics.cpu 0.5 1700000000\n"
+    v = send(engine, c.data(0, line))
+    assert v.action is Action.ACCEPT and v.event is None
+    v = reply(engine, server_ack(c, len(line)))  # a server that never sends payload still ACKs
+    assert v.action is Action.ALLOW and v.event is not None and v.event.source == "address"
+
+
+def test_a_slow_server_is_waited_for_and_a_forgotten_flow_gets_the_fail_verdict() -> None:
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)
+    hello = python_client_hello(ALLOWED)
+    assert send(engine, c.data(0, hello)).action is Action.ACCEPT
+    engine.expire(NOW + core.FLOW_IDLE_DATA - 1)  # slow, but not past netguard's own timer: kept
+    assert decided(reply(engine, server_ack(c, len(hello)), NOW + core.FLOW_IDLE_DATA - 1), Action.ALLOW, ALLOWED)
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)
+    assert send(engine, c.data(0, hello)).action is Action.ACCEPT
+    engine.expire(NOW + core.FLOW_IDLE_DATA + 1)
+    assert engine.undecided == 0
+    # Forgotten: whatever comes next gets the fail verdict (the server may have taken other bytes).
+    v = reply(engine, server_ack(c, len(hello)), NOW + core.FLOW_IDLE_DATA + 2)
+    assert v.action is Action.BLOCK and v.event is not None and "did not acknowledge" in v.event.reason
+    assert send(engine, c.data(0, hello), NOW + core.FLOW_IDLE_DATA + 3).action is Action.BLOCK
+
+
+def test_a_reload_while_pending_is_judged_again_at_the_ack() -> None:
+    c, engine = Conn(), daemon_engine()
+    opened(engine, c)
+    hello = python_client_hello(ALLOWED)
+    assert send(engine, c.data(0, hello)).action is Action.ACCEPT
+    engine.reload(policy('allow = []\n'), NOW)
+    v = reply(engine, server_ack(c, len(hello), b"x", "PA"))
+    assert decided(v, Action.BLOCK, ALLOWED) and v.payload is not None  # the server packet becomes a reset
+
+
+
+# Open: a followed flow forgets a request's bytes once read (Stream.advance) and its server segments
+# are not queued, so nothing shows which request the server took (the report proposes a fix).
+@pytest.mark.xfail(strict=True, reason="open: a followed flow has no acknowledgment guarantee yet")
+def test_a_followed_flow_does_not_let_other_bytes_through_where_a_request_was_read() -> None:
+    # A plain HTTP request (allowed) the server drops unseen, then another at the same sequence numbers.
+    c, engine = Conn(dport=80, ts=1000), daemon_engine()
+    _followed(engine, c)
+    real = b"GET /v2/ HTTP/1.1\r\nHost: ghcr.io\r\n\r\n"
+    v = engine.handle(c.data(0, real, tsval=5000), NOW, from_client=True, followed=True)
+    assert v.action is Action.BLOCK, v

@@ -70,11 +70,9 @@ def test_queue_rules_sit_where_the_iptables_ones_do(family: firewall.Family, opt
     ipt = ipt_chains(family, opts)
     assert queued == {c for c, rules in ipt.items() if any("-j NFQUEUE" in r for r in rules)}
     ipt_count = sum(r.count("-j NFQUEUE") for rules in ipt.values() for r in rules)
-    # One rule for DNS from port 53 (iptables: UDP and TCP), one set for the QUIC versions; and for
-    # IPv4 two where u32 tested one thing ("not 0x45 with a length 40..80": header length, length).
+    # One rule for DNS from port 53 (iptables: UDP and TCP), one set for the QUIC versions.
     merged = 1 + (len(firewall.QUIC_VERSIONS) - 1 if opts.quic_u32 else 0)
-    split = 1 if family == 4 and opts.skip_empty else 0
-    assert sum(a == queue for actions in ours.values() for a in actions) == ipt_count - merged + split
+    assert sum(a == queue for actions in ours.values() for a in actions) == ipt_count - merged
     flow = chains_of(nft.build_rules(family, opts))[firewall.CHAIN_FLOW]
     rejects_past = any("ct original bytes >" in r for r in flow)
     assert rejects_past == (not opts.fail_open)
