@@ -78,16 +78,24 @@ def ipv4_header_ok(data: bytes) -> bool:
     return number % 0xFFFF == 0 and number != 0
 
 
+def _tcp_span(data: bytes, packet: Packet) -> tuple[int, int] | None:
+    """Where a TCP packet's segment ends in data (by the IP length) and its size, or None if it is
+    not TCP or the queue did not copy all of it."""
+    seg = packet.l4
+    if not isinstance(seg, TcpSegment):
+        return None
+    end = int.from_bytes(data[2:4], "big") if packet.version == 4 else 40 + int.from_bytes(data[4:6], "big")
+    size = 20 + len(seg.options) + len(seg.payload)
+    return None if end > len(data) or end < size else (end, size)
+
+
 def tcp_checksum_ok(data: bytes, packet: Packet) -> bool:
     """Whether a whole TCP packet's checksum is right (the pseudo-header uses the packet's addresses:
     an IPv6 routing header that would change the final destination makes it fail, which is safe)."""
-    seg = packet.l4
-    if not isinstance(seg, TcpSegment):
+    span = _tcp_span(data, packet)
+    if span is None:
         return False
-    end = int.from_bytes(data[2:4], "big") if packet.version == 4 else 40 + int.from_bytes(data[4:6], "big")
-    size = 20 + len(seg.options) + len(seg.payload)
-    if end > len(data) or end < size:
-        return False
+    end, size = span
     # The sum of words is the number mod 0xFFFF (see checksum): summed in two parts, the segment not
     # copied. An odd-length segment is padded with a zero byte (one more factor of 256).
     pseudo = int.from_bytes(_pseudo(packet.version, packet.src, packet.dst, PROTO_TCP, size), "big")
@@ -101,13 +109,10 @@ def without_tcp_options(data: bytes, packet: Packet, spans: tuple[tuple[int, int
     options, as TcpOptions gives them) turned into NOPs and the TCP checksum made for the result
     (a queued packet of this host may carry only the pseudo-header's sum there: checksum offload).
     None if the queue did not copy the whole packet."""
-    seg = packet.l4
-    if not isinstance(seg, TcpSegment):
+    span = _tcp_span(data, packet)
+    if span is None:
         return None
-    end = int.from_bytes(data[2:4], "big") if packet.version == 4 else 40 + int.from_bytes(data[4:6], "big")
-    size = 20 + len(seg.options) + len(seg.payload)
-    if end > len(data) or end < size:
-        return None
+    end, size = span
     start = end - size
     out = bytearray(data[:end])
     for offset, length in spans:
