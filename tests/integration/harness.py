@@ -59,6 +59,11 @@ class Runner:
         self.err_path = workdir / f"{name}.err"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def backend(self) -> str | None:
+        """The backend asked for with --backend (None: the daemon chooses)."""
+        return self.args[self.args.index("--backend") + 1] if "--backend" in self.args else None
+
     def start(self, wait: bool = True) -> Runner:
         command = list(self.command) if self.prelude is None else [
             sys.executable, "-c", f"{self.prelude}\nfrom netguard.cli import main\nmain(prog_name='netguard')"]
@@ -228,15 +233,25 @@ RESET_DROP = ["OUTPUT", "-p", "tcp", "--tcp-flags", "RST", "RST", "--dport", "44
 
 
 @contextlib.contextmanager
-def daemon_for_raw_clients(lab: lab_mod.Lab, workdir: Path, backend: str) -> Iterator[Runner]:
-    """netguard with `backend`, the client namespace's own resets (RESET_DROP) dropped while it runs:
-    for tests whose clients send hand-made segments from raw sockets."""
+def daemon_with(lab: lab_mod.Lab, workdir: Path, backend: str) -> Iterator[Runner]:
+    """netguard with `backend`, enforcing; at the end it must stop cleanly (exit status 0). For a
+    test module's daemon, one per backend."""
     runner = Runner(lab, workdir, args=("--backend", backend)).start()
-    for tool in ("iptables", "ip6tables"):
-        netns.run(lab.client, [tool, "-t", "raw", "-A", *RESET_DROP])
     try:
         yield runner
     finally:
-        for tool in ("iptables", "ip6tables"):
-            netns.run(lab.client, [tool, "-t", "raw", "-D", *RESET_DROP], check=False)
         assert runner.stop() == 0
+
+
+@contextlib.contextmanager
+def daemon_for_raw_clients(lab: lab_mod.Lab, workdir: Path, backend: str) -> Iterator[Runner]:
+    """daemon_with, the client namespace's own resets (RESET_DROP) dropped while it runs: for tests
+    whose clients send hand-made segments from raw sockets."""
+    with daemon_with(lab, workdir, backend) as runner:
+        for tool in ("iptables", "ip6tables"):
+            netns.run(lab.client, [tool, "-t", "raw", "-A", *RESET_DROP])
+        try:
+            yield runner
+        finally:
+            for tool in ("iptables", "ip6tables"):
+                netns.run(lab.client, [tool, "-t", "raw", "-D", *RESET_DROP], check=False)

@@ -10,6 +10,7 @@ Prints the answer's last line ("hello from ..." from the lab server), or "reset"
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -26,7 +27,7 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
 
 def main(address: str, port: int, mode: str, target: str) -> str:
     sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(5)
+    sock.settimeout(5 * float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1))  # harness.scaled()
     try:
         sock.connect((address, port))
         if mode == "socks5":

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from harness import Runner, backends_here
+from harness import Runner, backends_here, daemon_with
 
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
@@ -29,12 +29,12 @@ LINKS = (("client", "eth0"), ("registry", "eth0"), ("bridge", "c0"), ("bridge", 
 
 # A client that sends a padded ClientHello in one segment and says whether the server answered it.
 BIG_HELLO = """
-import json, socket, sys
+import json, os, socket, sys
 from netguard.lab.lab import padded_client_hello
 addr, name, family, padding = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 s = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-s.settimeout(5)
+s.settimeout(5 * float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1))  # harness.scaled()
 s.connect((addr, 443))
 try:
     s.sendall(padded_client_hello(name, padding))
@@ -46,11 +46,11 @@ except OSError as e:
 # A client that sends, on one kept-alive plain HTTP connection, a POST whose head and body go in one
 # segment, then a GET for another host; prints the responses' first lines.
 KEEPALIVE = """
-import json, socket, sys, time
+import json, os, socket, sys, time
 addr, first, second, family, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 s = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-s.settimeout(5)
+s.settimeout(5 * float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1))  # harness.scaled()
 s.connect((addr, 80))
 lines = []
 try:
@@ -78,11 +78,8 @@ def jumbo(lab: lab_mod.Lab) -> Iterator[None]:
 @pytest.fixture(scope="module", params=backends_here())
 def daemon(lab: lab_mod.Lab, jumbo: None, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
-    runner = Runner(lab, tmp_path_factory.mktemp("cut"), args=("--backend", request.param)).start()
-    try:
+    with daemon_with(lab, tmp_path_factory.mktemp("cut"), request.param) as runner:
         yield runner
-    finally:
-        assert runner.stop() == 0
 
 
 def run(lab: lab_mod.Lab, code: str, *args: str) -> object:

@@ -32,7 +32,7 @@ def daemon(lab: lab_mod.Lab, tmp_path_factory: pytest.TempPathFactory,
 
 
 def backend_of(runner: Runner) -> firewall.Backend:
-    backend = runner.args[runner.args.index("--backend") + 1]
+    backend = runner.backend
     assert backend in firewall.BACKENDS
     return backend
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Runner, backends_here, scaled
+from harness import Runner, backends_here, daemon_with, scaled
 
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
@@ -41,11 +41,8 @@ def h2c(lab: lab_mod.Lab) -> Iterator[None]:
 @pytest.fixture(scope="module", params=backends_here())
 def daemon(lab: lab_mod.Lab, h2c: None, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
-    runner = Runner(lab, tmp_path_factory.mktemp("h2c"), args=("--backend", request.param)).start()
-    try:
+    with daemon_with(lab, tmp_path_factory.mktemp("h2c"), request.param) as runner:
         yield runner
-    finally:
-        assert runner.stop() == 0
 
 
 def fetch(lab: lab_mod.Lab, name: str, family: int) -> tuple[int, str]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Runner, backends_here, scaled
+from harness import Runner, backends_here, daemon_with, scaled
 
 from netguard.daemon import netns
 from netguard.lab import lab as lab_mod
@@ -62,11 +62,8 @@ def mp_capable_syns(lab: lab_mod.Lab) -> int:
 @pytest.fixture(scope="module", params=backends_here())
 def daemon(lab: lab_mod.Lab, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
-    runner = Runner(lab, tmp_path_factory.mktemp("mptcp"), args=("--backend", request.param)).start()
-    try:
+    with daemon_with(lab, tmp_path_factory.mktemp("mptcp"), request.param) as runner:
         yield runner
-    finally:
-        assert runner.stop() == 0
 
 
 @pytest.mark.parametrize("family", [4, 6])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Runner
+from harness import Runner, daemon_with
 
 from netguard.daemon import firewall, netns
 from netguard.lab import lab as lab_mod
@@ -58,11 +58,8 @@ def container(lab: lab_mod.Lab) -> Iterator[str]:
 @pytest.fixture(scope="module", params=firewall.IPTABLES_BACKENDS)
 def daemon(lab: lab_mod.Lab, container: str, tmp_path_factory: pytest.TempPathFactory,
            request: pytest.FixtureRequest) -> Iterator[Runner]:
-    runner = Runner(lab, tmp_path_factory.mktemp("quic"), args=("--backend", request.param)).start()
-    try:
+    with daemon_with(lab, tmp_path_factory.mktemp("quic"), request.param) as runner:
         yield runner
-    finally:
-        assert runner.stop() == 0
 
 
 def connect(lab: lab_mod.Lab, *names: str, port: int = 443, family: int = 4, version: int = 1, big: bool = False,

@@ -23,13 +23,13 @@ PAUSE = 4 * IDLE + 1  # longer than the idle time and several of the daemon's ex
 # Sends the first 100 bytes of a ClientHello, pauses, sends the rest; prints whether the server
 # answered (a ServerHello) or what went wrong.
 SLOW_CLIENT = """
-import json, socket, sys, time
+import json, os, socket, sys, time
 from netguard.lab.lab import python_client_hello
 addr, name, family, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 hello = python_client_hello(name)
 s = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-s.settimeout(5)
+s.settimeout(5 * float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1))  # harness.scaled()
 s.connect((addr, 443))
 try:
     s.sendall(hello[:100])

@@ -31,12 +31,12 @@ DECOYS = ("badsum", "md5", "noack", "futack", "oldack", "pawsold", "syn2", "tfo"
 # A TLS client that first sends one urgent byte (MSG_OOB), or a raw ClientHello with an urgent byte
 # inside it; prints what came of it.
 OOB_CLIENT = """
-import json, socket, ssl, sys
+import json, os, socket, ssl, sys
 from netguard.lab.lab import python_client_hello
 addr, name, family, at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 s = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-s.settimeout(5)
+s.settimeout(5 * float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1))  # harness.scaled()
 s.connect((addr, 443))
 try:
     if at < 0:
@@ -56,13 +56,13 @@ except OSError as e:
 # A TLS client that connects, lets TCP keepalive probes (and the server's answers) run for a while
 # before it says anything, then sends its ClientHello.
 KEEPALIVE_CLIENT = """
-import json, socket, ssl, sys, time
+import json, os, socket, ssl, sys, time
 addr, name, family, wait = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 s = socket.socket(socket.AF_INET6 if family == 6 else socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
-s.settimeout(10)
+s.settimeout(10 * float(os.environ.get("NETGUARD_TEST_TIME_FACTOR") or 1))  # harness.scaled()
 s.connect((addr, 443))
 time.sleep(wait)
 ctx = ssl.create_default_context()
