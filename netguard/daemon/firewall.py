@@ -62,12 +62,24 @@ server accepts), payload (a server that speaks first, SSH or SMTP, makes the eng
 by address) and data-less segments: an allow read from the client's bytes becomes final only when a
 server segment acknowledges those bytes (engine.core._confirm; until then the flow stays undecided and
 its client segments queued, so a decoy the server dropped cannot decide it), and that segment carries
-the allowed mark. An ordinary TLS connection so queues one server packet after its ClientHello (the
-server's ACK of it, or its ServerHello). A server packet arriving on the
-loopback device from an address that is not local was made on this host (a raw socket posing as the
-server) and is never queued. A verdict on a server packet is saved in the connection like any other;
-a block turns the packet into a reset toward the client (the packet mark says so: it passes, any
-other packet of a blocked flow that was already queued is dropped).
+the allowed mark. A server packet arriving on the loopback device from an address that is not local
+was made on this host (a raw socket posing as the server) and is never queued. A verdict on a server
+packet is saved in the connection like any other; a block turns the packet into a reset toward the
+client (the packet mark says so: it passes, any other packet of a blocked flow that was already
+queued is dropped).
+
+Unconfirmed TLS flows (confirm_tls, a fifth connection mark, needs xt u32): a flow allowed by a
+ClientHello read from its stream's start gets the connection mark "unconfirmed" instead of waiting
+in the queue for the server's ACK. Its client data is still queued (NETGUARD-UNCONFIRMED: data-less
+segments leave as for followed flows, the rest is queued with the packet mark "unconfirmed" within the
+byte window, and past it closed mode's reset), so the daemon compares it with the judged bytes. Its
+server packets are not queued: NETGUARD-CONFIRM (from NETGUARD-DNS) sets the allowed mark on the
+first whose payload begins with a TLS handshake record (one u32 test: content type 22, version 3). A
+TLS server sends that only once it has read the whole hello, so it acknowledges the judged bytes, as
+the ACK the queue would have waited for (engine.core, kernel_confirms); the loopback guard above
+applies there too. An ordinary TLS connection so queues its SYN, the SYN-ACK and its hello. A proxy's
+tunnel, a flow judged by address and plain HTTP keep the queue's confirmation (a proxy speaks between
+its request and the tunnel's bytes, so its answer proves nothing).
 
 Followed flows (a fourth connection mark, "follow"): a plain HTTP connection is allowed request by
 request, so its client data stays queued for its whole life (NETGUARD-FOLLOW: the data-less segments
@@ -119,7 +131,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from netguard.daemon import netns
-from netguard.policy import follow_mark, passed_mark
+from netguard.policy import follow_mark, passed_mark, unconfirmed_mark
 from netguard.wire import tls
 
 CHAIN_PREFIX = "NETGUARD"
@@ -133,6 +145,8 @@ CHAIN_REPLY = "NETGUARD-REPLY"  # server packets of undecided TCP flows (goto fr
 CHAIN_DNS_ANY = "NETGUARD-DNS-ANY"  # DNS answers from other ports, by their header (goto from NETGUARD-DNS)
 CHAIN_FOLLOW = "NETGUARD-FOLLOW"  # client data of followed flows to the queue (goto from NETGUARD-FLOW)
 CHAIN_HRR = "NETGUARD-HRR"  # a HelloRetryRequest makes an allowed TLS flow followed (INPUT, FORWARD)
+CHAIN_UNCONFIRMED = "NETGUARD-UNCONFIRMED"  # client data of unconfirmed TLS flows (goto from NETGUARD-FLOW)
+CHAIN_CONFIRM = "NETGUARD-CONFIRM"  # a server's TLS record makes an unconfirmed flow allowed (goto from NETGUARD-DNS)
 CHAINS = (CHAIN_FLOW, CHAIN_DNS)
 HOOKS: dict[str, tuple[str, ...]] = {"OUTPUT": (CHAIN_FLOW,), "INPUT": (CHAIN_DNS, CHAIN_HRR),
                                      "FORWARD": (CHAIN_DNS, CHAIN_HRR, CHAIN_FLOW)}
@@ -228,6 +242,12 @@ class Marks:
             raise ValueError(f"mark mask 0x{self.mask:x} leaves no fourth value for followed connections")
         return value
 
+    @property
+    def unconfirmed(self) -> int | None:
+        """The connection mark for "allowed by its ClientHello until the server's first TLS record"
+        (policy.unconfirmed_mark); None where the mask has no fifth value."""
+        return unconfirmed_mark(self.mask, self.allowed, self.blocked)
+
 
 @dataclass(frozen=True)
 class Options:
@@ -249,8 +269,21 @@ class Options:
     dns_any_port: bool = True
     # A HelloRetryRequest makes an allowed TLS flow followed, to judge the second ClientHello (xt u32).
     reread_hrr: bool = True
+    # A TLS flow allowed by its ClientHello is made final by the server's first TLS record in the
+    # kernel, not in the queue (xt u32, and a fifth mark value).
+    confirm_tls: bool = True
     # The address families that get rules: (4,) on a kernel that refuses the IPv6 set.
     families: tuple[Family, ...] = FAMILIES
+
+    @property
+    def confirms_tls(self) -> bool:
+        """Whether the rules make TLS flows final in the kernel (confirm_tls, where the marks allow)."""
+        return self.confirm_tls and self.marks.unconfirmed is not None
+
+
+def with_u32(opts: Options, u32: bool) -> Options:
+    """The options with every rule that needs the xt u32 match (or nft's payload expressions) on or off."""
+    return replace(opts, skip_empty=u32, quic_u32=u32, dns_any_port=u32, reread_hrr=u32, confirm_tls=u32)
 
 
 def _m(value: int, mask: int) -> str:
@@ -284,6 +317,16 @@ def hrr_tests(family: Family) -> str:
     if family == 6:
         tests.insert(0, "4>>8&0xFF=6")  # TCP is the first next header
     return "&&".join(tests)
+
+
+def tls_record_test(family: Family) -> str:
+    """The u32 expression that matches a TCP segment whose payload begins with a TLS handshake record
+    (content type 22, major version 3): a server's ServerHello or HelloRetryRequest. A data-less
+    segment has no bytes there, and u32 fails a read past the packet's end. IPv6: TCP the first
+    next header."""
+    jump, first = PAYLOAD_JUMP[family]
+    test = f"{jump}{first}>>16=0x{tls.CONTENT_HANDSHAKE:02X}03"
+    return test if family == 4 else f"4>>8&0xFF=6&&{test}"
 
 
 def quic_tests(family: Family) -> dict[str, str]:
@@ -325,8 +368,12 @@ def build_rules(family: Family, opts: Options) -> str:
     mk = opts.marks
     undecided = ["-m", "connmark", "--mark", _m(0, mk.mask)]
     blocked = ["-m", "connmark", "--mark", _m(mk.blocked, mk.mask)]
+    confirm_tls = opts.confirms_tls
+    unconf = mk.unconfirmed or 0
     unreach = "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"
     original = ["-m", "conntrack", "--ctdir", "ORIGINAL"]
+    unconfirmed_jump = [["-p", "tcp", "-m", "connmark", "--mark", _m(unconf, mk.mask), *original, "-m", "mark",
+                         "--mark", _m(0, mk.mask), "-g", CHAIN_UNCONFIRMED]] if confirm_tls else []
     # The daemon gives every verdict with repeat(), so the packet runs through the rest of the
     # chain (and the rules of others after netguard's jump) instead of skipping them: "passed"
     # returns at once; a verdict mark becomes the connection's.
@@ -343,17 +390,36 @@ def build_rules(family: Family, opts: Options) -> str:
         # back carries its verdict's mark and goes on).
         ["-p", "tcp", *original, "-m", "mark", "--mark", _m(0, mk.mask), "-m", "connmark", "--mark",
          _m(mk.follow, mk.mask), "-g", CHAIN_FOLLOW],
+        *unconfirmed_jump,
         # UDP of flows not blocked, not yet marked on this pass (a verdict's repeat must not queue it
         # again): NETGUARD-UDP queues what may carry a QUIC Initial, even on an allowed flow.
         ["-p", "udp", "-m", "mark", "--mark", _m(0, mk.mask), *original, "-g", CHAIN_UDP],
         ["-m", "connmark", "!", "--mark", _m(0, mk.mask), "-j", "RETURN"],
     ]
-    follow: list[list[str]] = []
+    data_less: list[list[str]] = []
     if opts.skip_empty:
         # Data-less segments leave, but not those with URG: an urgent pointer may name a byte to come.
-        follow = [["-p", "tcp", "--tcp-flags", "URG", "NONE", "-m", "u32", "--u32", test, "-j", "RETURN"]
-                  for test in empty_segment_tests(family)]
-    follow += [["-j", "MARK", "--set-xmark", _m(mk.follow, mk.mask)], _queue(opts)]
+        data_less = [["-p", "tcp", "--tcp-flags", "URG", "NONE", "-m", "u32", "--u32", test, "-j", "RETURN"]
+                     for test in empty_segment_tests(family)]
+    follow = [*data_less, ["-j", "MARK", "--set-xmark", _m(mk.follow, mk.mask)], _queue(opts)]
+    unconfirmed: list[list[str]] = []
+    confirm: list[list[str]] = []
+    if confirm_tls:
+        # Client data of a TLS flow allowed by its hello, until the server's first TLS record: queued
+        # (marked so, the daemon compares it with the judged bytes) within the byte window, like an
+        # undecided flow's. Data-less segments leave, as for followed flows.
+        unconfirmed = [*data_less,
+                       ["-m", "connbytes", "--connbytes", f"0:{TCP_WINDOW_BYTES}", "--connbytes-dir", "original",
+                        "--connbytes-mode", "bytes", "-j", "MARK", "--set-xmark", _m(unconf, mk.mask)],
+                       ["-m", "mark", "--mark", _m(unconf, mk.mask), *_queue(opts)]]
+        if not opts.fail_open:
+            unconfirmed.append(["-p", "tcp", "!", "--tcp-flags", "RST", "RST", "-j", "REJECT", "--reject-with",
+                                "tcp-reset"])
+        # The server's first TLS record: it has read the whole hello (engine.core, kernel_confirms).
+        # Not one made on this host posing as the server (the loopback guard of NETGUARD-REPLY).
+        confirm = [["-i", "lo", "-m", "addrtype", "!", "--src-type", "LOCAL", "-j", "RETURN"],
+                   ["-m", "u32", "--u32", tls_record_test(family), "-j", "CONNMARK", "--set-xmark",
+                    _m(mk.allowed, mk.mask)]]
     hrr: list[list[str]] = []
     if opts.reread_hrr:
         hrr = [["-p", "tcp", "-m", "conntrack", "--ctdir", "REPLY", "-m", "connmark", "--mark",
@@ -389,6 +455,8 @@ def build_rules(family: Family, opts: Options) -> str:
          "-j", "CONNMARK", "--save-mark", "--nfmask", hex(mk.mask), "--ctmask", hex(mk.mask)],
         ["-p", "tcp", "--tcp-flags", "RST", "RST", *marked_blocked, "-j", "RETURN"],
         ["-p", "tcp", *marked_blocked, "-j", "DROP"],
+        *([["-p", "tcp", "-m", "connmark", "--mark", _m(unconf, mk.mask), *reply, "-g", CHAIN_CONFIRM]]
+          if confirm else []),
         ["-p", "udp", "--sport", "53", *reply, *_queue(opts)],
         ["-p", "tcp", "--sport", "53", *reply, *_queue(opts)],
         ["-p", "tcp", *reply, *undecided, "-m", "connbytes", "--connbytes", f"0:{REPLY_WINDOW_PACKETS}",
@@ -415,6 +483,7 @@ def build_rules(family: Family, opts: Options) -> str:
     lines += [f":{CHAIN_QUIC} - [0:0]"] if quic else []
     lines += [f":{CHAIN_DNS_ANY} - [0:0]"] if dns_any else []
     lines += [f":{CHAIN_HRR} - [0:0]"] if hrr else []
+    lines += [f":{CHAIN_UNCONFIRMED} - [0:0]", f":{CHAIN_CONFIRM} - [0:0]"] if confirm else []
     lines += [" ".join(["-A", CHAIN_FLOW, *r]) for r in flow]
     lines += [" ".join(["-A", CHAIN_EMPTY, *r]) for r in empty]
     lines += [" ".join(["-A", CHAIN_FOLLOW, *r]) for r in follow]
@@ -424,6 +493,8 @@ def build_rules(family: Family, opts: Options) -> str:
     lines += [" ".join(["-A", CHAIN_REPLY, *r]) for r in server]
     lines += [" ".join(["-A", CHAIN_DNS_ANY, *r]) for r in dns_any]
     lines += [" ".join(["-A", CHAIN_HRR, *r]) for r in hrr]
+    lines += [" ".join(["-A", CHAIN_UNCONFIRMED, *r]) for r in unconfirmed]
+    lines += [" ".join(["-A", CHAIN_CONFIRM, *r]) for r in confirm]
     for hook, chains in HOOKS.items():
         if hook == "FORWARD" and not opts.forward:
             continue
@@ -836,9 +907,9 @@ def apply_preferred(backend: Backend, opts: Options, ns: str | None = None) -> t
     except FirewallLocked:
         raise
     except FirewallError as exc:
-        if not (opts.skip_empty or opts.quic_u32 or opts.dns_any_port or opts.reread_hrr):
+        if opts == with_u32(opts, False):
             raise
-        fallback = replace(opts, skip_empty=False, quic_u32=False, dns_any_port=False, reread_hrr=False)
+        fallback = with_u32(opts, False)
         apply(backend, fallback, ns)
         return fallback, str(exc).splitlines()[0]
 

@@ -55,7 +55,7 @@ class Monitor:
         if action is Action.DROP or (action is Action.REWRITE and event is not None):
             return Verdict(Action.ACCEPT, event=event, held=held)
         # A REWRITE without an event blocks nothing (a SYN without its Multipath TCP option): as it is.
-        # ACCEPT, ALLOW, FOLLOW and HOLD stop nothing: as they are.
+        # ACCEPT, ALLOW, FOLLOW, UNCONFIRMED and HOLD stop nothing: as they are.
         return verdict._replace(held=held) if held != verdict.held else verdict
 
     def remember(self, event: Event) -> None:

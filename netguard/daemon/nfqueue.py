@@ -99,7 +99,7 @@ class Queue:
 
 
 def apply_verdict(packet: Packet, verdict: Verdict, mask: int, allowed: int, blocked: int, passed: int,
-                  follow: int) -> None:
+                  follow: int, unconfirmed: int) -> None:
     """Give the kernel the engine's verdict for one packet. Everything but a drop is a repeat with a
     mark, so the packet goes on through the rest of the chain (see firewall.py)."""
     action = verdict.action
@@ -115,6 +115,8 @@ def apply_verdict(packet: Packet, verdict: Verdict, mask: int, allowed: int, blo
             packet.set_payload(verdict.payload)  # a server packet made a reset toward the client
     elif action is Action.FOLLOW:
         mark = follow
+    elif action is Action.UNCONFIRMED:
+        mark = unconfirmed
     else:
         mark = passed
         if action is Action.REWRITE and verdict.payload is not None:

@@ -26,7 +26,7 @@ versions at fixed places after the UDP header (`@th`); DNS response headers and 
 HelloRetryRequest at the start of the TCP or UDP payload (`@ih`, the "inner header": the kernel
 adds the TCP data offset itself, as u32's `@` did). Where u32 looked only at a first next header
 for IPv6 (no extension headers), so do these rules (`ip6 nexthdr`), so both backends queue the same
-packets. ct marks are set per value (allowed, blocked, follow): nft 1.0.6 cannot copy some bits of
+packets. ct marks are set per value (allowed, blocked, follow, unconfirmed): nft 1.0.6 cannot copy some bits of
 the packet mark into the connection mark in one statement; a packet mark of another value inside
 netguard's mask is then not saved, and the packet meets the queue rules (more queued, never less).
 
@@ -44,6 +44,7 @@ from collections.abc import Mapping, Sequence
 
 from netguard.daemon import firewall
 from netguard.daemon.firewall import (
+    CHAIN_CONFIRM,
     CHAIN_DNS,
     CHAIN_DNS_ANY,
     CHAIN_EMPTY,
@@ -54,6 +55,7 @@ from netguard.daemon.firewall import (
     CHAIN_RAW,
     CHAIN_REPLY,
     CHAIN_UDP,
+    CHAIN_UNCONFIRMED,
     DNS_OTHER_PORT_REPLIES,
     DNS_RESPONSE_MASK,
     DNS_RESPONSE_VALUE,
@@ -136,6 +138,11 @@ def hrr_test(family: Family) -> str:
     return _first_header(family, "tcp") + " ".join(tests)
 
 
+def tls_record_test(family: Family) -> str:
+    """A TCP payload that begins with a TLS handshake record (firewall.tls_record_test)."""
+    return (_first_header(family, "tcp") or "meta l4proto tcp ") + f"@ih,0,16 0x{tls.CONTENT_HANDSHAKE:02x}03"
+
+
 def build_rules(family: Family, opts: Options) -> str:
     """The `nft -f` text that defines netguard's table for one family, in the layout `nft list`
     prints (so that `layout` reads it as it reads the kernel's listing)."""
@@ -151,7 +158,9 @@ def build_rules(family: Family, opts: Options) -> str:
     queue = _queue(opts)
     icmp = "icmp" if family == 4 else "icmpv6"
     # The daemon's verdict marks become the connection's (CONNMARK --save-mark, one rule per value).
-    save = [f"{pmark(v)} ct mark set ct mark & {inv} | {_hex(v)}" for v in (mk.allowed, mk.blocked, mk.follow)]
+    unconf = mk.unconfirmed if opts.confirms_tls else None
+    saved = (mk.allowed, mk.blocked, mk.follow) if unconf is None else (mk.allowed, mk.blocked, mk.follow, unconf)
+    save = [f"{pmark(v)} ct mark set ct mark & {inv} | {_hex(v)}" for v in saved]
     passed = f"{pmark(mk.passed)} return"
     flow = [
         passed, *save,
@@ -160,12 +169,25 @@ def build_rules(family: Family, opts: Options) -> str:
         f"meta l4proto udp {cmark(mk.blocked)} reject with {icmp} type port-unreachable",
         f"{cmark(mk.blocked)} drop",
         f"meta l4proto tcp ct direction original {pmark(0)} {cmark(mk.follow)} goto {CHAIN_FOLLOW}",
+        *([] if unconf is None else
+          [f"meta l4proto tcp ct direction original {pmark(0)} {cmark(unconf)} goto {CHAIN_UNCONFIRMED}"]),
         f"meta l4proto udp {pmark(0)} ct direction original goto {CHAIN_UDP}",
         f"{cmark(0, '!=')} return",
     ]
     empty = empty_segment_test(family)
-    follow = [f"tcp flags & urg == 0 {empty} return"] if opts.skip_empty else []
-    follow.append(f"meta mark set meta mark & {inv} | {_hex(mk.follow)} {queue}")
+    data_less = [f"tcp flags & urg == 0 {empty} return"] if opts.skip_empty else []
+    follow = [*data_less, f"meta mark set meta mark & {inv} | {_hex(mk.follow)} {queue}"]
+    unconfirmed: list[str] = []
+    confirm: list[str] = []
+    if unconf is not None:
+        # firewall.py: client data queued, marked so, within the byte window; the server's first TLS
+        # record makes the flow allowed, unless it was made on this host.
+        mark = f"meta mark set meta mark & {inv} | {_hex(unconf)}"
+        unconfirmed = [*data_less, f"ct original bytes 0-{TCP_WINDOW_BYTES} {mark} {queue}"]
+        if not opts.fail_open:
+            unconfirmed.append("tcp flags & rst != rst reject with tcp reset")
+        confirm = ['iif "lo" fib saddr type != local return',
+                   f"{tls_record_test(family)} ct mark set ct mark & {inv} | {_hex(mk.allowed)}"]
     queue_tcp = f"meta l4proto tcp ct direction original {cmark(0)} ct original bytes 0-{TCP_WINDOW_BYTES} {queue}"
     past = [] if opts.fail_open else [
         f"tcp flags & rst != rst ct direction original {cmark(0)} ct original bytes > {TCP_WINDOW_BYTES} "
@@ -191,6 +213,7 @@ def build_rules(family: Family, opts: Options) -> str:
         passed, *save,
         f"tcp flags & rst == rst {pmark(mk.blocked)} return",
         f"meta l4proto tcp {pmark(mk.blocked)} drop",
+        *([] if unconf is None else [f"meta l4proto tcp ct direction reply {cmark(unconf)} goto {CHAIN_CONFIRM}"]),
         f"meta l4proto {{ tcp, udp }} th sport 53 ct direction reply {queue}",
         f"meta l4proto tcp ct direction reply {cmark(0)} ct reply packets 0-{REPLY_WINDOW_PACKETS} goto {CHAIN_REPLY}",
     ]
@@ -208,7 +231,8 @@ def build_rules(family: Family, opts: Options) -> str:
                f"{hrr_test(family)} ct mark set ct mark & {inv} | {_hex(mk.follow)}"]
     chains: dict[str, list[str]] = {CHAIN_FLOW: flow, CHAIN_DNS: dns, CHAIN_UDP: udp, CHAIN_REPLY: server,
                                     CHAIN_FOLLOW: follow}
-    for name, rules in ((CHAIN_EMPTY, empty_chain), (CHAIN_QUIC, quic), (CHAIN_DNS_ANY, dns_any), (CHAIN_HRR, hrr)):
+    for name, rules in ((CHAIN_EMPTY, empty_chain), (CHAIN_QUIC, quic), (CHAIN_DNS_ANY, dns_any), (CHAIN_HRR, hrr),
+                        (CHAIN_UNCONFIRMED, unconfirmed), (CHAIN_CONFIRM, confirm)):
         if rules:
             chains[name] = rules
     for name, (hook, targets) in BASE_CHAINS.items():

@@ -246,6 +246,7 @@ class Daemon:
             stale = [f"{self.backend} IPv{f}" for f in firewall.FAMILIES if firewall.installed(self.backend, f)]
             opts, no_u32, no_ipv6 = _apply_fitting(self.backend, opts)
             self._skip_empty, self._families = opts.skip_empty, opts.families
+            self.engine.kernel_confirms = opts.confirms_tls
             if stale:
                 self._notice(f"replaced stale netguard rules in one step ({', '.join(stale)})")
             enforcing = True
@@ -365,11 +366,12 @@ class Daemon:
         data = packet.get_payload()
         mark = packet.get_mark()
         values = self._values
-        # NETGUARD-FOLLOW queues a followed flow's packets with the "follow" packet mark.
-        followed = mark & values[0] == values[4]
+        # NETGUARD-FOLLOW queues a followed flow's packets with the "follow" packet mark,
+        # NETGUARD-UNCONFIRMED an unconfirmed TLS flow's with "unconfirmed".
+        ours = mark & values[0]
         try:
             verdict = self.engine.handle(data, self.clock(), from_client=FROM_CLIENT.get(packet.hook),
-                                         followed=followed)
+                                         followed=ours == values[4], unconfirmed=ours != 0 and ours == values[5])
         except Exception as exc:  # a bug must not take enforcement down
             self._notice(f"internal error on a packet ({type(exc).__name__}: {exc}); fail verdict")
             fail = Verdict(Action.ACCEPT if self.policy.fail_mode == "open" or self._monitoring else Action.DROP)
@@ -420,9 +422,11 @@ class Daemon:
     def _set_marks(self, marks: firewall.Marks) -> None:
         """The marks verdicts are given with, worked out once (Marks.passed and .follow compute)."""
         self._marks = marks
-        self._values = (marks.mask, marks.allowed, marks.blocked, marks.passed, marks.follow)
+        unconfirmed = marks.unconfirmed or 0  # 0: no such mark, and the engine gives no such verdict
+        self._values = (marks.mask, marks.allowed, marks.blocked, marks.passed, marks.follow, unconfirmed)
         # The actions whose verdict is only a mark and a repeat (see apply_verdict).
-        self._plain = {Action.ACCEPT: marks.passed, Action.ALLOW: marks.allowed, Action.FOLLOW: marks.follow}
+        self._plain = {Action.ACCEPT: marks.passed, Action.ALLOW: marks.allowed, Action.FOLLOW: marks.follow,
+                       Action.UNCONFIRMED: unconfirmed}
 
     def _log(self, event: Event, action: str | None = None, owner: Owner | None = None, would: bool = False) -> None:
         record = event.record()
@@ -483,6 +487,7 @@ class Daemon:
             self._expect(self._rules(new))
         old = self.policy
         self.policy = new
+        self.engine.kernel_confirms = self._rules(new).confirms_tls
         self._policy_sha256 = digest
         self._loaded = self.clock()
         if firewall_options(new).marks != self._marks:
@@ -785,8 +790,7 @@ class Daemon:
     def _rules(self, policy: Policy) -> firewall.Options:
         """The rule options for a policy, in the variant (with xt u32 or without, families) chosen at start."""
         u32 = self._skip_empty
-        return dataclasses.replace(firewall_options(policy), skip_empty=u32, quic_u32=u32, dns_any_port=u32,
-                                   reread_hrr=u32, families=self._families)
+        return dataclasses.replace(firewall.with_u32(firewall_options(policy), u32), families=self._families)
 
     def _policy_mtime(self) -> float | None:
         if self.policy_path is None:

@@ -156,11 +156,11 @@ class Check:
 def rule_options(doc: dict[str, Any]) -> firewall.Options:
     """The firewall options the daemon installed its rules with (its status document)."""
     o = doc["rules"]["options"]
-    return firewall.Options(queue_num=o["queue_num"], marks=firewall.Marks(o["mark_mask"], o["mark_allowed"],
+    opts = firewall.Options(queue_num=o["queue_num"], marks=firewall.Marks(o["mark_mask"], o["mark_allowed"],
                                                                             o["mark_blocked"]),
                             fail_open=o["fail_open"], forward=o["forward"], untracked_alerts=o["untracked_alerts"],
-                            skip_empty=o["skip_empty"], quic_u32=o["skip_empty"], dns_any_port=o["skip_empty"],
-                            reread_hrr=o["skip_empty"], families=tuple(o.get("families", firewall.FAMILIES)))
+                            families=tuple(o.get("families", firewall.FAMILIES)))
+    return firewall.with_u32(opts, o["skip_empty"])
 
 
 def kernel_checks(doc: dict[str, Any], now: float, privileged: bool) -> list[Check]:

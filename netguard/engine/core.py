@@ -23,6 +23,11 @@ Strategy: five kinds of packets arrive (the firewall rules send nothing else):
   server drops, for a reason netguard models (below) or one it cannot see (a timestamp made old by a
   data-less ACK that stayed in the kernel), never decides an allow. Bytes past the judged ones are
   not read and cost no budget. (Followed flows, below, are still allowed at once.)
+  Where the kernel can do it (`kernel_confirms`), a ClientHello read from the stream's start is
+  allowed with Action.UNCONFIRMED and its event at once: the kernel keeps queueing the flow's client
+  data (compared here with the judged bytes as above, from a table of its own, _unconfirmed) and
+  makes the flow allowed at the server's first TLS record, which a TLS server sends only once it has
+  read the whole hello. A client segment queued for that mark whose state is gone gets the fail verdict.
   A decided flow is remembered (bounded) so packets already queued behind the deciding one get the
   same verdict, and so a policy reload can find open flows that became blocked.
 - QUIC long-header datagrams, on any UDP port, of undecided flows and of flows already allowed
@@ -133,6 +138,12 @@ MAX_SYNS = 4
 # Decided flows remembered: for packets queued behind the deciding one, and to cut open flows on
 # reload (about 300 bytes each). Evicting the oldest only loses the ability to cut that flow.
 MAX_DECIDED = 32768
+# TLS flows allowed by their ClientHello that the kernel makes final (kernel_confirms), kept for the
+# client segments it still queues until then: the judged bytes are compared with them. The server's
+# first TLS record ends that within a round trip, so an entry is needed for milliseconds. One evicted
+# moves to the decided flows (for a reload to cut); if the kernel still queues its client segments
+# (no answer from the server yet), the next one is the fail verdict, never a free pass.
+MAX_UNCONFIRMED = 4096
 # Names judged on one flow that are kept, for a reload to judge them again: a CONNECT or SOCKS target and
 # the names inside its tunnel; of a kept-alive HTTP connection the last few hosts (its next request
 # is judged under the new policy anyway).
@@ -302,6 +313,8 @@ class Engine:
         self._following: OrderedDict[FlowKey, _Following] = OrderedDict()
         # Flows forgotten while idle before any client byte: where their bytes start, the server's ISN.
         self._bases: OrderedDict[FlowKey, tuple[int, int | None]] = OrderedDict()
+        # TLS flows allowed by their ClientHello until the server's first record (MAX_UNCONFIRMED).
+        self._unconfirmed: OrderedDict[FlowKey, _Flow] = OrderedDict()
         self.max_flows = MAX_FLOWS
         self.flow_idle = FLOW_IDLE
         self.flow_idle_data = FLOW_IDLE_DATA
@@ -314,6 +327,12 @@ class Engine:
         # must not decide an allow. Needs every server segment of undecided flows queued (the daemon's
         # rules, NETGUARD-REPLY); off for callers that only have the client's packets.
         self.awaits_server = False
+        # ... and the kernel does that itself for a TLS flow named by its ClientHello (the daemon's
+        # rules, NETGUARD-CONFIRM): the hello gets Action.UNCONFIRMED, the connection mark that keeps
+        # the flow's client data queued (compared with the judged bytes) until the server's first TLS
+        # record makes it allowed, without queueing that record. A TLS server sends nothing before it
+        # has read the whole hello, so that record acknowledges it.
+        self.kernel_confirms = False
         # Checksums are verified where a segment could decide (NFQUEUE hands over complete ones). Off
         # for a capture taken on the sending host, which shows checksums before the NIC fills them in.
         self.checks_checksums = True
@@ -329,14 +348,16 @@ class Engine:
 
     # -- entry points -------------------------------------------------------------------------
 
-    def handle(self, data: bytes, now: float, from_client: bool | None = None, followed: bool = False) -> Verdict:
+    def handle(self, data: bytes, now: float, from_client: bool | None = None, followed: bool = False,
+               unconfirmed: bool = False) -> Verdict:
         """Judge one queued packet (raw IP bytes, possibly cut short by the queue's copy range).
 
         `from_client`: True for a packet the firewall queued as a client flow's (OUTPUT), False
         for a DNS answer (INPUT), None when the hook cannot tell (FORWARD, offline replay); then a
         packet from port 53 is a DNS answer unless it belongs to a client flow begun by a SYN.
         `followed`: the kernel queued it because its flow is marked "follow" (an allowed plain HTTP
-        connection, or a TLS flow whose server sent a HelloRetryRequest)."""
+        connection, or a TLS flow whose server sent a HelloRetryRequest). `unconfirmed`: queued for
+        its flow's "unconfirmed" mark (kernel_confirms)."""
         self.stats.packets += 1
         fitted = _fit_lengths(data)
         try:
@@ -366,7 +387,7 @@ class Engine:
                         return following
                 elif from_client is not True and self._is_reply(key, l4, from_client):
                     return self._tcp_reply(packet, l4, key.reply(), now)
-                return self._tcp(packet, l4, key, now, data, fitted is data)
+                return self._tcp(packet, l4, key, now, data, fitted is data, unconfirmed)
             return self._udp(l4, key, now, cut=fitted is not data)
         except ParseError as exc:
             # Unreadable input on a flow (the TLS, HTTP or SOCKS parsers, a DNS answer): the fail verdict.
@@ -396,7 +417,7 @@ class Engine:
         return dns.looks_like_response(l4.payload, 2) and not self._client_flow(key, l4)
 
     def _client_flow(self, key: FlowKey, l4: TcpSegment | UdpDatagram) -> bool:
-        if key in self._flows or key in self._decided:
+        if key in self._flows or key in self._decided or key in self._unconfirmed:
             return True
         return isinstance(l4, TcpSegment) and bool(l4.flags & SYN) and not l4.flags & ACK
 
@@ -405,10 +426,10 @@ class Engine:
         elsewhere (FORWARD, a capture) the flows netguard follows tell, and a SYN-ACK is one."""
         if from_client is False:
             return True
-        if key in self._flows or key in self._decided:
+        if key in self._flows or key in self._decided or key in self._unconfirmed:
             return False
         rkey = key.reply()
-        if rkey in self._flows or rkey in self._decided or rkey in self._bases:
+        if rkey in self._flows or rkey in self._decided or rkey in self._bases or rkey in self._unconfirmed:
             return True
         return seg.flags & (SYN | ACK) == SYN | ACK
 
@@ -432,6 +453,15 @@ class Engine:
                 r.allowed = False
                 self._following.pop(key, None)
                 cut.append(_event(now, key, d, source))
+        for key, flow in list(self._unconfirmed.items()):
+            p = flow.pending
+            if p is None:
+                continue
+            d, source = self._judge_again(key, ((p.decision.host, p.source, p.decision.port or key.dport),), now)
+            if d is not None and not d.allowed:
+                del self._unconfirmed[key]
+                self._remember(key, False, d.host, source, d.port)
+                cut.append(_event(now, key, d, source))
         return cut
 
     def expire(self, now: float) -> list[tuple[int, Action]]:
@@ -447,6 +477,13 @@ class Engine:
         datagrams go or are dropped with it); one whose connections are all judged is forgotten. A
         followed flow idle for FOLLOW_IDLE is forgotten (its next packet is read as a request's start)."""
         self._expire_flows(now, self.flow_idle_data)
+        while self._unconfirmed:
+            # Remembered as decided, for a reload to cut (the kernel made it final long ago, or its
+            # next segment queued as unconfirmed gets the fail verdict: _tcp).
+            key, flow = next(iter(self._unconfirmed.items()))
+            if now - flow.last < self.flow_idle:
+                break
+            self._settle_unconfirmed(key)
         while self._dns_tcp:
             key, st = next(iter(self._dns_tcp.items()))
             if now - st.last < self.flow_idle:
@@ -524,8 +561,19 @@ class Engine:
 
     # -- TCP client flows ---------------------------------------------------------------------
 
-    def _tcp(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float, raw: bytes, whole: bool) -> Verdict:
+    def _tcp(self, packet: Packet, seg: TcpSegment, key: FlowKey, now: float, raw: bytes, whole: bool,
+             unconfirmed: bool = False) -> Verdict:
         known = self._decided.get(key)
+        if (unconfirmed or self._unconfirmed) and not seg.flags & SYN:
+            waiting = self._unconfirmed.get(key)
+            if waiting is not None:
+                return self._unconfirmed_segment(packet, seg, waiting, now, raw, whole)
+            if unconfirmed and (known is None or known.allowed):
+                # Its judged bytes are gone (evicted, expired, or netguard restarted): this may carry
+                # other bytes over them, which the server would read instead.
+                return self._fail(key, now, "a segment of a TLS flow whose server has not answered its "
+                                  "ClientHello, and netguard no longer holds the bytes judged", limit="unconfirmed",
+                                  packet=packet, seg=seg)
         if known is not None and not seg.flags & SYN:
             if known.follows and known.allowed:  # a followed flow whose state went (the table was full)
                 unseen = 0 if whole else _ip_length(raw) - len(raw)
@@ -566,6 +614,7 @@ class Engine:
     def _syn(self, packet: Packet, seg: TcpSegment, key: FlowKey, flow: _Flow | None, now: float,
              raw: bytes) -> Verdict:
         self._decided.pop(key, None)
+        self._unconfirmed.pop(key, None)
         self._bases.pop(key, None)
         isn = seg.seq
         base = (isn + 1) & 0xFFFFFFFF
@@ -662,6 +711,25 @@ class Engine:
             flow.ts_recent = tsval  # Linux keeps the newest timestamp of in-order segments
         verdict = self._read(flow, now, packet, seg)
         return verdict if whole else self._cut_short(flow.key, now, _ip_length(raw) - len(raw), packet, seg, verdict)
+
+    def _unconfirmed_segment(self, packet: Packet, seg: TcpSegment, flow: _Flow, now: float, raw: bytes,
+                             whole: bool) -> Verdict:
+        """A client segment of a TLS flow the kernel has not made final yet: checked and compared as
+        one of a pending flow's (_pending_data)."""
+        flow.last = now
+        self._unconfirmed.move_to_end(flow.key)
+        if seg.flags & RST or not (seg.payload or seg.flags & URG):
+            return ACCEPT
+        return self._tcp_data(packet, seg, flow, now, raw, whole)
+
+    def _settle_unconfirmed(self, key: FlowKey) -> _Remembered | None:
+        """An unconfirmed flow moved to the decided ones: the kernel made it allowed (a packet says
+        so), or it leaves the table (evicted, idle)."""
+        flow = self._unconfirmed.pop(key, None)
+        if flow is None or flow.pending is None:
+            return None
+        p = flow.pending
+        return self._remember(key, True, p.decision.host, p.source, p.decision.port, flow.names, p.tls_next, flow.ttl)
 
     def _pending_data(self, flow: _Flow, pending: _Pending, stream: Stream, seg: TcpSegment, now: float,
                       packet: Packet, whole: bool) -> Verdict:
@@ -813,6 +881,10 @@ class Engine:
         if state is None:
             if key in self._flows:  # still undecided: the normal path reads it
                 return None
+            if followed and key in self._unconfirmed:
+                # The kernel made it allowed, then saw a HelloRetryRequest (only an allowed flow is
+                # marked "follow"): read on after the first hello.
+                self._settle_unconfirmed(key)
             known = self._decided.get(key)
             if known is not None and not known.allowed:
                 return None
@@ -887,6 +959,15 @@ class Engine:
                 # Queued while the flow was undecided: its verdict mark must not replace "follow".
                 return Verdict(Action.FOLLOW, event=event)
             return Verdict(Action.ALLOW if known.allowed else Action.BLOCK, event=event)
+        if self._unconfirmed and ckey in self._unconfirmed:
+            # Queued before its hello's verdict (the kernel queues no server packet of such a flow):
+            # one that acknowledges the judged bytes makes it final here, the rest pass.
+            waiting = self._unconfirmed[ckey]
+            pending = waiting.pending
+            if pending is None or seg.flags & (SYN | RST) or not seg.flags & ACK or _before(seg.ack, pending.end):
+                return ACCEPT
+            self._settle_unconfirmed(ckey)
+            return Verdict(Action.ALLOW)
         flow = self._flows.get(ckey)
         if flow is not None:
             flow.replies += 1
@@ -1288,7 +1369,17 @@ class Engine:
             # undecided in the kernel, so every client segment that could cover them is still compared.
             end = (flow.stream.base + len(flow.stream.prefix)) & 0xFFFFFFFF
             flow.pending = _Pending(end, d, source, tls_next, self.policy)
-            return ACCEPT
+            if not self.kernel_confirms or source != "sni" or flow.names or flow.key.dport == 53:
+                return ACCEPT
+            # A ClientHello from the stream's start, no proxy before it: the server's answer is a TLS
+            # record only once it has read the whole hello, and the kernel tests that (firewall.py).
+            # (Not a tunnel: a proxy speaks between its request and the tunnel's bytes.)
+            del self._flows[flow.key]
+            self._unconfirmed[flow.key] = flow
+            while len(self._unconfirmed) > MAX_UNCONFIRMED:
+                self._settle_unconfirmed(next(iter(self._unconfirmed)))
+            self.stats.allowed += 1
+            return Verdict(Action.UNCONFIRMED, event=_event(now, flow.key, d, source))
         self._flows.pop(flow.key, None)
         if self._following:
             self._following.pop(flow.key, None)
@@ -1343,6 +1434,8 @@ class Engine:
                       f"{why}; {self.policy.label} has {rule}" if not evasion else why)
         self._flows.pop(key, None)
         self._following.pop(key, None)
+        if self._unconfirmed:
+            self._unconfirmed.pop(key, None)
         if dns_answer:
             return Verdict(Action.ACCEPT if allowed else Action.DROP, event=event)
         self._remember(key, allowed, None, "none", key.dport)

@@ -24,6 +24,7 @@ class Action(enum.Enum):
     ACCEPT = "accept"  # undecided so far: let this packet go, keep watching the flow
     ALLOW = "allow"
     FOLLOW = "follow"  # allowed so far; the client's next bytes must be read too
+    UNCONFIRMED = "unconfirmed"  # allowed; the kernel makes it final at the server's first TLS record
     BLOCK = "block"
     DROP = "drop"
     REWRITE = "rewrite"

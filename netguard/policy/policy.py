@@ -287,6 +287,19 @@ def follow_mark(mask: int, allowed: int, blocked: int) -> int | None:
     return None
 
 
+def unconfirmed_mark(mask: int, allowed: int, blocked: int) -> int | None:
+    """The connection mark for "allowed by its ClientHello, final at the server's first TLS record"
+    (a TLS flow whose client data stays queued until then): the next value inside the mask after the
+    follow mark; None if there is none (the daemon then confirms in the queue instead)."""
+    taken = (allowed, blocked, passed_mark(mask, allowed, blocked), follow_mark(mask, allowed, blocked))
+    low = mask & -mask
+    for k in range(1, 8):
+        value = k * low
+        if not value & ~mask and value not in taken:
+            return value
+    return None
+
+
 def _check_marks(settings: dict[str, Any], problem: Callable[[str, str], None]) -> None:
     mask = settings.get("mark_mask", DEFAULT_MARK_MASK)
     allowed = settings.get("mark_allowed", DEFAULT_MARK_ALLOWED)

@@ -7,7 +7,8 @@
  * entered with setns), so the daemon's queue never overflows and what is counted is what the
  * daemon let through.
  *
- *   server PORT EXPECT REPLY            serve forever: read EXPECT bytes, send REPLY bytes, close
+ *   server PORT EXPECT REPLY            serve forever: read EXPECT bytes, send REPLY bytes (a TLS
+ *                                       record's header, then zeros), close
  *   connect ADDR PORT N PAYLOAD REPLY   N sequential connections; prints ns per connection
  *                                       (connect + PAYLOAD file + REPLY bytes back), -1 on failure
  *   hello-flood CLIENT_NS SERVER_NS SRC DST PAYLOAD COUNT WINDOW START
@@ -85,7 +86,13 @@ static int server(int argc, char **argv) {
     if (argc != 3) return 2;
     int port = atoi(argv[0]);
     size_t expect = (size_t)atol(argv[1]), reply_len = (size_t)atol(argv[2]);
-    char *reply = calloc(1, reply_len + 1);
+    char *reply = calloc(1, reply_len + 6);
+    /* It begins as a TLS server's first record does (handshake, version 3.3, its length): what the
+     * kernel's NETGUARD-CONFIRM test looks for in a real ServerHello. */
+    if (reply_len >= 5) {
+        reply[0] = 0x16, reply[1] = 0x03, reply[2] = 0x03;
+        reply[3] = (char)((reply_len - 5) >> 8), reply[4] = (char)((reply_len - 5) & 0xff);
+    }
     int s = socket(AF_INET6, SOCK_STREAM, 0), one = 1, zero = 0;
     setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);

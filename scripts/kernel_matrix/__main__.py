@@ -69,6 +69,7 @@ KERNEL_TESTS = (
     "tests/integration/test_empty_segments.py::test_apply_preferred_falls_back_when_the_kernel_refuses_u32",
     "tests/integration/test_daemon_core.py::test_curl_allowed_and_blocked",
     "tests/integration/test_daemon_core.py::test_curl_by_name_through_dns",
+    "tests/integration/test_confirm.py",
     "tests/integration/test_daemon_lifecycle.py",
     "tests/integration/test_daemon_reload.py",
     "tests/integration/test_self_heal.py::test_nft_blocked_again_within_a_second",

@@ -92,15 +92,16 @@ def test_reload_to_fail_open_changes_the_rules_and_the_queue(lab: lab_mod.Lab, t
             lines = nft_table(lab, 4)
             saved = "\n".join(lines)
             queues = [nft.action(line) for line in lines if "queue" in line.split()]
-            assert queues == ["queue 7413 bypass"] * 11, lines
+            assert queues == ["queue 7413 bypass"] * 12, lines
             assert "ct original bytes > 131072" not in saved
         else:
             saved = lab.client_run(["iptables-save", "-t", "filter"]).stdout
             # Every queue rule bypasses: DNS (UDP, TCP; from port 53 and by header from other ports), TCP
             # in NETGUARD-FLOW and NETGUARD-EMPTY, followed flows in NETGUARD-FOLLOW, UDP (NETGUARD-UDP's
             # GSO guard, NETGUARD-QUIC's four), server packets in NETGUARD-REPLY (every one: the ACK
-            # that confirms an allow); and open mode rejects nothing past the byte window.
-            assert saved.count("--queue-bypass") == saved.count("-j NFQUEUE") == 13
+            # that confirms an allow), the client data of unconfirmed TLS flows in NETGUARD-UNCONFIRMED;
+            # and open mode rejects nothing past the byte window.
+            assert saved.count("--queue-bypass") == saved.count("-j NFQUEUE") == 14
             assert "--connbytes 131073" not in saved
         # One set after the reload, not two.
         assert saved.count("-A OUTPUT -j NETGUARD-FLOW") == 1 or (

@@ -38,8 +38,8 @@ def test_engine_section_rows() -> None:
 
 def test_engine_section_connections_take_the_daemons_allowed_path() -> None:
     """The section's connections (SYN, SYN-ACK, ClientHello with Linux's options) are allowed by an
-    engine set up as the daemon's; without the SYN-ACK the same ClientHello is data the server
-    never took (dropped), which is why the section feeds it."""
+    engine set up as the daemon's (the kernel makes the allow final); without the SYN-ACK the same
+    ClientHello is data the server never took (dropped), which is why the section feeds it."""
     from netguard.daemon.policyfiles import load_policy
     from netguard.engine import Action
     from netguard.lab.lab import python_client_hello
@@ -48,7 +48,8 @@ def test_engine_section_connections_take_the_daemons_allowed_path() -> None:
     policy = load_policy(None)
     syn, synack, hello = section.connections(2, python_client_hello("registry-1.docker.io"))[1]
     engine = section._engine(policy)
-    assert section.expected_verdicts(engine, (syn, synack, hello)) == [Action.ACCEPT, Action.ACCEPT, Action.ALLOW]
+    assert section.expected_verdicts(engine, (syn, synack, hello)) == [Action.ACCEPT, Action.ACCEPT,
+                                                                        Action.UNCONFIRMED]
     assert engine.stats.allowed == 1 and not engine.stats.dropped
     skipped = section._engine(policy)
     assert skipped.handle(syn, 1000.0, True).action is Action.ACCEPT

@@ -1006,6 +1006,119 @@ def test_a_reload_while_pending_is_judged_again_at_the_ack() -> None:
 
 
 
+# -- ... or, for a ClientHello, when the kernel sees the server's first TLS record ----------------------
+
+
+def kernel_engine(text: str = 'allow = ["dockerhub"]\n') -> Engine:
+    engine = daemon_engine(text)
+    engine.kernel_confirms = True  # as the daemon sets it where its rules hold NETGUARD-CONFIRM
+    return engine
+
+
+def queued(engine: Engine, packet: bytes, at: float = NOW) -> Verdict:
+    """A client segment NETGUARD-UNCONFIRMED queued (packet mark "unconfirmed")."""
+    return engine.handle(packet, at, from_client=True, unconfirmed=True)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_allowed_hello_is_unconfirmed_and_its_client_segments_are_compared(family: int) -> None:
+    c, engine = Conn(family), kernel_engine()
+    opened(engine, c)
+    hello = python_client_hello(ALLOWED)
+    v = send(engine, c.data(0, hello))
+    # The event now (the kernel makes it final without the queue); no flow waits as undecided.
+    assert decided(v, Action.UNCONFIRMED, ALLOWED) and v.event is not None and v.event.source == "sni"
+    assert engine.undecided == 0 and engine.stats.allowed == 1
+    # What the kernel still queues until the server's record: the same bytes pass, bytes past them
+    # pass unread, other bytes over them are the overlap evasion.
+    assert queued(engine, c.data(0, hello[:200])) == Verdict(Action.ACCEPT)
+    assert queued(engine, c.data(len(hello), b"\x17\x03\x03\x00\x01x")) == Verdict(Action.ACCEPT)
+    v = queued(engine, c.data(0, python_client_hello(BLOCKED)))
+    assert v.action is Action.BLOCK and v.event is not None and v.event.rule == "overlap"
+
+
+def test_the_decoy_the_server_dropped_unseen_is_caught_on_the_kernel_path_too() -> None:
+    c, engine = Conn(ts=1000), kernel_engine()
+    opened(engine, c)
+    assert send(engine, c.data(0, python_client_hello(ALLOWED))).action is Action.UNCONFIRMED
+    v = queued(engine, c.data(0, python_client_hello(BLOCKED), tsval=5000))
+    assert v.action is Action.BLOCK and v.event is not None and v.event.rule == "overlap"
+
+
+def test_what_a_proxy_or_a_server_port_53_answers_is_still_confirmed_in_the_queue() -> None:
+    # A proxy speaks between its request and the tunnel's hello, so its TLS-looking answer would not
+    # show that it read the hello: the ACK decides, as without kernel_confirms.
+    c, engine = Conn(dport=1080), kernel_engine()
+    opened(engine, c)
+    send(engine, c.data(0, b"\x05\x01\x00"))
+    engine.handle(c.server_data(b"\x05\x00"), NOW, from_client=False)
+    request = _socks5_request(ALLOWED, 443)
+    hello = python_client_hello(ALLOWED)
+    assert send(engine, c.data(3, request + hello)).action is Action.ACCEPT
+    assert engine.undecided == 1
+    v = engine.handle(server_ack(c, 3 + len(request) + len(hello)), NOW, from_client=False)
+    assert decided(v, Action.ALLOW, ALLOWED)
+    c, engine = Conn(dport=53), kernel_engine()
+    opened(engine, c)
+    assert send(engine, c.data(0, hello)) == Verdict(Action.ACCEPT)
+
+
+@pytest.mark.parametrize("from_client", [False, None])  # INPUT, or FORWARD (a container's flow)
+def test_a_server_segment_queued_before_the_verdict_may_still_confirm(from_client: bool | None) -> None:
+    c, engine = Conn(), kernel_engine()
+    opened(engine, c)
+    hello = python_client_hello(ALLOWED)
+    assert send(engine, c.data(0, hello)).action is Action.UNCONFIRMED
+    assert engine.handle(server_ack(c, 0, b"banner", "PA"), NOW, from_client) == Verdict(Action.ACCEPT)
+    assert engine.handle(server_ack(c, len(hello)), NOW, from_client) == Verdict(Action.ALLOW)  # no second event
+    assert send(engine, c.data(len(hello), b"\x17\x03\x03\x00\x01x")) == Verdict(Action.ALLOW)
+
+
+@pytest.mark.parametrize("gone", ["evicted", "idle", "restart"])
+def test_a_queued_segment_of_an_unconfirmed_flow_whose_state_is_gone_gets_the_fail_verdict(
+        gone: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(core, "MAX_UNCONFIRMED", 2)
+    c, engine = Conn(), kernel_engine()
+    opened(engine, c)
+    hello = python_client_hello(ALLOWED)
+    assert send(engine, c.data(0, hello)).action is Action.UNCONFIRMED
+    at = NOW
+    if gone == "evicted":
+        for port in range(1, 4):
+            other = Conn(sport=port)
+            opened(engine, other)
+            assert send(engine, other.data(0, hello)).action is Action.UNCONFIRMED
+    elif gone == "idle":
+        at = NOW + core.FLOW_IDLE + 1
+        engine.expire(at)
+    else:
+        engine = kernel_engine()
+    if gone != "restart":
+        # Remembered as allowed: a segment queued for another reason (before the kernel saw the
+        # flow's mark) gets that verdict.
+        assert send(engine, c.data(len(hello), b"x"), at) == Verdict(Action.ALLOW)
+    # One queued for the "unconfirmed" mark may carry other bytes over the judged ones, which the
+    # server would take: never a free pass.
+    v = queued(engine, c.data(0, python_client_hello(BLOCKED)), at)
+    assert v.action is Action.BLOCK and v.event is not None and "no longer holds" in v.event.reason
+
+
+def test_a_reload_cuts_an_unconfirmed_flow_it_now_blocks() -> None:
+    c, engine = Conn(), kernel_engine()
+    opened(engine, c)
+    hello = python_client_hello(ALLOWED)
+    assert send(engine, c.data(0, hello)).action is Action.UNCONFIRMED
+    cut = engine.reload(policy('allow = []\n'), NOW)
+    assert [(e.key.sport, e.host, e.allowed) for e in cut] == [(c.sport, ALLOWED, False)]
+    assert queued(engine, c.data(0, hello)).action is Action.BLOCK
+    # One the kernel made allowed long ago (moved to the decided flows) too.
+    c, engine = Conn(), kernel_engine()
+    opened(engine, c)
+    assert send(engine, c.data(0, hello)).action is Action.UNCONFIRMED
+    engine.expire(NOW + core.FLOW_IDLE + 1)
+    assert [e.host for e in engine.reload(policy('allow = []\n'), NOW + core.FLOW_IDLE + 2)] == [ALLOWED]
+
+
 # Open: a followed flow forgets a request's bytes once read (Stream.advance) and its server segments
 # are not queued, so nothing shows which request the server took (the report proposes a fix).
 @pytest.mark.xfail(strict=True, reason="open: a followed flow has no acknowledgment guarantee yet")

@@ -19,8 +19,9 @@ def test_closed_mode_has_no_bypass_and_open_mode_bypasses_every_queue() -> None:
     opened = [r for r in rules(fail_open=True) if "NFQUEUE" in r]
     # The client TCP rule twice (NETGUARD-FLOW and NETGUARD-EMPTY), followed flows, DNS from port 53 (2)
     # and from other ports (2), UDP (GSO guard) and QUIC (4), one for server packets (every one of an
-    # undecided flow: the ACK of its naming bytes makes an allow final).
-    assert len(closed) == len(opened) == 13
+    # undecided flow: the ACK of its naming bytes makes an allow final), the client data of unconfirmed
+    # TLS flows.
+    assert len(closed) == len(opened) == 14
     assert not any("--queue-bypass" in r for r in closed)
     assert all(r.endswith("--queue-num 7413 --queue-bypass") for r in opened)
 
@@ -61,6 +62,9 @@ def test_what_is_queued() -> None:
                    "--ctmask 0x700000",
                    "-A NETGUARD-DNS -p tcp --tcp-flags RST RST -m mark --mark 0x200000/0x700000 -j RETURN",
                    "-A NETGUARD-DNS -p tcp -m mark --mark 0x200000/0x700000 -j DROP",
+                   # an unconfirmed TLS flow's server packets: its first TLS record makes it allowed
+                   "-A NETGUARD-DNS -p tcp -m connmark --mark 0x500000/0x700000 -m conntrack --ctdir REPLY "
+                   "-g NETGUARD-CONFIRM",
                    "-A NETGUARD-DNS -p udp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413",
                    "-A NETGUARD-DNS -p tcp --sport 53 -m conntrack --ctdir REPLY -j NFQUEUE --queue-num 7413",
                    "-A NETGUARD-DNS -p tcp -m conntrack --ctdir REPLY -m connmark --mark 0x0/0x700000 "
@@ -81,7 +85,7 @@ def test_what_is_queued() -> None:
 
 def test_enforcement_order_and_marks() -> None:
     lines = [r for r in rules(6, marks=Marks(0xF0, 0x10, 0x20)) if r.startswith("-A NETGUARD-FLOW")]
-    passed, save, rst, reject_tcp, reject_udp, drop, follow, udp, decided = lines[:9]
+    passed, save, rst, reject_tcp, reject_udp, drop, follow, unconfirmed, udp, decided = lines[:10]
     # UDP of allowed flows too (a new QUIC connection on the pair), but not a verdict's repeat.
     assert "-p udp -m mark --mark 0x0/0xf0" in udp and udp.endswith("-g NETGUARD-UDP")
     # A packet the daemon let go on (repeat + "passed") leaves at once, its mark never saved.
@@ -96,6 +100,9 @@ def test_enforcement_order_and_marks() -> None:
     # only fresh packets (packet mark 0), not one the daemon just gave back with its verdict.
     assert follow == ("-A NETGUARD-FLOW -p tcp -m conntrack --ctdir ORIGINAL -m mark --mark 0x0/0xf0 "
                       "-m connmark --mark 0x40/0xf0 -g NETGUARD-FOLLOW")
+    # So do the client packets of TLS flows allowed by their hello until the server answers ("unconfirmed").
+    assert unconfirmed == ("-A NETGUARD-FLOW -p tcp -m connmark --mark 0x50/0xf0 -m conntrack --ctdir ORIGINAL "
+                           "-m mark --mark 0x0/0xf0 -g NETGUARD-UNCONFIRMED")
     assert decided.endswith("-j RETURN") and "! --mark 0x0/0xf0" in decided
     assert rules(4)[-1] == "COMMIT"
     assert "-I OUTPUT 1 -j NETGUARD-FLOW" in rules() and "-I INPUT 1 -j NETGUARD-DNS" in rules()
@@ -212,12 +219,15 @@ def test_data_less_segments_leave_before_the_queue_and_only_without_syn_rst_or_u
         after = flow[decided + 2:decided + 4]  # the queue rule and the one past the window
         assert empty[len(tests):] == [r.replace("NETGUARD-FLOW", "NETGUARD-EMPTY") for r in after]
         assert ":NETGUARD-EMPTY - [0:0]" in lines
-        fallback = rules(family, skip_empty=False, dns_any_port=False, reread_hrr=False)
+        fallback = rules(family, skip_empty=False, dns_any_port=False, reread_hrr=False, confirm_tls=False)
         assert not any(("u32" in r and "-A NETGUARD-UDP" not in r and "-A NETGUARD-QUIC" not in r)
                        or "NETGUARD-EMPTY" in r or "NETGUARD-HRR" in r for r in fallback)
         # + NETGUARD-DNS-ANY (declared, the goto to it, its two header tests); the same exact tests in
         # NETGUARD-FOLLOW; NETGUARD-HRR (declared, its rule, the jumps from INPUT and FORWARD)
-        assert len(lines) == len(fallback) + 1 + 1 + len(empty) + 4 + len(tests) + 4
+        # NETGUARD-UNCONFIRMED and NETGUARD-CONFIRM (declared, the jumps to them, the same exact tests,
+        # mark, queue and the reject past the window; the loopback guard and the TLS record test)
+        confirm = 2 + 2 + len(tests) + 3 + 2
+        assert len(lines) == len(fallback) + 1 + 1 + len(empty) + 4 + len(tests) + 4 + confirm
 
 
 @given(family=st.sampled_from(firewall.FAMILIES), offset=st.sampled_from(list(firewall.TCP_DATA_OFFSETS)))
@@ -342,6 +352,53 @@ def test_the_hrr_rule_matches_a_hello_retry_request_and_nothing_else(family: fir
     assert not u32_matches(firewall.hrr_tests(family), bytes(ip / tcp / hrr[:40]))  # cut short: no read past
     if family == 6:  # an extension header shifts the payload: not matched (a server never sends one)
         assert not u32_matches(firewall.hrr_tests(6), bytes(ip / IPv6ExtHdrDestOpt() / tcp / hrr))
+
+
+@given(family=st.sampled_from(firewall.FAMILIES), offset=st.sampled_from(list(firewall.TCP_DATA_OFFSETS)),
+       retry=st.booleans())
+def test_the_confirm_rule_matches_a_servers_tls_record_and_nothing_else(family: firewall.Family, offset: int,
+                                                                       retry: bool) -> None:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
+
+    from netguard.wire import tls
+
+    ip = IP(src="192.0.2.2", dst="192.0.2.1") if family == 4 else IPv6(src="2001:db8::2", dst="2001:db8::1")
+    tcp = TCP(sport=443, dport=40000, flags="PA", options=[("NOP", None)] * (4 * (offset - 5)))
+    test = firewall.tls_record_test(family)
+    hello = _server_hello(tls.HRR_RANDOM if retry else bytes(32))
+    assert u32_matches(test, bytes(ip / tcp / hello))
+    # Not a data-less segment (nothing to read there), nor one cut to a byte, nor an alert, nor a
+    # protocol whose server speaks first.
+    for other in (b"", hello[:1], b"\x15\x03\x03\x00\x02\x02\x28", b"SSH-2.0-OpenSSH_9.2\r\n"):
+        assert not u32_matches(test, bytes(ip / tcp / other))
+    if family == 6:  # an extension header: not matched (a server never sends one)
+        assert not u32_matches(test, bytes(ip / IPv6ExtHdrDestOpt() / tcp / hello))
+
+
+def test_unconfirmed_tls_flows_are_queued_until_the_record_and_need_u32_and_a_fifth_mark() -> None:
+    for family in firewall.FAMILIES:
+        lines = rules(family)
+        unconfirmed = [r for r in lines if r.startswith("-A NETGUARD-UNCONFIRMED")]
+        # The data-less segments leave (as a followed flow's), the rest is marked and queued within the
+        # byte window; past it, closed mode's reset.
+        tests = firewall.empty_segment_tests(family)
+        assert unconfirmed[:len(tests)] == [f"-A NETGUARD-UNCONFIRMED -p tcp --tcp-flags URG NONE -m u32 --u32 {t} "
+                                            "-j RETURN" for t in tests]
+        assert unconfirmed[len(tests):] == [
+            "-A NETGUARD-UNCONFIRMED -m connbytes --connbytes 0:131072 --connbytes-dir original --connbytes-mode "
+            "bytes -j MARK --set-xmark 0x500000/0x700000",
+            "-A NETGUARD-UNCONFIRMED -m mark --mark 0x500000/0x700000 -j NFQUEUE --queue-num 7413",
+            "-A NETGUARD-UNCONFIRMED -p tcp ! --tcp-flags RST RST -j REJECT --reject-with tcp-reset"]
+        assert [r for r in lines if r.startswith("-A NETGUARD-CONFIRM")] == [
+            "-A NETGUARD-CONFIRM -i lo -m addrtype ! --src-type LOCAL -j RETURN",
+            f"-A NETGUARD-CONFIRM -m u32 --u32 {firewall.tls_record_test(family)} -j CONNMARK --set-xmark "
+            "0x100000/0x700000"]
+        # (mask 0x13 with allowed 0x10: passed 0x2, follow 0x3, and no fifth value)
+        for opts in (firewall.with_u32(Options(), False), Options(marks=Marks(0x13, 0x10, 0x01))):
+            assert not opts.confirms_tls
+            assert not any("CONFIRM" in r for r in build_rules(family, opts).splitlines())
+    assert Options(marks=Marks(0x70, 0x10, 0x20)).confirms_tls
 
 
 def test_the_hrr_rule_marks_allowed_flows_followed_in_their_first_reply_packets() -> None:
