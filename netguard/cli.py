@@ -559,6 +559,7 @@ def _status_text(doc: dict[str, Any], checks: list[Any] | None = None, code: int
         f"{'judged blocked, let through (monitor)' if doc.get('mode') == 'monitor' else 'blocked'}; "
         f"{c['dns_rewritten']} DNS answers rewritten; {c['fail_verdicts']} fail verdicts; limits hit: {limits}",
         f"  state      {doc['undecided_flows']} flows undecided, {doc.get('followed_flows', 0)} followed, "
+        f"{doc.get('unconfirmed_flows', 0)} unconfirmed TLS, "
         f"{doc['names_learned']} names learned from DNS",
     ]
     rules = doc.get("rules")

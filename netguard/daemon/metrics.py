@@ -66,6 +66,7 @@ class Sample:
     names_learned: int = 0
     undecided_flows: int = 0
     followed_flows: int = 0
+    unconfirmed_flows: int = 0
 
 
 def registry_label(registry: str | None, catalog: frozenset[str]) -> str:
@@ -142,6 +143,9 @@ class NetguardCollector(Collector):
         yield GaugeMetricFamily("netguard_undecided_flows", "Connections waiting for a name.", value=s.undecided_flows)
         yield GaugeMetricFamily("netguard_followed_flows", "Connections read request by request (plain HTTP), or "
                                 "again after a HelloRetryRequest.", value=s.followed_flows)
+        yield GaugeMetricFamily("netguard_unconfirmed_flows", "TLS connections allowed by their ClientHello whose "
+                                "judged bytes are kept until the kernel sees the server's first TLS record (or "
+                                "they leave the table).", value=s.unconfirmed_flows)
 
 
 def registry_for(sample: Callable[[], Sample]) -> CollectorRegistry:

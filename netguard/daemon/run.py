@@ -537,6 +537,7 @@ class Daemon:
                        "limits": dict(st.by_limit), "dropped": dict(st.dropped),
                        "log_failures": self._log_failures},
             "undecided_flows": self.engine.undecided, "followed_flows": self.engine.followed,
+            "unconfirmed_flows": self.engine.unconfirmed,
             "names_learned": len(self.engine.names),
             "rules": self._rules_status(),
             "queue": {"portid": self._portid, "fail_open": self._queue_fail_open, "drops": dict(self._drops)},
@@ -750,7 +751,7 @@ class Daemon:
             policy_sha256=self._policy_sha256, policy_loaded=self._loaded, reloads=dict(self._reloads),
             last_reload_ok=self._last_reload is None or bool(self._last_reload["ok"]),
             names_learned=len(self.engine.names), undecided_flows=self.engine.undecided,
-            followed_flows=self.engine.followed)
+            followed_flows=self.engine.followed, unconfirmed_flows=self.engine.unconfirmed)
 
     def _start_metrics(self) -> Any:
         """The metrics registry, and the HTTP server if asked for (None without one). A metrics

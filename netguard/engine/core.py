@@ -555,6 +555,11 @@ class Engine:
         return len(self._flows)
 
     @property
+    def unconfirmed(self) -> int:
+        """TLS flows allowed by their ClientHello whose judged bytes are kept (kernel_confirms)."""
+        return len(self._unconfirmed)
+
+    @property
     def followed(self) -> int:
         """Flows read past their first decision (kept-alive plain HTTP, a second hello after an HRR)."""
         return len(self._following)

@@ -77,6 +77,7 @@ def test_names_and_labels_follow_the_conventions() -> None:
     assert "netguard_policy_loaded_timestamp_seconds 1000.0" in text
     assert "netguard_followed_flows 0.0" in text
     assert "netguard_followed_flows 3.0" in exposition(sample(followed_flows=3))
+    assert "netguard_unconfirmed_flows 2.0" in exposition(sample(unconfirmed_flows=2))
     # An unbound queue: no drop counters at all (not zeros that would hide a reset), and a 0 gauge.
     unbound = exposition(sample(queue_dropped=None, user_dropped=None))
     assert "netguard_queue_dropped_total{" not in unbound and "netguard_queue_bound 0.0" in unbound

@@ -66,7 +66,7 @@ DOC = {
     "empty_segments": "queued",
     "counts": {"packets": 10, "allowed": 3, "blocked": 1, "dns_rewritten": 0, "fail_verdicts": 0,
                "limits": {"bytes": 2}, "log_failures": 0},
-    "undecided_flows": 0, "followed_flows": 2, "names_learned": 5,
+    "undecided_flows": 0, "followed_flows": 2, "unconfirmed_flows": 3, "names_learned": 5,
 }
 
 
@@ -75,7 +75,7 @@ def test_status_text() -> None:
              "dport": 443, "source": "sni", "rule": "ghcr is not in allow"}
     text = _status_text({**DOC, "recent_blocks": [block]})
     assert "(pid 42, up 3 h 2 min)" in text and "limits hit: bytes 2" in text and "queued (no xt u32)" in text
-    assert "0 flows undecided, 2 followed, 5 names learned" in text
+    assert "0 flows undecided, 2 followed, 3 unconfirmed TLS, 5 names learned" in text
     assert "ghcr.io  [fd00::2]:40000 -> [fd00::3]:443/tcp  [sni] ghcr is not in allow" in text
     owned = _status_text({**DOC, "recent_blocks": [{**block, "uid": 1000, "pid": None, "process": None}]})
     assert owned.endswith("ghcr is not in allow  by ? (pid ?, uid 1000)")
