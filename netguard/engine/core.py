@@ -22,7 +22,7 @@ Strategy: five kinds of packets arrive (the firewall rules send nothing else):
   server segment whose ACK covers them makes the allow final and carries its event. So a segment the
   server drops, for a reason netguard models (below) or one it cannot see (a timestamp made old by a
   data-less ACK that stayed in the kernel), never decides an allow. Bytes past the judged ones are
-  not read and cost no budget. (Followed flows, below, are still allowed at once.)
+  not read and cost no budget. (Plain HTTP followed flows, below, are still allowed at once.)
   Where the kernel can do it (`kernel_confirms`), a ClientHello read from the stream's start is
   allowed with Action.UNCONFIRMED and its event at once: the kernel keeps queueing the flow's client
   data (compared here with the judged bytes as above, from a table of its own, _unconfirmed) and
@@ -52,9 +52,11 @@ Strategy: five kinds of packets arrive (the firewall rules send nothing else):
   the tunnel's first bytes are read too (a ClientHello, requests or a nested proxy request).
   An allowed TLS flow is followed again when the kernel saw a HelloRetryRequest come back (its
   rule marks the flow "follow"): the records after the first ClientHello are read and the second
-  ClientHello is judged; bytes between the two that went by unread are the fail verdict. A followed
-  flow's segments meet the same checks as an undecided flow's (below: what the server drops is
-  dropped, urgent bytes are taken out), with what its SYN-ACK told where netguard saw it.
+  ClientHello is judged (where the kernel confirms, it is unconfirmed like a first one, so its bytes
+  are compared until the server's next record); bytes between the two that went by unread are the
+  fail verdict. A followed flow's segments meet the same checks as an undecided flow's (below: what
+  the server drops is dropped, urgent bytes are taken out), with what its SYN-ACK told where
+  netguard saw it.
 
 The bytes judged are the bytes the server's TCP stack delivers: a client segment the server will
 drop (no ACK flag, a bad checksum, a signature it does not expect, a timestamp PAWS rejects, an
@@ -216,6 +218,7 @@ class _Flow:
     names: tuple[tuple[str, str, int], ...] = ()  # allowed so far: host, source, port (the last MAX_JUDGED)
     pending: _Pending | None = None  # allowed by its bytes, until the server acknowledges them
     replies: int = 0  # server packets seen (the firewall queues the first REPLY_WINDOW_PACKETS)
+    retried: bool = False  # unconfirmed by a second ClientHello (after a HelloRetryRequest)
 
 
 @dataclass(slots=True)
@@ -457,7 +460,8 @@ class Engine:
             p = flow.pending
             if p is None:
                 continue
-            d, source = self._judge_again(key, ((p.decision.host, p.source, p.decision.port or key.dport),), now)
+            d, source = self._judge_again(key, (*flow.names, (p.decision.host, p.source,
+                                                               p.decision.port or key.dport)), now)
             if d is not None and not d.allowed:
                 del self._unconfirmed[key]
                 self._remember(key, False, d.host, source, d.port)
@@ -886,7 +890,11 @@ class Engine:
         if state is None:
             if key in self._flows:  # still undecided: the normal path reads it
                 return None
-            if followed and key in self._unconfirmed:
+            waiting = self._unconfirmed.get(key) if followed else None
+            if waiting is not None:
+                if waiting.retried:
+                    # Queued as followed before its second hello's verdict: compared with that hello (_tcp).
+                    return None
                 # The kernel made it allowed, then saw a HelloRetryRequest (only an allowed flow is
                 # marked "follow"): read on after the first hello.
                 self._settle_unconfirmed(key)
@@ -1380,11 +1388,18 @@ class Engine:
             # record only once it has read the whole hello, and the kernel tests that (firewall.py).
             # (Not a tunnel: a proxy speaks between its request and the tunnel's bytes.)
             del self._flows[flow.key]
-            self._unconfirmed[flow.key] = flow
-            while len(self._unconfirmed) > MAX_UNCONFIRMED:
-                self._settle_unconfirmed(next(iter(self._unconfirmed)))
-            self.stats.allowed += 1
-            return Verdict(Action.UNCONFIRMED, event=_event(now, flow.key, d, source))
+            return self._unconfirm(flow, now, d, source)
+        if (d.allowed and not reply and self.kernel_confirms and source == "sni" and isinstance(flow, _Following)
+                and flow.stream is not None):
+            # The second ClientHello after a HelloRetryRequest: made final as the first was, at the
+            # server's next TLS record (its ServerHello), its bytes compared until then.
+            end = (flow.stream.base + len(flow.stream.prefix)) & 0xFFFFFFFF
+            waiting = _Flow(flow.key, now, flow.stream, syn_seen=True, ttl=flow.ttl, server_isn=flow.server_isn,
+                            ts_recent=flow.ts_recent, names=flow.names, retried=True)
+            waiting.pending = _Pending(end, d, source, tls_next, self.policy)
+            self._following.pop(flow.key, None)
+            self._decided.pop(flow.key, None)  # the first hello's decision: this one replaces it
+            return self._unconfirm(waiting, now, d, source)
         self._flows.pop(flow.key, None)
         if self._following:
             self._following.pop(flow.key, None)
@@ -1395,6 +1410,14 @@ class Engine:
             return decided(Action.ALLOW, event)
         self.stats.blocked += 1
         return self._block(packet, seg, reply, event)
+
+    def _unconfirm(self, flow: _Flow, now: float, d: Decision, source: str) -> Verdict:
+        """A TLS flow allowed by a ClientHello (flow.pending), to be made final by the kernel."""
+        self._unconfirmed[flow.key] = flow
+        while len(self._unconfirmed) > MAX_UNCONFIRMED:
+            self._settle_unconfirmed(next(iter(self._unconfirmed)))
+        self.stats.allowed += 1
+        return Verdict(Action.UNCONFIRMED, event=_event(now, flow.key, d, source))
 
     def _block(self, packet: Packet | None, seg: TcpSegment | None, reply: bool, event: Event) -> Verdict:
         if reply and packet is not None and seg is not None:

@@ -1119,6 +1119,36 @@ def test_a_reload_cuts_an_unconfirmed_flow_it_now_blocks() -> None:
     assert [e.host for e in engine.reload(policy('allow = []\n'), NOW + core.FLOW_IDLE + 2)] == [ALLOWED]
 
 
+@pytest.mark.parametrize("queued_as", ["unconfirmed", "followed"])
+def test_the_second_hello_after_a_retry_request_is_unconfirmed_and_compared_too(queued_as: str) -> None:
+    c, engine = Conn(), kernel_engine()
+    opened(engine, c)
+    first = python_client_hello(ALLOWED)
+    assert send(engine, c.data(0, first)).action is Action.UNCONFIRMED
+    # The kernel saw the server's HelloRetryRequest (a TLS record: the flow became allowed), then
+    # marked the flow "follow": the second hello is read, and waits for the server's next record.
+    ccs = b"\x14\x03\x03\x00\x01\x01"
+    second = ccs + python_client_hello(ALLOWED)
+    v = engine.handle(c.data(len(first), second), NOW, from_client=True, followed=True)
+    assert decided(v, Action.UNCONFIRMED, ALLOWED) and engine.followed == 0
+    # Other bytes where it was read (a decoy the server dropped, then the real one), whether the kernel
+    # queued them for the new mark or they were queued as followed before the verdict: the overlap.
+    other = c.data(len(first), ccs + python_client_hello(BLOCKED))
+    v = engine.handle(other, NOW, from_client=True, followed=queued_as == "followed",
+                      unconfirmed=queued_as == "unconfirmed")
+    assert v.action is Action.BLOCK and v.event is not None and v.event.rule == "overlap"
+
+
+def test_a_reload_judges_both_hellos_of_a_retried_flow() -> None:
+    c, engine = Conn(), kernel_engine('allow = ["dockerhub", "ghcr"]\n')
+    opened(engine, c)
+    first = python_client_hello(BLOCKED)  # allowed under this policy
+    assert send(engine, c.data(0, first)).action is Action.UNCONFIRMED
+    second = b"\x14\x03\x03\x00\x01\x01" + python_client_hello(ALLOWED)
+    assert engine.handle(c.data(len(first), second), NOW, from_client=True, followed=True).action \
+        is Action.UNCONFIRMED
+    assert [e.host for e in engine.reload(policy('allow = ["dockerhub"]\n'), NOW)] == [BLOCKED]
+
 # Open: a followed flow forgets a request's bytes once read (Stream.advance) and its server segments
 # are not queued, so nothing shows which request the server took (the report proposes a fix).
 @pytest.mark.xfail(strict=True, reason="open: a followed flow has no acknowledgment guarantee yet")
