@@ -146,6 +146,11 @@ MAX_DECIDED = 32768
 # moves to the decided flows (for a reload to cut); if the kernel still queues its client segments
 # (no answer from the server yet), the next one is the fail verdict, never a free pass.
 MAX_UNCONFIRMED = 4096
+# Server bytes a client segment of an unconfirmed flow may acknowledge: the server has sent no TLS
+# record yet (that would have confirmed it), at most an alert or a record that crossed with the
+# segment. One acknowledging far more answers another connection on the same ports (after a reset
+# the conntrack entry, and its mark, may carry a new SYN that never reached the queue).
+MAX_UNCONFIRMED_ACKED = 65536
 # Names judged on one flow that are kept, for a reload to judge them again: a CONNECT or SOCKS target and
 # the names inside its tunnel; of a kept-alive HTTP connection the last few hosts (its next request
 # is judged under the new policy anyway).
@@ -729,6 +734,10 @@ class Engine:
         self._unconfirmed.move_to_end(flow.key)
         if seg.flags & RST or not (seg.payload or seg.flags & URG):
             return ACCEPT
+        if flow.server_isn is not None and (seg.ack - flow.server_isn - 1) & 0xFFFFFFFF > MAX_UNCONFIRMED_ACKED:
+            return self._fail(flow.key, now, "a segment on the ports of a TLS flow whose server has not answered "
+                              "its ClientHello acknowledges server bytes that flow never had (another connection "
+                              "whose SYN did not reach netguard)", packet=packet, seg=seg)
         return self._tcp_data(packet, seg, flow, now, raw, whole)
 
     def _settle_unconfirmed(self, key: FlowKey) -> _Remembered | None:

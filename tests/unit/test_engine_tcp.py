@@ -1119,6 +1119,23 @@ def test_a_reload_cuts_an_unconfirmed_flow_it_now_blocks() -> None:
     assert [e.host for e in engine.reload(policy('allow = []\n'), NOW + core.FLOW_IDLE + 2)] == [ALLOWED]
 
 
+def test_another_connection_on_the_ports_of_an_unconfirmed_flow_gets_the_fail_verdict() -> None:
+    # After a server's reset the conntrack entry (and its "unconfirmed" mark) may take a new SYN on
+    # the same ports, which then never reaches the queue: its hello, placed right after the judged
+    # bytes, would pass as bytes past them. It acknowledges the new server's ISN, not the old one's.
+    c, engine = Conn(), kernel_engine()
+    opened(engine, c)
+    hello = python_client_hello(ALLOWED)
+    assert send(engine, c.data(0, hello)).action is Action.UNCONFIRMED
+    v = queued(engine, c.data(len(hello), python_client_hello(BLOCKED), ack=SERVER_ISN + 1 + 0x40000000))
+    assert v.action is Action.BLOCK and v.event is not None and "never had" in v.event.reason
+    # An acknowledgment of what a server may have sent before its record (an alert) is fine.
+    c, engine = Conn(), kernel_engine()
+    opened(engine, c)
+    assert send(engine, c.data(0, hello)).action is Action.UNCONFIRMED
+    assert queued(engine, c.data(len(hello), b"\x17\x03\x03\x00\x01x", ack=SERVER_ISN + 1 + 7)) == \
+        Verdict(Action.ACCEPT)
+
 @pytest.mark.parametrize("queued_as", ["unconfirmed", "followed"])
 def test_the_second_hello_after_a_retry_request_is_unconfirmed_and_compared_too(queued_as: str) -> None:
     c, engine = Conn(), kernel_engine()
