@@ -263,41 +263,31 @@ def _is_id(text: str) -> bool:
     return not any(c in text for c in ".:*/")
 
 
+def _free_value(mask: int, taken: tuple[int | None, ...], most: int) -> int | None:
+    """The first of 1..most times the mask's lowest bit that lies inside the mask and is not taken."""
+    low = mask & -mask
+    return next((k * low for k in range(1, most + 1) if not k * low & ~mask and k * low not in taken), None)
+
+
 def passed_mark(mask: int, allowed: int, blocked: int) -> int | None:
     """The packet mark for "seen, let this one packet go on" (never saved in the connection): the
     first value inside the mask that is neither 0 nor allowed nor blocked; None if there is none."""
-    low = mask & -mask
-    for k in range(1, 4):
-        value = k * low
-        if not value & ~mask and value not in (allowed, blocked):
-            return value
-    return None
+    return _free_value(mask, (allowed, blocked), 3)
 
 
 def follow_mark(mask: int, allowed: int, blocked: int) -> int | None:
     """The connection mark for "allowed so far, keep sending the client's data to the queue" (a
     plain HTTP connection whose every request is judged; a TLS flow after a HelloRetryRequest): the
     next value inside the mask after the passed mark; None if there is none."""
-    passed = passed_mark(mask, allowed, blocked)
-    low = mask & -mask
-    for k in range(1, 8):
-        value = k * low
-        if not value & ~mask and value not in (allowed, blocked, passed):
-            return value
-    return None
+    return _free_value(mask, (allowed, blocked, passed_mark(mask, allowed, blocked)), 7)
 
 
 def unconfirmed_mark(mask: int, allowed: int, blocked: int) -> int | None:
     """The connection mark for "allowed by its ClientHello, final at the server's first TLS record"
     (a TLS flow whose client data stays queued until then): the next value inside the mask after the
     follow mark; None if there is none (the daemon then confirms in the queue instead)."""
-    taken = (allowed, blocked, passed_mark(mask, allowed, blocked), follow_mark(mask, allowed, blocked))
-    low = mask & -mask
-    for k in range(1, 8):
-        value = k * low
-        if not value & ~mask and value not in taken:
-            return value
-    return None
+    return _free_value(mask, (allowed, blocked, passed_mark(mask, allowed, blocked),
+                              follow_mark(mask, allowed, blocked)), 7)
 
 
 def _check_marks(settings: dict[str, Any], problem: Callable[[str, str], None]) -> None:
